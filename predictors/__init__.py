@@ -1,0 +1,1 @@
+"""Pure models: output-length prediction and latency/KV models. No Ray imports."""

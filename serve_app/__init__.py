@@ -1,0 +1,1 @@
+"""Ray Serve application: OpenAI ingress, vLLM workers, placement and scaling glue."""

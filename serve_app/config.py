@@ -1,0 +1,159 @@
+"""The application's one configuration schema, shared by `serve run` YAML files, builder
+arguments (`serve run serve_app.app:build_app workers.num_workers=2 ...`) and Python callers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+GiB = 1 << 30
+
+
+class _Section(BaseModel):
+    # Unknown keys are almost always typos in a YAML file: reject them with the key's name.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    """Which model to serve. With no `path`, the embedded tiny model is built (once) and used."""
+
+    path: str | None = Field(None, description="Local Hugging Face model directory.")
+    served_name: str | None = Field(None, description="Name clients send as `model`.")
+    load_format: str = Field("auto", description="vLLM load format; `dummy` = random weights.")
+    tokenizer: str | None = Field(None, description="Tokenizer directory (default: `path`).")
+
+    @property
+    def name(self) -> str:
+        if self.served_name:
+            return self.served_name
+        return Path(self.path).name if self.path else "tiny"
+
+
+class EngineConfig(_Section):
+    """vLLM engine settings of every worker."""
+
+    accelerator: Literal["cpu", "gpu"] = "cpu"
+    tensor_parallel_size: int = Field(1, ge=1, le=64)
+    max_model_len: int = Field(2048, ge=16)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    kv_cache_gib: float | None = Field(
+        0.5, gt=0, description="KV cache per worker; None on GPU = use gpu_memory_utilization."
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_num_seqs: int = Field(128, ge=1)
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    cpus_per_rank: float = Field(1.0, gt=0, description="Logical CPUs reserved per TP rank.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Passed through to vLLM's AsyncEngineArgs."
+    )
+
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _parse_json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_kv(self) -> "EngineConfig":
+        if self.kv_cache_gib is None and self.accelerator == "cpu":
+            raise ValueError("engine.kv_cache_gib is required on CPU (vLLM would take ~all RAM)")
+        return self
+
+    @property
+    def kv_cache_bytes(self) -> int | None:
+        return None if self.kv_cache_gib is None else int(self.kv_cache_gib * GiB)
+
+
+class WorkersConfig(_Section):
+    """The worker deployment: Serve replicas, each hosting one vLLM engine."""
+
+    num_workers: int = Field(2, ge=1)
+    max_ongoing_requests: int = Field(256, ge=1)
+    graceful_shutdown_timeout_s: float = Field(120.0, ge=0)
+
+
+class IngressConfig(_Section):
+    """The HTTP/handle ingress deployment (tokenization, validation, streaming)."""
+
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    # Serve's default (5) would hold streams back at the proxy; an ingress only awaits workers.
+    max_ongoing_requests: int = Field(1024, ge=1)
+
+
+class SloConfig(_Section):
+    """Default per-request SLOs; requests may override them."""
+
+    ttft_ms: float = Field(1000.0, gt=0)
+    atgt_ms: float = Field(50.0, gt=0)
+
+
+class PlacementConfig(_Section):
+    """How requests are routed to workers."""
+
+    policy: Literal["p2c"] = Field("p2c", description="p2c = Ray Serve's power-of-two choices.")
+
+
+class ScalingConfig(_Section):
+    """Worker autoscaling (Serve autoscaling of the worker deployment)."""
+
+    enabled: bool = False
+    min_workers: int = Field(1, ge=0)
+    max_workers: int = Field(8, ge=1)
+    heartbeat_s: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "ScalingConfig":
+        if self.min_workers > self.max_workers:
+            raise ValueError("scaling.min_workers must be <= scaling.max_workers")
+        return self
+
+
+class AppConfig(_Section):
+    """Everything the application needs; see examples/serve_local_cpu.yaml."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+    slo: SloConfig = Field(default_factory=SloConfig)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any] | None) -> "AppConfig":
+        """Build from builder arguments: nested dicts, dotted keys (`engine.max_model_len=512`),
+        or both. Values may be strings, as `serve run` passes them."""
+        return cls.model_validate(_expand_dotted(args or {}))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "AppConfig":
+        """Read a YAML file holding this schema (or a Serve config's first app `args`)."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if "applications" in data:
+            data = data["applications"][0].get("args", {})
+        return cls.from_args(data)
+
+
+def _expand_dotted(args: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in args.items():
+        if isinstance(value, dict):
+            value = _expand_dotted(value)
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"config key {key!r} conflicts with a value set for {part!r}")
+            node = child
+        leaf = parts[-1]
+        if isinstance(node.get(leaf), dict) and isinstance(value, dict):
+            node[leaf].update(value)
+        else:
+            node[leaf] = value
+    return out

@@ -1,0 +1,78 @@
+"""`make demo`: a local Ray, two tiny-model vLLM workers, a short open-loop ShareGPT burst,
+a latency summary, and a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+
+from serve_app.config import AppConfig
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    workers: int = 2
+    requests: int = 48
+    rate: float = 3.0
+    seed: int = 0
+    port: int = 8000
+
+
+def _ray_processes() -> list[str]:
+    out = subprocess.run(
+        ["pgrep", "-af", "raylet|gcs_server|ray::|dashboard.py"], capture_output=True, text=True
+    )
+    return [line for line in out.stdout.splitlines() if "pgrep" not in line]
+
+
+def run_demo(options: DemoOptions) -> dict:
+    """Deploy, send the burst, print and return the summary; always shuts Ray down."""
+    import ray
+    from ray import serve
+    from transformers import AutoTokenizer
+
+    from serve_app.app import build_app_from_config
+    from serve_app.loadgen import run_open_loop, sharegpt_workload, summarize
+    from serve_app.model_source import resolve_tokenizer_dir
+
+    config = AppConfig.from_args({"workers.num_workers": options.workers})
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_tokenizer_dir(config.model)))
+    workload = sharegpt_workload(tokenizer, options.requests, options.rate, seed=options.seed)
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": options.port})
+        t0 = time.perf_counter()
+        print(f"deploying {options.workers} vLLM workers on the tiny model ...", flush=True)
+        serve.run(build_app_from_config(config), name="aladdin", route_prefix="/")
+        print(f"ready in {time.perf_counter() - t0:.0f} s; sending {len(workload)} requests "
+              f"(Poisson, {options.rate}/s, ShareGPT prompts)", flush=True)
+        results, wall = asyncio.run(
+            run_open_loop(f"http://127.0.0.1:{options.port}", config.model.name, workload)
+        )
+        summary = summarize(results, wall)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    _print_summary(summary)
+    time.sleep(2)
+    left = _ray_processes()
+    print("Ray processes left behind:", len(left))
+    summary["ray_processes_left"] = len(left)
+    return summary
+
+
+def _print_summary(s: dict) -> None:
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:8.1f}"
+
+    print()
+    print(f"requests  sent {s['requests']}  succeeded {s['succeeded']}  failed {s['failed']}  "
+          f"in {s['wall_s']:.1f} s  ({s['output_tokens_per_s']} output tok/s)")
+    print(f"TTFT ms   p50 {fmt(s['ttft_ms_p50'])}   p99 {fmt(s['ttft_ms_p99'])}")
+    print(f"ATGT ms   p50 {fmt(s['atgt_ms_p50'])}   p99 {fmt(s['atgt_ms_p99'])}")
+    if s["errors"]:
+        print("errors:", json.dumps(s["errors"]))

@@ -1,0 +1,288 @@
+"""The ingress deployment: OpenAI-compatible HTTP API (FastAPI inside Serve) and the same
+operations as Python methods for DeploymentHandle callers in other Ray apps.
+
+The ingress tokenizes (so it knows each request's input length before routing), checks the
+request against the context window, and streams token deltas from a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.config import AppConfig
+from serve_app.errors import OpenAIError, from_validation_errors
+from serve_app.model_source import resolve_tokenizer_dir
+from serve_app.openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+    Usage,
+    new_id,
+    now,
+)
+from serve_app.tiny_model import CHAT_TEMPLATE
+from serve_app.worker_protocol import GenerateChunk, GenerateRequest
+
+logger = logging.getLogger("ray.serve")
+
+api = FastAPI(title="aladdin", description="OpenAI-compatible API served by Aladdin on Ray Serve")
+
+
+@api.exception_handler(OpenAIError)
+async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    err = from_validation_errors(list(exc.errors()))
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+def _sse(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+def _parse(model: type[SamplingFields], request: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(request)
+    except ValidationError as exc:
+        raise from_validation_errors(list(exc.errors())) from None
+
+
+class _Prepared:
+    """A validated request, ready to send to a worker."""
+
+    def __init__(self, generate: GenerateRequest, body: SamplingFields, model: str) -> None:
+        self.generate = generate
+        self.body = body
+        self.model = model
+        self.prompt_tokens = len(generate.prompt_token_ids)
+
+
+@serve.deployment(name="OpenAIIngress")
+@serve.ingress(api)
+class OpenAIIngress:
+    """HTTP: /v1/completions, /v1/chat/completions, /v1/models, /health.
+    Handle: create_completion, stream_completion, create_chat_completion, stream_chat_completion.
+    """
+
+    def __init__(self, worker: DeploymentHandle, config: dict[str, Any]) -> None:
+        from transformers import AutoTokenizer
+
+        self._config = AppConfig.model_validate(config)
+        self._worker = worker
+        self._model_name = self._config.model.name
+        self._max_model_len = self._config.engine.max_model_len
+        self._tokenizer = AutoTokenizer.from_pretrained(str(resolve_tokenizer_dir(self._config.model)))
+        self._vocab_size = len(self._tokenizer)
+        if not getattr(self._tokenizer, "chat_template", None):
+            logger.warning("tokenizer has no chat template; using a ChatML-style default")
+            self._tokenizer.chat_template = CHAT_TEMPLATE
+
+    # ---- HTTP routes -------------------------------------------------------------------
+    @api.get("/health")
+    async def health(self) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @api.get("/v1/models")
+    async def models(self) -> JSONResponse:
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": self._model_name,
+                        "object": "model",
+                        "created": now(),
+                        "owned_by": "aladdin",
+                        "max_model_len": self._max_model_len,
+                    }
+                ],
+            }
+        )
+
+    @api.post("/v1/completions")
+    async def http_completions(self, body: CompletionRequest) -> Any:
+        prepared = self._prepare_completion(body)
+        if body.stream:
+            return self._sse_response(self._completion_chunks(prepared))
+        return JSONResponse(await self._completion_response(prepared))
+
+    @api.post("/v1/chat/completions")
+    async def http_chat_completions(self, body: ChatCompletionRequest) -> Any:
+        prepared = self._prepare_chat(body)
+        if body.stream:
+            return self._sse_response(self._chat_chunks(prepared))
+        return JSONResponse(await self._chat_response(prepared))
+
+    # ---- Python API for DeploymentHandle callers ----------------------------------------
+    async def create_completion(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Non-streaming completion; raises OpenAIError on bad input."""
+        return await self._completion_response(self._prepare_completion(_parse(CompletionRequest, request)))
+
+    async def stream_completion(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Streaming completion: yields OpenAI `text_completion` chunk dicts."""
+        prepared = self._prepare_completion(_parse(CompletionRequest, request))
+        async for chunk in self._completion_chunks(prepared):
+            yield chunk
+
+    async def create_chat_completion(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Non-streaming chat completion; raises OpenAIError on bad input."""
+        return await self._chat_response(self._prepare_chat(_parse(ChatCompletionRequest, request)))
+
+    async def stream_chat_completion(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Streaming chat completion: yields OpenAI `chat.completion.chunk` dicts."""
+        prepared = self._prepare_chat(_parse(ChatCompletionRequest, request))
+        async for chunk in self._chat_chunks(prepared):
+            yield chunk
+
+    # ---- validation ---------------------------------------------------------------------
+    def _check_model(self, model: str | None) -> None:
+        if model is not None and model != self._model_name:
+            raise OpenAIError(
+                404, f"The model `{model}` does not exist.", param="model", code="model_not_found"
+            )
+
+    def _prepare(self, body: SamplingFields, ids: list[int], max_tokens: int | None, prefix: str) -> _Prepared:
+        n_prompt = len(ids)
+        if max_tokens is None:
+            max_tokens = self._max_model_len - n_prompt
+        if n_prompt + max_tokens > self._max_model_len or max_tokens < 1:
+            raise OpenAIError(
+                400,
+                f"This model's maximum context length is {self._max_model_len} tokens. However, "
+                f"you requested {n_prompt + max_tokens} tokens ({n_prompt} in the prompt, "
+                f"{max_tokens} in the completion). Please reduce the prompt or max_tokens.",
+                param="max_tokens" if n_prompt < self._max_model_len else "prompt",
+                code="context_length_exceeded",
+            )
+        generate = GenerateRequest(new_id(prefix), list(ids), body.sampling(max_tokens))
+        return _Prepared(generate, body, self._model_name)
+
+    def _prepare_completion(self, body: CompletionRequest) -> _Prepared:
+        self._check_model(body.model)
+        if isinstance(body.prompt, str):
+            ids = self._tokenizer(body.prompt).input_ids
+        else:
+            ids = list(body.prompt)
+            if any(not 0 <= t < self._vocab_size for t in ids):
+                raise OpenAIError(400, f"prompt token ids must be in [0, {self._vocab_size})", param="prompt")
+        if not ids:
+            raise OpenAIError(400, "prompt has no tokens", param="prompt")
+        return self._prepare(body, ids, body.max_tokens, "cmpl")
+
+    def _prepare_chat(self, body: ChatCompletionRequest) -> _Prepared:
+        self._check_model(body.model)
+        messages = [{"role": m.role, "content": m.text} for m in body.messages]
+        text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = self._tokenizer(text, add_special_tokens=False).input_ids
+        return self._prepare(body, ids, body.max_tokens, "chatcmpl")
+
+    # ---- generation ---------------------------------------------------------------------
+    async def _deltas(self, prepared: _Prepared) -> AsyncIterator[GenerateChunk]:
+        stream = self._worker.options(stream=True).generate.remote(prepared.generate)
+        try:
+            async for chunk in stream:
+                yield chunk
+        except OpenAIError:
+            raise
+        except asyncio.CancelledError:
+            stream.cancel()
+            raise
+        except Exception as exc:  # a worker died or the engine failed mid-request
+            logger.warning("request %s failed on a worker: %r", prepared.generate.request_id, exc)
+            raise OpenAIError(503, "the worker serving this request failed; retry", code="worker_failed") from None
+
+    async def _collect(self, prepared: _Prepared) -> tuple[str, int, str | None]:
+        parts: list[str] = []
+        tokens = 0
+        finish: str | None = None
+        async for chunk in self._deltas(prepared):
+            parts.append(chunk.text)
+            tokens += chunk.num_tokens
+            finish = chunk.finish_reason or finish
+        return "".join(parts), tokens, finish
+
+    async def _completion_response(self, prepared: _Prepared) -> dict[str, Any]:
+        text, tokens, finish = await self._collect(prepared)
+        return {
+            "id": prepared.generate.request_id,
+            "object": "text_completion",
+            "created": now(),
+            "model": prepared.model,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+            "usage": Usage.of(prepared.prompt_tokens, tokens).model_dump(),
+        }
+
+    async def _chat_response(self, prepared: _Prepared) -> dict[str, Any]:
+        text, tokens, finish = await self._collect(prepared)
+        return {
+            "id": prepared.generate.request_id,
+            "object": "chat.completion",
+            "created": now(),
+            "model": prepared.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": Usage.of(prepared.prompt_tokens, tokens).model_dump(),
+        }
+
+    async def _chunks(
+        self, prepared: _Prepared, obj: str, choice: Callable[[GenerateChunk | None], dict[str, Any]]
+    ) -> AsyncIterator[dict[str, Any]]:
+        base = {"id": prepared.generate.request_id, "object": obj, "created": now(), "model": prepared.model}
+        tokens = 0
+        first = choice(None)
+        if first:
+            yield {**base, "choices": [first]}
+        async for chunk in self._deltas(prepared):
+            tokens += chunk.num_tokens
+            yield {**base, "choices": [choice(chunk)]}
+        if prepared.body.include_usage:
+            yield {**base, "choices": [], "usage": Usage.of(prepared.prompt_tokens, tokens).model_dump()}
+
+    def _completion_chunks(self, prepared: _Prepared) -> AsyncIterator[dict[str, Any]]:
+        def choice(chunk: GenerateChunk | None) -> dict[str, Any]:
+            if chunk is None:
+                return {}
+            return {"index": 0, "text": chunk.text, "logprobs": None, "finish_reason": chunk.finish_reason}
+
+        return self._chunks(prepared, "text_completion", choice)
+
+    def _chat_chunks(self, prepared: _Prepared) -> AsyncIterator[dict[str, Any]]:
+        def choice(chunk: GenerateChunk | None) -> dict[str, Any]:
+            if chunk is None:  # OpenAI opens a chat stream with the role
+                return {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+            delta = {"content": chunk.text} if chunk.text or not chunk.finish_reason else {}
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": chunk.finish_reason}
+
+        return self._chunks(prepared, "chat.completion.chunk", choice)
+
+    def _sse_response(self, chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+        async def body() -> AsyncIterator[str]:
+            try:
+                async for chunk in chunks:
+                    yield _sse(chunk)
+            except OpenAIError as exc:  # the status line is already sent: report in-band
+                yield _sse(exc.body())
+            yield _sse("[DONE]")
+
+        return StreamingResponse(body(), media_type="text/event-stream")

@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from serve_app.config import AppConfig
+from serve_app.worker import cpu_rank_binding, worker_deployment_options
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_dotted_string_args_as_serve_run_passes_them():
+    cfg = AppConfig.from_args(
+        {"workers.num_workers": "3", "engine.tensor_parallel_size": "2", "slo.ttft_ms": "250.5"}
+    )
+    assert cfg.workers.num_workers == 3
+    assert cfg.engine.tensor_parallel_size == 2
+    assert cfg.slo.ttft_ms == 250.5
+    assert cfg.engine.max_model_len == 2048  # untouched defaults survive
+
+
+def test_dotted_and_nested_keys_merge():
+    cfg = AppConfig.from_args({"engine": {"max_model_len": 512}, "engine.dtype": "float32"})
+    assert (cfg.engine.max_model_len, cfg.engine.dtype) == (512, "float32")
+
+
+def test_engine_extra_accepts_json_string():
+    cfg = AppConfig.from_args({"engine.extra": '{"enforce_eager": true}'})
+    assert cfg.engine.extra == {"enforce_eager": True}
+
+
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        ({"workers.num_workers": 0}, "num_workers"),
+        ({"engine.tensor_parallel_size": "two"}, "tensor_parallel_size"),
+        ({"engine.typo_key": 1}, "typo_key"),
+        ({"scaling.min_workers": 5, "scaling.max_workers": 2}, "min_workers"),
+        ({"engine.kv_cache_gib": None}, "kv_cache_gib"),
+        ({"placement.policy": "magic"}, "policy"),
+    ],
+)
+def test_bad_values_name_the_key(args, word):
+    with pytest.raises(ValidationError) as err:
+        AppConfig.from_args(args)
+    assert word in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["serve_local_cpu.yaml", "serve_gpu.yaml"])
+def test_checked_in_serve_configs_validate(name):
+    from ray.serve.schema import ServeDeploySchema
+
+    path = EXAMPLES / name
+    ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    cfg = AppConfig.from_yaml(path)
+    assert cfg.workers.num_workers >= 1
+
+
+def test_cpu_bundles_one_per_rank_strict_pack():
+    cfg = AppConfig.from_args({"engine.tensor_parallel_size": 2, "engine.cpus_per_rank": 0.5})
+    opts = worker_deployment_options(cfg)
+    assert opts["placement_group_bundles"] == [{"CPU": 0.5}, {"CPU": 0.5}]
+    assert opts["placement_group_strategy"] == "STRICT_PACK"
+    assert opts["ray_actor_options"]["num_cpus"] == 0.5
+
+
+def test_gpu_bundles_one_gpu_per_rank_replica_in_bundle_zero():
+    cfg = AppConfig.from_args(
+        {"engine.accelerator": "gpu", "engine.tensor_parallel_size": 4, "engine.kv_cache_gib": None}
+    )
+    bundles = worker_deployment_options(cfg)["placement_group_bundles"]
+    assert len(bundles) == 4 and all(b["GPU"] == 1 for b in bundles)
+    assert bundles[0]["CPU"] == cfg.engine.cpus_per_rank
+
+
+def test_cpu_rank_binding_splits_cores():
+    assert cpu_rank_binding(2, [0, 1]) == "0|1"
+    assert cpu_rank_binding(2, [0, 1, 2, 3, 4]) == "0,1|2,3"
+    with pytest.raises(ValueError):
+        cpu_rank_binding(4, [0, 1])

@@ -1,0 +1,62 @@
+import pytest
+from pydantic import ValidationError
+
+from serve_app.errors import OpenAIError, from_validation_errors
+from serve_app.openai_protocol import ChatCompletionRequest, CompletionRequest
+
+
+def test_prompt_batch_of_one_is_unwrapped():
+    assert CompletionRequest(prompt=["hi"]).prompt == "hi"
+    assert CompletionRequest(prompt=[[1, 2, 3]]).prompt == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": ""},
+        {"prompt": []},
+        {"prompt": ["a", "b"]},
+        {"prompt": "x", "max_tokens": 0},
+        {"prompt": "x", "max_tokens": -3},
+        {"prompt": "x", "n": 2},
+        {"prompt": "x", "temperature": -1},
+        {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]},
+        {"prompt": 5},
+    ],
+)
+def test_bad_completion_bodies_are_rejected(body):
+    with pytest.raises(ValidationError):
+        CompletionRequest.model_validate(body)
+
+
+def test_chat_needs_messages_and_takes_max_completion_tokens():
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate({"messages": []})
+    req = ChatCompletionRequest.model_validate(
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+         "max_completion_tokens": 7}
+    )
+    assert req.max_tokens == 7 and req.messages[0].text == "ab"
+
+
+def test_sampling_kwargs_clamp_min_tokens():
+    req = CompletionRequest(prompt="x", min_tokens=50, ignore_eos=True, stop="END")
+    kw = req.sampling(10)
+    assert kw["max_tokens"] == 10 and kw["min_tokens"] == 10
+    assert kw["ignore_eos"] is True and kw["stop"] == ["END"]
+
+
+def test_validation_error_becomes_openai_400_naming_the_field():
+    try:
+        CompletionRequest.model_validate({"prompt": "x", "max_tokens": 0})
+    except ValidationError as exc:
+        err = from_validation_errors(exc.errors())
+    assert err.status == 400 and err.param == "max_tokens"
+    assert set(err.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_openai_error_survives_pickling():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(OpenAIError(404, "nope", param="model", code="model_not_found")))
+    assert (err.status, err.param, err.code) == (404, "model", "model_not_found")

@@ -1,0 +1,244 @@
+"""The serving path on real parts: Ray Serve, two vLLM CPU engines on the tiny model, deployed
+with the real `serve run` CLI from the checked-in YAML, called by the official openai client,
+raw HTTP and a DeploymentHandle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+from openai import BadRequestError, NotFoundError, OpenAI
+
+from tests.conftest import REPO, serve_run
+
+pytestmark = pytest.mark.serving
+APP = "aladdin"
+
+
+@pytest.fixture(scope="module")
+def app(ray_cluster):
+    from ray import serve
+
+    serve_run(ray_cluster, "examples/serve_local_cpu.yaml", name=APP)
+    yield ray_cluster
+    serve.delete(APP)
+
+
+@pytest.fixture(scope="module")
+def client(app) -> OpenAI:
+    return OpenAI(base_url=f"{app.http}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from serve_app.tiny_model import ensure_tiny_model
+
+    return AutoTokenizer.from_pretrained(str(ensure_tiny_model()))
+
+
+def test_models_and_health(app, client):
+    models = client.models.list().data
+    assert [m.id for m in models] == ["tiny"]
+    assert httpx.get(f"{app.http}/health").json() == {"status": "ok"}
+
+
+def test_completion_counts_tokens(client, tokenizer):
+    prompt = "Explain how a hash map works, briefly."
+    out = client.completions.create(model="tiny", prompt=prompt, max_tokens=24, extra_body={"ignore_eos": True})
+    assert out.object == "text_completion"
+    assert out.choices[0].finish_reason == "length"
+    assert out.usage.prompt_tokens == len(tokenizer(prompt).input_ids)
+    assert out.usage.completion_tokens == 24
+    assert out.usage.total_tokens == out.usage.prompt_tokens + 24
+    assert len(tokenizer(out.choices[0].text, add_special_tokens=False).input_ids) > 0
+
+
+def test_completion_from_token_ids(client):
+    out = client.completions.create(model="tiny", prompt=[11, 12, 13, 14], max_tokens=5, extra_body={"ignore_eos": True})
+    assert out.usage.prompt_tokens == 4 and out.usage.completion_tokens == 5
+
+
+def test_streaming_completion(client):
+    stream = client.completions.create(
+        model="tiny", prompt="Once upon a time", max_tokens=20, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    text_chunks = [c for c in chunks if c.choices]
+    assert len(text_chunks) >= 2  # streamed, not one blob
+    assert text_chunks[-1].choices[0].finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == 20
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_chat_completion(client, tokenizer):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is Ray?"}]
+    out = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, extra_body={"ignore_eos": True})
+    assert out.object == "chat.completion"
+    assert out.choices[0].message.role == "assistant"
+    expected = tokenizer(
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), add_special_tokens=False
+    ).input_ids
+    assert out.usage.prompt_tokens == len(expected)
+    assert out.usage.completion_tokens == 12
+
+
+def test_streaming_chat(client):
+    stream = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=15, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c for c in chunks if c.choices][-1].choices[0].finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == 15
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {"model": "tiny", "prompt": "abc", "max_tokens": 9, "stream": True, "ignore_eos": True}),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 9,
+                              "stream": True, "ignore_eos": True}),
+])
+def test_sse_framing(app, path, body):
+    with httpx.stream("POST", f"{app.http}{path}", json=body, timeout=60) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        raw = resp.read().decode()
+    events = raw.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    payloads = [json.loads(e[len("data: "):]) for e in events[:-2]]
+    assert all(e.startswith("data: ") for e in events[:-1])
+    assert payloads[-1]["choices"][0]["finish_reason"] == "length"
+    assert sum(1 for p in payloads if p["choices"][0].get("text") or p["choices"][0].get("delta", {}).get("content")) >= 2
+
+
+@pytest.mark.parametrize("body, status, param", [
+    ({"model": "tiny", "prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": "tiny", "prompt": "hi", "max_tokens": -1}, 400, "max_tokens"),
+    ({"model": "tiny", "prompt": "word " * 3000, "max_tokens": 4}, 400, "prompt"),
+    ({"model": "tiny", "prompt": "hi", "max_tokens": 4000}, 400, "max_tokens"),
+    ({"model": "gpt-17", "prompt": "hi"}, 404, "model"),
+    ({"model": "tiny", "prompt": [999999]}, 400, "prompt"),
+    ({"model": "tiny"}, 400, "prompt"),
+    ({"model": "tiny", "prompt": "hi", "max_tokens": "many"}, 400, "max_tokens"),
+])
+def test_bad_completion_requests(app, body, status, param):
+    resp = httpx.post(f"{app.http}/v1/completions", json=body, timeout=30)
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert err["param"] == param and err["message"] and err["type"]
+
+
+def test_bad_chat_requests(app):
+    for body in ({"model": "tiny", "messages": []}, {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]},
+                 {"model": "tiny", "messages": [{"role": "user", "content": "word " * 3000}]}):
+        resp = httpx.post(f"{app.http}/v1/chat/completions", json=body, timeout=30)
+        assert resp.status_code == 400, resp.text
+        assert "error" in resp.json()
+
+
+def test_malformed_json(app):
+    resp = httpx.post(f"{app.http}/v1/completions", content=b'{"prompt": "x",', headers={"content-type": "application/json"})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "invalid_json"
+
+
+def test_openai_client_raises_typed_errors(client):
+    with pytest.raises(NotFoundError):
+        client.completions.create(model="nope", prompt="x", max_tokens=2)
+    with pytest.raises(BadRequestError):
+        client.completions.create(model="tiny", prompt="x", max_tokens=0)
+
+
+def test_handle_api(app):
+    from ray import serve
+
+    from serve_app.errors import OpenAIError
+
+    handle = serve.get_app_handle(APP)
+    out = handle.create_completion.remote({"prompt": "abc", "max_tokens": 6, "ignore_eos": True}).result()
+    assert out["usage"]["completion_tokens"] == 6
+    chat = handle.create_chat_completion.remote(
+        {"messages": [{"role": "user", "content": "hey"}], "max_tokens": 4, "ignore_eos": True}
+    ).result()
+    assert chat["choices"][0]["message"]["role"] == "assistant"
+    chunks = list(handle.options(stream=True).stream_completion.remote(
+        {"prompt": "abc", "max_tokens": 5, "ignore_eos": True, "stream_options": {"include_usage": True}}
+    ))
+    assert chunks[-1]["usage"]["completion_tokens"] == 5
+    with pytest.raises(OpenAIError) as err:
+        handle.create_completion.remote({"prompt": "abc", "max_tokens": 0}).result()
+    assert err.value.status == 400
+
+
+def test_worker_stats_report_engine_load(app):
+    """Per-replica stats: KV blocks, running requests and tokens generated per running request."""
+    from ray import serve
+
+    worker = serve.get_deployment_handle("LLMWorker", app_name=APP)
+    idle = worker.stats.remote().result()
+    assert idle.kv_blocks_total > 0 and idle.block_size > 0
+
+    async def watch() -> list:
+        seen = []
+        async with httpx.AsyncClient(timeout=120) as http:
+            body = {"model": "tiny", "prompt": "long story", "max_tokens": 1500, "ignore_eos": True}
+            task = asyncio.create_task(http.post(f"{app.http}/v1/completions", json=body))
+            while not task.done():
+                stats = await worker.stats.remote()
+                if stats.tokens_generated:
+                    seen.append(stats)
+                await asyncio.sleep(0.05)
+            assert (await task).status_code == 200
+        return seen
+
+    seen = asyncio.run(watch())
+    assert seen, "no replica ever reported the running request"
+    busy = seen[-1]
+    assert busy.running >= 1 and busy.kv_blocks_used >= 1
+    (generated,) = busy.tokens_generated.values()
+    assert 0 < generated <= 1500
+
+
+def test_concurrent_requests_all_complete(client):
+    async def burst() -> list:
+        from openai import AsyncOpenAI
+
+        aclient = AsyncOpenAI(base_url=str(client.base_url), api_key="unused", max_retries=0)
+        return await asyncio.gather(*(
+            aclient.completions.create(model="tiny", prompt=f"request {i}", max_tokens=8 + i, extra_body={"ignore_eos": True})
+            for i in range(24)
+        ))
+
+    outs = asyncio.run(burst())
+    assert [o.usage.completion_tokens for o in outs] == [8 + i for i in range(24)]
+
+
+def test_openai_client_example_script(app):
+    out = subprocess.run(
+        [sys.executable, "examples/openai_client.py", "--base-url", f"{app.http}/v1"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert "completion:" in out.stdout and "streamed chat:" in out.stdout
+
+
+def test_handle_example_app(app):
+    from ray import serve
+
+    from tests.conftest import serve_run as deploy
+
+    deploy(app, "--name", "summarizer", "--route-prefix", "/summarize", "examples.handle_client:app", name="summarizer")
+    try:
+        resp = httpx.post(f"{app.http}/summarize", content=b"Ray Serve scales model serving.", timeout=60)
+        assert resp.status_code == 200
+        body = resp.json()
+        assert body["usage"]["completion_tokens"] == 24 or body["summary"] is not None
+        assert body["streamed_chunks"] >= 1
+    finally:
+        serve.delete("summarizer")

@@ -1,0 +1,34 @@
+"""A worker with tensor_parallel_size=2 (two bundles, STRICT_PACK, two CPU ranks) serves,
+deployed with `serve run serve_app.app:build_app` and builder arguments."""
+
+import httpx
+import pytest
+
+from tests.conftest import serve_run
+
+pytestmark = pytest.mark.serving
+
+
+def test_tp2_worker_serves(ray_cluster):
+    from ray import serve
+    from ray.util.state import list_placement_groups
+
+    serve_run(
+        ray_cluster, "--name", "tp2", "--route-prefix", "/tp2", "serve_app.app:build_app",
+        "workers.num_workers=1", "engine.tensor_parallel_size=2", "engine.cpus_per_rank=0.5",
+        "engine.kv_cache_gib=0.25", "ingress.num_cpus=0", name="tp2",
+    )
+    try:
+        resp = httpx.post(
+            f"{ray_cluster.http}/tp2/v1/completions",
+            json={"model": "tiny", "prompt": "tensor parallel", "max_tokens": 16, "ignore_eos": True},
+            timeout=120,
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["usage"]["completion_tokens"] == 16
+        groups = [g for g in list_placement_groups(detail=True) if g.state == "CREATED"]
+        assert any(g.strategy == "STRICT_PACK" and len(g.bundles) == 2 for g in groups)
+        stats = serve.get_deployment_handle("LLMWorker", app_name="tp2").stats.remote().result()
+        assert stats.kv_blocks_total > 0
+    finally:
+        serve.delete("tp2")
