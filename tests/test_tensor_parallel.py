@@ -11,7 +11,7 @@ pytestmark = pytest.mark.serving
 
 def test_tp2_worker_serves(ray_cluster):
     from ray import serve
-    from ray.util.state import list_placement_groups
+    from ray.util import placement_group_table
 
     serve_run(
         ray_cluster, "--name", "tp2", "--route-prefix", "/tp2", "serve_app.app:build_app",
@@ -26,8 +26,10 @@ def test_tp2_worker_serves(ray_cluster):
         )
         assert resp.status_code == 200, resp.text
         assert resp.json()["usage"]["completion_tokens"] == 16
-        groups = [g for g in list_placement_groups(detail=True) if g.state == "CREATED"]
-        assert any(g.strategy == "STRICT_PACK" and len(g.bundles) == 2 for g in groups)
+        groups = [g for g in placement_group_table().values() if g["state"] == "CREATED"]
+        assert any(
+            g["strategy"] == "STRICT_PACK" and g["bundles"] == {0: {"CPU": 0.5}, 1: {"CPU": 0.5}} for g in groups
+        )
         stats = serve.get_deployment_handle("LLMWorker", app_name="tp2").stats.remote().result()
         assert stats.kv_blocks_total > 0
     finally:
