@@ -10,7 +10,7 @@ from ray import serve
 from starlette.requests import Request
 
 
-@serve.deployment
+@serve.deployment(ray_actor_options={"num_cpus": 0})
 class Summarizer:
     def __init__(self, aladdin_app: str = "aladdin") -> None:
         self._llm = serve.get_app_handle(aladdin_app)

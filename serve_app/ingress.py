@@ -35,6 +35,7 @@ from serve_app.tiny_model import CHAT_TEMPLATE
 from serve_app.worker_protocol import GenerateChunk, GenerateRequest
 
 logger = logging.getLogger("ray.serve")
+HEALTH_PROBE_TIMEOUT_S = 5.0
 
 api = FastAPI(title="aladdin", description="OpenAI-compatible API served by Aladdin on Ray Serve")
 
@@ -95,6 +96,14 @@ class OpenAIIngress:
     # ---- HTTP routes -------------------------------------------------------------------
     @api.get("/health")
     async def health(self) -> JSONResponse:
+        """200 once a worker answers; 503 while none can (e.g. engines still starting)."""
+        probe = self._worker.stats.remote()
+        try:
+            await asyncio.wait_for(asyncio.shield(probe), timeout=HEALTH_PROBE_TIMEOUT_S)
+        except Exception:  # no replica in time, or it failed: not healthy either way
+            probe.cancel()
+            err = OpenAIError(503, "no worker is ready", code="no_ready_worker")
+            return JSONResponse(err.body(), status_code=503)
         return JSONResponse({"status": "ok"})
 
     @api.get("/v1/models")
