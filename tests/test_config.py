@@ -79,3 +79,24 @@ def test_cpu_rank_binding_splits_cores():
     assert cpu_rank_binding(2, [0, 1, 2, 3, 4]) == "0,1|2,3"
     with pytest.raises(ValueError):
         cpu_rank_binding(4, [0, 1])
+
+
+def test_engine_kwargs_pass_model_settings_through(tmp_path):
+    from serve_app.worker import engine_kwargs
+
+    (tmp_path / "config.json").write_text("{}")
+    cfg = AppConfig.from_args(
+        {"model.path": str(tmp_path), "model.load_format": "dummy", "engine.extra": {"enforce_eager": True}}
+    )
+    kw = engine_kwargs(cfg)
+    assert kw["model"] == str(tmp_path.resolve()) and kw["load_format"] == "dummy"
+    assert kw["served_model_name"] == [tmp_path.name] and kw["enforce_eager"] is True
+    assert kw["distributed_executor_backend"] == "mp"
+    assert kw["kv_cache_memory_bytes"] == int(0.5 * 2**30)
+
+
+def test_model_path_must_be_a_local_checkpoint(tmp_path):
+    from serve_app.model_source import resolve_model_dir
+
+    with pytest.raises(ValueError, match="config.json"):
+        resolve_model_dir(AppConfig.from_args({"model.path": str(tmp_path / "missing")}).model)

@@ -1,5 +1,6 @@
 """A worker with tensor_parallel_size=2 (two bundles, STRICT_PACK, two CPU ranks) serves,
-deployed with `serve run serve_app.app:build_app` and builder arguments."""
+deployed with `serve run serve_app.app:build_app` and builder arguments. It also runs with
+`load_format=dummy` (random weights, architecture only), which must reach vLLM."""
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ def test_tp2_worker_serves(ray_cluster):
     serve_run(
         ray_cluster, "--name", "tp2", "--route-prefix", "/tp2", "serve_app.app:build_app",
         "workers.num_workers=1", "engine.tensor_parallel_size=2", "engine.cpus_per_rank=0.5",
-        "engine.kv_cache_gib=0.25", "ingress.num_cpus=0", name="tp2",
+        "engine.kv_cache_gib=0.25", "ingress.num_cpus=0", "model.load_format=dummy", name="tp2",
     )
     try:
         resp = httpx.post(
