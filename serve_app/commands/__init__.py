@@ -1,0 +1,1 @@
+"""Subcommands of the `aladdin` CLI: each module has `register(subparsers)`."""
