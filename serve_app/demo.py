@@ -23,9 +23,17 @@ class DemoOptions:
 
 def _ray_processes() -> list[str]:
     out = subprocess.run(
-        ["pgrep", "-af", "raylet|gcs_server|ray::|dashboard.py"], capture_output=True, text=True
+        ["pgrep", "-af", "raylet|gcs_server|ray::|dashboard.py|VLLM::|EngineCore"], capture_output=True, text=True
     )
     return [line for line in out.stdout.splitlines() if "pgrep" not in line]
+
+
+def _wait_for_ray_exit(timeout_s: float = 30.0) -> list[str]:
+    """Ray and engine processes still alive after up to `timeout_s` (they exit asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := _ray_processes()) and time.monotonic() < deadline:
+        time.sleep(1)
+    return left
 
 
 def run_demo(options: DemoOptions) -> dict:
@@ -58,9 +66,10 @@ def run_demo(options: DemoOptions) -> dict:
         serve.shutdown()
         ray.shutdown()
     _print_summary(summary)
-    time.sleep(2)
-    left = _ray_processes()
-    print("Ray processes left behind:", len(left))
+    left = _wait_for_ray_exit()
+    print(f"Ray processes left behind: {len(left)}")
+    for line in left:
+        print("  ", line)
     summary["ray_processes_left"] = len(left)
     return summary
 

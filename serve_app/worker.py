@@ -13,11 +13,13 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
+import psutil
 from ray import serve
 
 from serve_app.config import AppConfig
 from serve_app.errors import OpenAIError
 from serve_app.model_source import resolve_model_dir, resolve_tokenizer_dir
+from serve_app.orphan_reaper import start_reaper
 from serve_app.worker_protocol import GenerateChunk, GenerateRequest, WorkerStats
 
 
@@ -97,6 +99,9 @@ class LLMWorker:
             AsyncEngineArgs(**engine_kwargs(self._config)),
             stat_loggers=[partial(SnapshotLogger, snapshot=self._snapshot)],
         )
+        engine_pids = [p.pid for p in psutil.Process().children()]
+        if engine_pids:
+            start_reaper(os.getpid(), engine_pids)
         self._tokens_generated: dict[str, int] = {}
         self._completed = 0
         self._replica_id = serve.get_replica_context().replica_id.unique_id

@@ -242,3 +242,39 @@ def test_handle_example_app(app):
         assert body["streamed_chunks"] >= 1
     finally:
         serve.delete("summarizer")
+
+
+def test_killed_worker_leaves_no_engine_processes_and_is_replaced(app, client):
+    """Runs last in this module: a SIGKILLed replica never runs __del__, so its vLLM engine
+    must be reaped by the watcher; Serve then starts a replacement that serves."""
+    import time
+
+    import psutil
+    import ray
+
+    from tests.conftest import wait_running
+
+    namespace = "serve"
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == namespace and f"{APP}#LLMWorker#" in a["name"]]
+    assert len(names) == 2
+    victim = ray.get_actor(names[0], namespace=namespace)
+    replica_tag = names[0].rsplit("#", 1)[-1]
+    replica_procs = [p for p in psutil.process_iter(["cmdline"])
+                     if any("LLMWorker" in part for part in (p.info["cmdline"] or []))]
+    engine_pids = {c.pid for p in replica_procs for c in p.children(recursive=True)
+                   if "VLLM" in " ".join(c.cmdline() or [])}
+    assert engine_pids, "could not find the engine processes of the worker replicas"
+    before = {pid for pid in engine_pids if psutil.pid_exists(pid)}
+    ray.kill(victim, no_restart=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and all(psutil.pid_exists(pid) for pid in before):
+        time.sleep(0.5)
+    survivors = {pid for pid in before if psutil.pid_exists(pid)
+                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
+    # the other replica's engine lives on; the killed one's is gone
+    assert 0 < len(before) - len(survivors) < len(before)
+    wait_running(APP, 240)
+    out = client.completions.create(model="tiny", prompt="after the crash", max_tokens=4, extra_body={"ignore_eos": True})
+    assert out.usage.completion_tokens == 4
+    assert replica_tag not in " ".join(a["name"] for a in ray.util.list_named_actors(all_namespaces=True))
