@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 from ray import serve
 
+from predictors.latency.cpu_binding import cpu_rank_binding
 from serve_app.config import AppConfig
 from serve_app.errors import OpenAIError
 from serve_app.model_source import resolve_model_dir, resolve_tokenizer_dir
@@ -68,15 +69,6 @@ def engine_kwargs(config: AppConfig) -> dict[str, Any]:
     return kwargs
 
 
-def cpu_rank_binding(tp: int, cores: list[int]) -> str:
-    """VLLM_CPU_OMP_THREADS_BIND value giving each of `tp` ranks its own share of `cores`."""
-    if len(cores) < tp:
-        raise ValueError(f"tensor_parallel_size={tp} needs at least {tp} CPU cores, have {len(cores)}")
-    share = len(cores) // tp
-    groups = [cores[i * share : (i + 1) * share] for i in range(tp)]
-    return "|".join(",".join(str(c) for c in group) for group in groups)
-
-
 @serve.deployment(name="LLMWorker")
 class LLMWorker:
     """One vLLM engine behind a Serve replica; streams token deltas and reports its load."""
@@ -87,7 +79,7 @@ class LLMWorker:
         if engine.accelerator == "cpu" and engine.tensor_parallel_size > 1:
             os.environ.setdefault(
                 "VLLM_CPU_OMP_THREADS_BIND",
-                cpu_rank_binding(engine.tensor_parallel_size, sorted(os.sched_getaffinity(0))),
+                cpu_rank_binding(engine.tensor_parallel_size),
             )
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM

@@ -5,7 +5,8 @@ import yaml
 from pydantic import ValidationError
 
 from serve_app.config import AppConfig
-from serve_app.worker import cpu_rank_binding, worker_deployment_options
+from predictors.latency.cpu_binding import cpu_rank_binding
+from serve_app.worker import worker_deployment_options
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

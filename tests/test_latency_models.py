@@ -46,10 +46,11 @@ def make_profile(prefill: PrefillModel | None = None, decode: DecodeModel | None
 
 
 def test_fit_recovers_known_prefill_coefficients() -> None:
-    truth = PrefillModel(c0_s=0.005, c1_s_per_token=2e-5, c2_s_per_token_sq=3e-9)
+    truth = PrefillModel(c0_s=0.005, cp_s_per_prompt=1.5e-3, c1_s_per_token=2e-5, c2_s_per_token_sq=3e-9)
     batches = [(n,) * b for n in (16, 128, 512, 2048) for b in (1, 2, 4)] + [(2048, 16), (512, 16, 16)]
     model = fit_prefill([PrefillSample(b, truth.time_s(b)) for b in batches])
     assert model.c0_s == pytest.approx(truth.c0_s, rel=1e-6)
+    assert model.cp_s_per_prompt == pytest.approx(truth.cp_s_per_prompt, rel=1e-6)
     assert model.c1_s_per_token == pytest.approx(truth.c1_s_per_token, rel=1e-6)
     assert model.c2_s_per_token_sq == pytest.approx(truth.c2_s_per_token_sq, rel=1e-6)
 

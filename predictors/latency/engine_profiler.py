@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from predictors.latency.cpu_binding import cpu_rank_binding
 from predictors.latency.fit import DecodeSample, PrefillSample, fit_latency
 from predictors.latency.kv import kv_bytes_per_token
 from predictors.latency.profile import KVCacheModel, WorkerProfile
@@ -96,13 +97,6 @@ def _fastest(timings: Sequence[_Timing]) -> _Timing:
     )
 
 
-def _cpu_thread_binding(tp: int) -> str:
-    """One core per rank on this small machine (vLLM CPU refuses TP without a binding)."""
-    cores = os.cpu_count() or 1
-    per_rank = max(1, cores // tp)
-    return "|".join(f"{r * per_rank}-{r * per_rank + per_rank - 1}" if per_rank > 1 else str(r) for r in range(tp))
-
-
 def profile_engine(
     model_dir: str | Path,
     *,
@@ -116,7 +110,7 @@ def profile_engine(
 ) -> WorkerProfile:
     """Start a vLLM engine on `model_dir`, time the grid, fit and return the profile."""
     if tp > 1:
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", _cpu_thread_binding(tp))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_rank_binding(tp))
     from vllm import LLM, SamplingParams
 
     grid = grid or default_grid(max_model_len)

@@ -37,8 +37,8 @@ class DecodeSample:
 
 
 def prefill_features(input_lens: Sequence[int]) -> list[float]:
-    """Regressors of the prefill model: [1, sum(l), sum(l^2)]."""
-    return [1.0, float(sum(input_lens)), float(sum(n * n for n in input_lens))]
+    """Regressors of the prefill model: [1, prompts, sum(l), sum(l^2)]."""
+    return [1.0, float(len(input_lens)), float(sum(input_lens)), float(sum(n * n for n in input_lens))]
 
 
 def decode_features(batch_size: int, context_tokens: int) -> list[float]:
@@ -63,9 +63,9 @@ def nnls_relative(features: Sequence[Sequence[float]], times: Sequence[float]) -
 
 
 def fit_prefill(samples: Sequence[PrefillSample]) -> PrefillModel:
-    """Fit c0 + c1 * sum(l) + c2 * sum(l^2) to measured prefill times."""
+    """Fit c0 + cp * prompts + c1 * sum(l) + c2 * sum(l^2) to measured prefill times."""
     c = nnls_relative([prefill_features(s.input_lens) for s in samples], [s.time_s for s in samples])
-    return PrefillModel(c0_s=c[0], c1_s_per_token=c[1], c2_s_per_token_sq=c[2])
+    return PrefillModel(c0_s=c[0], cp_s_per_prompt=c[1], c1_s_per_token=c[2], c2_s_per_token_sq=c[3])
 
 
 def fit_decode(samples: Sequence[DecodeSample]) -> DecodeModel:

@@ -21,21 +21,28 @@ class _Frozen(BaseModel):
 
 
 class PrefillModel(_Frozen):
-    """Prefill time of one batch: c0 + c1 * sum(l) + c2 * sum(l^2), in seconds.
+    """Prefill time of one batch: c0 + cp * prompts + c1 * sum(l) + c2 * sum(l^2), in seconds.
 
-    c1 covers the token-linear work (projections, MLP, all-reduce); c2 the attention term,
-    which grows with the square of each prompt's length.
+    cp covers per-prompt work that does not scale with length (sampling, bookkeeping, a
+    kernel launch per sequence on CPU); c1 the token-linear work (projections, MLP,
+    all-reduce); c2 the attention term, which grows with the square of each prompt's length.
     """
 
     c0_s: float = Field(ge=0, description="fixed cost of a prefill iteration, s")
+    cp_s_per_prompt: float = Field(0.0, ge=0, description="cost per prompt in the batch, s")
     c1_s_per_token: float = Field(ge=0, description="cost per prompt token, s")
     c2_s_per_token_sq: float = Field(ge=0, description="cost per squared prompt length, s")
 
-    def time_from_sums(self, total_tokens: float, total_squared_tokens: float) -> float:
-        """Prefill time of a batch given sum(l) and sum(l^2); 0 for an empty batch."""
+    def time_from_sums(self, total_tokens: float, total_squared_tokens: float, prompts: int = 1) -> float:
+        """Prefill time of a batch of `prompts` prompts given sum(l) and sum(l^2); 0 if empty."""
         if total_tokens <= 0:
             return 0.0
-        return self.c0_s + self.c1_s_per_token * total_tokens + self.c2_s_per_token_sq * total_squared_tokens
+        return (
+            self.c0_s
+            + self.cp_s_per_prompt * prompts
+            + self.c1_s_per_token * total_tokens
+            + self.c2_s_per_token_sq * total_squared_tokens
+        )
 
     def time_s(self, input_lens: Sequence[int]) -> float:
         """Prefill time of one batch holding prompts of these lengths."""
@@ -44,7 +51,7 @@ class PrefillModel(_Frozen):
         for n in input_lens:
             total += n
             squares += n * n
-        return self.time_from_sums(total, squares)
+        return self.time_from_sums(total, squares, len(input_lens))
 
 
 class DecodeModel(_Frozen):
@@ -120,12 +127,14 @@ class WorkerProfile(_Frozen):
         """One decode step of `batch_size` requests holding `context_tokens` in all, s."""
         return self.decode.step_s(batch_size, context_tokens)
 
-    def ttft_s(self, input_len: int, queued_tokens: int = 0, queued_squared_tokens: int = 0) -> float:
+    def ttft_s(
+        self, input_len: int, queued_tokens: int = 0, queued_squared_tokens: int = 0, queued_prompts: int = 1
+    ) -> float:
         """TTFT a new request would see: the prefill queued ahead of it, run as one batch
-        (given by sum(l) and sum(l^2) of its prompts), then its own prefill."""
-        return self.prefill.time_from_sums(queued_tokens, queued_squared_tokens) + self.prefill.time_from_sums(
-            input_len, input_len * input_len
-        )
+        (given by sum(l), sum(l^2) and the number of its prompts), then its own prefill."""
+        return self.prefill.time_from_sums(
+            queued_tokens, queued_squared_tokens, queued_prompts
+        ) + self.prefill.time_from_sums(input_len, input_len * input_len)
 
     def atgt_s(self, batch_size: int, context_tokens: int) -> float:
         """Average token generation time under this batch: every step gives each request one
