@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[cpu,dev]"
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(BIN)/aladdin model tiny
+	$(BIN)/aladdin predictor train --default
 	touch $(STAMP)
 
 test: setup
