@@ -9,6 +9,8 @@ and the simulator never loop over residents to read them.
 
 from __future__ import annotations
 
+import math
+import weakref
 from dataclasses import dataclass, field
 
 from predictors.latency.profile import WorkerProfile
@@ -46,6 +48,16 @@ class Request:
     def ttft_deadline_s(self) -> float:
         return self.arrival_s + self.slo_ttft_s
 
+    @property
+    def upper_output_tokens(self) -> int:
+        """Output tokens reserved for this request: the upper estimate, in whole tokens."""
+        return max(1, math.ceil(self.est_upper))
+
+    @property
+    def upper_final_tokens(self) -> int:
+        """KV tokens it holds just before it finishes if its output is `upper_output_tokens`."""
+        return self.input_len + self.upper_output_tokens
+
 
 @dataclass(slots=True)
 class Resident:
@@ -53,6 +65,18 @@ class Resident:
 
     request: Request
     decode_from_step: int | None = None
+    # the request's upper_final_tokens as counted in WorkerState.kv_final_tokens, so removal
+    # subtracts what admission added even if the estimate changed in between
+    counted_final_tokens: int = 0
+
+
+def _upper_end_step(resident: Resident) -> int:
+    """The worker step at which a decoding resident has generated its upper estimate."""
+    return resident.decode_from_step + resident.counted_final_tokens - resident.request.input_len
+
+
+class ChangeLog(list):
+    """Workers that changed since their watcher last drained this list (see WorkerState.watch)."""
 
 
 @dataclass(slots=True)
@@ -72,6 +96,18 @@ class WorkerState:
     # the batch = decode_context_base + decode_count * steps
     decode_count: int = 0
     decode_context_base: int = 0
+    # sum over residents of upper_final_tokens: an upper bound of the projected KV peak while
+    # no resident has outlived its upper estimate (step-independent, so it needs no update on
+    # advance)
+    kv_final_tokens: int = 0
+    # weak references to the ChangeLogs of policies that cache per-worker aggregates
+    change_logs: list[weakref.ref[ChangeLog]] = field(default_factory=list, repr=False, compare=False)
+    # multiset of the residents' ATGT SLOs (value -> count) and its cached minimum
+    slo_atgt_counts: dict[float, int] = field(default_factory=dict)
+    _min_slo_atgt_s: float | None = None
+    # cached min over decoding residents of the step they reach their upper estimate (None:
+    # recompute on next read)
+    _min_upper_end_step: float | None = math.inf
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -80,6 +116,47 @@ class WorkerState:
     @property
     def batch_size(self) -> int:
         return self.decode_count
+
+    def watch(self, log: ChangeLog) -> None:
+        """Append this worker to `log` on every later change except `advance` (which leaves
+        every step-independent aggregate as it was). The log is held weakly."""
+        self.change_logs.append(weakref.ref(log))
+
+    def _changed(self) -> None:
+        dead = False
+        for ref in self.change_logs:
+            log = ref()
+            if log is None:
+                dead = True
+            else:
+                log.append(self)
+        if dead:
+            self.change_logs = [ref for ref in self.change_logs if ref() is not None]
+
+    @property
+    def min_slo_atgt_s(self) -> float:
+        """The tightest ATGT SLO among residents (inf if none)."""
+        if self._min_slo_atgt_s is None:
+            self._min_slo_atgt_s = min(self.slo_atgt_counts, default=math.inf)
+        return self._min_slo_atgt_s
+
+    @property
+    def min_upper_end_step(self) -> float:
+        """The step at which the first decoding resident reaches its upper output estimate
+        (inf if none decodes). While `steps` has not passed it, no resident is overdue and
+        `kv_final_tokens` bounds the projected KV use from above."""
+        if self._min_upper_end_step is None:
+            self._min_upper_end_step = min(
+                (_upper_end_step(r) for r in self.residents.values() if r.decode_from_step is not None),
+                default=math.inf,
+            )
+        return self._min_upper_end_step
+
+    @property
+    def kv_used_tokens(self) -> int:
+        """KV tokens in use now: the decoding batch's context plus the prompts of queued
+        requests (their KV is allocated at prefill; counted from admission)."""
+        return self.context_tokens + self.queued_prefill_tokens
 
     @property
     def context_tokens(self) -> int:
@@ -95,10 +172,17 @@ class WorkerState:
         """Place a request here; its prefill is queued."""
         if request.id in self.residents:
             raise ValueError(f"request {request.id} is already on worker {self.id}")
-        self.residents[request.id] = Resident(request)
+        final = request.upper_final_tokens
+        self.residents[request.id] = Resident(request, counted_final_tokens=final)
         self.queued_prefill_tokens += request.input_len
         self.queued_prefill_sq += request.input_len * request.input_len
         self.queued_prefill_count += 1
+        self.kv_final_tokens += final
+        slo = request.slo_atgt_s
+        self.slo_atgt_counts[slo] = self.slo_atgt_counts.get(slo, 0) + 1
+        if self._min_slo_atgt_s is not None and slo < self._min_slo_atgt_s:
+            self._min_slo_atgt_s = slo
+        self._changed()
 
     def start_decode(self, request_id: str) -> None:
         """Its prefill ran (and produced the first token): it joins the decoding batch."""
@@ -112,6 +196,9 @@ class WorkerState:
         resident.decode_from_step = self.steps
         self.decode_count += 1
         self.decode_context_base += n - self.steps
+        if self._min_upper_end_step is not None:
+            self._min_upper_end_step = min(self._min_upper_end_step, _upper_end_step(resident))
+        self._changed()
 
     def advance(self, steps: int) -> None:
         """Every decoding request gained `steps` tokens."""
@@ -130,4 +217,34 @@ class WorkerState:
         else:
             self.decode_count -= 1
             self.decode_context_base -= n - resident.decode_from_step
+            if _upper_end_step(resident) == self._min_upper_end_step:
+                self._min_upper_end_step = None
+        self.kv_final_tokens -= resident.counted_final_tokens
+        slo = resident.request.slo_atgt_s
+        left = self.slo_atgt_counts[slo] - 1
+        if left:
+            self.slo_atgt_counts[slo] = left
+        else:
+            del self.slo_atgt_counts[slo]
+            if slo == self._min_slo_atgt_s:
+                self._min_slo_atgt_s = None  # recomputed on next read
+        self._changed()
         return resident.request
+
+    def set_estimate(self, request_id: str, est_mean: float, est_upper: float) -> None:
+        """Replace a resident's output-length estimates (error-aware rebalancing), keeping the
+        KV aggregates consistent. Change a resident's estimates only through this method."""
+        if not 0 < est_mean <= est_upper:
+            raise ValueError("need 0 < est_mean <= est_upper")
+        resident = self.residents[request_id]
+        request = resident.request
+        request.est_mean = est_mean
+        request.est_upper = est_upper
+        final = request.upper_final_tokens
+        if resident.decode_from_step is not None and _upper_end_step(resident) == self._min_upper_end_step:
+            self._min_upper_end_step = None
+        self.kv_final_tokens += final - resident.counted_final_tokens
+        resident.counted_final_tokens = final
+        if self._min_upper_end_step is not None and resident.decode_from_step is not None:
+            self._min_upper_end_step = min(self._min_upper_end_step, _upper_end_step(resident))
+        self._changed()

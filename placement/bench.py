@@ -1,0 +1,136 @@
+"""Decision-time benchmark of a placement policy on a large, realistic cluster state.
+
+State: `workers` workers of one profile holding `inflight` requests in all, spread unevenly
+(per-worker shares drawn from a Gamma(2) mix, so some workers are nearly idle and some near
+their ATGT or KV limit). Lengths are ShareGPT-like log-normals; the predictor is modelled as
+the true length times log-normal noise, with the upper estimate at 2x the mean. Each resident
+has generated a uniform fraction of its true length; 2% still wait for their prefill.
+
+Loop: a new request arrives, the policy chooses (timed, nothing else is), the request is
+admitted where chosen, one random resident finishes elsewhere and a random worker advances a
+few decode steps, so the state keeps changing as in serving.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from placement.policies import make_policy
+from placement.state import Request, WorkerState
+from predictors.latency import load_profile_family
+
+INPUT_MEAN, INPUT_CV = 250.0, 1.5
+OUTPUT_MEAN, OUTPUT_CV = 230.0, 1.0
+PREDICTION_NOISE_SIGMA = 0.3
+UPPER_OVER_MEAN = 2.0
+QUEUED_FRACTION = 0.02
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    policy: str
+    profile: str
+    workers: int
+    inflight: int
+    decisions: int
+    placed: int
+    p50_us: float
+    p99_us: float
+    mean_us: float
+    decisions_per_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Arrivals:
+    """ShareGPT-like requests with noisy predictions (deterministic under a seed)."""
+
+    def __init__(self, seed: int, slo_ttft_s: float, slo_atgt_s: float, max_len: int) -> None:
+        self.rng = random.Random(seed)
+        self.count = 0
+        self.slo = (slo_ttft_s, slo_atgt_s)
+        self.max_len = max_len
+
+    def _lognormal(self, mean: float, cv: float) -> float:
+        sigma2 = math.log1p(cv * cv)
+        return self.rng.lognormvariate(math.log(mean) - sigma2 / 2, math.sqrt(sigma2))
+
+    def next(self, now_s: float) -> tuple[Request, int]:
+        """A request and its true output length."""
+        self.count += 1
+        output_len = max(1, min(int(self._lognormal(OUTPUT_MEAN, OUTPUT_CV)), self.max_len // 2))
+        input_len = max(1, min(int(self._lognormal(INPUT_MEAN, INPUT_CV)), self.max_len - output_len))
+        mean = max(1.0, output_len * self.rng.lognormvariate(0.0, PREDICTION_NOISE_SIGMA))
+        request = Request(
+            id=f"q{self.count}", arrival_s=now_s, input_len=input_len, pred_mean=mean,
+            pred_upper=mean * UPPER_OVER_MEAN, slo_ttft_s=self.slo[0], slo_atgt_s=self.slo[1],
+        )
+        return request, output_len
+
+
+def build_cluster(
+    workers: int, inflight: int, family: str = "llama-2-7b-a100", tp: int = 1, seed: int = 0,
+    slo_ttft_s: float = 1.0, slo_atgt_s: float = 0.05,
+) -> tuple[list[WorkerState], _Arrivals]:
+    """The benchmark's starting state and the arrival stream that continues it."""
+    profile = load_profile_family(family).profile(tp)
+    arrivals = _Arrivals(seed, slo_ttft_s, slo_atgt_s, profile.max_model_len)
+    shares = np.random.default_rng(seed).gamma(2.0, 1.0, workers)
+    counts = np.random.default_rng(seed + 1).multinomial(inflight, shares / shares.sum())
+    cluster = []
+    for w, count in enumerate(counts):
+        worker = WorkerState(id=f"w{w}", profile=profile)
+        generated = {}
+        for _ in range(count):
+            request, output_len = arrivals.next(0.0)
+            worker.admit(request)
+            if arrivals.rng.random() >= QUEUED_FRACTION:
+                generated[request.id] = int(arrivals.rng.random() * output_len)
+        # start the longest-running first and advance between starts (lockstep decoding)
+        order = sorted(generated, key=generated.get, reverse=True)
+        for rid, after in zip(order, order[1:] + [None]):
+            worker.start_decode(rid)
+            worker.advance(generated[rid] - (generated[after] if after else 0))
+        cluster.append(worker)
+    return cluster, arrivals
+
+
+def run(
+    policy_name: str = "aladdin", workers: int = 1000, inflight: int = 50_000, decisions: int = 5000,
+    warmup: int = 200, seed: int = 0, family: str = "llama-2-7b-a100", tp: int = 1,
+) -> BenchResult:
+    """Time `decisions` calls of the policy's `choose` (after `warmup` untimed ones)."""
+    cluster, arrivals = build_cluster(workers, inflight, family, tp, seed)
+    policy = make_policy(policy_name, seed=seed)
+    rng = arrivals.rng
+    timings = []
+    placed = 0
+    now_s = 0.0
+    for i in range(warmup + decisions):
+        request, _ = arrivals.next(now_s)
+        start = time.perf_counter_ns()
+        worker = policy.choose(request, cluster, now_s)
+        elapsed = time.perf_counter_ns() - start
+        if i >= warmup:
+            timings.append(elapsed)
+            placed += worker is not None
+        if worker is not None:
+            worker.admit(request)
+        finished = rng.choice(cluster)
+        if finished.residents:
+            finished.remove(next(iter(finished.residents)))
+        rng.choice(cluster).advance(rng.randint(0, 3))
+        now_s += 0.001
+    ns = np.array(timings, dtype=float)
+    return BenchResult(
+        policy=policy_name, profile=f"{family} tp{tp}", workers=workers, inflight=inflight,
+        decisions=decisions, placed=placed,
+        p50_us=float(np.percentile(ns, 50) / 1e3), p99_us=float(np.percentile(ns, 99) / 1e3),
+        mean_us=float(ns.mean() / 1e3), decisions_per_s=float(decisions / (ns.sum() / 1e9)),
+    )

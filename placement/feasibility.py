@@ -1,0 +1,157 @@
+"""Exact feasibility of placing one request on one worker (Aladdin's three constraints).
+
+Projection model (lockstep decoding): from now on every resident, including the new request
+and those still waiting for their prefill, gains one token per decode step. Resident i holds
+c_i = input + generated tokens and ends after r_i = upper_output_tokens - generated more steps
+(never negative: a request that already outlived its upper estimate is treated as finishing
+now; rebalancing raises its estimate). At step t the worker holds
+
+    usage(t) = sum over {i : r_i >= t} of (c_i + t)
+
+which grows between finishes, so its peak is at one of the finish points t = r_k. The decode
+step at t runs the n(t) = |{i : r_i >= t}| alive requests over usage(t) context tokens; it is
+largest at a finish point too (n(t) only shrinks with t, the step time grows with both).
+
+A worker is feasible for request q when
+  (a) KV:   max_t usage(t) <= KV capacity,
+  (b) ATGT: max_t decode_step_s(n(t), usage(t)) <= min SLO ATGT of residents and q, so every
+            step, hence every request's average, stays within its SLO,
+  (c) TTFT: (now - q.arrival) + ttft_s(q.input_len, queued prefill ahead of it) <= q.slo_ttft.
+All latencies come from the worker's `WorkerProfile`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from placement.state import Request, WorkerState
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """Peak KV use (tokens) and peak decode-step time (s) of a worker's projected future."""
+
+    peak_kv_tokens: int
+    peak_step_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """The result of checking one worker for one request."""
+
+    worker_id: str
+    kv_ok: bool
+    atgt_ok: bool
+    ttft_ok: bool
+    accepting: bool
+    peak_kv_tokens: int
+    kv_capacity_tokens: int
+    peak_step_s: float
+    atgt_slo_s: float
+    ttft_s: float
+    ttft_slo_s: float
+
+    @property
+    def feasible(self) -> bool:
+        return self.accepting and self.kv_ok and self.atgt_ok and self.ttft_ok
+
+    @property
+    def kv_leftover(self) -> float:
+        """Free KV at the projected peak, as a fraction of capacity (negative when over)."""
+        return (self.kv_capacity_tokens - self.peak_kv_tokens) / self.kv_capacity_tokens
+
+    @property
+    def atgt_leftover(self) -> float:
+        """Unused ATGT budget at the slowest projected step, as a fraction of the SLO."""
+        return (self.atgt_slo_s - self.peak_step_s) / self.atgt_slo_s
+
+    @property
+    def best_fit_score(self) -> float:
+        """Sum of the normalized leftovers: the smaller, the tighter the packing."""
+        return self.kv_leftover + self.atgt_leftover
+
+    @property
+    def violation(self) -> float:
+        """The largest normalized shortfall over the three constraints (0 when feasible)."""
+        ttft_over = (self.ttft_s - self.ttft_slo_s) / self.ttft_slo_s
+        return max(0.0, -self.kv_leftover, -self.atgt_leftover, ttft_over)
+
+
+def lifetimes(worker: WorkerState, new: Request | None = None) -> list[tuple[int, int]]:
+    """(remaining steps, current KV tokens) of every resident, plus `new` (not yet placed)."""
+    steps = worker.steps
+    out = []
+    append = out.append
+    for resident in worker.residents.values():
+        start = resident.decode_from_step
+        size = resident.request.input_len + (0 if start is None else steps - start)
+        # counted_final_tokens is input + upper output tokens, kept in step by set_estimate
+        remaining = resident.counted_final_tokens - size
+        append((remaining if remaining > 0 else 0, size))
+    if new is not None:
+        append((new.upper_output_tokens, new.input_len))
+    return out
+
+
+def project(worker: WorkerState, new: Request | None = None) -> Projection:
+    """Peak KV use and peak decode-step time from now until every resident (and `new`) ends."""
+    items = lifetimes(worker, new)
+    if not items:
+        return Projection(0, 0.0)
+    items.sort(reverse=True)
+    # walk finish points from the last to the first: the alive set grows as t decreases
+    points: list[tuple[int, int]] = []  # (alive count, usage) at each distinct finish point
+    alive = 0
+    held = 0
+    peak_kv = 0
+    for k, (t, size) in enumerate(items):
+        alive += 1
+        held += size
+        if k + 1 == len(items) or items[k + 1][0] != t:
+            usage = held + alive * t
+            points.append((alive, usage))
+            if usage > peak_kv:
+                peak_kv = usage
+    # only a point whose usage beats every earlier one (in time) can be the slowest step, since
+    # earlier points run at least as many requests
+    step_s = worker.profile.decode_step_s
+    peak_step = 0.0
+    best_usage = -1
+    for alive, usage in reversed(points):
+        if usage > best_usage:
+            best_usage = usage
+            step = step_s(alive, usage)
+            if step > peak_step:
+                peak_step = step
+    return Projection(peak_kv, peak_step)
+
+
+def check(worker: WorkerState, request: Request, now_s: float) -> Fit:
+    """Whether `request` fits on `worker` now, with the margins best-fit scoring needs."""
+    projection = project(worker, request)
+    atgt_slo = min(worker.min_slo_atgt_s, request.slo_atgt_s)
+    ttft = (now_s - request.arrival_s) + worker.profile.ttft_s(
+        request.input_len,
+        worker.queued_prefill_tokens,
+        worker.queued_prefill_sq,
+        worker.queued_prefill_count,
+    )
+    capacity = worker.kv_capacity_tokens
+    return Fit(
+        worker_id=worker.id,
+        kv_ok=projection.peak_kv_tokens <= capacity,
+        atgt_ok=projection.peak_step_s <= atgt_slo,
+        ttft_ok=ttft <= request.slo_ttft_s,
+        accepting=worker.accepting,
+        peak_kv_tokens=projection.peak_kv_tokens,
+        kv_capacity_tokens=capacity,
+        peak_step_s=projection.peak_step_s,
+        atgt_slo_s=atgt_slo,
+        ttft_s=ttft,
+        ttft_slo_s=request.slo_ttft_s,
+    )
+
+
+def is_feasible(worker: WorkerState, request: Request, now_s: float) -> bool:
+    """Shorthand for `check(...).feasible`."""
+    return check(worker, request, now_s).feasible

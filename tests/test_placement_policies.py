@@ -1,0 +1,205 @@
+"""Placement policies, queue orderings, the waiting queue and error-aware rebalancing."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from placement.feasibility import check
+from placement.policies import POLICY_NAMES, AladdinPolicy, make_policy
+from placement.queue_order import QUEUE_ORDER_NAMES, WaitingQueue, make_queue_order
+from placement.rebalance import SurvivalEstimator, on_progress, rebalance
+from placement.state import Request, WorkerState
+from predictors.latency import load_profile_family
+
+BASE = load_profile_family("llama-2-7b-a100").profile(1)
+
+
+def _profile(num_blocks: int):
+    return BASE.model_copy(update={"kv": BASE.kv.model_copy(update={"num_blocks": num_blocks})})
+
+
+def _request(rid, input_len=100, mean=50.0, upper=100.0, arrival=0.0, slo_ttft=1.0, slo_atgt=0.05) -> Request:
+    return Request(
+        id=str(rid), arrival_s=arrival, input_len=input_len, pred_mean=mean, pred_upper=upper,
+        slo_ttft_s=slo_ttft, slo_atgt_s=slo_atgt,
+    )
+
+
+def _random_cluster(seed: int, workers: int, blocks: tuple[int, int] = (20, 200)) -> list[WorkerState]:
+    rng = random.Random(seed)
+    cluster = []
+    for w in range(workers):
+        worker = WorkerState(id=f"w{w}", profile=_profile(rng.randint(*blocks)))
+        for i in range(rng.randint(0, 8)):
+            upper = rng.uniform(5, 200)
+            request = _request(f"{w}-{i}", rng.randint(1, 300), upper / 2, upper, slo_atgt=rng.choice([0.02, 0.05]))
+            worker.admit(request)
+            if rng.random() < 0.8:
+                worker.start_decode(request.id)
+            worker.advance(rng.randint(0, 20))
+        cluster.append(worker)
+    return cluster
+
+
+def test_registry_makes_every_policy_and_rejects_unknown_names():
+    assert set(POLICY_NAMES) == {"aladdin", "rr", "jsq", "p2c", "least-kv"}
+    for name in POLICY_NAMES:
+        assert make_policy(name).name == name
+    with pytest.raises(ValueError, match="valid: aladdin, rr, jsq, p2c, least-kv"):
+        make_policy("best")
+    with pytest.raises(ValueError, match="valid: fifo, slo-dbs, odbs, slo-odbs"):
+        make_queue_order("lifo")
+    with pytest.raises(ValueError, match="on_infeasible"):
+        make_policy("aladdin", on_infeasible="drop")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 12), st.integers(1, 600), st.floats(1, 400), st.integers(0, 2))
+def test_aladdin_places_only_where_feasible_and_waits_only_when_nothing_is(seed, n, input_len, upper, tight):
+    cluster = _random_cluster(seed, n)
+    request = _request("new", input_len, upper / 2, upper)
+    chosen = AladdinPolicy(tight_checks=tight).choose(request, cluster, now_s=0.0)
+    fits = [check(w, request, 0.0) for w in cluster]
+    if chosen is None:
+        assert not any(f.feasible for f in fits)
+    else:
+        assert check(chosen, request, 0.0).feasible
+
+
+def test_aladdin_prefers_the_tighter_of_two_feasible_workers():
+    empty, busy = WorkerState(id="empty", profile=_profile(100)), WorkerState(id="busy", profile=_profile(100))
+    for i in range(3):  # 3 x 300 final tokens + the newcomer's 200 fit in 1,600
+        busy.admit(_request(i, 200, 50, 100))
+        busy.start_decode(str(i))
+    chosen = AladdinPolicy().choose(_request("new"), [empty, busy], now_s=0.0)
+    assert chosen is busy
+
+
+def test_aladdin_waits_or_sends_to_the_least_violating_worker_when_nothing_fits():
+    small = [WorkerState(id=f"w{i}", profile=_profile(5 + i)) for i in range(3)]  # 80..112 tokens
+    request = _request("new", input_len=150, mean=50, upper=100)
+    assert AladdinPolicy().choose(request, small, 0.0) is None
+    assert AladdinPolicy(on_infeasible="least-violation").choose(request, small, 0.0) is small[-1]
+
+
+def test_aladdin_skips_draining_workers():
+    draining, open_ = WorkerState(id="d", profile=BASE, accepting=False), WorkerState(id="o", profile=BASE)
+    assert AladdinPolicy().choose(_request("new"), [draining, open_], 0.0) is open_
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000))
+def test_aladdin_cached_table_agrees_with_a_fresh_policy_after_changes(seed):
+    rng = random.Random(seed)
+    cluster = _random_cluster(seed, 6)
+    policy = AladdinPolicy()
+    for k in range(30):
+        upper = rng.uniform(5, 100)
+        request = _request(f"n{k}", rng.randint(1, 300), upper / 2, upper)
+        chosen = policy.choose(request, cluster, 0.0)
+        assert chosen is AladdinPolicy().choose(request, cluster, 0.0)
+        if chosen is not None:
+            chosen.admit(request)
+        victim = rng.choice(cluster)
+        if victim.residents and rng.random() < 0.5:
+            victim.remove(next(iter(victim.residents)))
+        victim.advance(rng.randint(0, 5))
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_policies_are_deterministic_under_a_seed(name):
+    def run(seed: int) -> list[str | None]:
+        cluster = _random_cluster(7, 10, blocks=(200, 400))
+        policy = make_policy(name, seed=seed)
+        picks = []
+        for k in range(40):
+            request = _request(f"n{k}", 50 + k, 20, 40)
+            worker = policy.choose(request, cluster, 0.0)
+            picks.append(None if worker is None else worker.id)
+            if worker is not None:
+                worker.admit(request)
+        return picks
+
+    assert run(3) == run(3)
+    if name == "p2c":
+        assert run(3) != run(4)
+
+
+def test_baselines():
+    workers = [WorkerState(id=f"w{i}", profile=BASE) for i in range(3)]
+    workers[1].accepting = False
+    rr = make_policy("rr")
+    assert [rr.choose(_request(i), workers, 0.0).id for i in range(4)] == ["w0", "w2", "w0", "w2"]
+    workers[0].admit(_request("a", input_len=10))
+    workers[0].admit(_request("b", input_len=10))
+    workers[2].admit(_request("c", input_len=2000))
+    assert make_policy("jsq").choose(_request("x"), workers, 0.0).id == "w2"
+    assert make_policy("least-kv").choose(_request("x"), workers, 0.0).id == "w0"
+    picks = {make_policy("p2c", seed=s).choose(_request("x"), workers, 0.0).id for s in range(20)}
+    assert picks == {"w2"}  # the two accepting workers are always drawn; w2 has fewer residents
+    for name in POLICY_NAMES:
+        assert make_policy(name).choose(_request("x"), [workers[1]], 0.0) is None
+
+
+def test_queue_orders():
+    early_long = _request("a", arrival=0.0, mean=400, upper=800)
+    late_short = _request("b", arrival=0.1, mean=10, upper=20)
+    urgent = _request("c", arrival=0.2, slo_ttft=0.1, mean=50, upper=100)
+    requests = [early_long, late_short, urgent]
+
+    def served(name: str) -> list[str]:
+        order = make_queue_order(name)
+        return [r.id for r in sorted(requests, key=lambda r: order.key(r, 1.0))]
+
+    assert set(QUEUE_ORDER_NAMES) == {"fifo", "slo-dbs", "odbs", "slo-odbs"}
+    assert served("fifo") == ["a", "b", "c"]
+    assert served("slo-dbs") == ["c", "a", "b"]
+    assert served("odbs") == ["b", "c", "a"]
+    # deadlines 1.0, 1.1, 0.3; plus mean x 0.05 s: 21.0, 1.6, 2.8
+    assert served("slo-odbs") == ["b", "c", "a"]
+
+
+def test_waiting_queue_places_in_order_and_tracks_demand():
+    queue = WaitingQueue(make_queue_order("slo-odbs"))
+    worker = WorkerState(id="w", profile=_profile(30))  # 480 tokens
+    big, small = _request("big", input_len=300, upper=100), _request("small", input_len=100, upper=50, arrival=1.0)
+    queue.push(big, 0.0)
+    queue.push(small, 0.0)
+    assert (queue.demand.requests, queue.demand.kv_tokens) == (2, 400 + 150)
+    placed = queue.place_waiting(AladdinPolicy(), [worker], now_s=0.0)
+    assert [r.id for r, _ in placed] == ["big"]  # served first; then small no longer fits
+    assert [r.id for r in queue] == ["small"]
+    assert (queue.demand.requests, queue.demand.kv_tokens, queue.demand.prefill_tokens) == (1, 150, 100)
+    assert queue.pop() is small and queue.demand.requests == 0
+
+
+def test_survival_estimator_conditions_on_the_tokens_already_generated():
+    estimator = SurvivalEstimator(range(1, 101), quantile=0.9)
+    mean, upper = estimator.conditional(50)
+    assert mean == pytest.approx(75.5)  # mean of 51..100
+    assert upper == 95  # the 45th (ceil(0.9 x 50)) of the 50 values above 50
+    assert estimator.conditional(100) == (150.0, 150.0)  # beyond the sample: x tail_growth
+
+
+def test_rebalancing_raises_an_overdue_request_and_steers_new_arrivals_away():
+    estimator = SurvivalEstimator(range(1, 201))
+    late = WorkerState(id="late", profile=_profile(40))  # 640 tokens
+    roomy = WorkerState(id="roomy", profile=_profile(250))
+    late.admit(_request("r", input_len=100, mean=20, upper=40))
+    late.start_decode("r")
+    late.advance(60)  # 20 tokens past its upper estimate: seen as finishing now
+    newcomer = _request("new", input_len=300, mean=100, upper=200)
+    assert AladdinPolicy().choose(newcomer, [late, roomy], 0.0) is late  # the tighter fit
+
+    assert rebalance(late, estimator) == 1
+    request = late.residents["r"].request
+    assert (request.est_mean, request.est_upper) == estimator.conditional(60)
+    assert late.kv_final_tokens == request.upper_final_tokens
+    assert not on_progress(late, "r", estimator)  # nothing new until it outlives the raise
+    # it now holds its KV for ~127 more steps, so the newcomer's peak would overflow 640
+    assert not check(late, newcomer, 0.0).kv_ok
+    assert AladdinPolicy().choose(newcomer, [late, roomy], 0.0) is roomy
