@@ -1,0 +1,307 @@
+"""The trace-driven discrete-event simulation of a cluster of workers.
+
+One global event heap holds the end of each worker's current work, warm-up completions and
+scaling ticks; arrivals are read from the trace in order beside it. On arrival the request
+gets its predicted lengths from the length model and the placement policy (the production
+object) picks a worker or leaves it waiting in the central queue (`WaitingQueue`, ordered by
+the queue order), which is offered to the policy again whenever a request finishes and at
+scaling ticks. Before each placement every worker in a decode run is brought up to date, so
+the policy reads the batch as it is at that moment.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from placement.policy import PlacementPolicy, QueueOrder
+from placement.queue_order import WaitingQueue
+from placement.rebalance import SurvivalEstimator
+from placement.simulator.length_model import LengthModel
+from placement.simulator.metrics import RequestRecord, Summary, summarize
+from placement.simulator.worker_engine import EngineOptions, WorkerEngine
+from placement.state import Request, WorkerState
+from placement.traces import TraceRequest
+from predictors.latency.profile import WorkerProfile
+
+_WORKER_DONE, _WORKER_READY, _TICK = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What the simulation runs: SLOs, starting workers, engine settings."""
+
+    slo_ttft_s: float
+    slo_atgt_s: float
+    workers: int = 1
+    engine: EngineOptions = EngineOptions()
+    warmup_s: float = 0.0  # a worker added while running serves after this delay
+    rebalance: bool = True  # error-aware rebalancing (estimates raised as requests outlive them)
+
+
+@dataclass
+class SimResult:
+    summary: Summary
+    records: list[RequestRecord]
+
+
+class ClusterView(Protocol):
+    """What an autoscaler reads and controls."""
+
+    now_s: float
+    profile: WorkerProfile
+
+    @property
+    def active_workers(self) -> int: ...
+
+    def ongoing_requests(self) -> int: ...
+
+    def recent_arrivals(self) -> Sequence[RequestRecord]: ...
+
+    def scale_to(self, workers: int) -> None: ...
+
+
+class Autoscaler(Protocol):
+    """Called every `period_s`; sets the worker count through `cluster.scale_to`."""
+
+    period_s: float
+
+    def tick(self, cluster: ClusterView) -> None: ...
+
+
+@dataclass
+class _Worker:
+    engine: WorkerEngine
+    started_s: float
+    ready: bool = False
+    stopped_s: float | None = None
+
+
+@dataclass
+class Cluster:
+    """Runs one simulation; build it and call `run()` once."""
+
+    trace: Sequence[TraceRequest]
+    profile: WorkerProfile
+    policy: PlacementPolicy
+    queue_order: QueueOrder
+    lengths: LengthModel
+    config: SimConfig
+    truncated: int = 0
+    autoscaler: Autoscaler | None = None
+    arrival_window_s: float = 60.0  # how far back `recent_arrivals` looks
+    now_s: float = 0.0
+    records: list[RequestRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.profile.kv.capacity_tokens < self.profile.max_model_len:
+            raise ValueError("the worker's KV cache cannot hold one max_model_len request")
+        self.queue = WaitingQueue(self.queue_order)
+        self._events: list[tuple[float, int, int, object, int]] = []
+        self._seq = itertools.count()
+        self._all: list[_Worker] = []
+        self._by_id: dict[str, _Worker] = {}
+        self.workers: list[WorkerState] = []  # ready workers, as the policy sees them
+        self._names = itertools.count()
+        self._records_by_id: dict[str, RequestRecord] = {}
+        self._unfinished = 0
+        self._recent_start = 0
+        self._timeline: list[tuple[float, int]] = []
+        self._estimator = (
+            SurvivalEstimator(r.output_len for r in self.trace) if self.config.rebalance else None
+        )
+
+    # ---- the view an autoscaler uses -------------------------------------------------
+
+    @property
+    def active_workers(self) -> int:
+        """Workers serving or warming up, not draining."""
+        return sum(1 for w in self._all if w.stopped_s is None and w.engine.state.accepting)
+
+    def ongoing_requests(self) -> int:
+        """Requests placed and not finished, plus those waiting in the central queue."""
+        return self._unfinished
+
+    def recent_arrivals(self) -> Sequence[RequestRecord]:
+        """Requests that arrived within `arrival_window_s` before now."""
+        start = self._recent_start
+        while start < len(self.records) and self.records[start].request.arrival_s < self.now_s - self.arrival_window_s:
+            start += 1
+        self._recent_start = start
+        return self.records[start:]
+
+    def scale_to(self, workers: int) -> None:
+        """Grow (reactivate draining workers first, then start new ones after the warm-up) or
+        shrink (drain the least loaded: no new placements, residents finish) to `workers`."""
+        workers = max(0, workers)
+        live = [w for w in self._all if w.stopped_s is None]
+        active = [w for w in live if w.engine.state.accepting]
+        if workers > len(active):
+            for w in live:
+                if len(active) >= workers:
+                    break
+                if not w.engine.state.accepting:
+                    w.engine.state.accepting = True
+                    active.append(w)
+            while len(active) < workers:
+                active.append(self._start_worker(self.config.warmup_s))
+        elif workers < len(active):
+            by_load = sorted(active, key=lambda w: (w.ready, len(w.engine.state.residents)))
+            for w in by_load[: len(active) - workers]:
+                w.engine.state.accepting = False
+                self._retire_if_empty(w)
+        self._mark_gpus()
+
+    # ---- workers ---------------------------------------------------------------------
+
+    def _start_worker(self, warmup_s: float) -> _Worker:
+        state = WorkerState(id=f"w{next(self._names)}", profile=self.profile)
+        worker = _Worker(WorkerEngine(state, self.config.engine, self._estimator), started_s=self.now_s)
+        self._all.append(worker)
+        self._by_id[state.id] = worker
+        if warmup_s <= 0:
+            self._make_ready(worker)
+        else:
+            self._push(self.now_s + warmup_s, _WORKER_READY, worker, 0)
+        return worker
+
+    def _make_ready(self, worker: _Worker) -> None:
+        if worker.stopped_s is not None:
+            return
+        worker.ready = True
+        self.workers.append(worker.engine.state)
+
+    def _retire_if_empty(self, worker: _Worker) -> None:
+        if worker.engine.state.accepting or not worker.engine.empty or worker.stopped_s is not None:
+            return
+        worker.stopped_s = self.now_s
+        if worker.ready:
+            self.workers.remove(worker.engine.state)
+
+    def _gpus(self) -> int:
+        return sum(w.engine.profile.tp for w in self._all if w.stopped_s is None)
+
+    def _mark_gpus(self) -> None:
+        gpus = self._gpus()
+        if not self._timeline or self._timeline[-1][1] != gpus:
+            self._timeline.append((self.now_s, gpus))
+
+    # ---- events ----------------------------------------------------------------------
+
+    def _push(self, t: float, kind: int, obj: object, version: int) -> None:
+        heapq.heappush(self._events, (t, next(self._seq), kind, obj, version))
+
+    def _kick(self, engine: WorkerEngine) -> None:
+        end = engine.start_next(self.now_s) if engine.idle else engine.interrupt(self.now_s)
+        if end is not None:
+            self._push(end, _WORKER_DONE, engine, engine.version)
+
+    def _place(self, record: RequestRecord, worker: WorkerState) -> None:
+        engine = self._by_id[worker.id].engine
+        engine.enqueue(record)
+        self._kick(engine)
+
+    def _arrive(self, index: int, item: TraceRequest) -> None:
+        mean, upper = self.lengths.predict(item.input_len, item.output_len)
+        request = Request(
+            id=str(index),
+            arrival_s=item.arrival_s,
+            input_len=item.input_len,
+            pred_mean=mean,
+            pred_upper=upper,
+            slo_ttft_s=self.config.slo_ttft_s,
+            slo_atgt_s=self.config.slo_atgt_s,
+            output_len=item.output_len,
+        )
+        record = RequestRecord(request, item.output_len)
+        self.records.append(record)
+        self._records_by_id[request.id] = record
+        self._unfinished += 1
+        self._sync_workers()
+        worker = self.policy.choose(request, self.workers, self.now_s)
+        if worker is None:
+            self.queue.push(request, self.now_s)
+            return
+        worker.admit(request)
+        self._place(record, worker)
+
+    def _sync_workers(self) -> None:
+        for state in self.workers:
+            self._by_id[state.id].engine.sync(self.now_s)
+
+    def _offer_waiting(self) -> None:
+        if not len(self.queue):
+            return
+        self._sync_workers()
+        for request, worker in self.queue.place_waiting(self.policy, self.workers, self.now_s):
+            self._place(self._records_by_id[request.id], worker)
+
+    def _worker_done(self, engine: WorkerEngine) -> None:
+        finished = engine.complete(self.now_s)
+        for record in finished:
+            self._unfinished -= 1
+            self.lengths.observe(record.request.input_len, record.output_len)
+        if finished:
+            self._offer_waiting()
+        if engine.idle:
+            self._kick(engine)
+        worker = self._by_id[engine.state.id]
+        if engine.empty:
+            self._retire_if_empty(worker)
+            self._mark_gpus()
+
+    def _can_progress(self) -> bool:
+        """Whether anything is left that a later tick could change: work on a worker, a
+        worker warming up (requests stuck in the queue with neither stay unfinished)."""
+        return any(w.stopped_s is None and (not w.ready or not w.engine.empty) for w in self._all)
+
+    def run(self) -> SimResult:
+        """Simulate the whole trace; returns the summary and every request's record."""
+        for _ in range(self.config.workers):
+            self._start_worker(0.0)
+        self._mark_gpus()
+        if self.autoscaler is not None:
+            self._push(0.0, _TICK, None, 0)
+        trace = self.trace
+        i = 0
+        events = self._events
+        while True:
+            next_arrival = trace[i].arrival_s if i < len(trace) else math.inf
+            if events and events[0][0] <= next_arrival:
+                t, _, kind, obj, version = heapq.heappop(events)
+                self.now_s = t
+                if kind == _WORKER_DONE:
+                    if obj.version == version:  # type: ignore[attr-defined]
+                        self._worker_done(obj)  # type: ignore[arg-type]
+                elif kind == _WORKER_READY:
+                    self._make_ready(obj)  # type: ignore[arg-type]
+                    self._offer_waiting()
+                else:
+                    self.autoscaler.tick(self)  # type: ignore[union-attr]
+                    self._offer_waiting()
+                    if i < len(trace) or self._can_progress():
+                        self._push(t + self.autoscaler.period_s, _TICK, None, 0)  # type: ignore[union-attr]
+            elif i < len(trace):
+                self.now_s = next_arrival
+                self._arrive(i, trace[i])
+                i += 1
+            else:
+                break
+        return SimResult(self._summary(), self.records)
+
+    def _summary(self) -> Summary:
+        end = max(self.now_s, max((r.finish_s for r in self.records if not math.isnan(r.finish_s)), default=0.0))
+        gpu_seconds = sum(
+            w.engine.profile.tp * ((w.stopped_s if w.stopped_s is not None else end) - w.started_s) for w in self._all
+        )
+        return summarize(
+            self.records,
+            truncated=self.truncated,
+            gpu_seconds=gpu_seconds,
+            workers_peak=max((g for _, g in self._timeline), default=0) // self.profile.tp,
+            gpu_timeline=self._timeline,
+        )

@@ -1,0 +1,377 @@
+"""Iteration-level continuous batching on one worker, scheduled as vLLM does it.
+
+Each iteration, waiting prompts go first (prefill priority): as many as fit the token budget,
+the sequence limit and the free KV blocks run as one prefill batch, which emits each one's
+next token (the first, for a new request). Otherwise the decoding batch runs a decode step,
+one token per member. A member that needs a new KV block when none is free makes the engine
+preempt the most recently admitted member (recompute: its blocks are freed and it re-queues
+at the front, to prefill its prompt plus the tokens it had generated).
+
+With chunked prefill (vLLM's v1 default) every iteration runs the decoding batch's step and
+spends what is left of the token budget on prompt chunks, oldest first.
+
+Between two changes of the batch, decode steps are not simulated one by one: the batch is
+fixed, every member gains a token per step and the decode step time is affine in context
+tokens (the profile's form), so the time of k steps is an arithmetic series and the engine
+jumps straight to the next completion or KV overflow. Work that arrives mid-run cuts the run
+at the next step boundary (`interrupt`).
+
+The engine does not own the clock: `start_next(now)` starts the next piece of work and
+returns when it ends; the cluster calls `complete(now)` at that time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from placement.rebalance import SurvivalEstimator, on_progress
+from placement.simulator.kv_blocks import LockstepBlocks
+from placement.simulator.metrics import RequestRecord
+from placement.state import WorkerState
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """vLLM scheduler settings the simulator models."""
+
+    max_num_seqs: int = 256
+    # Tokens one iteration may process; None: max(max_model_len, 2048) without chunked
+    # prefill (vLLM v0's default), 2048 with it.
+    max_batched_tokens: int | None = None
+    chunked_prefill: bool = False
+    # Free blocks a prefill must leave (vLLM v0 watermark, fraction of all blocks).
+    watermark: float = 0.01
+
+    def token_budget(self, max_model_len: int) -> int:
+        if self.max_batched_tokens is not None:
+            return self.max_batched_tokens
+        return 2048 if self.chunked_prefill else max(max_model_len, 2048)
+
+
+def series_time(t0: float, dt: float, k: int) -> float:
+    """Time of k decode steps whose first takes t0 and each next dt longer."""
+    return k * t0 + dt * (k * (k - 1) // 2)
+
+
+def steps_until(t0: float, dt: float, elapsed: float) -> int:
+    """The fewest steps whose time reaches `elapsed` (the step boundary at or after it)."""
+    if elapsed <= 0:
+        return 0
+    b = t0 - dt / 2
+    j = math.ceil(elapsed / t0) if dt <= 1e-18 else math.ceil((-b + math.sqrt(b * b + 2 * dt * elapsed)) / dt)
+    # the closed form may be off by one in floating point
+    while j > 0 and series_time(t0, dt, j - 1) >= elapsed:
+        j -= 1
+    while series_time(t0, dt, j) < elapsed:
+        j += 1
+    return j
+
+
+_IDLE, _PREFILL, _DECODE, _MIXED = 0, 1, 2, 3
+
+
+class WorkerEngine:
+    """One worker's scheduler: waiting prompts, the decoding batch, KV blocks, preemption."""
+
+    def __init__(
+        self, state: WorkerState, options: EngineOptions = EngineOptions(), estimator: SurvivalEstimator | None = None
+    ):
+        profile = state.profile
+        self.estimator = estimator  # error-aware rebalancing; None: estimates never change
+        self.state = state
+        self.profile = profile
+        self.options = options
+        self.num_blocks = profile.kv.num_blocks
+        self.block_size = profile.kv.block_size
+        self.token_budget = options.token_budget(profile.max_model_len)
+        self._watermark_blocks = int(options.watermark * self.num_blocks)
+        self.waiting: deque[RequestRecord] = deque()
+        self.running: dict[str, RequestRecord] = {}  # insertion order = admission order
+        self.blocks = LockstepBlocks(self.block_size)
+        self._block_keys: dict[str, int] = {}
+        self._finish_step: dict[str, int] = {}
+        self._finish_heap: list[tuple[int, str]] = []
+        self._overrun_heap: list[tuple[int, str]] = []  # (step a resident passes est_mean, id)
+        self._prefilled: dict[str, int] = {}  # chunked prefill: prompt tokens computed so far
+        self._reserved_blocks = 0  # chunked prefill: blocks of prompts partly computed
+        self._mode = _IDLE
+        self._start_s = 0.0
+        self._steps = 0
+        self._t0 = 0.0
+        self._dt = 0.0
+        self._batch: list[RequestRecord] = []
+        self.end_s = math.inf
+        self.version = 0  # bumped when planned work changes, so stale end events are ignored
+        self.preemptions = 0
+
+    @property
+    def idle(self) -> bool:
+        return self._mode == _IDLE
+
+    @property
+    def empty(self) -> bool:
+        return not self.waiting and not self.running and self._mode == _IDLE
+
+    def enqueue(self, record: RequestRecord) -> None:
+        """A request placed here (already admitted to `state` by the placement step): its
+        prefill is queued."""
+        blocks_needed = self.profile.kv.blocks_for(record.request.input_len + record.output_len)
+        if blocks_needed > self.num_blocks - self._watermark_blocks:
+            raise ValueError(f"request {record.request.id} needs {blocks_needed} KV blocks; worker holds {self.num_blocks}")
+        record.worker_id = self.state.id
+        self.waiting.append(record)
+
+    def interrupt(self, now: float) -> float | None:
+        """New work arrived: cut a decode run at the next step boundary so the scheduler can
+        consider it. Returns the new end time, or None if the planned end stands."""
+        if self._mode != _DECODE:
+            return None
+        j = steps_until(self._t0, self._dt, now - self._start_s)
+        if j >= self._steps:
+            return None
+        self._steps = j
+        self.end_s = self._start_s + series_time(self._t0, self._dt, j)
+        self.version += 1
+        return self.end_s
+
+    def sync(self, now: float) -> None:
+        """Count the decode steps of the current run completed by `now` into `state`, so a
+        policy reading it sees the batch as it is (the run's end does not change)."""
+        if self._mode != _DECODE:
+            return
+        j = steps_until(self._t0, self._dt, now - self._start_s)
+        if series_time(self._t0, self._dt, j) > now - self._start_s:
+            j -= 1  # that step is still running
+        if j <= 0:
+            return
+        j = min(j, self._steps)
+        self._start_s += series_time(self._t0, self._dt, j)
+        self._t0 += j * self._dt
+        self._steps -= j
+        self.state.advance(j)
+        if self.estimator is not None:
+            self._raise_overrun_estimates()
+
+    def _raise_overrun_estimates(self) -> None:
+        """Error-aware rebalancing for residents that passed their mean estimate."""
+        heap = self._overrun_heap
+        steps = self.state.steps
+        while heap and heap[0][0] <= steps:
+            _, rid = heapq.heappop(heap)
+            if rid in self.running:
+                on_progress(self.state, rid, self.estimator)
+                self._push_overrun(rid)
+
+    def _push_overrun(self, rid: str) -> None:
+        start = self.state.residents[rid].decode_from_step
+        due = start + max(1, math.ceil(self.state.residents[rid].request.est_mean))
+        heapq.heappush(self._overrun_heap, (max(due, self.state.steps + 1), rid))
+
+    # ---- completing work -------------------------------------------------------------
+
+    def complete(self, now: float) -> list[RequestRecord]:
+        """The work started last ended at `now`: apply it; returns the requests that finished."""
+        finished: list[RequestRecord] = []
+        mode, self._mode = self._mode, _IDLE
+        if mode in (_DECODE, _MIXED):
+            self.state.advance(self._steps)
+            self._pop_finished(now, finished)
+            if self.estimator is not None:
+                self._raise_overrun_estimates()
+        if mode in (_PREFILL, _MIXED):
+            for record in self._batch:
+                self._prefill_done(record, now, finished)
+        self._batch = []
+        return finished
+
+    def _pop_finished(self, now: float, finished: list[RequestRecord]) -> None:
+        steps = self.state.steps
+        heap = self._finish_heap
+        while heap and heap[0][0] <= steps:
+            step, rid = heapq.heappop(heap)
+            if self._finish_step.get(rid) != step:
+                continue  # stale: the request was preempted after this was pushed
+            record = self.running.pop(rid)
+            del self._finish_step[rid]
+            self.blocks.remove(self._block_keys.pop(rid))
+            self.state.remove(rid)
+            record.produced = record.output_len
+            record.finish_s = now
+            finished.append(record)
+
+    def _prefill_done(self, record: RequestRecord, now: float, finished: list[RequestRecord]) -> None:
+        rid = record.request.id
+        prompt = record.request.input_len + record.produced  # recompute covers generated tokens
+        record.produced += 1
+        if math.isnan(record.first_token_s):
+            record.first_token_s = now
+        if record.produced >= record.output_len:
+            self.state.remove(rid)
+            record.finish_s = now
+            finished.append(record)
+            return
+        steps = self.state.steps
+        self.state.start_decode(rid)
+        self.running[rid] = record
+        self._block_keys[rid] = self.blocks.add(prompt, steps)
+        finish = steps + record.output_len - record.produced
+        self._finish_step[rid] = finish
+        heapq.heappush(self._finish_heap, (finish, rid))
+        if self.estimator is not None:
+            self._push_overrun(rid)
+
+    # ---- starting work ---------------------------------------------------------------
+
+    def start_next(self, now: float) -> float | None:
+        """Start the next iteration (or run of decode steps); returns when it ends, None if
+        there is nothing to do."""
+        if self._mode != _IDLE:
+            raise RuntimeError("start_next while busy")
+        if self.options.chunked_prefill:
+            return self._start_mixed(now)
+        batch = self._take_prefill_batch()
+        if batch:
+            return self._begin(now, _PREFILL, self.profile.prefill_time_s([self._prompt(r) for r in batch]), batch)
+        if not self.running:
+            return None
+        k = self._steps_before_overflow()
+        while k == 0:
+            self._preempt_latest()
+            if not self.running:
+                return self.start_next(now)
+            k = self._steps_before_overflow()
+        return self._begin_decode(now, k)
+
+    def _prompt(self, record: RequestRecord) -> int:
+        return record.request.input_len + record.produced
+
+    def _free_blocks(self) -> int:
+        return (
+            self.num_blocks - self.blocks.blocks_at(self.state.steps) - self._reserved_blocks - self._watermark_blocks
+        )
+
+    def _take_prefill_batch(self) -> list[RequestRecord]:
+        free = self._free_blocks()
+        seats = self.options.max_num_seqs - len(self.running)
+        budget = self.token_budget
+        batch: list[RequestRecord] = []
+        for record in self.waiting:
+            n = self._prompt(record)
+            need = self.profile.kv.blocks_for(n)
+            if len(batch) >= seats or (batch and n > budget) or need > free:
+                break
+            batch.append(record)
+            budget -= n
+            free -= need
+        for _ in batch:
+            self.waiting.popleft()
+        return batch
+
+    def _next_finish_step(self) -> int:
+        heap = self._finish_heap
+        while self._finish_step.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0]
+
+    def _steps_before_overflow(self) -> int:
+        """Decode steps the batch can run before the next completion without a member
+        finding no free block (a step from S to S+1 needs the blocks of step S+1)."""
+        s = self.state.steps
+        k = self._next_finish_step() - s
+        blocks = self.blocks
+        now_blocks = blocks.blocks_at(s)
+        # each member gains at most ceil(k / block_size) blocks in k steps
+        if now_blocks + blocks.count * -(-k // self.block_size) <= self.num_blocks:
+            return k
+        lo, hi = 0, k  # blocks_at(s + lo) fits; find the largest such lo
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if blocks.blocks_at(s + mid) <= self.num_blocks:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _preempt_latest(self) -> None:
+        rid = next(reversed(self.running))
+        record = self.running.pop(rid)
+        record.produced += self.state.generated(rid)
+        record.preemptions += 1
+        self.preemptions += 1
+        del self._finish_step[rid]
+        self.blocks.remove(self._block_keys.pop(rid))
+        self.state.remove(rid)
+        self.state.admit(record.request)
+        self.waiting.appendleft(record)
+
+    def _begin(self, now: float, mode: int, duration: float, batch: list[RequestRecord]) -> float:
+        self._mode = mode
+        self._batch = batch
+        self._start_s = now
+        self.end_s = now + duration
+        self.version += 1
+        return self.end_s
+
+    def _begin_decode(self, now: float, k: int) -> float:
+        batch_size = self.blocks.count
+        context = self.blocks.tokens_at(self.state.steps)
+        t0 = self.profile.decode_step_s(batch_size, context)
+        # the step time is affine in context tokens, which grow by batch_size per step
+        self._dt = self.profile.decode_step_s(batch_size, context + batch_size) - t0
+        self._t0 = t0
+        self._steps = k
+        return self._begin(now, _DECODE, series_time(t0, self._dt, k), [])
+
+    def _start_mixed(self, now: float) -> float | None:
+        """Chunked prefill: one iteration of the decoding batch's step plus prompt chunks;
+        with no prompt waiting, a run of decode steps as without chunking."""
+        while self.running and self._steps_before_overflow() == 0:
+            self._preempt_latest()
+        if not self.waiting:
+            return self._begin_decode(now, self._steps_before_overflow()) if self.running else None
+        decode_time = 0.0
+        if self.running:
+            decode_time = self.profile.decode_step_s(self.blocks.count, self.blocks.tokens_at(self.state.steps))
+        budget = self.token_budget - len(self.running)
+        free = self._free_blocks()
+        seats = self.options.max_num_seqs - len(self.running)
+        chunk_tokens = 0
+        chunk_sq = 0
+        chunks = 0
+        done: list[RequestRecord] = []
+        for record in self.waiting:
+            if budget <= 0 or chunks >= seats:
+                break
+            rid = record.request.id
+            prompt = self._prompt(record)
+            computed = self._prefilled.get(rid, 0)
+            if computed == 0:
+                # the whole prompt's blocks are taken when its first chunk is scheduled
+                need = self.profile.kv.blocks_for(prompt)
+                if need > free:
+                    break
+                free -= need
+                self._reserved_blocks += need
+            take = min(budget, prompt - computed)
+            budget -= take
+            chunks += 1
+            chunk_tokens += take
+            # attention of a chunk over the prompt's prefix: the squared-length term grows
+            # from computed^2 to (computed + take)^2
+            chunk_sq += (computed + take) ** 2 - computed**2
+            if computed + take == prompt:
+                self._prefilled.pop(rid, None)
+                self._reserved_blocks -= self.profile.kv.blocks_for(prompt)
+                done.append(record)
+            else:
+                self._prefilled[rid] = computed + take
+        if not self.running and not chunks:
+            return None
+        for _ in done:
+            self.waiting.popleft()
+        prefill_time = self.profile.prefill.time_from_sums(chunk_tokens, chunk_sq, chunks)
+        self._t0, self._dt, self._steps = decode_time, 0.0, 1 if self.running else 0
+        return self._begin(now, _MIXED, decode_time + prefill_time, done)

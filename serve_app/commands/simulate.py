@@ -1,0 +1,107 @@
+"""`aladdin simulate`: replay a trace on simulated workers under a placement policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by `simulate` and `compare`: trace, profile family, SLOs, engine, lengths."""
+    from placement.simulator.length_model import DEFAULT_LENGTH_MODEL, LENGTH_MODELS
+
+    p.add_argument("--trace", required=True, help="Azure CSV (.csv) or Mooncake JSONL (.jsonl)")
+    p.add_argument("--profile-family", required=True, help="e.g. llama-2-7b-a100, tiny-cpu")
+    p.add_argument("--slo-ttft", type=float, required=True, help="TTFT SLO, s")
+    p.add_argument("--slo-atgt", type=float, required=True, help="ATGT SLO, s per token")
+    p.add_argument("--rate-scale", type=float, default=1.0, help="arrivals k times as fast")
+    p.add_argument("--limit", type=int, help="use only the first N requests of the trace")
+    p.add_argument("--queue-order", default="fifo", help="fifo, slo-dbs, odbs, slo-odbs")
+    p.add_argument("--length-model", default=DEFAULT_LENGTH_MODEL, choices=LENGTH_MODELS,
+                   help="what placement is told about reply lengths (default: %(default)s)")
+    p.add_argument("--mae-ratio", type=float, default=0.3, help="noisy length model: MAE / true length")
+    p.add_argument("--coverage", type=float, default=0.9, help="noisy length model: P(true <= upper)")
+    p.add_argument("--chunked-prefill", action="store_true", help="vLLM v1 style mixed iterations")
+    p.add_argument("--max-batched-tokens", type=int, help="token budget of one iteration")
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--warmup-s", type=float, default=0.0, help="delay before an added worker serves")
+    p.add_argument("--no-rebalance", action="store_true", help="turn error-aware rebalancing off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def build_scenario(args: argparse.Namespace, tp: int):
+    """The Scenario the arguments describe, on the family's profile for `tp`."""
+    from placement.simulator.scenario import Scenario
+    from placement.simulator.worker_engine import EngineOptions
+    from placement.traces import load_trace, scale_rate
+    from predictors.latency import load_profile_family
+
+    trace = load_trace(args.trace)
+    if args.limit is not None:
+        trace = trace[: args.limit]
+    if args.rate_scale != 1.0:
+        trace = scale_rate(trace, args.rate_scale)
+    engine = EngineOptions(
+        max_num_seqs=args.max_num_seqs,
+        max_batched_tokens=args.max_batched_tokens,
+        chunked_prefill=args.chunked_prefill,
+    )
+    return Scenario.fitted(
+        trace,
+        load_profile_family(args.profile_family).profile(tp),
+        slo_ttft_s=args.slo_ttft,
+        slo_atgt_s=args.slo_atgt,
+        queue_order=args.queue_order,
+        length_model=args.length_model,
+        mae_ratio=args.mae_ratio,
+        coverage=args.coverage,
+        engine=engine,
+        warmup_s=args.warmup_s,
+        rebalance=not args.no_rebalance,
+        seed=args.seed,
+    )
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from placement.simulator.scenario import run
+
+    scenario = build_scenario(args, args.tp)
+    policy_options = {"on_infeasible": args.on_infeasible} if args.on_infeasible else None
+    result = run(
+        scenario, args.policy, args.workers, policy_options=policy_options, autoscale=args.autoscale,
+        autoscale_options={"period_s": args.autoscale_period_s} if args.autoscale else None,
+    )
+    out = {
+        "trace": args.trace,
+        "profile_family": args.profile_family,
+        "tp": args.tp,
+        "workers": args.workers,
+        "policy": args.policy,
+        "queue_order": args.queue_order,
+        "length_model": args.length_model,
+        "autoscale": args.autoscale,
+        "rate_scale": args.rate_scale,
+        "seed": args.seed,
+        **result.summary.to_dict(timeline=args.timeline),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for key, value in out.items():
+            print(f"{key:>16}: {value}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="replay a trace on simulated workers under a placement policy")
+    add_scenario_arguments(p)
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of every worker")
+    p.add_argument("--workers", type=int, default=1, help="workers (the start count when autoscaling)")
+    p.add_argument("--policy", default="aladdin", help="aladdin, rr, jsq, p2c, least-kv")
+    p.add_argument("--on-infeasible", choices=("wait", "least-violation"),
+                   help="aladdin: when no worker fits (simulator default: least-violation)")
+    p.add_argument("--autoscale", choices=("planner", "queue-length"))
+    p.add_argument("--autoscale-period-s", type=float, default=10.0)
+    p.add_argument("--timeline", action="store_true", help="include GPUs held over time")
+    p.set_defaults(func=_simulate)
