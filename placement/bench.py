@@ -4,7 +4,8 @@ State: `workers` workers of one profile holding `inflight` requests in all, spre
 (per-worker shares drawn from a Gamma(2) mix, so some workers are nearly idle and some near
 their ATGT or KV limit). Lengths are ShareGPT-like log-normals; the predictor is modelled as
 the true length times log-normal noise, with the upper estimate at 2x the mean. Each resident
-has generated a uniform fraction of its true length; 2% still wait for their prefill.
+has generated a uniform fraction of its true length (and was admitted that many tokens ago at
+the ATGT SLO, which sets the workers' prefill load); 2% still wait for their prefill.
 
 Loop: a new request arrives, the policy chooses (timed, nothing else is), the request is
 admitted where chosen, one random resident finishes elsewhere and a random worker advances a
@@ -89,9 +90,11 @@ def build_cluster(
         generated = {}
         for _ in range(count):
             request, output_len = arrivals.next(0.0)
-            worker.admit(request)
             if arrivals.rng.random() >= QUEUED_FRACTION:
                 generated[request.id] = int(arrivals.rng.random() * output_len)
+            # admitted as long ago as its tokens took at the ATGT SLO, so the worker's prefill
+            # load is that of requests arriving over the residents' lifetimes, not all at once
+            worker.admit(request, now_s=-generated.get(request.id, 0) * slo_atgt_s)
         # start the longest-running first and advance between starts (lockstep decoding)
         order = sorted(generated, key=generated.get, reverse=True)
         for rid, after in zip(order, order[1:] + [None]):
@@ -121,7 +124,7 @@ def run(
             timings.append(elapsed)
             placed += worker is not None
         if worker is not None:
-            worker.admit(request)
+            worker.admit(request, now_s)
         finished = rng.choice(cluster)
         if finished.residents:
             finished.remove(next(iter(finished.residents)))

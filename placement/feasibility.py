@@ -14,9 +14,13 @@ largest at a finish point too (n(t) only shrinks with t, the step time grows wit
 
 A worker is feasible for request q when
   (a) KV:   max_t usage(t) <= KV capacity,
-  (b) ATGT: max_t decode_step_s(n(t), usage(t)) <= min SLO ATGT of residents and q, so every
-            step, hence every request's average, stays within its SLO,
+  (b) ATGT: token_interval_s(max_t decode_step_s(n(t), usage(t)), rho) <= min SLO ATGT of
+            residents and q, where rho is the worker's prefill share with q's prefill added
+            (`WorkerState.prefill_share`): prefills run before decode steps, so the average
+            time between tokens is the step stretched by 1 / (1 - rho), as in the planner,
   (c) TTFT: (now - q.arrival) + ttft_s(q.input_len, queued prefill ahead of it) <= q.slo_ttft.
+            Prefills have priority, so q waits for the prompts queued before it and at most
+            the decode step running when it arrives (not counted: <= the ATGT SLO).
 All latencies come from the worker's `WorkerProfile`.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from placement.interference import token_interval_s
 from placement.state import Request, WorkerState
 
 
@@ -47,6 +52,8 @@ class Fit:
     peak_kv_tokens: int
     kv_capacity_tokens: int
     peak_step_s: float
+    prefill_share: float  # of the worker's time, with the request's own prefill
+    atgt_s: float  # peak_step_s stretched by the prefills: the projected time between tokens
     atgt_slo_s: float
     ttft_s: float
     ttft_slo_s: float
@@ -56,14 +63,20 @@ class Fit:
         return self.accepting and self.kv_ok and self.atgt_ok and self.ttft_ok
 
     @property
+    def feasible_apart_from_ttft(self) -> bool:
+        """Feasible if the TTFT SLO is dropped (for a request that can no longer meet it)."""
+        return self.accepting and self.kv_ok and self.atgt_ok
+
+    @property
     def kv_leftover(self) -> float:
         """Free KV at the projected peak, as a fraction of capacity (negative when over)."""
         return (self.kv_capacity_tokens - self.peak_kv_tokens) / self.kv_capacity_tokens
 
     @property
     def atgt_leftover(self) -> float:
-        """Unused ATGT budget at the slowest projected step, as a fraction of the SLO."""
-        return (self.atgt_slo_s - self.peak_step_s) / self.atgt_slo_s
+        """Unused ATGT budget at the slowest projected step (prefills included), as a fraction
+        of the SLO."""
+        return (self.atgt_slo_s - self.atgt_s) / self.atgt_slo_s
 
     @property
     def best_fit_score(self) -> float:
@@ -137,15 +150,19 @@ def check(worker: WorkerState, request: Request, now_s: float) -> Fit:
         worker.queued_prefill_count,
     )
     capacity = worker.kv_capacity_tokens
+    prefill_share = worker.prefill_share(now_s, worker.profile.prefill_time_s([request.input_len]))
+    atgt = token_interval_s(projection.peak_step_s, prefill_share)
     return Fit(
         worker_id=worker.id,
         kv_ok=projection.peak_kv_tokens <= capacity,
-        atgt_ok=projection.peak_step_s <= atgt_slo,
+        atgt_ok=atgt <= atgt_slo,
         ttft_ok=ttft <= request.slo_ttft_s,
         accepting=worker.accepting,
         peak_kv_tokens=projection.peak_kv_tokens,
         kv_capacity_tokens=capacity,
         peak_step_s=projection.peak_step_s,
+        prefill_share=prefill_share,
+        atgt_s=atgt,
         atgt_slo_s=atgt_slo,
         ttft_s=ttft,
         ttft_slo_s=request.slo_ttft_s,

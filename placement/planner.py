@@ -6,7 +6,8 @@ Poisson stream at rate lam of requests with the workload's prompt lengths l and 
 - prefill: each prompt is one prefill of S = prefill_time_s([l]); the prefills use a share
   rho = lam E[S] of the worker's time (must stay < 1).
 - decode: N requests decode together; each step takes tau(N) = decode_step_s(N, N c) / (1 - rho)
-  (stretched by the interleaved prefills), with c = E[o (l + o/2)] / E[o] the time-average
+  (stretched by the interleaved prefills: `placement.interference.token_interval_s`, which
+  feasibility uses too), with c = E[o (l + o/2)] / E[o] the time-average
   context of a resident (a request stays in proportion to its reply length). By Little's law
   N = lam E[o] tau(N); N is the smallest root (found by bisection).
 - ATGT: tau(N) <= SLO ATGT.
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from placement.interference import token_interval_s
 from predictors.latency.families import ProfileFamily
 from predictors.latency.profile import WorkerProfile
 
@@ -112,7 +114,8 @@ class _WorkerModel:
         self.final_per_resident = float((outputs * (inputs + outputs)).mean() / self.output_mean)
 
     def step_s(self, residents: float, prefill_share: float) -> float:
-        return self.profile.decode_step_s(residents, residents * self.context_per_resident) / (1 - prefill_share)
+        step = self.profile.decode_step_s(residents, residents * self.context_per_resident)
+        return token_interval_s(step, prefill_share)
 
     def load(self, rate: float) -> WorkerLoad:
         rho = rate * self.prefill_mean_s

@@ -114,7 +114,7 @@ class WaitingQueue:
             if worker is None:
                 kept.append(entry)
                 continue
-            worker.admit(entry[2])
+            worker.admit(entry[2], now_s)
             self.demand.discard(entry[2])
             placed.append((entry[2], worker))
         self._heap = kept  # popped in order, so already a valid heap

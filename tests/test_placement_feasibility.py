@@ -141,3 +141,26 @@ def test_added_worker_aggregates_match_a_recount(ops):
         assert worker.min_slo_atgt_s == min((r.request.slo_atgt_s for r in residents), default=math.inf)
         ends = [r.decode_from_step + r.request.upper_output_tokens for r in residents if r.decode_from_step is not None]
         assert worker.min_upper_end_step == min(ends, default=math.inf)
+
+
+def test_atgt_counts_the_worker_recent_prefills():
+    """Prefills run before decode steps, so a worker that just took many prompts stretches its
+    residents' token interval by 1 / (1 - prefill share) even when its decode step is fast."""
+    from placement.interference import token_interval_s
+
+    busy, quiet = WorkerState(id="busy", profile=BASE), WorkerState(id="quiet", profile=BASE)
+    now_s = 100.0
+    for worker, gap_s in ((busy, 0.1), (quiet, 5.0)):  # 20 long prompts in the last 2 s / 100 s
+        for i in range(20):
+            request = _request(i, 2000, 100)
+            worker.admit(request, now_s=now_s - (20 - i) * gap_s)
+            worker.start_decode(request.id)
+            worker.remove(request.id)  # served: only the prefill load it caused remains
+        worker.admit(_request(50, 200, 100, slo_atgt=0.012), now_s=now_s)
+        worker.start_decode("r50")
+    new = _request(99, 200, 100, slo_atgt=0.012)
+    busy_fit, quiet_fit = check(busy, new, now_s), check(quiet, new, now_s)
+    assert busy_fit.peak_step_s == quiet_fit.peak_step_s < 0.012  # the same batch, a fast step
+    assert busy_fit.prefill_share > 0.2 > quiet_fit.prefill_share
+    assert busy_fit.atgt_s == token_interval_s(busy_fit.peak_step_s, busy_fit.prefill_share)
+    assert not busy_fit.atgt_ok and quiet_fit.atgt_ok

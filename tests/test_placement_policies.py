@@ -203,3 +203,32 @@ def test_rebalancing_raises_an_overdue_request_and_steers_new_arrivals_away():
     # it now holds its KV for ~127 more steps, so the newcomer's peak would overflow 640
     assert not check(late, newcomer, 0.0).kv_ok
     assert AladdinPolicy().choose(newcomer, [late, roomy], 0.0) is roomy
+
+
+def test_aladdin_places_a_request_whose_ttft_is_already_lost_by_kv_and_atgt():
+    """Waiting longer cannot bring back a TTFT that is already missed, so such a request is
+    placed where KV and ATGT fit (even under on_infeasible="wait") rather than never."""
+    roomy, small = WorkerState(id="roomy", profile=BASE), WorkerState(id="small", profile=_profile(5))
+    late = _request("late", input_len=100, arrival=0.0, slo_ttft=1.0)
+    assert not check(roomy, late, now_s=5.0).ttft_ok
+    assert AladdinPolicy().choose(late, [small, roomy], now_s=5.0) is roomy
+
+
+def test_aladdin_spreads_a_steady_stream_once_prefills_would_break_atgt():
+    """Long prompts arriving steadily: the old check (decode step alone) kept every request on
+    the first worker; counting the prefill share moves the overflow to another worker."""
+    workers = [WorkerState(id=f"w{i}", profile=BASE) for i in range(4)]
+    policy = AladdinPolicy()
+    placed: list[tuple[WorkerState, str]] = []
+    for k in range(200):
+        now_s = 0.2 * k  # 5 prompts of 2,000 tokens a second: ~0.7 s of prefill per second
+        request = _request(k, input_len=2000, mean=100, upper=200, arrival=now_s)
+        worker = policy.choose(request, workers, now_s)
+        assert worker is not None and check(worker, request, now_s).atgt_ok
+        worker.admit(request, now_s)
+        worker.start_decode(request.id)
+        placed.append((worker, request.id))
+        if len(placed) > 10:  # each stays 2 s: ~10 residents, a decode step of ~17 ms
+            done, rid = placed.pop(0)
+            done.remove(rid)
+    assert sum(1 for w in workers if w.prefill_share(now_s) > 0.05) >= 2

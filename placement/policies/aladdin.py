@@ -3,36 +3,47 @@
 Filter -> rank -> verify, over a `WorkerTable` of per-worker aggregates:
 1. Filter (vectorized): drop workers failing a necessary condition: TTFT (exact: wait so far
    + queued prefill + own prefill), KV in use now + the new prompt within capacity, and a lower
-   bound of the next decode step within the ATGT SLOs.
+   bound of the next decode step, stretched by the worker's prefill share with the newcomer's
+   prefill (`placement.interference.token_interval_s`, as in the exact check), within the
+   ATGT SLOs.
 2. Rank by the best-fit score: the normalized leftovers of KV and ATGT after placing, from
    step-independent bounds (KV: the sum of every resident's and the newcomer's upper final
-   size; ATGT: a decode step of all of them at that size). Smallest first: the tightest fit.
-   Workers whose KV bound is within capacity are "safe"; the others "tight".
-3. Verify in rank order, safe workers first. A safe worker is accepted outright when the
-   bounds prove it feasible (no resident past its upper estimate, the bounding decode step with
-   the newcomer within the SLO); otherwise the exact check (`placement.feasibility.check`)
-   decides. The first feasible worker wins. `tight_checks` > 0 first tries that many tight
+   size; ATGT: a decode step of all of them at that size, stretched the same way). Smallest
+   first: the tightest fit. Workers whose KV bound is within capacity are "safe"; the others
+   "tight".
+3. Verify in rank order: safe workers within the ATGT bound, then the other safe ones, then the
+   tight ones. A safe worker is accepted outright when the bounds prove it feasible (no
+   resident past its upper estimate, the stretched bounding step with the newcomer within the
+   SLO); otherwise the exact check (`placement.feasibility.check`) decides. The first feasible
+   worker wins. `tight_checks` > 0 first tries that many tight
    workers exactly (they may fit at the exact projected peak and pack tighter, at ~one
    projection each). If no safe worker fits, every tight one is checked in order, so "nothing
    fits" is always exact.
 
-When nothing fits, `on_infeasible="wait"` returns None (the caller queues the request and
+A request whose TTFT can no longer be met on any worker (wait so far + its own prefill over
+the SLO) is placed by KV and ATGT alone: waiting cannot help it, and it should still be served
+within its ATGT. When nothing fits, `on_infeasible="wait"` returns None (the caller queues the request and
 counts it as demand); `"least-violation"` returns the worker with the smallest normalized
 shortfall, estimated from the table's bounds.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from placement.feasibility import check
+from placement.interference import token_interval_s
 from placement.policies.worker_table import WorkerTable
 from placement.state import Request, WorkerState
 
 ON_INFEASIBLE = ("wait", "least-violation")
+# relative slack on the vectorized ATGT prefilter: its prefill share is computed in another
+# order than the exact check's, and a necessary condition must not drop a worker on rounding
+ROUNDING_SLACK = 1e-9
 
 
 class AladdinPolicy:
@@ -51,42 +62,76 @@ class AladdinPolicy:
 
     def choose(self, request: Request, workers: Sequence[WorkerState], now_s: float) -> WorkerState | None:
         """The feasible worker where `request` fits best; None (or the least-violating worker)
-        when none is feasible."""
+        when none is feasible. A request that can no longer meet its TTFT SLO anywhere is
+        placed by KV and ATGT alone."""
         table = self.table
         table.sync(workers)
         if not workers:
             return None
-        own_prefill_s = table.per_row(lambda p: p.ttft_s(request.input_len))
-        # same association as feasibility.check: wait + (queued + own)
-        ttft_s = (now_s - request.arrival_s) + (table.queued_prefill_s + own_prefill_s)
+        prefill_by_profile = table.per_profile(lambda p: p.prefill_time_s([request.input_len]))
+        own_prefill_s = prefill_by_profile[table.group]
+        waited_s = now_s - request.arrival_s
+        # a TTFT that no worker could meet even with nothing queued is lost: place by KV and
+        # ATGT alone rather than never
+        need_ttft = waited_s + prefill_by_profile.min() <= request.slo_ttft_s
         atgt_slo = np.minimum(table.min_slo_atgt_s, request.slo_atgt_s)
-        eligible = (
-            (ttft_s <= request.slo_ttft_s)
-            & (table.step_floor_s <= atgt_slo)
-            & (table.kv_used_floor + request.input_len <= table.capacity)
+        # token interval per second of decode step (it is linear in the step), with the
+        # newcomer's prefill in the worker's prefill share as in feasibility.check
+        stretch = token_interval_s(1.0, table.prefill_share(now_s, own_prefill_s))
+        eligible = (table.step_floor_s * stretch <= atgt_slo * (1 + ROUNDING_SLACK)) & (
+            table.kv_used_floor + request.input_len <= table.capacity
         )
+        if need_ttft:
+            # same association as feasibility.check: wait + (queued + own)
+            ttft_s = waited_s + (table.queued_prefill_s + own_prefill_s)
+            eligible &= ttft_s <= request.slo_ttft_s
         final = request.upper_final_tokens
         kv_left = (table.capacity - (table.kv_final + final)) / table.capacity
-        score = kv_left + (atgt_slo - table.step_bound_s) / atgt_slo
+        # bound of the time between tokens with the newcomer: the step of everyone at their
+        # final sizes, stretched by the prefills
+        atgt_bound = (table.step_bound_s + table.step_bound_per_token_s * final) * stretch
+        score = kv_left + (atgt_slo - atgt_bound) / atgt_slo
         safe = eligible & (kv_left >= 0)
-        tight = eligible & ~safe
 
+        find = functools.partial(self._first_feasible, request=request, now_s=now_s, need_ttft=need_ttft)
         if self.tight_checks:
-            chosen = self._first_feasible(np.where(tight, score, math.inf), request, now_s, self.tight_checks)
+            chosen = find(np.where(eligible & ~safe, score, math.inf), limit=self.tight_checks)
             if chosen is not None:
                 return chosen
-        chosen = self._first_feasible(np.where(safe, score, math.inf), request, now_s, len(workers), atgt_slo)
-        if chosen is None:
-            chosen = self._first_feasible(np.where(tight, score, math.inf), request, now_s, len(workers))
+        # KV-safe workers within the ATGT bound first: unless a resident is overdue they are
+        # proven feasible without an exact projection; then the other KV-safe ones, then the
+        # tight ones, so None means nothing is feasible (groups built only when reached)
+        bounded = safe & (atgt_bound <= atgt_slo)
+        groups = (
+            (lambda: bounded, True),
+            (lambda: safe & ~bounded, True),
+            (lambda: eligible & ~safe, False),
+        )
+        chosen = None
+        for group, on_bounds in groups:
+            key = np.where(group(), score, math.inf)
+            chosen = find(key, limit=len(workers), atgt_slo=atgt_slo if on_bounds else None)
+            if chosen is not None:
+                break
         if chosen is None and self.on_infeasible == "least-violation":
-            chosen = self._least_violating(request, workers, kv_left, ttft_s, atgt_slo)
+            ttft_over = (ttft_s - request.slo_ttft_s) / request.slo_ttft_s if need_ttft else 0.0
+            atgt_over = (table.step_floor_s * stretch - atgt_slo) / atgt_slo
+            chosen = self._least_violating(workers, np.maximum.reduce([-kv_left, ttft_over, atgt_over]))
         return chosen
 
     def _first_feasible(
-        self, key: np.ndarray, request: Request, now_s: float, limit: int, atgt_slo: np.ndarray | None = None
+        self,
+        key: np.ndarray,
+        *,
+        request: Request,
+        now_s: float,
+        need_ttft: bool,
+        limit: int,
+        atgt_slo: np.ndarray | None = None,
     ) -> WorkerState | None:
-        """The first worker in `key` order (inf = skip) that is feasible, trying at most `limit`.
-        With `atgt_slo` given the rows are KV-safe and may be accepted on the bounds alone."""
+        """The first worker in `key` order (inf = skip) that is feasible (TTFT aside unless
+        `need_ttft`), trying at most `limit`. With `atgt_slo` given the rows are KV-safe and
+        passed the TTFT filter, so they may be accepted on the bounds alone."""
         table = self.table
         final = request.upper_final_tokens
         for _ in range(limit):
@@ -97,35 +142,22 @@ class AladdinPolicy:
             worker = table.workers[row]
             if not worker.accepting:
                 continue
-            if (
-                atgt_slo is not None
-                and worker.steps <= worker.min_upper_end_step
-                and worker.profile.decode_step_s(len(worker.residents) + 1, worker.kv_final_tokens + final)
-                <= atgt_slo[row]
-            ):
-                return worker
-            if check(worker, request, now_s).feasible:
+            if atgt_slo is not None and worker.steps <= worker.min_upper_end_step:
+                # the same prefill share and stretch as check(), over a step bound >= its peak
+                profile = worker.profile
+                share = worker.prefill_share(now_s, profile.prefill_time_s([request.input_len]))
+                step_bound = profile.decode_step_s(len(worker.residents) + 1, worker.kv_final_tokens + final)
+                if token_interval_s(step_bound, share) <= atgt_slo[row]:
+                    return worker
+            fit = check(worker, request, now_s)
+            if fit.feasible if need_ttft else fit.feasible_apart_from_ttft:
                 return worker
         return None
 
-    def _least_violating(
-        self,
-        request: Request,
-        workers: Sequence[WorkerState],
-        kv_left: np.ndarray,
-        ttft_s: np.ndarray,
-        atgt_slo: np.ndarray,
-    ) -> WorkerState | None:
-        table = self.table
-        violation = np.maximum.reduce(
-            [
-                -kv_left,
-                (ttft_s - request.slo_ttft_s) / request.slo_ttft_s,
-                (table.step_floor_s - atgt_slo) / atgt_slo,
-            ]
-        )
+    def _least_violating(self, workers: Sequence[WorkerState], violation: np.ndarray) -> WorkerState | None:
+        """The accepting worker with the smallest estimated violation (None if none accepts)."""
         accepting = np.fromiter((w.accepting for w in workers), dtype=bool, count=len(workers))
         if not accepting.any():
             return None
-        violation[~accepting] = np.inf
+        violation = np.where(accepting, violation, np.inf)
         return workers[int(np.argmin(violation))]

@@ -226,7 +226,7 @@ class Cluster:
         if worker is None:
             self.queue.push(request, self.now_s)
             return
-        worker.admit(request)
+        worker.admit(request, self.now_s)
         self._place(record, worker)
 
     def _sync_workers(self) -> None:

@@ -16,8 +16,8 @@ from placement.simulator.worker_engine import EngineOptions
 from placement.traces import TraceRequest, truncate_to_context
 from predictors.latency.profile import WorkerProfile
 
-# A request that has waited past its TTFT SLO never passes Aladdin's TTFT check again (the
-# check counts the wait), so on a cluster that cannot grow "wait" would strand it; the
+# Aladdin places a request whose TTFT is already lost by KV and ATGT alone, but one that no
+# worker could ever take would wait forever under "wait" on a cluster that cannot grow; the
 # simulator's default places it on the least-violating worker instead.
 DEFAULT_ALADDIN_OPTIONS: dict[str, Any] = {"on_infeasible": "least-violation"}
 

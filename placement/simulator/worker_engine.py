@@ -239,7 +239,7 @@ class WorkerEngine:
             return None
         k = self._steps_before_overflow()
         while k == 0:
-            self._preempt_latest()
+            self._preempt_latest(now)
             if not self.running:
                 return self.start_next(now)
             k = self._steps_before_overflow()
@@ -295,7 +295,7 @@ class WorkerEngine:
                 hi = mid - 1
         return lo
 
-    def _preempt_latest(self) -> None:
+    def _preempt_latest(self, now: float) -> None:
         rid = next(reversed(self.running))
         record = self.running.pop(rid)
         record.produced += self.state.generated(rid)
@@ -304,7 +304,7 @@ class WorkerEngine:
         del self._finish_step[rid]
         self.blocks.remove(self._block_keys.pop(rid))
         self.state.remove(rid)
-        self.state.admit(record.request)
+        self.state.admit(record.request, now)  # it will be prefilled again
         self.waiting.appendleft(record)
 
     def _begin(self, now: float, mode: int, duration: float, batch: list[RequestRecord]) -> float:
@@ -329,7 +329,7 @@ class WorkerEngine:
         """Chunked prefill: one iteration of the decoding batch's step plus prompt chunks;
         with no prompt waiting, a run of decode steps as without chunking."""
         while self.running and self._steps_before_overflow() == 0:
-            self._preempt_latest()
+            self._preempt_latest(now)
         if not self.waiting:
             return self._begin_decode(now, self._steps_before_overflow()) if self.running else None
         decode_time = 0.0
