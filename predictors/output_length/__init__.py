@@ -5,6 +5,7 @@ from predictors.output_length.artifact import Artifact, load_artifact, save_arti
 from predictors.output_length.features import ChatInput, FeatureSpec, PastTurn
 from predictors.output_length.online import ErrorSummary, OnlineCorrector
 from predictors.output_length.prediction import Prediction
+from predictors.output_length.training import TRAINING_RECIPE
 from predictors.output_length.predictor import (
     BucketMeanPredictor,
     GbmPredictor,
@@ -16,8 +17,9 @@ from predictors.output_length.predictor import (
 
 
 def artifact_file_name(tokenizer_fingerprint: str) -> str:
-    """File name of the default artifact trained for a tokenizer."""
-    return f"output-length-{tokenizer_fingerprint}.json"
+    """File name of the default artifact trained for a tokenizer by the current recipe (a new
+    recipe gets a new name, so a cached artifact from an older one is not reused)."""
+    return f"output-length-r{TRAINING_RECIPE}-{tokenizer_fingerprint}.json"
 
 
 __all__ = [

@@ -34,8 +34,21 @@ POINT_PARAMS: dict = {
     "verbose": -1,
     "seed": 0,
 }
-P90_PARAMS: dict = {**POINT_PARAMS, "objective": "quantile", "alpha": P90, "num_leaves": 63, "min_data_in_leaf": 40}
+# The p90 only needs to rank well enough to be calibrated on held-out data, so it gets a much
+# smaller forest: two large forests evict each other from the CPU cache on every request
+# (measured: 195 us for both single-row calls against 105 us for each alone).
+P90_PARAMS: dict = {
+    **POINT_PARAMS,
+    "objective": "quantile",
+    "alpha": P90,
+    "num_leaves": 31,
+    "min_data_in_leaf": 40,
+    "learning_rate": 0.1,
+}
 ROUNDS = 400
+P90_ROUNDS = 150
+# Bump when the parameters above change: the default artifact's file name carries it.
+TRAINING_RECIPE = 2
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,7 @@ def fit_models(train: LabelledRows, threads: int, rounds: int = ROUNDS) -> tuple
     target = np.log1p(train.y)
     data = lgb.Dataset(train.x, target, params={"verbose": -1}, free_raw_data=False)
     point = lgb.train({**POINT_PARAMS, "num_threads": threads}, data, num_boost_round=rounds)
-    p90 = lgb.train({**P90_PARAMS, "num_threads": threads}, data, num_boost_round=rounds)
+    p90 = lgb.train({**P90_PARAMS, "num_threads": threads}, data, num_boost_round=min(rounds, P90_ROUNDS))
     return point, p90
 
 
