@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from dataclasses import dataclass
+
+import psutil
 
 from serve_app.config import AppConfig
 
@@ -21,19 +22,29 @@ class DemoOptions:
     port: int = 8000
 
 
-def _ray_processes() -> list[str]:
-    out = subprocess.run(
-        ["pgrep", "-af", "raylet|gcs_server|ray::|dashboard.py|VLLM::|EngineCore"], capture_output=True, text=True
-    )
-    return [line for line in out.stdout.splitlines() if "pgrep" not in line]
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
-def _wait_for_ray_exit(timeout_s: float = 30.0) -> list[str]:
-    """Ray and engine processes still alive after up to `timeout_s` (they exit asynchronously)."""
+def _stop_process_tree(procs: list[psutil.Process], timeout_s: float = 30.0) -> tuple[int, int]:
+    """Wait for `procs` (this demo's Ray, replica and engine processes) to exit after Ray's
+    shutdown; kill the ones still alive after `timeout_s`. Returns (exited, killed)."""
     deadline = time.monotonic() + timeout_s
-    while (left := _ray_processes()) and time.monotonic() < deadline:
-        time.sleep(1)
-    return left
+    while any(_alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    survivors = [p for p in procs if _alive(p)]
+    for proc in survivors:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in survivors) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return len(procs) - len(survivors), len(survivors)
 
 
 def run_demo(options: DemoOptions) -> dict:
@@ -51,6 +62,7 @@ def run_demo(options: DemoOptions) -> dict:
     workload = sharegpt_workload(tokenizer, options.requests, options.rate, seed=options.seed)
 
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    tree: list[psutil.Process] = []
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": options.port})
         t0 = time.perf_counter()
@@ -63,14 +75,14 @@ def run_demo(options: DemoOptions) -> dict:
         )
         summary = summarize(results, wall)
     finally:
+        tree = psutil.Process().children(recursive=True)
         serve.shutdown()
         ray.shutdown()
     _print_summary(summary)
-    left = _wait_for_ray_exit()
-    print(f"Ray processes left behind: {len(left)}")
-    for line in left:
-        print("  ", line)
-    summary["ray_processes_left"] = len(left)
+    exited, killed = _stop_process_tree(tree)
+    left = [p for p in tree if _alive(p)]
+    print(f"shutdown: {exited} Ray/engine processes exited, {killed} killed after 30 s, {len(left)} left behind")
+    summary.update(ray_processes_exited=exited, ray_processes_killed=killed, ray_processes_left=len(left))
     return summary
 
 
