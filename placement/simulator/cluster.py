@@ -29,6 +29,8 @@ from placement.traces import TraceRequest
 from predictors.latency.profile import WorkerProfile
 
 _WORKER_DONE, _WORKER_READY, _TICK = 0, 1, 2
+# event kinds from this one up are left to subclasses (`_dispatch`)
+FIRST_EXTRA_EVENT = 3
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Autoscaler(Protocol):
 class _Worker:
     engine: WorkerEngine
     started_s: float
+    pool: list[WorkerState]  # the list of ready workers it joins (what a policy reads)
     ready: bool = False
     stopped_s: float | None = None
 
@@ -160,7 +163,13 @@ class Cluster:
 
     def _start_worker(self, warmup_s: float) -> _Worker:
         state = WorkerState(id=f"w{next(self._names)}", profile=self.profile)
-        worker = _Worker(WorkerEngine(state, self.config.engine, self._estimator), started_s=self.now_s)
+        return self._add_worker(WorkerEngine(state, self.config.engine, self._estimator), warmup_s)
+
+    def _add_worker(self, engine: WorkerEngine, warmup_s: float, pool: list[WorkerState] | None = None) -> _Worker:
+        """Start a worker around `engine`; after `warmup_s` it joins `pool` (default: the
+        workers the placement policy chooses from)."""
+        state = engine.state
+        worker = _Worker(engine, started_s=self.now_s, pool=self.workers if pool is None else pool)
         self._all.append(worker)
         self._by_id[state.id] = worker
         if warmup_s <= 0:
@@ -173,14 +182,14 @@ class Cluster:
         if worker.stopped_s is not None:
             return
         worker.ready = True
-        self.workers.append(worker.engine.state)
+        worker.pool.append(worker.engine.state)
 
     def _retire_if_empty(self, worker: _Worker) -> None:
         if worker.engine.state.accepting or not worker.engine.empty or worker.stopped_s is not None:
             return
         worker.stopped_s = self.now_s
         if worker.ready:
-            self.workers.remove(worker.engine.state)
+            worker.pool.remove(worker.engine.state)
 
     def _gpus(self) -> int:
         return sum(w.engine.profile.tp for w in self._all if w.stopped_s is None)
@@ -206,6 +215,17 @@ class Cluster:
         self._kick(engine)
 
     def _arrive(self, index: int, item: TraceRequest) -> None:
+        record = self._new_record(index, item)
+        self._sync_workers()
+        worker = self.policy.choose(record.request, self.workers, self.now_s)
+        if worker is None:
+            self.queue.push(record.request, self.now_s)
+            return
+        worker.admit(record.request, self.now_s)
+        self._place(record, worker)
+
+    def _new_record(self, index: int, item: TraceRequest) -> RequestRecord:
+        """The record of a trace request arriving now, with its predicted lengths."""
         mean, upper = self.lengths.predict(item.input_len, item.output_len)
         request = Request(
             id=str(index),
@@ -221,13 +241,7 @@ class Cluster:
         self.records.append(record)
         self._records_by_id[request.id] = record
         self._unfinished += 1
-        self._sync_workers()
-        worker = self.policy.choose(request, self.workers, self.now_s)
-        if worker is None:
-            self.queue.push(request, self.now_s)
-            return
-        worker.admit(request, self.now_s)
-        self._place(record, worker)
+        return record
 
     def _sync_workers(self) -> None:
         for state in self.workers:
@@ -259,10 +273,29 @@ class Cluster:
         worker warming up (requests stuck in the queue with neither stay unfinished)."""
         return any(w.stopped_s is None and (not w.ready or not w.engine.empty) for w in self._all)
 
-    def run(self) -> SimResult:
-        """Simulate the whole trace; returns the summary and every request's record."""
+    def _start_initial_workers(self) -> None:
         for _ in range(self.config.workers):
             self._start_worker(0.0)
+
+    def _dispatch(self, kind: int, obj: object, version: int, trace_left: bool) -> None:
+        """Handle one event popped at `now_s` (`trace_left`: arrivals remain)."""
+        if kind == _WORKER_DONE:
+            if obj.version == version:  # type: ignore[attr-defined]
+                self._worker_done(obj)  # type: ignore[arg-type]
+        elif kind == _WORKER_READY:
+            self._make_ready(obj)  # type: ignore[arg-type]
+            self._offer_waiting()
+        elif kind == _TICK:
+            self.autoscaler.tick(self)  # type: ignore[union-attr]
+            self._offer_waiting()
+            if trace_left or self._can_progress():
+                self._push(self.now_s + self.autoscaler.period_s, _TICK, None, 0)  # type: ignore[union-attr]
+        else:
+            raise ValueError(f"unknown event kind {kind}")
+
+    def run(self) -> SimResult:
+        """Simulate the whole trace; returns the summary and every request's record."""
+        self._start_initial_workers()
         self._mark_gpus()
         if self.autoscaler is not None:
             self._push(0.0, _TICK, None, 0)
@@ -274,17 +307,7 @@ class Cluster:
             if events and events[0][0] <= next_arrival:
                 t, _, kind, obj, version = heapq.heappop(events)
                 self.now_s = t
-                if kind == _WORKER_DONE:
-                    if obj.version == version:  # type: ignore[attr-defined]
-                        self._worker_done(obj)  # type: ignore[arg-type]
-                elif kind == _WORKER_READY:
-                    self._make_ready(obj)  # type: ignore[arg-type]
-                    self._offer_waiting()
-                else:
-                    self.autoscaler.tick(self)  # type: ignore[union-attr]
-                    self._offer_waiting()
-                    if i < len(trace) or self._can_progress():
-                        self._push(t + self.autoscaler.period_s, _TICK, None, 0)  # type: ignore[union-attr]
+                self._dispatch(kind, obj, version, i < len(trace))
             elif i < len(trace):
                 self.now_s = next_arrival
                 self._arrive(i, trace[i])
@@ -293,15 +316,21 @@ class Cluster:
                 break
         return SimResult(self._summary(), self.records)
 
-    def _summary(self) -> Summary:
-        end = max(self.now_s, max((r.finish_s for r in self.records if not math.isnan(r.finish_s)), default=0.0))
-        gpu_seconds = sum(
-            w.engine.profile.tp * ((w.stopped_s if w.stopped_s is not None else end) - w.started_s) for w in self._all
+    def _end_s(self) -> float:
+        return max(self.now_s, max((r.finish_s for r in self.records if not math.isnan(r.finish_s)), default=0.0))
+
+    def _gpu_seconds(self, workers: Sequence[_Worker]) -> float:
+        """GPU-seconds the workers held until they stopped (or the end), warm-up included."""
+        end = self._end_s()
+        return sum(
+            w.engine.profile.tp * ((w.stopped_s if w.stopped_s is not None else end) - w.started_s) for w in workers
         )
+
+    def _summary(self) -> Summary:
         return summarize(
             self.records,
             truncated=self.truncated,
-            gpu_seconds=gpu_seconds,
+            gpu_seconds=self._gpu_seconds(self._all),
             workers_peak=max((g for _, g in self._timeline), default=0) // self.profile.tp,
             gpu_timeline=self._timeline,
         )

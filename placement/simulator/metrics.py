@@ -22,6 +22,9 @@ class RequestRecord:
     finish_s: float = math.nan
     preemptions: int = 0
     worker_id: str | None = None
+    # split-phase mode: KV link time, and when the KV reached the decode worker
+    transfer_s: float = 0.0
+    kv_arrived_s: float = math.nan
 
     @property
     def ttft_s(self) -> float:

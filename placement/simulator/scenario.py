@@ -52,6 +52,35 @@ class Scenario:
         return Scenario.fitted(self.trace, profile, **fields)
 
 
+def cluster_parts(scenario: Scenario, policy: str, policy_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The `Cluster` arguments a scenario fixes apart from the worker count and autoscaling:
+    fresh policy, queue order and length model objects (they are stateful)."""
+    options = dict(DEFAULT_ALADDIN_OPTIONS) if policy == "aladdin" else {}
+    options.update(policy_options or {})
+    return {
+        "trace": scenario.trace,
+        "profile": scenario.profile,
+        "policy": make_policy(policy, seed=scenario.seed, **options),
+        "queue_order": make_queue_order(scenario.queue_order),
+        "lengths": make_length_model(
+            scenario.length_model, seed=scenario.seed, mae_ratio=scenario.mae_ratio, coverage=scenario.coverage
+        ),
+        "truncated": scenario.truncated,
+    }
+
+
+def sim_config(scenario: Scenario, workers: int) -> SimConfig:
+    """The scenario's SLOs and engine settings with `workers` starting workers."""
+    return SimConfig(
+        slo_ttft_s=scenario.slo_ttft_s,
+        slo_atgt_s=scenario.slo_atgt_s,
+        workers=workers,
+        engine=scenario.engine,
+        warmup_s=scenario.warmup_s,
+        rebalance=scenario.rebalance,
+    )
+
+
 def run(
     scenario: Scenario,
     policy: str,
@@ -63,25 +92,9 @@ def run(
 ) -> SimResult:
     """Simulate `scenario` under the named policy on `workers` workers (the start count when
     autoscaling)."""
-    options = dict(DEFAULT_ALADDIN_OPTIONS) if policy == "aladdin" else {}
-    options.update(policy_options or {})
     cluster = Cluster(
-        trace=scenario.trace,
-        profile=scenario.profile,
-        policy=make_policy(policy, seed=scenario.seed, **options),
-        queue_order=make_queue_order(scenario.queue_order),
-        lengths=make_length_model(
-            scenario.length_model, seed=scenario.seed, mae_ratio=scenario.mae_ratio, coverage=scenario.coverage
-        ),
-        config=SimConfig(
-            slo_ttft_s=scenario.slo_ttft_s,
-            slo_atgt_s=scenario.slo_atgt_s,
-            workers=workers,
-            engine=scenario.engine,
-            warmup_s=scenario.warmup_s,
-            rebalance=scenario.rebalance,
-        ),
-        truncated=scenario.truncated,
+        **cluster_parts(scenario, policy, policy_options),
+        config=sim_config(scenario, workers),
         autoscaler=make_autoscaler(autoscale, **(autoscale_options or {})) if autoscale else None,
     )
     return cluster.run()

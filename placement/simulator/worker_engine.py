@@ -31,6 +31,7 @@ from placement.rebalance import SurvivalEstimator, on_progress
 from placement.simulator.kv_blocks import LockstepBlocks
 from placement.simulator.metrics import RequestRecord
 from placement.state import WorkerState
+from predictors.latency.profile import WorkerProfile
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,22 @@ class WorkerEngine:
     """One worker's scheduler: waiting prompts, the decoding batch, KV blocks, preemption."""
 
     def __init__(
-        self, state: WorkerState, options: EngineOptions = EngineOptions(), estimator: SurvivalEstimator | None = None
+        self,
+        state: WorkerState,
+        options: EngineOptions = EngineOptions(),
+        estimator: SurvivalEstimator | None = None,
+        *,
+        timing_profile: WorkerProfile | None = None,
+        hand_off: bool = False,
     ):
-        profile = state.profile
+        """`timing_profile` times the work when it differs from what placement reads in
+        `state.profile` (a split-phase decode worker); `hand_off`: a split-phase prefill
+        worker, which hands a request on after its prefill instead of decoding it."""
+        profile = state.profile if timing_profile is None else timing_profile
+        self.hand_off = hand_off
+        self.handoffs: list[RequestRecord] = []  # prefilled, to be sent to a decode worker
+        self.transferred: deque[RequestRecord] = deque()  # KV received, to join the batch
+        self.busy_s = 0.0  # time spent running iterations
         self.estimator = estimator  # error-aware rebalancing; None: estimates never change
         self.state = state
         self.profile = profile
@@ -99,6 +113,7 @@ class WorkerEngine:
         self._reserved_blocks = 0  # chunked prefill: blocks of prompts partly computed
         self._mode = _IDLE
         self._start_s = 0.0
+        self._began_s = 0.0  # start of the current work (sync moves _start_s, not this)
         self._steps = 0
         self._t0 = 0.0
         self._dt = 0.0
@@ -113,16 +128,31 @@ class WorkerEngine:
 
     @property
     def empty(self) -> bool:
-        return not self.waiting and not self.running and self._mode == _IDLE
+        return not self.waiting and not self.running and not self.transferred and self._mode == _IDLE
 
     def enqueue(self, record: RequestRecord) -> None:
         """A request placed here (already admitted to `state` by the placement step): its
         prefill is queued."""
+        self._check_fits(record)
+        record.worker_id = self.state.id
+        self.waiting.append(record)
+
+    def enqueue_transferred(self, record: RequestRecord) -> None:
+        """A prefilled request whose KV has arrived (split-phase decode worker; already
+        admitted to `state`): it joins the decoding batch at the next step boundary."""
+        self._check_fits(record)
+        record.worker_id = self.state.id
+        self.transferred.append(record)
+
+    def take_handoffs(self) -> list[RequestRecord]:
+        """The requests this (prefill) worker finished prefilling since the last call."""
+        handoffs, self.handoffs = self.handoffs, []
+        return handoffs
+
+    def _check_fits(self, record: RequestRecord) -> None:
         blocks_needed = self.profile.kv.blocks_for(record.request.input_len + record.output_len)
         if blocks_needed > self.num_blocks - self._watermark_blocks:
             raise ValueError(f"request {record.request.id} needs {blocks_needed} KV blocks; worker holds {self.num_blocks}")
-        record.worker_id = self.state.id
-        self.waiting.append(record)
 
     def interrupt(self, now: float) -> float | None:
         """New work arrived: cut a decode run at the next step boundary so the scheduler can
@@ -176,6 +206,7 @@ class WorkerEngine:
         """The work started last ended at `now`: apply it; returns the requests that finished."""
         finished: list[RequestRecord] = []
         mode, self._mode = self._mode, _IDLE
+        self.busy_s += now - self._began_s
         if mode in (_DECODE, _MIXED):
             self.state.advance(self._steps)
             self._pop_finished(now, finished)
@@ -213,10 +244,20 @@ class WorkerEngine:
             record.finish_s = now
             finished.append(record)
             return
-        steps = self.state.steps
+        if self.hand_off:
+            self.state.remove(rid)  # its KV leaves with it (see docs/simulator.md)
+            self.handoffs.append(record)
+            return
         self.state.start_decode(rid)
+        self._join_batch(record, prompt)
+
+    def _join_batch(self, record: RequestRecord, kv_tokens: int) -> None:
+        """A request holding `kv_tokens` in KV (its next token not yet computed) joins the
+        decoding batch at the current step."""
+        rid = record.request.id
+        steps = self.state.steps
         self.running[rid] = record
-        self._block_keys[rid] = self.blocks.add(prompt, steps)
+        self._block_keys[rid] = self.blocks.add(kv_tokens, steps)
         finish = steps + record.output_len - record.produced
         self._finish_step[rid] = finish
         heapq.heappush(self._finish_heap, (finish, rid))
@@ -230,6 +271,8 @@ class WorkerEngine:
         there is nothing to do."""
         if self._mode != _IDLE:
             raise RuntimeError("start_next while busy")
+        if self.transferred:
+            self._join_transferred()
         if self.options.chunked_prefill:
             return self._start_mixed(now)
         batch = self._take_prefill_batch()
@@ -244,6 +287,21 @@ class WorkerEngine:
                 return self.start_next(now)
             k = self._steps_before_overflow()
         return self._begin_decode(now, k)
+
+    def _join_transferred(self) -> None:
+        """Transferred requests join the batch in arrival order while seats and free blocks
+        last; a preempted request waiting for its recompute goes first, as in vLLM."""
+        free = self._free_blocks()
+        while self.transferred and not self.waiting and len(self.running) < self.options.max_num_seqs:
+            record = self.transferred[0]
+            kv_tokens = self._prompt(record) - 1  # the KV of every token before the next one
+            need = self.profile.kv.blocks_for(kv_tokens)
+            if need > free:
+                break
+            self.transferred.popleft()
+            free -= need
+            self.state.start_decode(record.request.id)
+            self._join_batch(record, kv_tokens)
 
     def _prompt(self, record: RequestRecord) -> int:
         return record.request.input_len + record.produced
@@ -311,6 +369,7 @@ class WorkerEngine:
         self._mode = mode
         self._batch = batch
         self._start_s = now
+        self._began_s = now
         self.end_s = now + duration
         self.version += 1
         return self.end_s

@@ -65,18 +65,29 @@ def build_scenario(args: argparse.Namespace, tp: int):
 
 def _simulate(args: argparse.Namespace) -> int:
     from placement.simulator.scenario import run
+    from placement.simulator.split_phase import KVLink, run_split
 
+    if args.split_phase and args.autoscale:
+        raise SystemExit("--split-phase has no autoscaling")
     scenario = build_scenario(args, args.tp)
     policy_options = {"on_infeasible": args.on_infeasible} if args.on_infeasible else None
-    result = run(
-        scenario, args.policy, args.workers, policy_options=policy_options, autoscale=args.autoscale,
-        autoscale_options={"period_s": args.autoscale_period_s} if args.autoscale else None,
-    )
+    split: dict = {}
+    if args.split_phase:
+        link = KVLink(gbps=args.kv_link_gbps, latency_s=args.kv_link_latency_ms / 1e3)
+        result = run_split(
+            scenario, args.policy, args.prefill_workers, args.decode_workers, link=link, policy_options=policy_options
+        )
+        split = {"split_phase": True, **result.split_dict()}
+    else:
+        result = run(
+            scenario, args.policy, args.workers, policy_options=policy_options, autoscale=args.autoscale,
+            autoscale_options={"period_s": args.autoscale_period_s} if args.autoscale else None,
+        )
     out = {
         "trace": args.trace,
         "profile_family": args.profile_family,
         "tp": args.tp,
-        "workers": args.workers,
+        "workers": args.prefill_workers + args.decode_workers if args.split_phase else args.workers,
         "policy": args.policy,
         "queue_order": args.queue_order,
         "length_model": args.length_model,
@@ -84,6 +95,7 @@ def _simulate(args: argparse.Namespace) -> int:
         "rate_scale": args.rate_scale,
         "seed": args.seed,
         **result.summary.to_dict(timeline=args.timeline),
+        **split,
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -104,4 +116,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--autoscale", choices=("planner", "queue-length"))
     p.add_argument("--autoscale-period-s", type=float, default=10.0)
     p.add_argument("--timeline", action="store_true", help="include GPUs held over time")
+    p.add_argument("--split-phase", action="store_true",
+                   help="prefill and decode workers as separate pools (--workers is then ignored)")
+    p.add_argument("--prefill-workers", type=int, default=1, help="split-phase: prefill workers")
+    p.add_argument("--decode-workers", type=int, default=1, help="split-phase: decode workers (placed by --policy)")
+    p.add_argument("--kv-link-gbps", type=float, default=200.0,
+                   help="split-phase: KV link bandwidth, gigabits/s (default 200 = 25 GB/s)")
+    p.add_argument("--kv-link-latency-ms", type=float, default=1.0, help="split-phase: fixed time per KV transfer")
     p.set_defaults(func=_simulate)
