@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from placement.policy import PlacementPolicy
 from placement.policies import make_policy
 from placement.state import Request, WorkerState
 from predictors.latency import load_profile_family
@@ -104,25 +106,27 @@ def build_cluster(
     return cluster, arrivals
 
 
-def run(
-    policy_name: str = "aladdin", workers: int = 1000, inflight: int = 50_000, decisions: int = 5000,
-    warmup: int = 200, seed: int = 0, family: str = "llama-2-7b-a100", tp: int = 1,
-) -> BenchResult:
-    """Time `decisions` calls of the policy's `choose` (after `warmup` untimed ones)."""
-    cluster, arrivals = build_cluster(workers, inflight, family, tp, seed)
-    policy = make_policy(policy_name, seed=seed)
+def decision_loop(
+    policy: PlacementPolicy,
+    cluster: list[WorkerState],
+    arrivals: _Arrivals,
+    count: int,
+    prepare: Callable[[int, Request, float], None] | None = None,
+) -> Iterator[tuple[WorkerState | None, int]]:
+    """Make `count` placement decisions on a bench state, yielding (chosen worker, ns spent in
+    `choose`) for each. After each decision the request is admitted, a request finishes on a
+    random worker and a random worker decodes 0-3 steps, so the state keeps changing.
+    `prepare(i, request, now_s)` may alter a request before it is placed."""
     rng = arrivals.rng
-    timings = []
-    placed = 0
     now_s = 0.0
-    for i in range(warmup + decisions):
+    for i in range(count):
         request, _ = arrivals.next(now_s)
+        if prepare is not None:
+            prepare(i, request, now_s)
         start = time.perf_counter_ns()
         worker = policy.choose(request, cluster, now_s)
         elapsed = time.perf_counter_ns() - start
-        if i >= warmup:
-            timings.append(elapsed)
-            placed += worker is not None
+        yield worker, elapsed
         if worker is not None:
             worker.admit(request, now_s)
         finished = rng.choice(cluster)
@@ -130,6 +134,21 @@ def run(
             finished.remove(next(iter(finished.residents)))
         rng.choice(cluster).advance(rng.randint(0, 3))
         now_s += 0.001
+
+
+def run(
+    policy_name: str = "aladdin", workers: int = 1000, inflight: int = 50_000, decisions: int = 5000,
+    warmup: int = 200, seed: int = 0, family: str = "llama-2-7b-a100", tp: int = 1,
+) -> BenchResult:
+    """Time `decisions` calls of the policy's `choose` (after `warmup` untimed ones)."""
+    cluster, arrivals = build_cluster(workers, inflight, family, tp, seed)
+    policy = make_policy(policy_name, seed=seed)
+    timings = []
+    placed = 0
+    for i, (worker, elapsed) in enumerate(decision_loop(policy, cluster, arrivals, warmup + decisions)):
+        if i >= warmup:
+            timings.append(elapsed)
+            placed += worker is not None
     ns = np.array(timings, dtype=float)
     return BenchResult(
         policy=policy_name, profile=f"{family} tp{tp}", workers=workers, inflight=inflight,

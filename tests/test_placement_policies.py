@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from placement.bench import build_cluster, decision_loop
 from placement.feasibility import check
 from placement.policies import POLICY_NAMES, AladdinPolicy, make_policy
 from placement.queue_order import QUEUE_ORDER_NAMES, WaitingQueue, make_queue_order
@@ -232,3 +234,58 @@ def test_aladdin_spreads_a_steady_stream_once_prefills_would_break_atgt():
             done, rid = placed.pop(0)
             done.remove(rid)
     assert sum(1 for w in workers if w.prefill_share(now_s) > 0.05) >= 2
+
+
+def _bench_choices(workers: int, inflight: int, decisions: int, seed: int, saturate: bool = False, **options):
+    """The ids Aladdin chooses ("-" for none) in `placement.bench`'s loop on its seeded state.
+    Every 37th request arrived 2 s ago (its TTFT is lost). `saturate`: every third worker gets
+    a profile with half the KV blocks (several profiles) and the first three a burst of long
+    prompts (prefill share >= 1)."""
+    cluster, arrivals = build_cluster(workers, inflight, seed=seed)
+    if saturate:
+        kv = cluster[0].profile.kv
+        half = cluster[0].profile.model_copy(update={"kv": kv.model_copy(update={"num_blocks": kv.num_blocks // 2})})
+        for worker in cluster[::3]:
+            worker.profile = half
+        for k, worker in enumerate(cluster[:3]):
+            for _ in range(40 * (k + 1)):
+                request, _ = arrivals.next(0.0)
+                request.input_len = 3000
+                worker.admit(request, 0.0)
+    def ttft_lost_every_37th(i: int, request, now_s: float) -> None:
+        if i % 37 == 0:
+            request.arrival_s = now_s - 2.0
+
+    loop = decision_loop(AladdinPolicy(**options), cluster, arrivals, decisions, prepare=ttft_lost_every_37th)
+    return ["-" if worker is None else worker.id for worker, _ in loop]
+
+
+# sha256 prefixes of the choices made by the policy before its decision was made cheaper
+# (columns as free KV, list-equality sync, reused buffers); a speed-up must not change them.
+# Update only for an intended change of decisions.
+@pytest.mark.parametrize(
+    ("config", "digest"),
+    [
+        (dict(workers=200, inflight=10_000, decisions=400, seed=0), "31abd23eda4f158c"),
+        (dict(workers=20, inflight=4000, decisions=300, seed=4, on_infeasible="least-violation"), "37f969cc39e089c0"),
+        (dict(workers=20, inflight=6000, decisions=300, seed=6, tight_checks=3), "70e9852adc445c2a"),
+        (dict(workers=30, inflight=3000, decisions=300, seed=9, saturate=True, on_infeasible="least-violation"),
+         "53293672ba516c12"),
+    ],
+)
+def test_aladdin_choices_on_bench_states_are_unchanged(config, digest):
+    chosen = _bench_choices(**config)
+    assert hashlib.sha256(",".join(chosen).encode()).hexdigest()[:16] == digest
+
+
+def test_worker_table_follows_a_worker_replaced_by_an_equal_copy():
+    # the table checks its worker list by equality: a distinct but equal worker must be
+    # returned (not the one it replaced) and its later changes must be seen
+    original = WorkerState(id="w0", profile=_profile(100))
+    copy = WorkerState(id="w0", profile=_profile(100))
+    policy = AladdinPolicy()
+    assert policy.choose(_request("a"), [original], now_s=0.0) is original
+    assert policy.choose(_request("b"), [copy], now_s=0.0) is copy
+    for i in range(5):  # the copy unchanged would be empty; filled, it has no KV left
+        copy.admit(_request(f"c{i}", 1400, 50, 100))
+    assert policy.choose(_request("d", 1400, 50, 100), [copy], now_s=0.0) is None

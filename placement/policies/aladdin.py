@@ -46,6 +46,24 @@ ON_INFEASIBLE = ("wait", "least-violation")
 ROUNDING_SLACK = 1e-9
 
 
+class _Scratch:
+    """Arrays a decision writes into (numpy `out=`), reused so a decision allocates little."""
+
+    def __init__(self, n: int) -> None:
+        self.size = n
+        self.atgt_slo = np.empty(n)
+        self.stretch = np.empty(n)
+        self.step_floor = np.empty(n)  # step_floor_s stretched
+        self.ttft = np.empty(n)
+        self.kv_left = np.empty(n)
+        self.atgt_bound = np.empty(n)
+        self.score = np.empty(n)
+        self.eligible = np.empty(n, dtype=bool)
+        self.safe = np.empty(n, dtype=bool)
+        self.bounded = np.empty(n, dtype=bool)
+        self.passed = np.empty(n, dtype=bool)
+
+
 class AladdinPolicy:
     """Best-fit placement under KV, ATGT and TTFT feasibility (arXiv 2405.06856)."""
 
@@ -59,6 +77,7 @@ class AladdinPolicy:
         self.on_infeasible = on_infeasible
         self.tight_checks = tight_checks
         self.table = WorkerTable()
+        self._scratch = _Scratch(0)
 
     def choose(self, request: Request, workers: Sequence[WorkerState], now_s: float) -> WorkerState | None:
         """The feasible worker where `request` fits best; None (or the least-violating worker)
@@ -66,87 +85,113 @@ class AladdinPolicy:
         placed by KV and ATGT alone."""
         table = self.table
         table.sync(workers)
-        if not workers:
+        n = len(workers)
+        if not n:
             return None
+        if self._scratch.size != n:
+            self._scratch = _Scratch(n)
+        buf = self._scratch
         prefill_by_profile = table.per_profile(lambda p: p.prefill_time_s([request.input_len]))
-        own_prefill_s = prefill_by_profile[table.group]
+        own_prefill_s = table.per_row(prefill_by_profile)
         waited_s = now_s - request.arrival_s
         # a TTFT that no worker could meet even with nothing queued is lost: place by KV and
         # ATGT alone rather than never
-        need_ttft = waited_s + prefill_by_profile.min() <= request.slo_ttft_s
-        atgt_slo = np.minimum(table.min_slo_atgt_s, request.slo_atgt_s)
+        need_ttft = waited_s + min(prefill_by_profile) <= request.slo_ttft_s
+        atgt_slo = np.minimum(table.min_slo_atgt_s, request.slo_atgt_s, out=buf.atgt_slo)
         # token interval per second of decode step (it is linear in the step), with the
         # newcomer's prefill in the worker's prefill share as in feasibility.check
-        stretch = token_interval_s(1.0, table.prefill_share(now_s, own_prefill_s))
-        eligible = (table.step_floor_s * stretch <= atgt_slo * (1 + ROUNDING_SLACK)) & (
-            table.kv_used_floor + request.input_len <= table.capacity
-        )
+        stretch = self._stretch(table.prefill_share(now_s, own_prefill_s, out=buf.stretch))
+        step_floor = np.multiply(table.step_floor_s, stretch, out=buf.step_floor)
+        eligible = np.less_equal(step_floor, atgt_slo * (1 + ROUNDING_SLACK), out=buf.eligible)
+        # KV in use + the new prompt within capacity, as free KV (exact integers in float64)
+        eligible &= np.greater_equal(table.kv_free_ceiling, request.input_len, out=buf.passed)
         if need_ttft:
             # same association as feasibility.check: wait + (queued + own)
-            ttft_s = waited_s + (table.queued_prefill_s + own_prefill_s)
-            eligible &= ttft_s <= request.slo_ttft_s
+            ttft_s = np.add(table.queued_prefill_s, own_prefill_s, out=buf.ttft)
+            np.add(waited_s, ttft_s, out=ttft_s)
+            eligible &= np.less_equal(ttft_s, request.slo_ttft_s, out=buf.passed)
         final = request.upper_final_tokens
-        kv_left = (table.capacity - (table.kv_final + final)) / table.capacity
+        # (capacity - (kv_final + final)) / capacity, the integer part exact either way
+        kv_left = np.subtract(table.kv_free_final, final, out=buf.kv_left)
+        np.divide(kv_left, table.capacity, out=kv_left)
         # bound of the time between tokens with the newcomer: the step of everyone at their
         # final sizes, stretched by the prefills
-        atgt_bound = (table.step_bound_s + table.step_bound_per_token_s * final) * stretch
-        score = kv_left + (atgt_slo - atgt_bound) / atgt_slo
-        safe = eligible & (kv_left >= 0)
+        atgt_bound = np.multiply(table.step_bound_per_token_s, final, out=buf.atgt_bound)
+        np.add(table.step_bound_s, atgt_bound, out=atgt_bound)
+        np.multiply(atgt_bound, stretch, out=atgt_bound)
+        score = np.subtract(atgt_slo, atgt_bound, out=buf.score)
+        np.divide(score, atgt_slo, out=score)
+        np.add(kv_left, score, out=score)
+        safe = np.greater_equal(kv_left, 0, out=buf.safe)
+        safe &= eligible
 
-        find = functools.partial(self._first_feasible, request=request, now_s=now_s, need_ttft=need_ttft)
+        find = functools.partial(
+            self._first_feasible, workers=workers, request=request, final=final, now_s=now_s,
+            need_ttft=need_ttft, own_prefill_by_profile=prefill_by_profile,
+        )
         if self.tight_checks:
             chosen = find(np.where(eligible & ~safe, score, math.inf), limit=self.tight_checks)
             if chosen is not None:
                 return chosen
         # KV-safe workers within the ATGT bound first: unless a resident is overdue they are
         # proven feasible without an exact projection; then the other KV-safe ones, then the
-        # tight ones, so None means nothing is feasible (groups built only when reached)
-        bounded = safe & (atgt_bound <= atgt_slo)
-        groups = (
-            (lambda: bounded, True),
-            (lambda: safe & ~bounded, True),
-            (lambda: eligible & ~safe, False),
-        )
-        chosen = None
-        for group, on_bounds in groups:
-            key = np.where(group(), score, math.inf)
-            chosen = find(key, limit=len(workers), atgt_slo=atgt_slo if on_bounds else None)
-            if chosen is not None:
-                break
+        # tight ones, so None means nothing is feasible (each group built only when reached)
+        bounded = np.less_equal(atgt_bound, atgt_slo, out=buf.bounded)
+        bounded &= safe
+        chosen = find(np.where(bounded, score, math.inf), limit=n, atgt_slo=atgt_slo)
+        if chosen is None:
+            chosen = find(np.where(safe & ~bounded, score, math.inf), limit=n, atgt_slo=atgt_slo)
+        if chosen is None:
+            chosen = find(np.where(eligible & ~safe, score, math.inf), limit=n)
         if chosen is None and self.on_infeasible == "least-violation":
             ttft_over = (ttft_s - request.slo_ttft_s) / request.slo_ttft_s if need_ttft else 0.0
-            atgt_over = (table.step_floor_s * stretch - atgt_slo) / atgt_slo
-            chosen = self._least_violating(workers, np.maximum.reduce([-kv_left, ttft_over, atgt_over]))
+            atgt_over = (step_floor - atgt_slo) / atgt_slo
+            # pairwise: ttft_over is a scalar when the TTFT is lost (np.maximum.reduce over a
+            # list mixing it with arrays raised ValueError)
+            chosen = self._least_violating(workers, np.maximum(np.maximum(-kv_left, ttft_over), atgt_over))
         return chosen
+
+    @staticmethod
+    def _stretch(prefill_share: np.ndarray) -> np.ndarray:
+        """`token_interval_s(1.0, prefill_share)`, in place: 1 / (1 - share), inf where the
+        prefills take all the time. The masked division that handles the latter costs ~5 us
+        over 1,000 rows, so it runs only when some row needs it."""
+        free = np.subtract(1.0, prefill_share)
+        if free.min() > 0:
+            return np.divide(1.0, free, out=prefill_share)
+        prefill_share[:] = token_interval_s(1.0, prefill_share)
+        return prefill_share
 
     def _first_feasible(
         self,
         key: np.ndarray,
         *,
+        workers: Sequence[WorkerState],
         request: Request,
+        final: int,
         now_s: float,
         need_ttft: bool,
+        own_prefill_by_profile: list[float],
         limit: int,
         atgt_slo: np.ndarray | None = None,
     ) -> WorkerState | None:
         """The first worker in `key` order (inf = skip) that is feasible (TTFT aside unless
         `need_ttft`), trying at most `limit`. With `atgt_slo` given the rows are KV-safe and
-        passed the TTFT filter, so they may be accepted on the bounds alone."""
-        table = self.table
-        final = request.upper_final_tokens
+        passed the TTFT filter, so they may be accepted on the bounds alone. `final` is the
+        request's upper final size, `own_prefill_by_profile` its prefill time per table profile."""
+        group = self.table.group
         for _ in range(limit):
-            row = int(np.argmin(key))
+            row = int(key.argmin())
             if key[row] == math.inf:
                 return None
             key[row] = math.inf
-            worker = table.workers[row]
+            worker = workers[row]
             if not worker.accepting:
                 continue
             if atgt_slo is not None and worker.steps <= worker.min_upper_end_step:
                 # the same prefill share and stretch as check(), over a step bound >= its peak
-                profile = worker.profile
-                share = worker.prefill_share(now_s, profile.prefill_time_s([request.input_len]))
-                step_bound = profile.decode_step_s(len(worker.residents) + 1, worker.kv_final_tokens + final)
+                share = worker.prefill_share(now_s, own_prefill_by_profile[group[row]])
+                step_bound = worker.profile.decode_step_s(len(worker.residents) + 1, worker.kv_final_tokens + final)
                 if token_interval_s(step_bound, share) <= atgt_slo[row]:
                     return worker
             fit = check(worker, request, now_s)
