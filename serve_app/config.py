@@ -92,6 +92,20 @@ class SloConfig(_Section):
     atgt_ms: float = Field(50.0, gt=0)
 
 
+class PredictorConfig(_Section):
+    """The output-length predictor the ingress runs on every request."""
+
+    artifact: str | None = Field(
+        None, description="Predictor artifact (JSON); None = the default one for the tokenizer."
+    )
+    train_if_missing: bool = Field(
+        True, description="Train the default artifact at start-up if missing (about a minute)."
+    )
+    recalibrate_every: int = Field(
+        500, ge=10, description="Recalibrate from served requests after this many are recorded."
+    )
+
+
 class PlacementConfig(_Section):
     """How requests are routed to workers."""
 
@@ -121,6 +135,7 @@ class AppConfig(_Section):
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     slo: SloConfig = Field(default_factory=SloConfig)
+    predictor: PredictorConfig = Field(default_factory=PredictorConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
 

@@ -20,9 +20,11 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from predictors.output_length import ChatInput, PastTurn, Prediction
 from serve_app.config import AppConfig
 from serve_app.errors import OpenAIError, from_validation_errors
 from serve_app.model_source import resolve_tokenizer_dir
+from serve_app.request_predictor import RequestPredictor
 from serve_app.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -32,7 +34,7 @@ from serve_app.openai_protocol import (
     now,
 )
 from serve_app.tiny_model import CHAT_TEMPLATE
-from serve_app.worker_protocol import GenerateChunk, GenerateRequest
+from serve_app.worker_protocol import GenerateChunk, GenerateRequest, PlacementHints
 
 logger = logging.getLogger("ray.serve")
 HEALTH_PROBE_TIMEOUT_S = 5.0
@@ -63,14 +65,52 @@ def _parse(model: type[SamplingFields], request: dict[str, Any]) -> Any:
         raise from_validation_errors(list(exc.errors())) from None
 
 
-class _Prepared:
-    """A validated request, ready to send to a worker."""
+SLO_HEADERS = {"ttft": "x-slo-ttft-ms", "atgt": "x-slo-atgt-ms"}
 
-    def __init__(self, generate: GenerateRequest, body: SamplingFields, model: str) -> None:
+
+def slo_overrides(headers: Any) -> dict[str, float]:
+    """Per-request SLOs (ms) from the x-slo-ttft-ms / x-slo-atgt-ms headers."""
+    out: dict[str, float] = {}
+    for key, name in SLO_HEADERS.items():
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= 3_600_000:
+            raise OpenAIError(400, f"header {name} must be a number of milliseconds in (0, 3600000]", param=name)
+        out[key] = value
+    return out
+
+
+class _Prepared:
+    """A validated request, ready to send to a worker, with what it was predicted to need."""
+
+    def __init__(
+        self, generate: GenerateRequest, body: SamplingFields, model: str, chat: ChatInput, prediction: Prediction
+    ) -> None:
         self.generate = generate
         self.body = body
         self.model = model
+        self.chat = chat
+        self.prediction = prediction
         self.prompt_tokens = len(generate.prompt_token_ids)
+
+    def extension(self) -> dict[str, Any]:
+        """The `aladdin` field of responses: the prediction and the SLOs applied."""
+        hints = self.generate.hints
+        return {
+            "predicted_output_tokens": {"mean": round(self.prediction.mean, 1), "p90": round(self.prediction.p90, 1)},
+            "slo": {"ttft_ms": hints.slo_ttft_s * 1e3, "atgt_ms": hints.slo_atgt_s * 1e3},
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-aladdin-predicted-output-tokens": f"{self.prediction.mean:.1f}",
+            "x-aladdin-predicted-output-tokens-p90": f"{self.prediction.p90:.1f}",
+        }
 
 
 @serve.deployment(name="OpenAIIngress")
@@ -87,7 +127,9 @@ class OpenAIIngress:
         self._worker = worker
         self._model_name = self._config.model.name
         self._max_model_len = self._config.engine.max_model_len
-        self._tokenizer = AutoTokenizer.from_pretrained(str(resolve_tokenizer_dir(self._config.model)))
+        tokenizer_dir = resolve_tokenizer_dir(self._config.model)
+        self._tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        self._predictor = RequestPredictor(self._config.predictor, tokenizer_dir)
         self._vocab_size = len(self._tokenizer)
         if not getattr(self._tokenizer, "chat_template", None):
             logger.warning("tokenizer has no chat template; using a ChatML-style default")
@@ -124,18 +166,22 @@ class OpenAIIngress:
         )
 
     @api.post("/v1/completions")
-    async def http_completions(self, body: CompletionRequest) -> Any:
-        prepared = self._prepare_completion(body)
+    async def http_completions(self, body: CompletionRequest, request: Request) -> Any:
+        prepared = self._prepare_completion(body, slo_overrides(request.headers))
         if body.stream:
-            return self._sse_response(self._completion_chunks(prepared))
-        return JSONResponse(await self._completion_response(prepared))
+            return self._sse_response(self._completion_chunks(prepared), prepared.headers())
+        return JSONResponse(await self._completion_response(prepared), headers=prepared.headers())
 
     @api.post("/v1/chat/completions")
-    async def http_chat_completions(self, body: ChatCompletionRequest) -> Any:
-        prepared = self._prepare_chat(body)
+    async def http_chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
+        prepared = self._prepare_chat(body, slo_overrides(request.headers))
         if body.stream:
-            return self._sse_response(self._chat_chunks(prepared))
-        return JSONResponse(await self._chat_response(prepared))
+            return self._sse_response(self._chat_chunks(prepared), prepared.headers())
+        return JSONResponse(await self._chat_response(prepared), headers=prepared.headers())
+
+    async def predictor_stats(self) -> dict[str, Any]:
+        """Output-length prediction error over served requests (for metrics and tests)."""
+        return self._predictor.stats()
 
     # ---- Python API for DeploymentHandle callers ----------------------------------------
     async def create_completion(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +211,10 @@ class OpenAIIngress:
                 404, f"The model `{model}` does not exist.", param="model", code="model_not_found"
             )
 
-    def _prepare(self, body: SamplingFields, ids: list[int], max_tokens: int | None, prefix: str) -> _Prepared:
+    def _prepare(
+        self, body: SamplingFields, ids: list[int], max_tokens: int | None, prefix: str, chat: ChatInput,
+        slo_ms: dict[str, float],
+    ) -> _Prepared:
         n_prompt = len(ids)
         if max_tokens is None:
             max_tokens = self._max_model_len - n_prompt
@@ -178,33 +227,56 @@ class OpenAIIngress:
                 param="max_tokens" if n_prompt < self._max_model_len else "prompt",
                 code="context_length_exceeded",
             )
-        generate = GenerateRequest(new_id(prefix), list(ids), body.sampling(max_tokens))
-        return _Prepared(generate, body, self._model_name)
+        prediction = self._predictor.predict(chat, max_tokens)
+        slo = self._config.slo
+        hints = PlacementHints(
+            predicted_output_mean=prediction.mean,
+            predicted_output_p90=prediction.p90,
+            # precedence: body field, then header, then the configured default
+            slo_ttft_s=(body.slo_ttft_ms or slo_ms.get("ttft") or slo.ttft_ms) / 1e3,
+            slo_atgt_s=(body.slo_atgt_ms or slo_ms.get("atgt") or slo.atgt_ms) / 1e3,
+        )
+        generate = GenerateRequest(new_id(prefix), list(ids), body.sampling(max_tokens), hints)
+        return _Prepared(generate, body, self._model_name, chat, prediction)
 
-    def _prepare_completion(self, body: CompletionRequest) -> _Prepared:
+    def _prepare_completion(self, body: CompletionRequest, slo_ms: dict[str, float] | None = None) -> _Prepared:
         self._check_model(body.model)
         if isinstance(body.prompt, str):
-            ids = self._tokenizer(body.prompt).input_ids
+            text = body.prompt
+            ids = self._tokenizer(text).input_ids
         else:
             ids = list(body.prompt)
             if any(not 0 <= t < self._vocab_size for t in ids):
                 raise OpenAIError(400, f"prompt token ids must be in [0, {self._vocab_size})", param="prompt")
+            text = self._tokenizer.decode(ids)
         if not ids:
             raise OpenAIError(400, "prompt has no tokens", param="prompt")
-        return self._prepare(body, ids, body.max_tokens, "cmpl")
+        chat = ChatInput(prompt=text, prompt_tokens=len(ids))
+        return self._prepare(body, ids, body.max_tokens, "cmpl", chat, slo_ms or {})
 
-    def _prepare_chat(self, body: ChatCompletionRequest) -> _Prepared:
+    def _prepare_chat(self, body: ChatCompletionRequest, slo_ms: dict[str, float] | None = None) -> _Prepared:
         self._check_model(body.model)
         messages = [{"role": m.role, "content": m.text} for m in body.messages]
         text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids = self._tokenizer(text, add_special_tokens=False).input_ids
-        return self._prepare(body, ids, body.max_tokens, "chatcmpl")
+        # The predictor reads the latest message and the lengths of the turns before it.
+        last = messages[-1]["content"]
+        history = tuple(
+            PastTurn(m["role"], len(self._tokenizer(m["content"], add_special_tokens=False).input_ids))
+            for m in messages[:-1]
+        )
+        chat = ChatInput(last, len(self._tokenizer(last, add_special_tokens=False).input_ids), history)
+        return self._prepare(body, ids, body.max_tokens, "chatcmpl", chat, slo_ms or {})
 
     # ---- generation ---------------------------------------------------------------------
     async def _deltas(self, prepared: _Prepared) -> AsyncIterator[GenerateChunk]:
         stream = self._worker.options(stream=True).generate.remote(prepared.generate)
+        tokens = 0
+        finish: str | None = None
         try:
             async for chunk in stream:
+                tokens += chunk.num_tokens
+                finish = chunk.finish_reason or finish
                 yield chunk
         except OpenAIError:
             raise
@@ -214,6 +286,7 @@ class OpenAIIngress:
         except Exception as exc:  # a worker died or the engine failed mid-request
             logger.warning("request %s failed on a worker: %r", prepared.generate.request_id, exc)
             raise OpenAIError(503, "the worker serving this request failed; retry", code="worker_failed") from None
+        self._predictor.record(prepared.chat, prepared.prediction, tokens, finish, prepared.body.ignore_eos)
 
     async def _collect(self, prepared: _Prepared) -> tuple[str, int, str | None]:
         parts: list[str] = []
@@ -234,6 +307,7 @@ class OpenAIIngress:
             "model": prepared.model,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
             "usage": Usage.of(prepared.prompt_tokens, tokens).model_dump(),
+            "aladdin": prepared.extension(),
         }
 
     async def _chat_response(self, prepared: _Prepared) -> dict[str, Any]:
@@ -252,6 +326,7 @@ class OpenAIIngress:
                 }
             ],
             "usage": Usage.of(prepared.prompt_tokens, tokens).model_dump(),
+            "aladdin": prepared.extension(),
         }
 
     async def _chunks(
@@ -266,7 +341,12 @@ class OpenAIIngress:
             tokens += chunk.num_tokens
             yield {**base, "choices": [choice(chunk)]}
         if prepared.body.include_usage:
-            yield {**base, "choices": [], "usage": Usage.of(prepared.prompt_tokens, tokens).model_dump()}
+            yield {
+                **base,
+                "choices": [],
+                "usage": Usage.of(prepared.prompt_tokens, tokens).model_dump(),
+                "aladdin": prepared.extension(),
+            }
 
     def _completion_chunks(self, prepared: _Prepared) -> AsyncIterator[dict[str, Any]]:
         def choice(chunk: GenerateChunk | None) -> dict[str, Any]:
@@ -285,7 +365,7 @@ class OpenAIIngress:
 
         return self._chunks(prepared, "chat.completion.chunk", choice)
 
-    def _sse_response(self, chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    def _sse_response(self, chunks: AsyncIterator[dict[str, Any]], headers: dict[str, str]) -> StreamingResponse:
         async def body() -> AsyncIterator[str]:
             try:
                 async for chunk in chunks:
@@ -294,4 +374,4 @@ class OpenAIIngress:
                 yield _sse(exc.body())
             yield _sse("[DONE]")
 
-        return StreamingResponse(body(), media_type="text/event-stream")
+        return StreamingResponse(body(), media_type="text/event-stream", headers=headers)

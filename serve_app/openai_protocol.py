@@ -36,6 +36,9 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
     user: str | None = None
+    # Aladdin extensions: per-request SLOs (headers x-slo-ttft-ms / x-slo-atgt-ms also work).
+    slo_ttft_ms: float | None = Field(None, gt=0, le=3_600_000)
+    slo_atgt_ms: float | None = Field(None, gt=0, le=3_600_000)
 
     @field_validator("stop")
     @classmethod

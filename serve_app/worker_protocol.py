@@ -7,12 +7,24 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class PlacementHints:
+    """What placement needs to know of a request before it runs."""
+
+    predicted_output_mean: float
+    predicted_output_p90: float
+    slo_ttft_s: float
+    slo_atgt_s: float
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
-    """One generation: token ids already computed by the ingress, and SamplingParams kwargs."""
+    """One generation: token ids already computed by the ingress, SamplingParams kwargs, and
+    the request's predicted length and SLOs."""
 
     request_id: str
     prompt_token_ids: list[int]
     sampling: dict[str, Any]
+    hints: PlacementHints | None = None
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,52 @@ def test_handle_example_app(app):
         serve.delete("summarizer")
 
 
+def test_responses_carry_prediction_and_slo(app):
+    body = {"model": "tiny", "prompt": "Tell me about the ocean.", "max_tokens": 40, "ignore_eos": True}
+    resp = httpx.post(f"{app.http}/v1/completions", json=body, timeout=60)
+    assert resp.status_code == 200
+    ext = resp.json()["aladdin"]
+    predicted = ext["predicted_output_tokens"]
+    assert 0 < predicted["mean"] <= predicted["p90"] <= 40  # capped by max_tokens
+    assert ext["slo"] == {"ttft_ms": 1000.0, "atgt_ms": 50.0}  # examples/serve_local_cpu.yaml
+    assert float(resp.headers["x-aladdin-predicted-output-tokens"]) == pytest.approx(predicted["mean"], abs=0.05)
+    assert resp.json()["usage"]["completion_tokens"] == 40  # the actual length
+
+
+def test_per_request_slo_from_header_and_body(app):
+    url = f"{app.http}/v1/chat/completions"
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    by_header = httpx.post(url, json=body, headers={"x-slo-ttft-ms": "300", "x-slo-atgt-ms": "20"}, timeout=60)
+    assert by_header.json()["aladdin"]["slo"] == {"ttft_ms": 300.0, "atgt_ms": 20.0}
+    by_body = httpx.post(url, json={**body, "slo_atgt_ms": 80}, headers={"x-slo-atgt-ms": "20"}, timeout=60)
+    assert by_body.json()["aladdin"]["slo"]["atgt_ms"] == 80.0  # the body wins over the header
+    bad = httpx.post(url, json=body, headers={"x-slo-ttft-ms": "soon"}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-slo-ttft-ms"
+    stream = httpx.post(url, json={**body, "stream": True, "stream_options": {"include_usage": True}}, timeout=60)
+    last = json.loads(stream.text.split("\n\n")[-3][len("data: "):])
+    assert last["aladdin"]["slo"]["ttft_ms"] == 1000.0 and last["usage"]["completion_tokens"] >= 1
+
+
+def test_naturally_ended_requests_feed_online_correction(app):
+    """A stop string ends the random model's output early (finish_reason "stop"): those are
+    recorded for recalibration; forced lengths (ignore_eos) are not."""
+    from ray import serve
+
+    ingress = serve.get_app_handle(APP)
+    before = ingress.predictor_stats.remote().result()["recorded"]
+    stopped = 0
+    for i in range(6):
+        out = httpx.post(f"{app.http}/v1/completions", timeout=60, json={
+            "model": "tiny", "prompt": f"story {i}", "max_tokens": 200, "stop": ["e"], "seed": i})
+        stopped += out.json()["choices"][0]["finish_reason"] == "stop"
+    httpx.post(f"{app.http}/v1/completions", timeout=60,
+               json={"model": "tiny", "prompt": "x", "max_tokens": 5, "ignore_eos": True})
+    assert stopped >= 1
+    after = ingress.predictor_stats.remote().result()
+    assert after["recorded"] - before == stopped
+    assert after["n"] >= 1 and after["mae"] >= 0
+
+
 def test_killed_worker_leaves_no_engine_processes_and_is_replaced(app, client):
     """Runs last in this module: a SIGKILLed replica never runs __del__, so its vLLM engine
     must be reaped by the watcher; Serve then starts a replacement that serves."""

@@ -4,31 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from serve_app.commands.simulate import add_scenario_arguments, build_scenario
 
 
 def _require_matplotlib() -> None:
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
     except ImportError:
         raise SystemExit("--plot needs matplotlib, which is not installed in this environment") from None
-    matplotlib.use("Agg")
 
 
-def _write_plot(comparison, path: str) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, result in comparison.policies.items():
-        gpus, attainment = zip(*result.curve)
-        ax.plot(gpus, attainment, marker="o", label=f"{name} (tp{result.tp})")
-    ax.axhline(comparison.target, color="grey", linestyle=":")
-    ax.set_xlabel("GPUs")
-    ax.set_ylabel("SLO attainment")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
+def _plot_title(args: argparse.Namespace) -> str:
+    return (f"{Path(args.trace).name} x{args.rate_scale:g}, {args.profile_family}, "
+            f"TTFT <= {args.slo_ttft:g} s, ATGT <= {args.slo_atgt * 1000:g} ms")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -38,15 +28,23 @@ def _compare(args: argparse.Namespace) -> int:
     if args.plot:
         _require_matplotlib()  # fail before the minutes of simulation, not after
     family = load_profile_family(args.profile_family)
-    comparison = compare(build_scenario(args, family.tps[0]), family, target=args.target, max_gpus=args.max_gpus)
+    comparison = compare(
+        build_scenario(args, family.tps[0]), family, target=args.target, max_gpus=args.max_gpus,
+        autoscaled=not args.no_autoscaled,
+    )
     out = comparison.to_dict()
     if args.plot:
-        _write_plot(comparison, args.plot)
+        from placement.compare_plot import write_plot
+
+        write_plot(comparison, args.plot, title=_plot_title(args))
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         for name, r in out["policies"].items():
             print(f"{name:>12}: tp {r['tp']}  min GPUs {r['min_gpus']}  attainment {r['attainment']}")
+        for name, r in out["autoscaled"].items():
+            print(f"{name:>12}: autoscaled ({r['scaler']}) tp {r['tp']}  GPU-hours {r['gpu_hours']:.2f}  "
+                  f"attainment {r['attainment']}")
         print(f"ratios: {out['ratios']}")
     return 0
 
@@ -56,5 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_scenario_arguments(p)
     p.add_argument("--target", type=float, default=0.99, help="SLO attainment to reach")
     p.add_argument("--max-gpus", type=int, default=256, help="give up above this many GPUs")
-    p.add_argument("--plot", help="write attainment vs GPUs per policy to this PNG (needs matplotlib)")
+    p.add_argument("--no-autoscaled", action="store_true",
+                   help="skip the autoscaled runs (aladdin + planner vs p2c + queue-length)")
+    p.add_argument("--plot", help="write attainment vs GPUs per policy and GPUs over time to this PNG "
+                   "(needs matplotlib)")
     p.set_defaults(func=_compare)

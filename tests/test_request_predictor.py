@@ -1,0 +1,58 @@
+import warnings
+
+import pytest
+
+from predictors.output_length import BucketMeanPredictor, ChatInput
+from serve_app.config import PredictorConfig
+from serve_app.ingress import slo_overrides
+from serve_app.errors import OpenAIError
+from serve_app.request_predictor import RequestPredictor
+
+
+@pytest.fixture()
+def fallback(tmp_path) -> RequestPredictor:
+    config = PredictorConfig(artifact=str(tmp_path / "missing.json"), recalibrate_every=10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictor = RequestPredictor(config, tmp_path)
+    assert caught, "a missing artifact must warn"
+    return predictor
+
+
+def test_missing_artifact_falls_back_and_predictions_respect_max_tokens(fallback):
+    assert fallback.stats()["kind"] == BucketMeanPredictor.__name__
+    chat = ChatInput(prompt="Write a long essay about rivers.", prompt_tokens=8)
+    free = fallback.predict(chat, max_tokens=4000)
+    capped = fallback.predict(chat, max_tokens=5)
+    assert 0 < free.mean <= free.p90
+    assert capped.mean <= 5 and capped.p90 <= 5
+
+
+def test_only_natural_endings_are_recorded_and_recalibration_runs(fallback):
+    chat = ChatInput(prompt="hi", prompt_tokens=1)
+    pred = fallback.predict(chat, 1000)
+    assert not fallback.record(chat, pred, 1000, "length", ignore_eos=False)  # cut by max_tokens
+    assert not fallback.record(chat, pred, 50, "stop", ignore_eos=True)  # forced length
+    for _ in range(10):
+        assert fallback.record(chat, pred, 3 * round(pred.mean) + 7, "stop", ignore_eos=False)
+    stats = fallback.stats()
+    assert stats["recorded"] == 10
+    # the 10th record triggered recalibration, which rescales toward the served lengths
+    after = fallback.predict(chat, 1000)
+    assert after.mean > pred.mean
+
+
+@pytest.mark.parametrize("headers, expected", [
+    ({}, {}),
+    ({"x-slo-ttft-ms": "250"}, {"ttft": 250.0}),
+    ({"x-slo-ttft-ms": "250", "x-slo-atgt-ms": "20.5"}, {"ttft": 250.0, "atgt": 20.5}),
+])
+def test_slo_headers(headers, expected):
+    assert slo_overrides(headers) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "fast", "nan", "1e12"])
+def test_bad_slo_headers_are_400(value):
+    with pytest.raises(OpenAIError) as err:
+        slo_overrides({"x-slo-atgt-ms": value})
+    assert err.value.status == 400 and err.value.param == "x-slo-atgt-ms"
