@@ -3,21 +3,30 @@
 Policies compared: `aladdin`, and `rr`, `jsq`, `p2c` at the tensor-parallel degree the planner
 chose for the whole trace; `p2c-default` is power-of-two choices with one TP-4 worker per
 4-GPU node, what a Ray Serve user gets by giving each replica a whole node. For each, the
-worker count is searched (doubling, then bisection; attainment is taken as non-decreasing in
-workers) and every simulated point is kept for the plot.
+worker count is searched outward from the planner's estimate for that TP (galloping, then
+bisection; attainment is taken as non-decreasing in workers, under which the answer is the
+same as a search from one worker) and every simulated point is kept for the plot.
+
+Autoscaled: the same trace with the worker count changing while it runs, Aladdin with the
+planner heartbeat against p2c with Serve's queue-length rule, both at the planner's TP and
+starting from the planner's worker count; GPU-hours and attainment are compared.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from placement.planner import Workload, plan
+from placement.planner import Plan, Workload, plan
 from placement.simulator.scenario import Scenario, run
 from predictors.latency.families import ProfileFamily
 
 DEFAULT_TP = 4  # one worker per 4-GPU node
+SAME_TP_BASELINES = ("rr", "jsq", "p2c")
+# (policy, autoscaler) pairs of the autoscaled comparison: Aladdin's heartbeat, Serve's rule
+AUTOSCALED = (("aladdin", "planner"), ("p2c", "queue-length"))
 
 
 @dataclass
@@ -32,84 +41,176 @@ class PolicyResult:
 
 
 @dataclass
+class AutoscaledResult:
+    """One run whose worker count an autoscaler sets; `timeline` is (time s, GPUs held) at each change."""
+
+    policy: str
+    scaler: str
+    tp: int
+    start_workers: int
+    gpu_hours: float
+    attainment: float
+    workers_peak: int
+    makespan_s: float
+    timeline: list[tuple[float, int]] = field(default_factory=list)
+
+
+@dataclass
 class Comparison:
     target: float
     planner_tp: int
     planner_gpus: int
     policies: dict[str, PolicyResult]
+    autoscaled: dict[str, AutoscaledResult] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """{"policies": {name: {min_gpus, tp, attainment, curve}}, "ratios": {...}, "planner": {...}}."""
+        """{"policies": {name: {min_gpus, tp, attainment, curve}}, "ratios": {...},
+        "autoscaled": {policy: {scaler, gpu_hours, attainment, ...}}, "planner": {...}}
+        (the autoscaled timelines are left out: they are for the plot)."""
         policies = {name: asdict(r) for name, r in self.policies.items()}
         for r in policies.values():
             r.pop("policy")
+        autoscaled = {name: asdict(r) for name, r in self.autoscaled.items()}
+        for r in autoscaled.values():
+            r.pop("policy")
+            r.pop("timeline")
         return {
             "target": self.target,
             "planner": {"tp": self.planner_tp, "gpus": self.planner_gpus},
             "policies": policies,
             "ratios": self.ratios(),
+            "autoscaled": autoscaled,
         }
 
     def ratios(self) -> dict[str, float | None]:
-        """Aladdin's GPUs over p2c-default's, and over the best of rr/jsq/p2c at the same TP."""
+        """Aladdin's GPUs over p2c-default's and over the best of rr/jsq/p2c at the same TP;
+        autoscaled, Aladdin's GPU-hours over p2c's under the queue-length rule."""
         aladdin = self.policies["aladdin"].min_gpus
         default = self.policies["p2c-default"].min_gpus
-        same_tp = [self.policies[p].min_gpus for p in ("rr", "jsq", "p2c") if self.policies[p].min_gpus]
-        return {
+        same_tp = [self.policies[p].min_gpus for p in SAME_TP_BASELINES if self.policies[p].min_gpus]
+        out: dict[str, float | None] = {
             "aladdin_vs_p2c_default": aladdin / default if aladdin and default else None,
             "aladdin_vs_best_same_tp": aladdin / min(same_tp) if aladdin and same_tp else None,
         }
+        if "aladdin" in self.autoscaled and "p2c" in self.autoscaled:
+            out["autoscaled_gpu_hours_aladdin_vs_queue_length"] = (
+                self.autoscaled["aladdin"].gpu_hours / self.autoscaled["p2c"].gpu_hours
+            )
+        return out
 
 
-def min_workers(scenario: Scenario, policy: str, target: float, max_workers: int) -> PolicyResult:
-    """Search the fewest workers whose attainment reaches `target`."""
+def fewest_meeting(meets: Callable[[int], bool], start: int, upper: int) -> int | None:
+    """The smallest n in [1, upper] with meets(n), for a `meets` that is monotone in n, probing
+    outward from `start` at distances 1, 2, 4, ... and then bisecting (so a good `start` costs
+    about 2 log2 |answer - start| probes). None if meets(upper) is false."""
+    start = min(max(start, 1), upper)
+    if meets(start):
+        lo, hi, step = 0, start, 1  # meets(lo) is false (lo = 0: nothing below 1), meets(hi) true
+        while start - step >= 1:
+            if not meets(start - step):
+                lo = start - step
+                break
+            hi, step = start - step, 2 * step
+    else:
+        lo, hi, step = start, None, 1
+        while hi is None:
+            probe = min(start + step, upper)
+            if meets(probe):
+                hi = probe
+            elif probe == upper:
+                return None
+            else:
+                lo, step = probe, 2 * step
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if meets(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def min_workers(scenario: Scenario, policy: str, target: float, max_workers: int, start: int = 1) -> PolicyResult:
+    """Search the fewest workers whose attainment reaches `target`, starting at `start` workers."""
     tp = scenario.profile.tp
     seen: dict[int, float] = {}
 
-    def attainment(workers: int) -> float:
+    def meets(workers: int) -> bool:
         if workers not in seen:
             seen[workers] = run(scenario, policy, workers).summary.attainment
-        return seen[workers]
+        return seen[workers] >= target
 
-    hi = 1
-    while attainment(hi) < target and hi < max_workers:
-        hi = min(2 * hi, max_workers)
-    if attainment(hi) < target:
-        best = None
-    else:
-        lo = hi // 2  # misses the target (or 0)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if attainment(mid) >= target:
-                hi = mid
-            else:
-                lo = mid
-        best = hi
+    best = fewest_meeting(meets, start, max_workers)
     curve = sorted((w * tp, a) for w, a in seen.items())
     return PolicyResult(policy, tp, best * tp if best else None, seen[best] if best else None, curve)
 
 
-def compare(
-    base: Scenario, family: ProfileFamily, target: float = 0.99, max_gpus: int = 256, headroom: float = 0.1
-) -> Comparison:
-    """Run the search for every compared policy; `base` gives the trace, SLOs and settings."""
+def run_autoscaled(
+    scenario: Scenario, policy: str, scaler: str, start_workers: int, max_workers: int
+) -> AutoscaledResult:
+    """Simulate `scenario` with `scaler` setting the worker count (from `start_workers`)."""
+    summary = run(
+        scenario, policy, start_workers, autoscale=scaler, autoscale_options={"max_workers": max_workers}
+    ).summary
+    return AutoscaledResult(
+        policy=policy,
+        scaler=scaler,
+        tp=scenario.profile.tp,
+        start_workers=start_workers,
+        gpu_hours=summary.gpu_seconds / 3600,
+        attainment=summary.attainment,
+        workers_peak=summary.workers_peak,
+        makespan_s=summary.makespan_s,
+        timeline=list(summary.gpu_timeline),
+    )
+
+
+def _workload(base: Scenario) -> Workload:
     trace = base.trace
     duration = max(trace[-1].arrival_s, 1e-9)
-    workload = Workload(
+    return Workload(
         rate_per_s=len(trace) / duration,
         input_lens=np.array([r.input_len for r in trace]),
         output_lens=np.array([r.output_len for r in trace]),
         slo_ttft_s=base.slo_ttft_s,
         slo_atgt_s=base.slo_atgt_s,
     )
-    chosen = plan(family, workload, headroom=headroom).choice
+
+
+def _planned_workers(planned: Plan, tp: int) -> int:
+    """The planner's worker count at `tp` (1 when it finds that TP unusable): the search start."""
+    option = next((o for o in planned.options if o.tp == tp and o.usable), None)
+    return option.workers if option else 1
+
+
+def compare(
+    base: Scenario,
+    family: ProfileFamily,
+    target: float = 0.99,
+    max_gpus: int = 256,
+    headroom: float = 0.1,
+    autoscaled: bool = True,
+) -> Comparison:
+    """Run the search for every compared policy (and, if `autoscaled`, the autoscaled pair);
+    `base` gives the trace, SLOs and settings."""
+    planned = plan(family, _workload(base), headroom=headroom)
+    chosen = planned.choice
     if chosen is None:
         raise ValueError("the planner finds no TP degree that meets these SLOs")
     at_tp = base.with_profile(family.profile(chosen.tp))
+    max_at_tp = max_gpus // chosen.tp
     results = {
-        name: min_workers(at_tp, name, target, max_gpus // chosen.tp) for name in ("aladdin", "rr", "jsq", "p2c")
+        name: min_workers(at_tp, name, target, max_at_tp, chosen.workers) for name in ("aladdin", *SAME_TP_BASELINES)
     }
-    default = min_workers(base.with_profile(family.profile(DEFAULT_TP)), "p2c", target, max_gpus // DEFAULT_TP)
+    default = min_workers(
+        base.with_profile(family.profile(DEFAULT_TP)), "p2c", target, max_gpus // DEFAULT_TP,
+        _planned_workers(planned, DEFAULT_TP),
+    )
     default.policy = "p2c-default"
     results["p2c-default"] = default
-    return Comparison(target, chosen.tp, chosen.gpus, results)
+    scaled = (
+        {policy: run_autoscaled(at_tp, policy, scaler, chosen.workers, max_at_tp) for policy, scaler in AUTOSCALED}
+        if autoscaled
+        else {}
+    )
+    return Comparison(target, chosen.tp, chosen.gpus, results, scaled)
