@@ -36,6 +36,9 @@ class ModelConfig(_Section):
 class EngineConfig(_Section):
     """vLLM engine settings of every worker."""
 
+    kind: Literal["vllm", "sim"] = Field(
+        "vllm", description="`sim`: emit tokens on the profile's schedule with no model (dry runs, scale tests)."
+    )
     accelerator: Literal["cpu", "gpu"] = "cpu"
     tensor_parallel_size: int = Field(1, ge=1, le=64)
     max_model_len: int = Field(2048, ge=16)
@@ -73,7 +76,11 @@ class WorkersConfig(_Section):
 
     num_workers: int = Field(2, ge=1)
     max_ongoing_requests: int = Field(256, ge=1)
-    graceful_shutdown_timeout_s: float = Field(120.0, ge=0)
+    graceful_shutdown_timeout_s: float | None = Field(
+        None, ge=0,
+        description="How long a leaving replica may finish its requests; None = the longest "
+        "decode the SLOs allow (max_model_len x SLO ATGT x 2 + SLO TTFT).",
+    )
 
 
 class IngressConfig(_Section):
@@ -109,16 +116,45 @@ class PredictorConfig(_Section):
 class PlacementConfig(_Section):
     """How requests are routed to workers."""
 
-    policy: Literal["p2c"] = Field("p2c", description="p2c = Ray Serve's power-of-two choices.")
+    policy: Literal["aladdin", "rr", "jsq", "p2c", "least-kv", "serve-p2c"] = Field(
+        "aladdin",
+        description="Placement policy run by the placement actor (placement/ policies), or "
+        "`serve-p2c` = Ray Serve's own power-of-two router with no placement actor.",
+    )
+    profile_family: str = Field(
+        "tiny-cpu", description="Committed latency/KV profile family the policy and planner use."
+    )
+    profile_path: str | None = Field(
+        None, description="A profile JSON fitted with `aladdin profile` (overrides the family)."
+    )
+    actor_timeout_s: float = Field(
+        1.0, gt=0, description="The router falls back to power-of-two choices past this wait."
+    )
+    heartbeat_s: float = Field(0.25, gt=0, description="Period of the workers' batched reports.")
+    seed: int = 0
+
+    @property
+    def uses_actor(self) -> bool:
+        return self.policy != "serve-p2c"
 
 
 class ScalingConfig(_Section):
-    """Worker autoscaling (Serve autoscaling of the worker deployment)."""
+    """Worker autoscaling: the placement actor's minimal-worker estimate drives Serve's
+    autoscaler for the worker deployment, and optionally the Ray cluster autoscaler."""
 
     enabled: bool = False
-    min_workers: int = Field(1, ge=0)
+    min_workers: int = Field(1, ge=0, description="0 allows scale to zero when idle.")
     max_workers: int = Field(8, ge=1)
-    heartbeat_s: float = Field(1.0, gt=0)
+    estimate_period_s: float = Field(5.0, gt=0, description="How often the estimate is recomputed.")
+    window_s: float = Field(60.0, gt=0, description="Sliding window of arrivals the planner sees.")
+    headroom: float = Field(0.1, ge=0, description="Planner headroom over the minimal count.")
+    upscale_delay_s: float = Field(5.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
+    node_scaling: Literal["off", "advisory", "on"] = Field(
+        "off",
+        description="`on`: ask the Ray cluster autoscaler for one bundle per planned worker "
+        "(request_resources); `advisory`: only log and export the estimate.",
+    )
 
     @model_validator(mode="after")
     def _check_bounds(self) -> "ScalingConfig":
@@ -138,6 +174,13 @@ class AppConfig(_Section):
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+
+    @property
+    def graceful_shutdown_timeout_s(self) -> float:
+        """Scale-down drains: a replica leaving keeps serving its requests this long."""
+        if self.workers.graceful_shutdown_timeout_s is not None:
+            return self.workers.graceful_shutdown_timeout_s
+        return self.engine.max_model_len * self.slo.atgt_ms / 1e3 * 2 + self.slo.ttft_ms / 1e3
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "AppConfig":

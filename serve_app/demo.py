@@ -57,7 +57,12 @@ def run_demo(options: DemoOptions) -> dict:
     from serve_app.loadgen import run_open_loop, sharegpt_workload, summarize
     from serve_app.model_source import resolve_tokenizer_dir
 
-    config = AppConfig.from_args({"workers.num_workers": options.workers})
+    config = AppConfig.from_args({
+        "workers.num_workers": options.workers,
+        "placement.policy": "aladdin",
+        # the heartbeat's estimate drives the worker count between 1 and the workers started
+        "scaling": {"enabled": True, "min_workers": 1, "max_workers": options.workers},
+    })
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_tokenizer_dir(config.model)))
     workload = sharegpt_workload(tokenizer, options.requests, options.rate, seed=options.seed)
 
@@ -74,11 +79,13 @@ def run_demo(options: DemoOptions) -> dict:
             run_open_loop(f"http://127.0.0.1:{options.port}", config.model.name, workload)
         )
         summary = summarize(results, wall)
+        summary["placement"] = _placement_report()
     finally:
         tree = psutil.Process().children(recursive=True)
         serve.shutdown()
         ray.shutdown()
     _print_summary(summary)
+    _print_placement(summary["placement"])
     exited, killed = _stop_process_tree(tree)
     left = [p for p in tree if _alive(p)]
     print(f"shutdown: {exited} Ray/engine processes exited, {killed} killed after 30 s, {len(left)} left behind")
@@ -97,3 +104,27 @@ def _print_summary(s: dict) -> None:
     print(f"ATGT ms   p50 {fmt(s['atgt_ms_p50'])}   p99 {fmt(s['atgt_ms_p99'])}")
     if s["errors"]:
         print("errors:", json.dumps(s["errors"]))
+
+
+def _placement_report() -> dict:
+    """What the placement actor decided during the run (see PlacementActor.stats)."""
+    import ray
+
+    from serve_app.placement_actor import NAMESPACE, placement_actor_name
+
+    actor = ray.get_actor(placement_actor_name("aladdin"), namespace=NAMESPACE)
+    return ray.get(actor.stats.remote())
+
+
+def _print_placement(p: dict) -> None:
+    print()
+    print(f"placement policy {p['policy']} (profile {p['profile']})")
+    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(p["outcomes"].items()))
+    print(f"  decisions: {outcomes}")
+    for worker, count in sorted(p["decisions"].items()):
+        print(f"  worker {worker}: {count} requests placed")
+    print("scaling (heartbeat estimate -> worker target):")
+    for entry in p["scaling_log"]:
+        note = "" if entry["window_full"] else "  (window not yet full: no scale-down)"
+        print(f"  {entry['rate_per_s']:5.2f} req/s -> estimate {entry['estimate_workers']} worker(s), "
+              f"target {entry['target_workers']}, held {entry['workers_held']}{note}")

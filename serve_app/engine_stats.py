@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vllm.config import VllmConfig
 from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, SchedulerStats
 
-
-@dataclass
-class EngineSnapshot:
-    running: int = 0
-    waiting: int = 0
-    kv_usage: float = 0.0
-    kv_blocks_total: int = 0
-    block_size: int = 0
+from serve_app.engine_snapshot import EngineSnapshot
 
 
 class SnapshotLogger(StatLoggerBase):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from predictors.output_length import ChatInput, PastTurn, Prediction
 from serve_app.config import AppConfig
 from serve_app.errors import OpenAIError, from_validation_errors
+from serve_app.metrics import record_request
 from serve_app.model_source import resolve_tokenizer_dir
 from serve_app.request_predictor import RequestPredictor
 from serve_app.openai_protocol import (
@@ -97,6 +99,7 @@ class _Prepared:
         self.chat = chat
         self.prediction = prediction
         self.prompt_tokens = len(generate.prompt_token_ids)
+        self.worker: str | None = None  # the replica that served it, once known
 
     def extension(self) -> dict[str, Any]:
         """The `aladdin` field of responses: the prediction and the SLOs applied."""
@@ -104,6 +107,7 @@ class _Prepared:
         return {
             "predicted_output_tokens": {"mean": round(self.prediction.mean, 1), "p90": round(self.prediction.p90, 1)},
             "slo": {"ttft_ms": hints.slo_ttft_s * 1e3, "atgt_ms": hints.slo_atgt_s * 1e3},
+            "worker": self.worker,
         }
 
     def headers(self) -> dict[str, str]:
@@ -125,6 +129,7 @@ class OpenAIIngress:
 
         self._config = AppConfig.model_validate(config)
         self._worker = worker
+        self._policy = self._config.placement.policy
         self._model_name = self._config.model.name
         self._max_model_len = self._config.engine.max_model_len
         tokenizer_dir = resolve_tokenizer_dir(self._config.model)
@@ -235,6 +240,7 @@ class OpenAIIngress:
             # precedence: body field, then header, then the configured default
             slo_ttft_s=(body.slo_ttft_ms or slo_ms.get("ttft") or slo.ttft_ms) / 1e3,
             slo_atgt_s=(body.slo_atgt_ms or slo_ms.get("atgt") or slo.atgt_ms) / 1e3,
+            arrival_s=time.time(),
         )
         generate = GenerateRequest(new_id(prefix), list(ids), body.sampling(max_tokens), hints)
         return _Prepared(generate, body, self._model_name, chat, prediction)
@@ -273,10 +279,15 @@ class OpenAIIngress:
         stream = self._worker.options(stream=True).generate.remote(prepared.generate)
         tokens = 0
         finish: str | None = None
+        first_s = last_s = None
         try:
             async for chunk in stream:
+                if chunk.num_tokens:
+                    last_s = time.time()
+                    first_s = first_s or last_s
                 tokens += chunk.num_tokens
                 finish = chunk.finish_reason or finish
+                prepared.worker = chunk.worker or prepared.worker
                 yield chunk
         except OpenAIError:
             raise
@@ -287,6 +298,20 @@ class OpenAIIngress:
             logger.warning("request %s failed on a worker: %r", prepared.generate.request_id, exc)
             raise OpenAIError(503, "the worker serving this request failed; retry", code="worker_failed") from None
         self._predictor.record(prepared.chat, prepared.prediction, tokens, finish, prepared.body.ignore_eos)
+        if first_s is not None:
+            self._record_latency(prepared, first_s, last_s, tokens, finish)
+
+    def _record_latency(self, prepared: _Prepared, first_s: float, last_s: float, tokens: int, finish: str | None) -> None:
+        """TTFT, ATGT and SLO outcome of a finished request, as the client saw them here."""
+        hints = prepared.generate.hints
+        natural = finish == "stop" and not prepared.body.ignore_eos  # else the length says nothing
+        record_request(
+            ttft_s=first_s - hints.arrival_s,
+            atgt_s=(last_s - first_s) / (tokens - 1) if tokens > 1 else None,
+            slo_ttft_s=hints.slo_ttft_s, slo_atgt_s=hints.slo_atgt_s,
+            predicted_tokens=prepared.prediction.mean if natural else None,
+            actual_tokens=tokens, policy=self._policy,
+        )
 
     async def _collect(self, prepared: _Prepared) -> tuple[str, int, str | None]:
         parts: list[str] = []

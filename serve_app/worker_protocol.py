@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from placement.live import RunningRequest
+
 
 @dataclass(frozen=True)
 class PlacementHints:
@@ -14,6 +16,7 @@ class PlacementHints:
     predicted_output_p90: float
     slo_ttft_s: float
     slo_atgt_s: float
+    arrival_s: float  # wall clock (time.time()) when the ingress received the request
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,17 @@ class GenerateRequest:
     sampling: dict[str, Any]
     hints: PlacementHints | None = None
 
+    def placement_view(self) -> RunningRequest | None:
+        """What placement needs to know of this request (None without placement hints)."""
+        hints = self.hints
+        if hints is None:
+            return None
+        return RunningRequest(
+            request_id=self.request_id, arrival_s=hints.arrival_s, input_len=len(self.prompt_token_ids),
+            pred_mean=hints.predicted_output_mean, pred_upper=hints.predicted_output_p90,
+            slo_ttft_s=hints.slo_ttft_s, slo_atgt_s=hints.slo_atgt_s,
+        )
+
 
 @dataclass(frozen=True)
 class GenerateChunk:
@@ -34,6 +48,7 @@ class GenerateChunk:
     text: str
     num_tokens: int
     finish_reason: str | None = None
+    worker: str | None = None  # the serving replica's id, on the last chunk
 
 
 @dataclass

@@ -101,3 +101,45 @@ def test_model_path_must_be_a_local_checkpoint(tmp_path):
 
     with pytest.raises(ValueError, match="config.json"):
         resolve_model_dir(AppConfig.from_args({"model.path": str(tmp_path / "missing")}).model)
+
+
+def test_worker_options_carry_router_and_autoscaling() -> None:
+    from serve_app.worker import worker_deployment_options
+
+    default = worker_deployment_options(AppConfig())
+    assert default["request_router_config"]["request_router_class"] == "serve_app.placement_router:PlacementRouter"
+    assert "autoscaling_config" not in default and default["num_replicas"] == 2
+    native = worker_deployment_options(AppConfig.from_args({"placement.policy": "serve-p2c"}))
+    assert "request_router_config" not in native
+    scaled = worker_deployment_options(AppConfig.from_args({"scaling.enabled": True, "scaling.max_workers": 4}))
+    auto = scaled["autoscaling_config"]
+    assert scaled["num_replicas"] == "auto"
+    assert (auto["min_replicas"], auto["max_replicas"], auto["initial_replicas"]) == (1, 4, 2)
+    assert auto["policy"]["policy_function"] == "serve_app.autoscaling:aladdin_autoscaling_policy"
+
+
+def test_graceful_shutdown_defaults_to_the_longest_decode() -> None:
+    config = AppConfig.from_args({"engine.max_model_len": 1000, "slo.atgt_ms": 40, "slo.ttft_ms": 500})
+    assert config.graceful_shutdown_timeout_s == 1000 * 0.04 * 2 + 0.5
+    fixed = AppConfig.from_args({"workers.graceful_shutdown_timeout_s": 7})
+    assert fixed.graceful_shutdown_timeout_s == 7
+
+
+def test_node_scaler_advisory_never_calls_the_cluster(caplog) -> None:
+    import logging
+
+    from placement.worker_estimate import WorkerEstimate
+    from serve_app.node_scaler import NodeScaler
+    from serve_app.worker_resources import worker_node_bundle
+
+    config = AppConfig.from_args({
+        "engine": {"accelerator": "gpu", "tensor_parallel_size": 2, "kv_cache_gib": None, "cpus_per_rank": 2},
+        "scaling": {"enabled": True, "node_scaling": "advisory", "max_workers": 8},
+    })
+    assert worker_node_bundle(config) == {"CPU": 2.0, "GPU": 2.0}
+    scaler = NodeScaler(config)
+    with caplog.at_level(logging.INFO, logger="ray.serve"):
+        scaler.apply(WorkerEstimate(3, 2, 5.0, 2.0, True, "planner"), held=1)
+    assert scaler.requested == 3 and "would request 3" in caplog.text
+    scaler.apply(WorkerEstimate(1, 2, 1.0, 2.0, False, "planner"), held=3)
+    assert scaler.requested == 3  # partial window: never below what is held

@@ -18,6 +18,11 @@ at the next step boundary (`interrupt`).
 
 The engine does not own the clock: `start_next(now)` starts the next piece of work and
 returns when it ends; the cluster calls `complete(now)` at that time.
+
+The serving sim engine (serve_app/sim_engine.py) drives this same scheduler on a real clock:
+it caps decode runs at one step (`max_steps_per_run`) so that every iteration ends in
+`complete`, where it streams that iteration's tokens, reads `load()` for the worker's stats
+and drops requests whose client went away (`cancel`). The simulator uses none of these.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ class EngineOptions:
     chunked_prefill: bool = False
     # Free blocks a prefill must leave (vLLM v0 watermark, fraction of all blocks).
     watermark: float = 0.01
+    # Longest run of decode steps started at once; None: up to the next completion or KV
+    # overflow. 1 makes each decode step its own iteration, for a caller that acts per step.
+    max_steps_per_run: int | None = None
 
     def token_budget(self, max_model_len: int) -> int:
         if self.max_batched_tokens is not None:
@@ -72,6 +80,15 @@ def steps_until(t0: float, dt: float, elapsed: float) -> int:
 
 
 _IDLE, _PREFILL, _DECODE, _MIXED = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """A worker's load as vLLM's scheduler reports it after scheduling an iteration."""
+
+    running: int  # requests scheduled: being prefilled (chunks included) or decoding
+    waiting: int  # requests queued for their (re)prefill or to join the batch
+    kv_blocks_used: int  # blocks allocated, counting those for the tokens being computed
 
 
 class WorkerEngine:
@@ -148,6 +165,43 @@ class WorkerEngine:
         """The requests this (prefill) worker finished prefilling since the last call."""
         handoffs, self.handoffs = self.handoffs, []
         return handoffs
+
+    def cancel(self, request_id: str) -> bool:
+        """Drop a request between iterations (its client went away): it leaves the queue or
+        the decoding batch and its KV blocks are freed. Returns False if it is not here (it
+        finished). Only while idle: work in progress was planned with its members."""
+        if self._mode != _IDLE:
+            raise RuntimeError("cancel while busy")
+        if request_id in self.running:
+            del self.running[request_id]
+            del self._finish_step[request_id]  # its finish-heap entry is now stale
+            self.blocks.remove(self._block_keys.pop(request_id))
+        elif not (self._drop_queued(self.waiting, request_id) or self._drop_queued(self.transferred, request_id)):
+            return False
+        self.state.remove(request_id)
+        return True
+
+    def _drop_queued(self, queue: deque[RequestRecord], request_id: str) -> bool:
+        for record in queue:
+            if record.request.id == request_id:
+                queue.remove(record)
+                if self._prefilled.pop(request_id, None) is not None:
+                    # a prompt partly computed (chunked prefill) held all of its blocks
+                    self._reserved_blocks -= self.profile.kv.blocks_for(self._prompt(record))
+                return True
+        return False
+
+    def load(self) -> EngineLoad:
+        """Running and waiting requests and KV blocks in use for the work in progress."""
+        partial = len(self._prefilled)  # scheduled chunks, still in `waiting` until complete
+        stepping = self._mode in (_DECODE, _MIXED) and self._steps > 0
+        blocks = self.blocks.blocks_at(self.state.steps + (1 if stepping else 0)) + self._reserved_blocks
+        blocks += sum(self.profile.kv.blocks_for(self._prompt(r)) for r in self._batch)
+        return EngineLoad(
+            running=len(self.running) + len(self._batch) + partial,
+            waiting=len(self.waiting) - partial + len(self.transferred),
+            kv_blocks_used=blocks,
+        )
 
     def _check_fits(self, record: RequestRecord) -> None:
         blocks_needed = self.profile.kv.blocks_for(record.request.input_len + record.output_len)
@@ -375,6 +429,8 @@ class WorkerEngine:
         return self.end_s
 
     def _begin_decode(self, now: float, k: int) -> float:
+        if self.options.max_steps_per_run is not None:
+            k = min(k, self.options.max_steps_per_run)
         batch_size = self.blocks.count
         context = self.blocks.tokens_at(self.state.steps)
         t0 = self.profile.decode_step_s(batch_size, context)

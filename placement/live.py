@@ -1,0 +1,182 @@
+"""Placement state of a live cluster, kept from what its workers report.
+
+The serving placement actor holds one `LiveCluster`. It runs the same policy objects as the
+simulator over `WorkerState`s, but the truth about each worker comes from the worker itself:
+every heartbeat (`WorkerReport`) lists the requests the worker is running with the tokens each
+has generated, and the ones that finished. From that the cluster
+- admits requests it did not place (placed by the router's fallback, or known before a restart
+  of the actor: the state is rebuilt from reports alone),
+- starts the decode of requests that produced their first token, and advances the worker's
+  lockstep step counter by the tokens reported since the last heartbeat,
+- removes finished requests, and requests the worker no longer runs once they are older than
+  a grace period (placed, but the call never reached the worker),
+- raises the estimates of requests that outlived their prediction (error-aware rebalancing).
+
+The engine's real KV capacity (blocks x block size) replaces the profile's when reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from placement.policy import PlacementPolicy
+from placement.rebalance import SurvivalEstimator, rebalance
+from placement.state import Request, WorkerState
+from predictors.latency.profile import WorkerProfile
+
+# A placed request the worker has not reported yet is kept this long before it is presumed lost
+# (its call failed or was cancelled before reaching the worker).
+PENDING_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class RunningRequest:
+    """A request as its worker reports it: what placement needs to re-admit it, and progress."""
+
+    request_id: str
+    arrival_s: float
+    input_len: int
+    pred_mean: float
+    pred_upper: float
+    slo_ttft_s: float
+    slo_atgt_s: float
+    generated: int = 0
+
+    def to_request(self) -> Request:
+        return Request(
+            id=self.request_id, arrival_s=self.arrival_s, input_len=max(1, self.input_len),
+            pred_mean=max(self.pred_mean, 1e-9), pred_upper=max(self.pred_upper, self.pred_mean, 1e-9),
+            slo_ttft_s=self.slo_ttft_s, slo_atgt_s=self.slo_atgt_s,
+        )
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """One batched heartbeat of a worker."""
+
+    worker_id: str
+    running: tuple[RunningRequest, ...] = ()
+    finished: tuple[tuple[str, int], ...] = ()  # (request id, output tokens)
+    kv_capacity_tokens: int | None = None  # None until the engine has allocated its cache
+    waiting: int = 0  # of `running`, those the engine has not scheduled yet
+
+
+def with_kv_capacity(profile: WorkerProfile, capacity_tokens: int) -> WorkerProfile:
+    """`profile` with its KV cache resized to `capacity_tokens` (in whole blocks)."""
+    blocks = max(1, capacity_tokens // profile.kv.block_size)
+    if blocks == profile.kv.num_blocks:
+        return profile
+    return profile.model_copy(update={"kv": profile.kv.model_copy(update={"num_blocks": blocks})})
+
+
+class LiveCluster:
+    """Workers and their residents as placement sees them, driven by reports."""
+
+    def __init__(
+        self,
+        profile: WorkerProfile,
+        policy: PlacementPolicy,
+        estimator: SurvivalEstimator | None = None,
+        pending_grace_s: float = PENDING_GRACE_S,
+    ) -> None:
+        self.profile = profile
+        self.policy = policy
+        self.estimator = estimator or SurvivalEstimator()
+        self.pending_grace_s = pending_grace_s
+        self.workers: dict[str, WorkerState] = {}
+        self._where: dict[str, str] = {}  # request id -> worker id
+        self._placed_at: dict[str, float] = {}  # request id -> time placed, until first reported
+        self._profiles: dict[int, WorkerProfile] = {}  # reported capacity -> resized profile
+
+    def worker(self, worker_id: str) -> WorkerState:
+        """The worker's state, created (with the default profile) on first mention."""
+        state = self.workers.get(worker_id)
+        if state is None:
+            state = self.workers[worker_id] = WorkerState(worker_id, self.profile)
+        return state
+
+    def place(self, request: Request, candidates: Sequence[str], now_s: float) -> str | None:
+        """The policy's choice among `candidates` (worker ids), admitted there; None if the
+        policy makes it wait. Placing a request id again (a retried routing) moves it."""
+        self._drop_request(request.id)
+        workers = [self.worker(c) for c in candidates]
+        chosen = self.policy.choose(request, workers, now_s)
+        if chosen is None:
+            return None
+        self._admit(chosen, request, now_s)
+        return chosen.id
+
+    def admit(self, worker_id: str, request: Request, now_s: float) -> None:
+        """Record a placement made elsewhere (e.g. a fallback choice) on `worker_id`."""
+        self._drop_request(request.id)
+        self._admit(self.worker(worker_id), request, now_s)
+
+    def report(self, report: WorkerReport, now_s: float) -> None:
+        """Apply one heartbeat of a worker (see the module docstring)."""
+        worker = self.worker(report.worker_id)
+        if report.kv_capacity_tokens:
+            worker = self._resize(worker, report.kv_capacity_tokens)
+        for request_id, _ in report.finished:
+            if self._where.get(request_id) == worker.id:
+                self._drop_request(request_id)
+        running = {r.request_id: r for r in report.running}
+        for request_id, item in running.items():
+            if self._where.get(request_id) != worker.id:
+                self._drop_request(request_id)
+                self._admit(worker, item.to_request(), now_s)
+            self._placed_at.pop(request_id, None)
+            if item.generated > 0 and worker.residents[request_id].decode_from_step is None:
+                worker.start_decode(request_id)
+        behind = max(
+            (item.generated - 1 - worker.generated(rid) for rid, item in running.items()
+             if worker.residents[rid].decode_from_step is not None),
+            default=0,
+        )
+        if behind > 0:
+            worker.advance(behind)
+        for request_id in [rid for rid in worker.residents if rid not in running]:
+            placed = self._placed_at.get(request_id)
+            if placed is None or now_s - placed > self.pending_grace_s:
+                self._drop_request(request_id)
+        rebalance(worker, self.estimator)
+
+    def forget(self, worker_ids: Iterable[str]) -> None:
+        """Drop workers that are gone (their residents with them)."""
+        for worker_id in list(worker_ids):
+            worker = self.workers.pop(worker_id, None)
+            if worker is None:
+                continue
+            for request_id in worker.residents:
+                self._where.pop(request_id, None)
+                self._placed_at.pop(request_id, None)
+
+    def location(self, request_id: str) -> str | None:
+        """The worker a request is resident on, if any."""
+        return self._where.get(request_id)
+
+    def _admit(self, worker: WorkerState, request: Request, now_s: float) -> None:
+        worker.admit(request, now_s)
+        self._where[request.id] = worker.id
+        self._placed_at[request.id] = now_s
+
+    def _drop_request(self, request_id: str) -> None:
+        worker_id = self._where.pop(request_id, None)
+        self._placed_at.pop(request_id, None)
+        if worker_id is not None and worker_id in self.workers:
+            self.workers[worker_id].remove(request_id)
+
+    def _resize(self, worker: WorkerState, capacity_tokens: int) -> WorkerState:
+        """Give the worker its engine's KV capacity, re-admitting its residents if it changed."""
+        profile = self._profiles.get(capacity_tokens)
+        if profile is None:
+            profile = self._profiles[capacity_tokens] = with_kv_capacity(self.profile, capacity_tokens)
+        if worker.profile is profile:
+            return worker
+        fresh = WorkerState(worker.id, profile, accepting=worker.accepting)
+        for request_id, resident in worker.residents.items():
+            fresh.admit(resident.request, self._placed_at.get(request_id, resident.request.arrival_s))
+            if resident.decode_from_step is not None:
+                fresh.start_decode(request_id)
+        self.workers[worker.id] = fresh
+        return fresh

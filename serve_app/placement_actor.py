@@ -1,0 +1,233 @@
+"""The placement actor: one named Ray actor per application, holding the placement/ policy.
+
+- `place` is called by the worker deployment's request router (serve_app.placement_router) for
+  every request and returns the replica to use.
+- `heartbeat` is called by every worker on a short period with a batched `WorkerReport`
+  (tokens generated per running request, completions, KV capacity). The actor's state is
+  rebuilt from these alone, so a restarted actor (max_restarts=-1) converges within one
+  heartbeat period, and requests placed by the router's fallback are accounted for too.
+- Every `scaling.estimate_period_s` the actor turns its sliding window of arrivals into the
+  planner's minimal-worker estimate; workers hand it to Serve's autoscaler
+  (serve_app.autoscaling) and, if configured, the node plugin asks the Ray cluster autoscaler
+  for matching resources (serve_app.node_scaler).
+
+The actor is detached (it must outlive whichever process created it first: any ingress or
+worker may) and exits by itself after `IDLE_EXIT_S` without calls, so a deleted application
+does not leave it behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, OrderedDict
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from placement.arrival_window import ArrivalWindow
+from placement.feasibility import check
+from placement.live import LiveCluster, RunningRequest, WorkerReport
+from placement.policies.registry import make_policy
+from placement.worker_estimate import WorkerEstimate, estimate_workers, scale_target
+from predictors.latency.families import load_profile_family
+from predictors.latency.profile import WorkerProfile
+from serve_app.config import AppConfig
+from serve_app.metrics import (
+    forget_worker,
+    record_capacity,
+    record_placement,
+    record_queue_length,
+    record_worker,
+)
+from serve_app.node_scaler import NodeScaler
+
+logger = logging.getLogger("ray.serve")
+
+NAMESPACE = "aladdin"
+IDLE_EXIT_S = 300.0
+# A worker silent for this many heartbeat periods is presumed gone (Serve replaced it).
+STALE_HEARTBEATS = 40
+# Recent decisions kept for `decisions` (request id -> replica), for inspection and tests.
+RECENT_DECISIONS = 10_000
+SCALING_LOG = 100  # changes of the estimate kept for `stats`
+
+
+def placement_actor_name(app_name: str) -> str:
+    return f"placement:{app_name or 'default'}"
+
+
+def placement_profile(config: AppConfig) -> WorkerProfile:
+    """The worker profile placement and the planner use: a fitted JSON or a committed family."""
+    placement = config.placement
+    if placement.profile_path:
+        return WorkerProfile.model_validate_json(Path(placement.profile_path).read_text())
+    return load_profile_family(placement.profile_family).profile(config.engine.tensor_parallel_size)
+
+
+def get_placement_actor(app_name: str, config: dict[str, Any]) -> ray.actor.ActorHandle:
+    """The application's placement actor, created on first use (by any caller)."""
+    return PlacementActor.options(
+        name=placement_actor_name(app_name), namespace=NAMESPACE, get_if_exists=True,
+        lifetime="detached", max_restarts=-1, num_cpus=0, max_concurrency=1000,
+    ).remote(config)
+
+
+@ray.remote
+class PlacementActor:
+    """See the module docstring."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._config = AppConfig.model_validate(config)
+        placement = self._config.placement
+        self._profile = placement_profile(self._config)
+        options = {"on_infeasible": "least-violation"} if placement.policy == "aladdin" else {}
+        self._cluster = LiveCluster(self._profile, make_policy(placement.policy, seed=placement.seed, **options))
+        self._window = ArrivalWindow(self._config.scaling.window_s)
+        self._estimate: WorkerEstimate | None = None
+        self._estimated_at = -float("inf")
+        self._last_seen: dict[str, float] = {}
+        self._waiting: dict[str, int] = {}  # worker id -> requests its engine has not scheduled
+        self._decisions: Counter[str] = Counter()  # worker id -> placements
+        self._outcomes: Counter[str] = Counter()
+        self._recent: OrderedDict[str, str] = OrderedDict()
+        self._scaling_log: list[dict[str, Any]] = []  # each change of the estimate or the target
+        self._last_call = time.monotonic()
+        self._node_scaler = NodeScaler(self._config)
+        self._idle_task = asyncio.get_event_loop().create_task(self._exit_when_idle())
+        logger.info("placement actor up: policy %s, profile %s tp%d", placement.policy,
+                    self._profile.family, self._profile.tp)
+
+    async def place(self, request: RunningRequest, candidates: list[str]) -> str | None:
+        """The replica (unique id) to run `request` on, among `candidates`."""
+        self._last_call = time.monotonic()
+        now = time.time()
+        self._seen(candidates, now)
+        item = request.to_request()
+        self._window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean)
+        chosen = self._cluster.place(item, candidates, now)
+        if chosen is None:
+            outcome = "waited"
+        elif self._config.placement.policy == "aladdin" and not check(self._cluster.workers[chosen], item, now).feasible:
+            outcome = "least_violation"  # nothing was feasible; the policy took the mildest miss
+        else:
+            outcome = "placed"
+        self._outcomes[outcome] += 1
+        if chosen is not None:
+            self._decisions[chosen] += 1
+            self._recent[request.request_id] = chosen
+            if len(self._recent) > RECENT_DECISIONS:
+                self._recent.popitem(last=False)
+        record_placement(self._config.placement.policy, outcome)
+        return chosen
+
+    async def fallback(self, request: RunningRequest, replica_id: str) -> None:
+        """The router placed `request` without the actor (it did not answer in time)."""
+        self._last_call = time.monotonic()
+        self._outcomes["fallback"] += 1
+        self._window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean)
+        self._cluster.admit(replica_id, request.to_request(), time.time())
+
+    async def heartbeat(self, report: WorkerReport) -> dict[str, Any]:
+        """Apply a worker's report; returns the current estimate (for Serve's autoscaler)."""
+        self._last_call = time.monotonic()
+        now = time.time()
+        self._seen([report.worker_id], now)
+        for item in report.running:
+            self._window.add(item.request_id, item.arrival_s, item.input_len, item.pred_mean)
+        for request_id, tokens in report.finished:
+            self._window.finish(request_id, tokens)
+        self._cluster.report(report, now)
+        worker = self._cluster.workers[report.worker_id]
+        self._waiting[report.worker_id] = report.waiting
+        record_worker(report.worker_id, worker.kv_used_tokens / max(1, worker.kv_capacity_tokens),
+                      len(report.running) - report.waiting, report.waiting)
+        self._forget_stale(now)
+        estimate = self._refresh_estimate(now)
+        scaling = self._config.scaling
+        held = len(self._last_seen)
+        target = scale_target(estimate, held, scaling.min_workers, scaling.max_workers)
+        last = self._scaling_log[-1] if self._scaling_log else None
+        if last is None or (last["estimate_workers"], last["target_workers"]) != (estimate.workers, target):
+            self._scaling_log.append({
+                "time_s": now, "estimate_workers": estimate.workers, "target_workers": target,
+                "workers_held": held, "rate_per_s": estimate.rate_per_s,
+                "window_full": estimate.window_full, "reason": estimate.reason,
+            })
+            del self._scaling_log[:-SCALING_LOG]
+        return {"target_workers": target, **estimate.to_dict()}
+
+    async def stats(self) -> dict[str, Any]:
+        """What the actor knows: placements per replica, outcomes, residents, the estimate."""
+        return {
+            "policy": self._config.placement.policy,
+            "profile": f"{self._profile.family} tp{self._profile.tp}",
+            "decisions": dict(self._decisions),
+            "outcomes": dict(self._outcomes),
+            "residents": {wid: len(w.residents) for wid, w in self._cluster.workers.items()},
+            "estimate": None if self._estimate is None else self._estimate.to_dict(),
+            "node_request": self._node_scaler.requested,
+            "scaling_log": list(self._scaling_log),
+        }
+
+    async def decisions(self, request_ids: list[str]) -> dict[str, str]:
+        """The replica the actor chose for each of these requests (those it remembers)."""
+        return {rid: self._recent[rid] for rid in request_ids if rid in self._recent}
+
+    async def where(self, request_id: str) -> dict[str, Any] | None:
+        """A resident request as placement sees it now (None once finished or unknown)."""
+        worker_id = self._cluster.location(request_id)
+        if worker_id is None:
+            return None
+        worker = self._cluster.workers[worker_id]
+        request = worker.residents[request_id].request
+        decoding = worker.residents[request_id].decode_from_step is not None
+        return {
+            "worker": worker_id, "decoding": decoding,
+            "generated": worker.generated(request_id) if decoding else 0,
+            "est_mean": request.est_mean, "est_upper": request.est_upper,
+        }
+
+    def _seen(self, worker_ids: list[str], now: float) -> None:
+        for worker_id in worker_ids:
+            self._last_seen[worker_id] = now
+
+    def _forget_stale(self, now: float) -> None:
+        horizon = now - STALE_HEARTBEATS * self._config.placement.heartbeat_s
+        stale = [wid for wid, seen in self._last_seen.items() if seen < horizon]
+        if stale:
+            logger.info("placement: forgetting replicas gone silent: %s", stale)
+            self._cluster.forget(stale)
+            for worker_id in stale:
+                del self._last_seen[worker_id]
+                self._waiting.pop(worker_id, None)
+                forget_worker(worker_id)
+
+    def _refresh_estimate(self, now: float) -> WorkerEstimate:
+        scaling = self._config.scaling
+        if self._estimate is not None and now - self._estimated_at < scaling.estimate_period_s:
+            return self._estimate
+        slo = self._config.slo
+        estimate = estimate_workers(
+            self._window, self._profile, now, slo.ttft_ms / 1000, slo.atgt_ms / 1000, scaling.headroom
+        )
+        if self._estimate is None or estimate.workers != self._estimate.workers:
+            logger.info("placement: minimal-worker estimate %d (x tp%d = %d GPUs) at %.3g req/s: %s",
+                        estimate.workers, estimate.tp, estimate.gpus, estimate.rate_per_s, estimate.reason)
+        self._estimate, self._estimated_at = estimate, now
+        held = len(self._last_seen)
+        record_capacity(estimate.workers, estimate.gpus, held, held * self._profile.tp)
+        record_queue_length(sum(self._waiting.values()))
+        if scaling.enabled:
+            self._node_scaler.apply(estimate, held)
+        return estimate
+
+    async def _exit_when_idle(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_EXIT_S / 10)
+            if time.monotonic() - self._last_call > IDLE_EXIT_S:
+                logger.info("placement actor idle for %.0f s: exiting", IDLE_EXIT_S)
+                self._node_scaler.release()
+                ray.actor.exit_actor()
