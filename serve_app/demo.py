@@ -66,7 +66,7 @@ def run_demo(options: DemoOptions) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_tokenizer_dir(config.model)))
     workload = sharegpt_workload(tokenizer, options.requests, options.rate, seed=options.seed)
 
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     tree: list[psutil.Process] = []
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": options.port})

@@ -45,28 +45,20 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from placement.simulator.metrics import RequestRecord
 from placement.simulator.worker_engine import EngineOptions, WorkerEngine
 from placement.state import Request, WorkerState
 from placement.traces import LengthMix
 from predictors.latency.profile import KVCacheModel, WorkerProfile
+from serve_app.engine_snapshot import EngineSnapshot
 from serve_app.worker_protocol import GenerateChunk
 
 TOKEN_TEXT = " tok"  # the text of every generated token
 _DEFAULT_MAX_TOKENS = 16  # vLLM's SamplingParams default
 
 
-class SnapshotTarget(Protocol):
-    """The fields of `serve_app.engine_stats.EngineSnapshot` this engine writes. (That module
-    imports vLLM for its stat logger, so the class is not imported here.)"""
-
-    running: int
-    waiting: int
-    kv_usage: float
-    kv_blocks_total: int
-    block_size: int
 
 
 class SimEngineDeadError(RuntimeError):
@@ -95,7 +87,7 @@ class SimEngine:
         *,
         max_num_seqs: int,
         max_model_len: int,
-        snapshot: SnapshotTarget,
+        snapshot: EngineSnapshot,
         seed: int = 0,
         kv_capacity_tokens: int | None = None,
         block_size: int | None = None,

@@ -19,23 +19,13 @@ from placement.simulator.metrics import RequestRecord
 from placement.simulator.worker_engine import EngineOptions, WorkerEngine
 from placement.state import Request, WorkerState
 from predictors.latency.families import load_profile_family
+from serve_app.engine_snapshot import EngineSnapshot as Snapshot
 from serve_app.sim_engine import TOKEN_TEXT, SimEngine, SimEngineDeadError
 from serve_app.worker_protocol import GenerateChunk
 
 TINY = load_profile_family("tiny-cpu").profile(1)
 A100 = load_profile_family("llama-2-7b-a100").profile(1)
 T = TypeVar("T")
-
-
-@dataclass
-class Snapshot:
-    """The fields of serve_app.engine_stats.EngineSnapshot (that module imports vLLM)."""
-
-    running: int = 0
-    waiting: int = 0
-    kv_usage: float = 0.0
-    kv_blocks_total: int = 0
-    block_size: int = 0
 
 
 class FakeClock:
