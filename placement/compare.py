@@ -9,13 +9,16 @@ same as a search from one worker) and every simulated point is kept for the plot
 
 Autoscaled: the same trace with the worker count changing while it runs, Aladdin with the
 planner heartbeat against p2c with Serve's queue-length rule, both at the planner's TP and
-starting from the planner's worker count; GPU-hours and attainment are compared.
+starting from the planner's worker count; GPU-hours and attainment are compared. The
+GPU-hour ratio alone says nothing when the cheaper run also misses more, so `goals` counts
+the autoscaled goal as met only at equal or better attainment.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +30,12 @@ DEFAULT_TP = 4  # one worker per 4-GPU node
 SAME_TP_BASELINES = ("rr", "jsq", "p2c")
 # (policy, autoscaler) pairs of the autoscaled comparison: Aladdin's heartbeat, Serve's rule
 AUTOSCALED = (("aladdin", "planner"), ("p2c", "queue-length"))
+# issue 4's goals: Aladdin's GPUs (GPU-hours) over the baseline's at most this
+GOALS = {
+    "aladdin_vs_p2c_default": 0.5,
+    "aladdin_vs_best_same_tp": 0.85,
+    "autoscaled_gpu_hours_aladdin_vs_queue_length": 0.7,
+}
 
 
 @dataclass
@@ -64,8 +73,8 @@ class Comparison:
     autoscaled: dict[str, AutoscaledResult] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """{"policies": {name: {min_gpus, tp, attainment, curve}}, "ratios": {...},
-        "autoscaled": {policy: {scaler, gpu_hours, attainment, ...}}, "planner": {...}}
+        """{"policies": {name: {min_gpus, tp, attainment, curve}}, "ratios": {...}, "goals":
+        {...}, "autoscaled": {policy: {scaler, gpu_hours, attainment, ...}}, "planner": {...}}
         (the autoscaled timelines are left out: they are for the plot)."""
         policies = {name: asdict(r) for name, r in self.policies.items()}
         for r in policies.values():
@@ -79,6 +88,7 @@ class Comparison:
             "planner": {"tp": self.planner_tp, "gpus": self.planner_gpus},
             "policies": policies,
             "ratios": self.ratios(),
+            "goals": self.goals(),
             "autoscaled": autoscaled,
         }
 
@@ -97,6 +107,20 @@ class Comparison:
                 self.autoscaled["aladdin"].gpu_hours / self.autoscaled["p2c"].gpu_hours
             )
         return out
+
+    def goals(self) -> dict[str, bool | None]:
+        """Whether each ratio is within its goal (`GOALS`); None where the ratio is. The
+        autoscaled goal also needs Aladdin's attainment to be at least the queue-length run's."""
+        ratios = self.ratios()
+        met: dict[str, bool | None] = {
+            name: None if ratios.get(name) is None else ratios[name] <= limit
+            for name, limit in GOALS.items()
+            if name in ratios
+        }
+        name = "autoscaled_gpu_hours_aladdin_vs_queue_length"
+        if met.get(name):
+            met[name] = self.autoscaled["aladdin"].attainment >= self.autoscaled["p2c"].attainment
+        return met
 
 
 def fewest_meeting(meets: Callable[[int], bool], start: int, upper: int) -> int | None:
@@ -130,14 +154,17 @@ def fewest_meeting(meets: Callable[[int], bool], start: int, upper: int) -> int 
     return hi
 
 
-def min_workers(scenario: Scenario, policy: str, target: float, max_workers: int, start: int = 1) -> PolicyResult:
+def min_workers(
+    scenario: Scenario, policy: str, target: float, max_workers: int, start: int = 1,
+    policy_options: dict[str, Any] | None = None,
+) -> PolicyResult:
     """Search the fewest workers whose attainment reaches `target`, starting at `start` workers."""
     tp = scenario.profile.tp
     seen: dict[int, float] = {}
 
     def meets(workers: int) -> bool:
         if workers not in seen:
-            seen[workers] = run(scenario, policy, workers).summary.attainment
+            seen[workers] = run(scenario, policy, workers, policy_options=policy_options).summary.attainment
         return seen[workers] >= target
 
     best = fewest_meeting(meets, start, max_workers)
@@ -146,11 +173,13 @@ def min_workers(scenario: Scenario, policy: str, target: float, max_workers: int
 
 
 def run_autoscaled(
-    scenario: Scenario, policy: str, scaler: str, start_workers: int, max_workers: int
+    scenario: Scenario, policy: str, scaler: str, start_workers: int, max_workers: int,
+    policy_options: dict[str, Any] | None = None, scaler_options: dict[str, float] | None = None,
 ) -> AutoscaledResult:
     """Simulate `scenario` with `scaler` setting the worker count (from `start_workers`)."""
     summary = run(
-        scenario, policy, start_workers, autoscale=scaler, autoscale_options={"max_workers": max_workers}
+        scenario, policy, start_workers, policy_options=policy_options, autoscale=scaler,
+        autoscale_options={"max_workers": max_workers, **(scaler_options or {})},
     ).summary
     return AutoscaledResult(
         policy=policy,
@@ -190,17 +219,22 @@ def compare(
     max_gpus: int = 256,
     headroom: float = 0.1,
     autoscaled: bool = True,
+    aladdin_options: dict[str, Any] | None = None,
+    scaler_options: dict[str, dict[str, float]] | None = None,
 ) -> Comparison:
     """Run the search for every compared policy (and, if `autoscaled`, the autoscaled pair);
-    `base` gives the trace, SLOs and settings."""
+    `base` gives the trace, SLOs and settings. `aladdin_options` go to the Aladdin policy,
+    `scaler_options[mode]` to that autoscaler (`planner`, `queue-length`)."""
     planned = plan(family, _workload(base), headroom=headroom)
     chosen = planned.choice
     if chosen is None:
         raise ValueError("the planner finds no TP degree that meets these SLOs")
     at_tp = base.with_profile(family.profile(chosen.tp))
     max_at_tp = max_gpus // chosen.tp
+    options = {"aladdin": aladdin_options}
     results = {
-        name: min_workers(at_tp, name, target, max_at_tp, chosen.workers) for name in ("aladdin", *SAME_TP_BASELINES)
+        name: min_workers(at_tp, name, target, max_at_tp, chosen.workers, options.get(name))
+        for name in ("aladdin", *SAME_TP_BASELINES)
     }
     default = min_workers(
         base.with_profile(family.profile(DEFAULT_TP)), "p2c", target, max_gpus // DEFAULT_TP,
@@ -209,7 +243,12 @@ def compare(
     default.policy = "p2c-default"
     results["p2c-default"] = default
     scaled = (
-        {policy: run_autoscaled(at_tp, policy, scaler, chosen.workers, max_at_tp) for policy, scaler in AUTOSCALED}
+        {
+            policy: run_autoscaled(
+                at_tp, policy, scaler, chosen.workers, max_at_tp, options.get(policy), (scaler_options or {}).get(scaler)
+            )
+            for policy, scaler in AUTOSCALED
+        }
         if autoscaled
         else {}
     )

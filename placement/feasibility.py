@@ -14,8 +14,9 @@ largest at a finish point too (n(t) only shrinks with t, the step time grows wit
 
 A worker is feasible for request q when
   (a) KV:   max_t usage(t) <= KV capacity,
-  (b) ATGT: token_interval_s(max_t decode_step_s(n(t), usage(t)), rho) <= min SLO ATGT of
-            residents and q, where rho is the worker's prefill share with q's prefill added
+  (b) ATGT: token_interval_s(max_t decode_step_s(n(t), usage(t)), rho) <= atgt_margin x min
+            SLO ATGT of residents and q (the margin, 1 = the SLO itself, is the policy's
+            packing target: see `placement.policies.aladdin`), where rho is the worker's prefill share with q's prefill added
             (`WorkerState.prefill_share`): prefills run before decode steps, so the average
             time between tokens is the step stretched by 1 / (1 - rho), as in the planner,
   (c) TTFT: (now - q.arrival) + ttft_s(q.input_len, queued prefill ahead of it) <= q.slo_ttft.
@@ -54,7 +55,7 @@ class Fit:
     peak_step_s: float
     prefill_share: float  # of the worker's time, with the request's own prefill
     atgt_s: float  # peak_step_s stretched by the prefills: the projected time between tokens
-    atgt_slo_s: float
+    atgt_slo_s: float  # the ATGT budget packed to: margin x the tightest SLO
     ttft_s: float
     ttft_slo_s: float
 
@@ -139,10 +140,12 @@ def project(worker: WorkerState, new: Request | None = None) -> Projection:
     return Projection(peak_kv, peak_step)
 
 
-def check(worker: WorkerState, request: Request, now_s: float) -> Fit:
-    """Whether `request` fits on `worker` now, with the margins best-fit scoring needs."""
+def check(worker: WorkerState, request: Request, now_s: float, atgt_margin: float = 1.0) -> Fit:
+    """Whether `request` fits on `worker` now, with the margins best-fit scoring needs. The
+    projected time between tokens must stay within `atgt_margin` x the tightest ATGT SLO
+    (`Fit.atgt_slo_s` is that budget)."""
     projection = project(worker, request)
-    atgt_slo = min(worker.min_slo_atgt_s, request.slo_atgt_s)
+    atgt_slo = min(worker.min_slo_atgt_s, request.slo_atgt_s) * atgt_margin
     ttft = (now_s - request.arrival_s) + worker.profile.ttft_s(
         request.input_len,
         worker.queued_prefill_tokens,

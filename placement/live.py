@@ -60,6 +60,7 @@ class WorkerReport:
     finished: tuple[tuple[str, int], ...] = ()  # (request id, output tokens)
     kv_capacity_tokens: int | None = None  # None until the engine has allocated its cache
     waiting: int = 0  # of `running`, those the engine has not scheduled yet
+    kv_used_tokens: int | None = None  # the engine's own KV use (blocks used x block size)
 
 
 def with_kv_capacity(profile: WorkerProfile, capacity_tokens: int) -> WorkerProfile:

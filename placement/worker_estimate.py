@@ -1,12 +1,31 @@
-"""The heartbeat's minimal-worker estimate and the worker count a scaler should ask for."""
+"""The heartbeat's minimal-worker estimate and the worker count a scaler should ask for.
+
+`plan_workers` is the one rule the simulator's planner scaler and the serving placement actor
+share: the planner's workers for a workload at the ATGT budget the policy packs to, raised to
+hold the requests in flight (a backlog left by a burst or a warm-up would otherwise be served
+at the steady-state count).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 
 from placement.arrival_window import ArrivalWindow
-from placement.planner import plan_tp
+from placement.planner import TPOption, Workload, plan_tp
 from predictors.latency.profile import WorkerProfile
+
+
+def plan_workers(
+    profile: WorkerProfile, workload: Workload, headroom: float, atgt_margin: float, in_flight: int
+) -> tuple[TPOption, int]:
+    """The planner's option for `workload` with `atgt_margin` x its ATGT SLO, and the workers
+    to run: its count, or more if the `in_flight` requests need them (0 if unusable)."""
+    option = plan_tp(profile, replace(workload, slo_atgt_s=workload.slo_atgt_s * atgt_margin), headroom)
+    if not option.usable:
+        return option, 0
+    per_worker = max(option.at_max_rate.residents, 1.0)
+    return option, max(option.workers, math.ceil(in_flight * (1 + headroom) / per_worker))
 
 
 @dataclass(frozen=True)
@@ -36,19 +55,20 @@ def estimate_workers(
     slo_ttft_s: float,
     slo_atgt_s: float,
     headroom: float = 0.1,
+    atgt_margin: float = 1.0,
+    in_flight: int = 0,
 ) -> WorkerEstimate:
-    """The planner's worker count for the window's arrivals (0 with no arrivals)."""
+    """`plan_workers` for the window's arrivals (0 workers with no arrivals)."""
     full = window.full(now_s)
     workload = window.workload(now_s, slo_ttft_s, slo_atgt_s)
     if workload is None:
         return WorkerEstimate(0, profile.tp, 0.0, 0.0, full, "no arrivals in the window")
-    option = plan_tp(profile, workload, headroom)
+    option, workers = plan_workers(profile, workload, headroom, atgt_margin, in_flight)
     if not option.usable:
         # no rate meets the SLOs on this configuration: more workers would not help
         return WorkerEstimate(0, profile.tp, workload.rate_per_s, 0.0, full, option.reason, usable=False)
-    return WorkerEstimate(
-        option.workers, profile.tp, workload.rate_per_s, option.max_rate_per_worker, full, option.reason
-    )
+    reason = option.reason if workers == option.workers else f"{in_flight} requests in flight"
+    return WorkerEstimate(workers, profile.tp, workload.rate_per_s, option.max_rate_per_worker, full, reason)
 
 
 def scale_target(estimate: WorkerEstimate, current: int, min_workers: int, max_workers: int) -> int:

@@ -142,7 +142,8 @@ class PlacementActor:
         self._cluster.report(report, now)
         worker = self._cluster.workers[report.worker_id]
         self._waiting[report.worker_id] = report.waiting
-        record_worker(report.worker_id, worker.kv_used_tokens / max(1, worker.kv_capacity_tokens),
+        kv_used = worker.kv_used_tokens if report.kv_used_tokens is None else report.kv_used_tokens
+        record_worker(report.worker_id, kv_used / max(1, worker.kv_capacity_tokens),
                       len(report.running) - report.waiting, report.waiting)
         self._forget_stale(now)
         estimate = self._refresh_estimate(now)
@@ -210,8 +211,11 @@ class PlacementActor:
         if self._estimate is not None and now - self._estimated_at < scaling.estimate_period_s:
             return self._estimate
         slo = self._config.slo
+        in_flight = sum(len(w.residents) for w in self._cluster.workers.values())
         estimate = estimate_workers(
-            self._window, self._profile, now, slo.ttft_ms / 1000, slo.atgt_ms / 1000, scaling.headroom
+            self._window, self._profile, now, slo.ttft_ms / 1000, slo.atgt_ms / 1000, scaling.headroom,
+            # plan for the ATGT budget the policy packs to, as the simulator's planner scaler does
+            atgt_margin=getattr(self._cluster.policy, "atgt_margin", 1.0), in_flight=in_flight,
         )
         if self._estimate is None or estimate.workers != self._estimate.workers:
             logger.info("placement: minimal-worker estimate %d (x tp%d = %d GPUs) at %.3g req/s: %s",

@@ -229,6 +229,7 @@ class LLMWorker:
             finished=tuple(self._finished),
             kv_capacity_tokens=(snap.kv_blocks_total * snap.block_size) or None,
             waiting=snap.waiting,
+            kv_used_tokens=round(snap.kv_usage * snap.kv_blocks_total) * snap.block_size,
         )
 
     async def _heartbeat_loop(self, app_name: str) -> None:

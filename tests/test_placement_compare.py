@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.compare import AUTOSCALED, Comparison, PolicyResult, compare, fewest_meeting
+from placement.compare import AUTOSCALED, AutoscaledResult, Comparison, PolicyResult, compare, fewest_meeting
 from placement.simulator.scenario import Scenario
 from placement.traces import synthetic
 from predictors.latency import load_profile_family
@@ -86,6 +86,25 @@ def test_ratios_are_none_when_a_policy_never_reaches_the_target():
     results["rr"] = PolicyResult("rr", 1, 2, 0.995)
     ratios = Comparison(0.99, 1, 4, results).ratios()
     assert ratios == {"aladdin_vs_p2c_default": None, "aladdin_vs_best_same_tp": 2.0}
+
+
+def test_autoscaled_goal_needs_equal_or_better_attainment():
+    results = {name: PolicyResult(name, 1, 4, 0.99) for name in POLICIES}
+    results["p2c-default"] = PolicyResult("p2c-default", 4, 8, 0.995)
+
+    def scaled(policy: str, gpu_hours: float, attainment: float) -> AutoscaledResult:
+        return AutoscaledResult(policy, "s", 1, 2, gpu_hours, attainment, 4, 100.0)
+
+    cheaper_but_worse = Comparison(0.99, 1, 4, results, {"aladdin": scaled("aladdin", 1.0, 0.98),
+                                                         "p2c": scaled("p2c", 2.0, 0.999)})
+    goals = cheaper_but_worse.goals()
+    assert goals == {"aladdin_vs_p2c_default": True, "aladdin_vs_best_same_tp": False,
+                     "autoscaled_gpu_hours_aladdin_vs_queue_length": False}
+    cheaper_and_better = Comparison(0.99, 1, 4, results, {"aladdin": scaled("aladdin", 1.0, 0.999),
+                                                          "p2c": scaled("p2c", 2.0, 0.98)})
+    assert cheaper_and_better.goals()["autoscaled_gpu_hours_aladdin_vs_queue_length"] is True
+    results["p2c-default"] = PolicyResult("p2c-default", 4, None, None)
+    assert Comparison(0.99, 1, 4, results).goals()["aladdin_vs_p2c_default"] is None
 
 
 def test_same_seed_same_result(comparison):

@@ -56,6 +56,7 @@ class ClusterView(Protocol):
 
     now_s: float
     profile: WorkerProfile
+    arrival_window_s: float  # how far back `recent_arrivals` looks
 
     @property
     def active_workers(self) -> int: ...

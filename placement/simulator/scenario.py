@@ -92,9 +92,14 @@ def run(
 ) -> SimResult:
     """Simulate `scenario` under the named policy on `workers` workers (the start count when
     autoscaling)."""
+    parts = cluster_parts(scenario, policy, policy_options)
+    scaler_options = dict(autoscale_options or {})
+    if autoscale == "planner":
+        # plan for the ATGT budget the policy packs to (Aladdin's margin; 1 = the SLO otherwise)
+        scaler_options.setdefault("atgt_margin", getattr(parts["policy"], "atgt_margin", 1.0))
     cluster = Cluster(
-        **cluster_parts(scenario, policy, policy_options),
+        **parts,
         config=sim_config(scenario, workers),
-        autoscaler=make_autoscaler(autoscale, **(autoscale_options or {})) if autoscale else None,
+        autoscaler=make_autoscaler(autoscale, **scaler_options) if autoscale else None,
     )
     return cluster.run()

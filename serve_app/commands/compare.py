@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from serve_app.commands.simulate import add_scenario_arguments, build_scenario
+from serve_app.commands.simulate import add_aladdin_arguments, add_scenario_arguments, aladdin_options, build_scenario
 
 
 def _require_matplotlib() -> None:
@@ -28,9 +28,12 @@ def _compare(args: argparse.Namespace) -> int:
     if args.plot:
         _require_matplotlib()  # fail before the minutes of simulation, not after
     family = load_profile_family(args.profile_family)
+    scaler_options = None
+    if args.target_ongoing_requests:
+        scaler_options = {"queue-length": {"target_ongoing_requests": args.target_ongoing_requests}}
     comparison = compare(
         build_scenario(args, family.tps[0]), family, target=args.target, max_gpus=args.max_gpus,
-        autoscaled=not args.no_autoscaled,
+        autoscaled=not args.no_autoscaled, aladdin_options=aladdin_options(args), scaler_options=scaler_options,
     )
     out = comparison.to_dict()
     if args.plot:
@@ -46,6 +49,7 @@ def _compare(args: argparse.Namespace) -> int:
             print(f"{name:>12}: autoscaled ({r['scaler']}) tp {r['tp']}  GPU-hours {r['gpu_hours']:.2f}  "
                   f"attainment {r['attainment']}")
         print(f"ratios: {out['ratios']}")
+        print(f"goals met: {out['goals']}")
     return 0
 
 
@@ -56,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-gpus", type=int, default=256, help="give up above this many GPUs")
     p.add_argument("--no-autoscaled", action="store_true",
                    help="skip the autoscaled runs (aladdin + planner vs p2c + queue-length)")
+    add_aladdin_arguments(p)
+    p.add_argument("--target-ongoing-requests", type=float,
+                   help="queue-length rule's target per replica (default: "
+                        "placement.simulator.autoscale.DEFAULT_TARGET_ONGOING_REQUESTS)")
     p.add_argument("--plot", help="write attainment vs GPUs per policy and GPUs over time to this PNG "
                    "(needs matplotlib)")
     p.set_defaults(func=_compare)

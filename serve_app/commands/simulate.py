@@ -30,6 +30,21 @@ def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+def add_aladdin_arguments(p: argparse.ArgumentParser) -> None:
+    """Aladdin policy options shared by `simulate` and `compare` (defaults: the policy's)."""
+    p.add_argument("--on-infeasible", choices=("wait", "least-violation"),
+                   help="aladdin: when no worker fits (simulator default: least-violation)")
+    p.add_argument("--atgt-margin", type=float,
+                   help="aladdin: share of the ATGT SLO best fit packs a worker to, in (0, 1] "
+                        "(default: placement.policies.aladdin.DEFAULT_ATGT_MARGIN)")
+
+
+def aladdin_options(args: argparse.Namespace) -> dict | None:
+    """The Aladdin constructor options the arguments set (None: all defaults)."""
+    options = {"on_infeasible": args.on_infeasible, "atgt_margin": args.atgt_margin}
+    return {k: v for k, v in options.items() if v is not None} or None
+
+
 def build_scenario(args: argparse.Namespace, tp: int):
     """The Scenario the arguments describe, on the family's profile for `tp`."""
     from placement.simulator.scenario import Scenario
@@ -70,7 +85,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.split_phase and args.autoscale:
         raise SystemExit("--split-phase has no autoscaling")
     scenario = build_scenario(args, args.tp)
-    policy_options = {"on_infeasible": args.on_infeasible} if args.on_infeasible else None
+    policy_options = aladdin_options(args) if args.policy == "aladdin" else None
     split: dict = {}
     if args.split_phase:
         link = KVLink(gbps=args.kv_link_gbps, latency_s=args.kv_link_latency_ms / 1e3)
@@ -111,8 +126,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of every worker")
     p.add_argument("--workers", type=int, default=1, help="workers (the start count when autoscaling)")
     p.add_argument("--policy", default="aladdin", help="aladdin, rr, jsq, p2c, least-kv")
-    p.add_argument("--on-infeasible", choices=("wait", "least-violation"),
-                   help="aladdin: when no worker fits (simulator default: least-violation)")
+    add_aladdin_arguments(p)
     p.add_argument("--autoscale", choices=("planner", "queue-length"))
     p.add_argument("--autoscale-period-s", type=float, default=10.0)
     p.add_argument("--timeline", action="store_true", help="include GPUs held over time")
