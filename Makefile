@@ -29,7 +29,7 @@ test: setup
 	$(BIN)/python -m pytest -q -rs tests
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not serving" tests
+	$(BIN)/python -m pytest -q -m "not serving and not autoscaler" tests
 
 demo: setup
 	$(BIN)/aladdin demo

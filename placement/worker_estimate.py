@@ -24,7 +24,10 @@ def plan_workers(
     option = plan_tp(profile, replace(workload, slo_atgt_s=workload.slo_atgt_s * atgt_margin), headroom)
     if not option.usable:
         return option, 0
-    per_worker = max(option.at_max_rate.residents, 1.0)
+    # requests one worker holds: its residents at the planner's rate, or the backlog it clears
+    # within the TTFT SLO when prompts dominate (residents < 1 would count each request as a
+    # whole worker and overreact to a short queue)
+    per_worker = max(option.at_max_rate.residents, option.max_rate_per_worker * workload.slo_ttft_s, 1.0)
     return option, max(option.workers, math.ceil(in_flight * (1 + headroom) / per_worker))
 
 

@@ -72,6 +72,10 @@ def get_placement_actor(app_name: str, config: dict[str, Any]) -> ray.actor.Acto
     return PlacementActor.options(
         name=placement_actor_name(app_name), namespace=NAMESPACE, get_if_exists=True,
         lifetime="detached", max_restarts=-1, num_cpus=0, max_concurrency=1000,
+        # on the head node, outside any caller's placement group: created from inside a worker
+        # replica it would otherwise be captured by that replica's group (Serve sets
+        # capture_child_tasks) and die, unrestartable, when that replica or its GPU node goes
+        resources={"node:__internal_head__": 0.001}, scheduling_strategy="DEFAULT",
     ).remote(config)
 
 

@@ -168,3 +168,18 @@ def test_no_arrivals_estimates_zero_and_min_workers_bounds_it() -> None:
     assert estimate.workers == 0 and estimate.window_full
     assert scale_target(estimate, current=3, min_workers=0, max_workers=8) == 0
     assert scale_target(estimate, current=3, min_workers=1, max_workers=8) == 1
+
+
+def test_in_flight_floor_counts_a_prompt_heavy_backlog_by_what_a_worker_clears() -> None:
+    """Long prompts, short replies: few residents per worker, but a worker clears rate x
+    TTFT SLO requests of backlog in time, so 9 queued requests are not 9 workers."""
+    from placement.worker_estimate import plan_workers
+    from placement.planner import Workload
+
+    workload = Workload(1.0, np.array([4000.0]), np.array([8.0]), 1.0, 0.05)
+    option, idle = plan_workers(PROFILE, workload, 0.1, 1.0, in_flight=0)
+    _, backlog = plan_workers(PROFILE, workload, 0.1, 1.0, in_flight=9)
+    assert option.at_max_rate.residents < option.max_rate_per_worker * 1.0  # prompts dominate
+    assert idle == option.workers
+    assert backlog == max(option.workers, int(np.ceil(9 * 1.1 / (option.max_rate_per_worker * 1.0))))
+    assert backlog < 9
