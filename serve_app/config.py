@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
@@ -90,6 +91,36 @@ class IngressConfig(_Section):
     num_cpus: float = Field(1.0, ge=0)
     # Serve's default (5) would hold streams back at the proxy; an ingress only awaits workers.
     max_ongoing_requests: int = Field(1024, ge=1)
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Bearer keys the HTTP API accepts; empty (and no api_keys_env) = open. "
+        "Config values are visible in Serve's config and dashboard: prefer api_keys_env.",
+    )
+    api_keys_env: str | None = Field(
+        None, description="Environment variable (in the ingress replica) holding comma-separated keys."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        return [k for k in value.split(",") if k] if isinstance(value, str) else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, value: list[str]) -> list[str]:
+        if any(not key or key != key.strip() for key in value):
+            raise ValueError("API keys must be non-empty, without surrounding spaces")
+        return value
+
+    def resolved_api_keys(self, environ: Mapping[str, str]) -> list[str]:
+        """The configured keys plus those in `api_keys_env` (an unset variable is an error:
+        silently serving unauthenticated would be worse)."""
+        keys = list(self.api_keys)
+        if self.api_keys_env:
+            if self.api_keys_env not in environ:
+                raise ValueError(f"ingress.api_keys_env: environment variable {self.api_keys_env} is not set")
+            keys += [k.strip() for k in environ[self.api_keys_env].split(",") if k.strip()]
+        return keys
 
 
 class SloConfig(_Section):

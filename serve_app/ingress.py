@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,6 +23,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from predictors.output_length import ChatInput, PastTurn, Prediction
+from serve_app.api_auth import authorized, set_api_keys
 from serve_app.config import AppConfig
 from serve_app.errors import OpenAIError, from_validation_errors
 from serve_app.metrics import record_request
@@ -47,6 +49,16 @@ api = FastAPI(title="aladdin", description="OpenAI-compatible API served by Alad
 @api.exception_handler(OpenAIError)
 async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
+
+
+@api.middleware("http")
+async def _require_api_key(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+    """401 in OpenAI's shape for a missing or wrong key on /v1/ routes (serve_app.api_auth)."""
+    if not authorized(request.url.path, request.headers):
+        err = OpenAIError(401, "missing or incorrect API key (send Authorization: Bearer <key>)",
+                          code="invalid_api_key")
+        return JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    return await call_next(request)
 
 
 @api.exception_handler(RequestValidationError)
@@ -130,6 +142,7 @@ class OpenAIIngress:
         self._config = AppConfig.model_validate(config)
         self._worker = worker
         self._policy = self._config.placement.policy
+        set_api_keys(self._config.ingress.resolved_api_keys(os.environ))
         self._model_name = self._config.model.name
         self._max_model_len = self._config.engine.max_model_len
         tokenizer_dir = resolve_tokenizer_dir(self._config.model)

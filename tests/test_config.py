@@ -143,3 +143,13 @@ def test_node_scaler_advisory_never_calls_the_cluster(caplog) -> None:
     assert scaler.requested == 3 and "would request 3" in caplog.text
     scaler.apply(WorkerEstimate(1, 2, 1.0, 2.0, False, "planner"), held=3)
     assert scaler.requested == 3  # partial window: never below what is held
+
+
+def test_api_keys_from_config_and_environment() -> None:
+    config = AppConfig.from_args({"ingress.api_keys": "k1,k2", "ingress.api_keys_env": "ALADDIN_KEYS"})
+    assert config.ingress.resolved_api_keys({"ALADDIN_KEYS": "k3, k4"}) == ["k1", "k2", "k3", "k4"]
+    with pytest.raises(ValueError, match="ALADDIN_KEYS"):
+        config.ingress.resolved_api_keys({})
+    with pytest.raises(ValidationError, match="API keys"):
+        AppConfig.from_args({"ingress": {"api_keys": [" padded "]}})
+    assert AppConfig().ingress.resolved_api_keys({}) == []
