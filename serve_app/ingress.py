@@ -13,6 +13,7 @@ import os
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -80,11 +81,22 @@ def _parse(model: type[SamplingFields], request: dict[str, Any]) -> Any:
 
 
 SLO_HEADERS = {"ttft": "x-slo-ttft-ms", "atgt": "x-slo-atgt-ms"}
+# A benchmark forces reply lengths with max_tokens + ignore_eos; capping the prediction by
+# max_tokens would then hand the predictor the true length. Marked requests are not capped.
+BENCHMARK_HEADER = "x-aladdin-benchmark"
 
 
-def slo_overrides(headers: Any) -> dict[str, float]:
-    """Per-request SLOs (ms) from the x-slo-ttft-ms / x-slo-atgt-ms headers."""
-    out: dict[str, float] = {}
+@dataclass(frozen=True)
+class RequestOptions:
+    """What a request's headers ask for: SLO overrides (ms) and the benchmark mark."""
+
+    slo_ms: dict[str, float] = field(default_factory=dict)
+    benchmark: bool = False
+
+
+def request_options(headers: Any) -> RequestOptions:
+    """Parse x-slo-ttft-ms / x-slo-atgt-ms and x-aladdin-benchmark; 400 on a bad value."""
+    slo_ms: dict[str, float] = {}
     for key, name in SLO_HEADERS.items():
         raw = headers.get(name)
         if raw is None:
@@ -95,8 +107,11 @@ def slo_overrides(headers: Any) -> dict[str, float]:
             value = -1.0
         if not 0 < value <= 3_600_000:
             raise OpenAIError(400, f"header {name} must be a number of milliseconds in (0, 3600000]", param=name)
-        out[key] = value
-    return out
+        slo_ms[key] = value
+    mark = headers.get(BENCHMARK_HEADER)
+    if mark is not None and mark.strip().lower() not in ("1", "true", "0", "false"):
+        raise OpenAIError(400, f"header {BENCHMARK_HEADER} must be 1, true, 0 or false", param=BENCHMARK_HEADER)
+    return RequestOptions(slo_ms, benchmark=mark is not None and mark.strip().lower() in ("1", "true"))
 
 
 class _Prepared:
@@ -185,14 +200,14 @@ class OpenAIIngress:
 
     @api.post("/v1/completions")
     async def http_completions(self, body: CompletionRequest, request: Request) -> Any:
-        prepared = self._prepare_completion(body, slo_overrides(request.headers))
+        prepared = self._prepare_completion(body, request_options(request.headers))
         if body.stream:
             return self._sse_response(self._completion_chunks(prepared), prepared.headers())
         return JSONResponse(await self._completion_response(prepared), headers=prepared.headers())
 
     @api.post("/v1/chat/completions")
     async def http_chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
-        prepared = self._prepare_chat(body, slo_overrides(request.headers))
+        prepared = self._prepare_chat(body, request_options(request.headers))
         if body.stream:
             return self._sse_response(self._chat_chunks(prepared), prepared.headers())
         return JSONResponse(await self._chat_response(prepared), headers=prepared.headers())
@@ -231,7 +246,7 @@ class OpenAIIngress:
 
     def _prepare(
         self, body: SamplingFields, ids: list[int], max_tokens: int | None, prefix: str, chat: ChatInput,
-        slo_ms: dict[str, float],
+        options: RequestOptions,
     ) -> _Prepared:
         n_prompt = len(ids)
         if max_tokens is None:
@@ -245,20 +260,20 @@ class OpenAIIngress:
                 param="max_tokens" if n_prompt < self._max_model_len else "prompt",
                 code="context_length_exceeded",
             )
-        prediction = self._predictor.predict(chat, max_tokens)
+        prediction = self._predictor.predict(chat, max_tokens, cap=not options.benchmark)
         slo = self._config.slo
         hints = PlacementHints(
             predicted_output_mean=prediction.mean,
             predicted_output_p90=prediction.p90,
             # precedence: body field, then header, then the configured default
-            slo_ttft_s=(body.slo_ttft_ms or slo_ms.get("ttft") or slo.ttft_ms) / 1e3,
-            slo_atgt_s=(body.slo_atgt_ms or slo_ms.get("atgt") or slo.atgt_ms) / 1e3,
+            slo_ttft_s=(body.slo_ttft_ms or options.slo_ms.get("ttft") or slo.ttft_ms) / 1e3,
+            slo_atgt_s=(body.slo_atgt_ms or options.slo_ms.get("atgt") or slo.atgt_ms) / 1e3,
             arrival_s=time.time(),
         )
         generate = GenerateRequest(new_id(prefix), list(ids), body.sampling(max_tokens), hints)
         return _Prepared(generate, body, self._model_name, chat, prediction)
 
-    def _prepare_completion(self, body: CompletionRequest, slo_ms: dict[str, float] | None = None) -> _Prepared:
+    def _prepare_completion(self, body: CompletionRequest, options: RequestOptions = RequestOptions()) -> _Prepared:
         self._check_model(body.model)
         if isinstance(body.prompt, str):
             text = body.prompt
@@ -271,9 +286,9 @@ class OpenAIIngress:
         if not ids:
             raise OpenAIError(400, "prompt has no tokens", param="prompt")
         chat = ChatInput(prompt=text, prompt_tokens=len(ids))
-        return self._prepare(body, ids, body.max_tokens, "cmpl", chat, slo_ms or {})
+        return self._prepare(body, ids, body.max_tokens, "cmpl", chat, options)
 
-    def _prepare_chat(self, body: ChatCompletionRequest, slo_ms: dict[str, float] | None = None) -> _Prepared:
+    def _prepare_chat(self, body: ChatCompletionRequest, options: RequestOptions = RequestOptions()) -> _Prepared:
         self._check_model(body.model)
         messages = [{"role": m.role, "content": m.text} for m in body.messages]
         text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -285,7 +300,7 @@ class OpenAIIngress:
             for m in messages[:-1]
         )
         chat = ChatInput(last, len(self._tokenizer(last, add_special_tokens=False).input_ids), history)
-        return self._prepare(body, ids, body.max_tokens, "chatcmpl", chat, slo_ms or {})
+        return self._prepare(body, ids, body.max_tokens, "chatcmpl", chat, options)
 
     # ---- generation ---------------------------------------------------------------------
     async def _deltas(self, prepared: _Prepared) -> AsyncIterator[GenerateChunk]:

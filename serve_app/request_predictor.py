@@ -41,9 +41,12 @@ class RequestPredictor:
         self._recorded_since_calibration = 0
         self.recorded = 0
 
-    def predict(self, chat: ChatInput, max_tokens: int) -> Prediction:
-        """Predicted output length, capped by the request's max_tokens."""
+    def predict(self, chat: ChatInput, max_tokens: int, *, cap: bool = True) -> Prediction:
+        """Predicted output length, capped by the request's max_tokens unless `cap` is False
+        (benchmark requests, whose max_tokens is the true length)."""
         raw = self._corrector.predictor.predict_input(chat)
+        if not cap:
+            return raw
         return Prediction(mean=min(raw.mean, max_tokens), p90=min(raw.p90, max_tokens))
 
     def record(self, chat: ChatInput, prediction: Prediction, actual_tokens: int, finish_reason: str | None,

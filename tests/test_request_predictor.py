@@ -4,7 +4,7 @@ import pytest
 
 from predictors.output_length import BucketMeanPredictor, ChatInput
 from serve_app.config import PredictorConfig
-from serve_app.ingress import slo_overrides
+from serve_app.ingress import request_options
 from serve_app.errors import OpenAIError
 from serve_app.request_predictor import RequestPredictor
 
@@ -26,6 +26,8 @@ def test_missing_artifact_falls_back_and_predictions_respect_max_tokens(fallback
     capped = fallback.predict(chat, max_tokens=5)
     assert 0 < free.mean <= free.p90
     assert capped.mean <= 5 and capped.p90 <= 5
+    # a benchmark's max_tokens is the forced true length: the prediction must not see it
+    assert fallback.predict(chat, max_tokens=5, cap=False) == free
 
 
 def test_only_natural_endings_are_recorded_and_recalibration_runs(fallback):
@@ -48,11 +50,23 @@ def test_only_natural_endings_are_recorded_and_recalibration_runs(fallback):
     ({"x-slo-ttft-ms": "250", "x-slo-atgt-ms": "20.5"}, {"ttft": 250.0, "atgt": 20.5}),
 ])
 def test_slo_headers(headers, expected):
-    assert slo_overrides(headers) == expected
+    assert request_options(headers).slo_ms == expected
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "fast", "nan", "1e12"])
 def test_bad_slo_headers_are_400(value):
     with pytest.raises(OpenAIError) as err:
-        slo_overrides({"x-slo-atgt-ms": value})
+        request_options({"x-slo-atgt-ms": value})
     assert err.value.status == 400 and err.value.param == "x-slo-atgt-ms"
+
+
+@pytest.mark.parametrize("value, marked", [(None, False), ("1", True), ("true", True), ("0", False), ("False", False)])
+def test_benchmark_header(value, marked):
+    headers = {} if value is None else {"x-aladdin-benchmark": value}
+    assert request_options(headers).benchmark is marked
+
+
+def test_bad_benchmark_header_is_400():
+    with pytest.raises(OpenAIError) as err:
+        request_options({"x-aladdin-benchmark": "maybe"})
+    assert err.value.status == 400 and err.value.param == "x-aladdin-benchmark"
