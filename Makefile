@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
 CONSTRAINTS := constraints-cpu.txt
 
-.PHONY: setup test test-fast demo constraints clean
+.PHONY: setup test test-fast demo bench soak constraints clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,25 @@ test-fast: setup
 
 demo: setup
 	$(BIN)/aladdin demo
+
+# This app (aladdin, p2c, jsq, rr) against Ray Serve LLM (default and prefix-aware routers) on
+# one slice of the Azure conversation trace, 2 vLLM CPU engines each, then the simulator's
+# fidelity on the same runs. Figures: BENCHMARKS.md. About 40 minutes on 2 cores.
+BENCH_TRACE ?= ../shared/data/azure_llm_2023/AzureLLMInferenceTrace_conv.csv
+BENCH_OUT   ?= bench-results
+BENCH_ARGS  ?= --start 600 --duration 30 --rate-scales 0.5,1,1.5,2 --slo-ttft-ms 500 --slo-atgt-ms 20 \
+	--workers 2 --reps 3 --systems p2c,aladdin,rayllm,jsq,rr,rayllm-prefix --calibrate p2c
+
+bench: setup
+	$(BIN)/aladdin bench-suite --trace $(BENCH_TRACE) $(BENCH_ARGS) --out $(BENCH_OUT)
+	$(BIN)/aladdin fidelity --profile $(BENCH_OUT)/served-profile.json --workers 2 \
+		--runs $(BENCH_OUT)/aladdin/*/rep* $(BENCH_OUT)/jsq/*/rep* $(BENCH_OUT)/rr/*/rep* \
+		--out $(BENCH_OUT)/fidelity.json
+	$(BIN)/aladdin bench-report $(BENCH_OUT) | tee $(BENCH_OUT)/report.md
+
+# 20,000 requests over ~10 minutes on a local deployment: lost = 0, memory flat (BENCHMARKS.md).
+soak: setup
+	$(BIN)/aladdin soak --requests 20000 --duration 600 --out soak-results
 
 # Re-pin every installed package to what is installed now (run after changing dependencies).
 constraints:

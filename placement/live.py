@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from placement.policy import PlacementPolicy
+from placement.queue_order import WaitingQueue
 from placement.rebalance import SurvivalEstimator, rebalance
 from placement.state import Request, WorkerState
 from predictors.latency.profile import WorkerProfile
@@ -97,16 +98,30 @@ class LiveCluster:
             state = self.workers[worker_id] = WorkerState(worker_id, self.profile)
         return state
 
-    def place(self, request: Request, candidates: Sequence[str], now_s: float) -> str | None:
+    def place(
+        self, request: Request, candidates: Sequence[str], now_s: float, policy: PlacementPolicy | None = None
+    ) -> str | None:
         """The policy's choice among `candidates` (worker ids), admitted there; None if the
-        policy makes it wait. Placing a request id again (a retried routing) moves it."""
+        policy makes it wait. Placing a request id again (a retried routing) moves it.
+        `policy` overrides the cluster's (e.g. the same policy in "wait" mode, for admission)."""
         self._drop_request(request.id)
         workers = [self.worker(c) for c in candidates]
-        chosen = self.policy.choose(request, workers, now_s)
+        chosen = (policy or self.policy).choose(request, workers, now_s)
         if chosen is None:
             return None
         self._admit(chosen, request, now_s)
         return chosen.id
+
+    def place_waiting(
+        self, queue: WaitingQueue, now_s: float, policy: PlacementPolicy | None = None
+    ) -> list[tuple[Request, str]]:
+        """Offer `queue`'s requests to the policy in queue order over every known worker;
+        admit those it places (see WaitingQueue.place_waiting). Returns (request, worker id)."""
+        placed = queue.place_waiting(policy or self.policy, list(self.workers.values()), now_s)
+        for request, worker in placed:
+            self._where[request.id] = worker.id
+            self._placed_at[request.id] = now_s
+        return [(request, worker.id) for request, worker in placed]
 
     def admit(self, worker_id: str, request: Request, now_s: float) -> None:
         """Record a placement made elsewhere (e.g. a fallback choice) on `worker_id`."""

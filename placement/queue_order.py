@@ -101,6 +101,16 @@ class WaitingQueue:
         self.demand.discard(request)
         return request
 
+    def remove_if(self, predicate: Callable[[Request], bool]) -> list[Request]:
+        """Take out the waiting requests matching `predicate`; returns them in service order."""
+        removed = sorted(e for e in self._heap if predicate(e[2]))
+        if removed:
+            self._heap = [e for e in self._heap if not predicate(e[2])]
+            heapq.heapify(self._heap)
+            for entry in removed:
+                self.demand.discard(entry[2])
+        return [entry[2] for entry in removed]
+
     def place_waiting(
         self, policy: PlacementPolicy, workers: Sequence[WorkerState], now_s: float
     ) -> list[tuple[Request, WorkerState]]:

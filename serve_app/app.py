@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
 from ray.serve import Application
+from ray.serve.exceptions import RayServeException
 
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, ConfigError
 from serve_app.ingress import OpenAIIngress
 from serve_app.worker import LLMWorker, worker_deployment_options
 
@@ -22,6 +24,17 @@ def build_app_from_config(config: AppConfig) -> Application:
     ).bind(worker, payload)
 
 
+class InvalidAppArgs(click.ClickException, RayServeException):
+    """Bad builder arguments, reported as the ConfigError's lines alone: `serve run` prints a
+    ClickException as one `Error:` message and exits, and Serve's controller puts a
+    RayServeException's text (no traceback, no build retries) in the application's status."""
+
+
 def build_app(args: dict[str, Any] | None = None) -> Application:
     """Serve application builder. `args` follow AppConfig; dotted keys are accepted."""
-    return build_app_from_config(AppConfig.from_args(args))
+    try:
+        config = AppConfig.from_args(args)
+        config.check_deployable()
+    except ConfigError as err:
+        raise InvalidAppArgs(str(err)) from None
+    return build_app_from_config(config)

@@ -9,9 +9,30 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+
+from predictors.latency.families import list_profile_families, load_profile_family
 
 GiB = 1 << 30
+
+
+class ConfigError(ValidationError):
+    """An invalid configuration. Its text is one line per problem: the dotted key, the value given
+    and what is wrong or allowed. A pydantic ValidationError (so a ValueError): code and tests
+    that catch those keep working."""
+
+    def __str__(self) -> str:
+        return "invalid configuration:\n" + "\n".join(f"  {_describe(e)}" for e in self.errors())
+
+    @classmethod
+    def of(cls, problems: list[tuple[tuple[int | str, ...], str, str, Any]]) -> "ConfigError":
+        """From (location, error type, message, value given) tuples. Every problem becomes a
+        PydanticCustomError, which takes any type: pydantic's own, or a validator's custom one."""
+        return cls.from_exception_data("AppConfig", [
+            InitErrorDetails(type=PydanticCustomError(kind, "{message}", {"message": message}), loc=loc, input=value)
+            for loc, kind, message, value in problems
+        ])
 
 
 class _Section(BaseModel):
@@ -50,6 +71,12 @@ class EngineConfig(_Section):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_num_seqs: int = Field(128, ge=1)
     enable_prefix_caching: bool = True
+    stream_interval: int = Field(
+        8, ge=1, le=1024,
+        description="Tokens per streamed chunk after the first (vLLM's stream_interval); larger values "
+        "send fewer chunks through Ray and HTTP, which costs less CPU per token. The first token and "
+        "the last chunk are always sent at once.",
+    )
     seed: int = 0
     cpus_per_rank: float = Field(1.0, gt=0, description="Logical CPUs reserved per TP rank.")
     extra: dict[str, Any] = Field(
@@ -59,12 +86,18 @@ class EngineConfig(_Section):
     @field_validator("extra", mode="before")
     @classmethod
     def _parse_json(cls, value: Any) -> Any:
-        return json.loads(value) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON object ({exc})") from None
 
     @model_validator(mode="after")
     def _check_kv(self) -> "EngineConfig":
         if self.kv_cache_gib is None and self.accelerator == "cpu":
-            raise ValueError("engine.kv_cache_gib is required on CPU (vLLM would take ~all RAM)")
+            raise ValueError("engine.kv_cache_gib is required (a size in GiB) with engine.accelerator=cpu: "
+                             "vLLM would otherwise take ~all RAM; null is for gpu only")
         return self
 
     @property
@@ -98,6 +131,11 @@ class IngressConfig(_Section):
     )
     api_keys_env: str | None = Field(
         None, description="Environment variable (in the ingress replica) holding comma-separated keys."
+    )
+    # Bounded so a client cannot make the ingress buffer and parse an arbitrarily large body. The
+    # 4 MiB default holds a full 128k-token context as JSON text; raise it for longer ones.
+    max_body_bytes: int = Field(
+        4 << 20, ge=1024, description="Largest request body accepted; larger ones get 413 before parsing."
     )
 
     @field_validator("api_keys", mode="before")
@@ -162,11 +200,43 @@ class PlacementConfig(_Section):
         1.0, gt=0, description="The router falls back to power-of-two choices past this wait."
     )
     heartbeat_s: float = Field(0.25, gt=0, description="Period of the workers' batched reports.")
+    atgt_margin: float | None = Field(
+        None, gt=0, le=1,
+        description="aladdin: share of the ATGT SLO a worker is packed to by the profile's prediction "
+        "(default: placement.policies.aladdin.DEFAULT_ATGT_MARGIN). Closer to 1 with a profile fitted to "
+        "served requests (`aladdin profile --from-bench`), whose predictions carry no engine-only bias.",
+    )
+    admission: bool = Field(
+        True,
+        description="aladdin only: a request no worker can take within its SLOs waits (SLO-ODBS order) "
+        "and is refused with 429 + Retry-After once its TTFT SLO is lost, instead of queueing forever.",
+    )
+    max_waiting: int = Field(256, ge=0, description="Requests that may wait for admission at once; more get 429.")
+    max_wait_s: float | None = Field(
+        None, gt=0, description="Longest wait for admission (default: until the TTFT SLO is lost)."
+    )
     seed: int = 0
+
+    @field_validator("profile_family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        if value not in (known := list_profile_families()):
+            raise ValueError(f"unknown profile family; committed ones: {', '.join(known)} "
+                             "(or set placement.profile_path)")
+        return value
 
     @property
     def uses_actor(self) -> bool:
         return self.policy != "serve-p2c"
+
+    def aladdin_options(self) -> dict[str, Any]:
+        """Constructor options of the Aladdin policy this config sets (beyond on_infeasible)."""
+        return {} if self.atgt_margin is None else {"atgt_margin": self.atgt_margin}
+
+    @property
+    def admits(self) -> bool:
+        """Whether requests go through SLO-aware admission (placement.admission)."""
+        return self.admission and self.policy == "aladdin"
 
 
 class ScalingConfig(_Section):
@@ -190,7 +260,8 @@ class ScalingConfig(_Section):
     @model_validator(mode="after")
     def _check_bounds(self) -> "ScalingConfig":
         if self.min_workers > self.max_workers:
-            raise ValueError("scaling.min_workers must be <= scaling.max_workers")
+            raise ValueError(f"scaling.min_workers ({self.min_workers}) must be <= scaling.max_workers "
+                             f"({self.max_workers})")
         return self
 
 
@@ -206,6 +277,11 @@ class AppConfig(_Section):
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _dotted_keys(cls, data: Any) -> Any:
+        return _expand_dotted(data) if isinstance(data, Mapping) else data
+
     @property
     def graceful_shutdown_timeout_s(self) -> float:
         """Scale-down drains: a replica leaving keeps serving its requests this long."""
@@ -216,8 +292,35 @@ class AppConfig(_Section):
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "AppConfig":
         """Build from builder arguments: nested dicts, dotted keys (`engine.max_model_len=512`),
-        or both. Values may be strings, as `serve run` passes them."""
-        return cls.model_validate(_expand_dotted(args or {}))
+        or both. Values may be strings, as `serve run` passes them. Raises ConfigError."""
+        try:
+            return cls.model_validate(args or {})
+        except ValidationError as err:
+            raise ConfigError.of([(e["loc"], e["type"], e["msg"], e["input"]) for e in err.errors()]) from None
+
+    def check_deployable(self) -> None:
+        """Raise ConfigError for what the schema cannot see but replicas would fail on at start:
+        missing model files, a profile family without this TP degree. Run where the app is built,
+        not in replicas: a cluster's nodes need the model, but only the head reads profile_path."""
+        problems: list[tuple[str, str, Any]] = []  # (dotted key, what is wrong, value)
+        model = self.model
+        if model.path and not (Path(model.path).expanduser() / "config.json").is_file():
+            problems.append(("model.path", "not a readable Hugging Face model directory (no config.json); "
+                             "models are never downloaded", model.path))
+        if model.tokenizer and not Path(model.tokenizer).expanduser().is_dir():
+            problems.append(("model.tokenizer", "not a directory", model.tokenizer))
+        placement = self.placement
+        if placement.profile_path:
+            if not Path(placement.profile_path).expanduser().is_file():
+                problems.append(("placement.profile_path", "no such file", placement.profile_path))
+        elif placement.uses_actor or self.engine.kind == "sim":  # both read the family's profile
+            tps = load_profile_family(placement.profile_family).tps
+            if self.engine.tensor_parallel_size not in tps:
+                problems.append(("engine.tensor_parallel_size",
+                                 f"profile family {placement.profile_family} has profiles for tp {tps} only",
+                                 self.engine.tensor_parallel_size))
+        if problems:
+            raise ConfigError.of([(tuple(key.split(".")), "config", what, value) for key, what, value in problems])
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "AppConfig":
@@ -228,10 +331,10 @@ class AppConfig(_Section):
         return cls.from_args(data)
 
 
-def _expand_dotted(args: dict[str, Any]) -> dict[str, Any]:
+def _expand_dotted(args: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in args.items():
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             value = _expand_dotted(value)
         parts = str(key).split(".")
         node = out
@@ -246,3 +349,18 @@ def _expand_dotted(args: dict[str, Any]) -> dict[str, Any]:
         else:
             node[leaf] = value
     return out
+
+
+def _describe(error: ErrorDetails) -> str:
+    """One problem as `dotted.key=value: what is wrong or allowed`."""
+    loc, message, value = error["loc"], error["msg"].removeprefix("Value error, "), error["input"]
+    key = ".".join(map(str, loc))
+    if error["type"] == "extra_forbidden":
+        section: type[BaseModel] = AppConfig
+        for part in loc[:-1]:  # unknown keys are only rejected inside sections
+            section = section.model_fields[str(part)].annotation  # type: ignore[assignment]
+        return f"{key}: unknown key; allowed here: {', '.join(section.model_fields)}"
+    if error["type"] == "value_error" and isinstance(value, Mapping):
+        return message  # a section's own cross-field check: the message names its keys
+    shown = repr(value) if len(repr(value)) <= 120 else repr(value)[:117] + "..."
+    return f"{key or 'config'}={shown}: {message}"

@@ -18,30 +18,33 @@ class OpenAIError(Exception):
     """An error to return to the client as-is. Safe to raise through a DeploymentHandle."""
 
     def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers or {}  # HTTP headers of the error response (e.g. Retry-After)
 
     def body(self) -> dict[str, Any]:
         return {
             "error": {
                 "message": self.message,
-                "type": _TYPES.get(self.status, "server_error"),
+                "type": _TYPES.get(self.status, "invalid_request_error" if self.status < 500 else "server_error"),
                 "param": self.param,
                 "code": self.code,
             }
         }
 
     def __reduce__(self):  # keep keyword fields when pickled across Ray processes
-        return (_rebuild, (self.status, self.message, self.param, self.code))
+        return (_rebuild, (self.status, self.message, self.param, self.code, self.headers))
 
 
-def _rebuild(status: int, message: str, param: str | None, code: str | None) -> OpenAIError:
-    return OpenAIError(status, message, param=param, code=code)
+def _rebuild(status: int, message: str, param: str | None, code: str | None,
+             headers: dict[str, str] | None = None) -> OpenAIError:
+    return OpenAIError(status, message, param=param, code=code, headers=headers)
 
 
 def from_validation_errors(errors: list[dict[str, Any]]) -> OpenAIError:

@@ -9,27 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from jinja2 import TemplateError
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
 
 from predictors.output_length import ChatInput, PastTurn, Prediction
 from serve_app.api_auth import authorized, set_api_keys
+from serve_app.body_limit import BodyLimit, set_max_body_bytes
 from serve_app.config import AppConfig
 from serve_app.errors import OpenAIError, from_validation_errors
 from serve_app.metrics import record_request
 from serve_app.model_source import resolve_tokenizer_dir
 from serve_app.request_predictor import RequestPredictor
+from serve_app.request_options import RequestOptions, request_options
 from serve_app.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -43,13 +47,20 @@ from serve_app.worker_protocol import GenerateChunk, GenerateRequest, PlacementH
 
 logger = logging.getLogger("ray.serve")
 HEALTH_PROBE_TIMEOUT_S = 5.0
+# tries of a request on workers when one fails before the client has seen any output
+WORKER_ATTEMPTS = 3
 
 api = FastAPI(title="aladdin", description="OpenAI-compatible API served by Aladdin on Ray Serve")
 
 
 @api.exception_handler(OpenAIError)
 async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+# Added before the key check, so it runs inside it: an unauthorized client is turned away on
+# its headers, before any of its body is read.
+api.add_middleware(BodyLimit)
 
 
 @api.middleware("http")
@@ -60,6 +71,18 @@ async def _require_api_key(request: Request, call_next: Callable[[Request], Awai
                           code="invalid_api_key")
         return JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
     return await call_next(request)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    """FastAPI's own errors in OpenAI's shape instead of `{"detail": ...}`: an unknown route or
+    method, and its one 400, a body that json.loads refused other than as malformed JSON (not
+    UTF-8, nested too deep, a number too long)."""
+    if exc.status_code == 400:
+        err = OpenAIError(400, "request body is not valid UTF-8 JSON", code="invalid_json")
+    else:
+        err = OpenAIError(exc.status_code, str(exc.detail))
+    return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
 
 
 @api.exception_handler(RequestValidationError)
@@ -78,40 +101,6 @@ def _parse(model: type[SamplingFields], request: dict[str, Any]) -> Any:
         return model.model_validate(request)
     except ValidationError as exc:
         raise from_validation_errors(list(exc.errors())) from None
-
-
-SLO_HEADERS = {"ttft": "x-slo-ttft-ms", "atgt": "x-slo-atgt-ms"}
-# A benchmark forces reply lengths with max_tokens + ignore_eos; capping the prediction by
-# max_tokens would then hand the predictor the true length. Marked requests are not capped.
-BENCHMARK_HEADER = "x-aladdin-benchmark"
-
-
-@dataclass(frozen=True)
-class RequestOptions:
-    """What a request's headers ask for: SLO overrides (ms) and the benchmark mark."""
-
-    slo_ms: dict[str, float] = field(default_factory=dict)
-    benchmark: bool = False
-
-
-def request_options(headers: Any) -> RequestOptions:
-    """Parse x-slo-ttft-ms / x-slo-atgt-ms and x-aladdin-benchmark; 400 on a bad value."""
-    slo_ms: dict[str, float] = {}
-    for key, name in SLO_HEADERS.items():
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            value = float(raw)
-        except ValueError:
-            value = -1.0
-        if not 0 < value <= 3_600_000:
-            raise OpenAIError(400, f"header {name} must be a number of milliseconds in (0, 3600000]", param=name)
-        slo_ms[key] = value
-    mark = headers.get(BENCHMARK_HEADER)
-    if mark is not None and mark.strip().lower() not in ("1", "true", "0", "false"):
-        raise OpenAIError(400, f"header {BENCHMARK_HEADER} must be 1, true, 0 or false", param=BENCHMARK_HEADER)
-    return RequestOptions(slo_ms, benchmark=mark is not None and mark.strip().lower() in ("1", "true"))
 
 
 class _Prepared:
@@ -157,7 +146,10 @@ class OpenAIIngress:
         self._config = AppConfig.model_validate(config)
         self._worker = worker
         self._policy = self._config.placement.policy
+        self._placement_actor: Any = None  # looked up on first admission
+        self._admission_failed_logged = False
         set_api_keys(self._config.ingress.resolved_api_keys(os.environ))
+        set_max_body_bytes(self._config.ingress.max_body_bytes)
         self._model_name = self._config.model.name
         self._max_model_len = self._config.engine.max_model_len
         tokenizer_dir = resolve_tokenizer_dir(self._config.model)
@@ -200,14 +192,14 @@ class OpenAIIngress:
 
     @api.post("/v1/completions")
     async def http_completions(self, body: CompletionRequest, request: Request) -> Any:
-        prepared = self._prepare_completion(body, request_options(request.headers))
+        prepared = await self._admit(self._prepare_completion(body, request_options(request.headers)))
         if body.stream:
             return self._sse_response(self._completion_chunks(prepared), prepared.headers())
         return JSONResponse(await self._completion_response(prepared), headers=prepared.headers())
 
     @api.post("/v1/chat/completions")
     async def http_chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
-        prepared = self._prepare_chat(body, request_options(request.headers))
+        prepared = await self._admit(self._prepare_chat(body, request_options(request.headers)))
         if body.stream:
             return self._sse_response(self._chat_chunks(prepared), prepared.headers())
         return JSONResponse(await self._chat_response(prepared), headers=prepared.headers())
@@ -219,21 +211,21 @@ class OpenAIIngress:
     # ---- Python API for DeploymentHandle callers ----------------------------------------
     async def create_completion(self, request: dict[str, Any]) -> dict[str, Any]:
         """Non-streaming completion; raises OpenAIError on bad input."""
-        return await self._completion_response(self._prepare_completion(_parse(CompletionRequest, request)))
+        return await self._completion_response(await self._admit(self._prepare_completion(_parse(CompletionRequest, request))))
 
     async def stream_completion(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Streaming completion: yields OpenAI `text_completion` chunk dicts."""
-        prepared = self._prepare_completion(_parse(CompletionRequest, request))
+        prepared = await self._admit(self._prepare_completion(_parse(CompletionRequest, request)))
         async for chunk in self._completion_chunks(prepared):
             yield chunk
 
     async def create_chat_completion(self, request: dict[str, Any]) -> dict[str, Any]:
         """Non-streaming chat completion; raises OpenAIError on bad input."""
-        return await self._chat_response(self._prepare_chat(_parse(ChatCompletionRequest, request)))
+        return await self._chat_response(await self._admit(self._prepare_chat(_parse(ChatCompletionRequest, request))))
 
     async def stream_chat_completion(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Streaming chat completion: yields OpenAI `chat.completion.chunk` dicts."""
-        prepared = self._prepare_chat(_parse(ChatCompletionRequest, request))
+        prepared = await self._admit(self._prepare_chat(_parse(ChatCompletionRequest, request)))
         async for chunk in self._chat_chunks(prepared):
             yield chunk
 
@@ -291,7 +283,10 @@ class OpenAIIngress:
     def _prepare_chat(self, body: ChatCompletionRequest, options: RequestOptions = RequestOptions()) -> _Prepared:
         self._check_model(body.model)
         messages = [{"role": m.role, "content": m.text} for m in body.messages]
-        text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        try:
+            text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except TemplateError as exc:  # a model's template rejecting the conversation (e.g. role order)
+            raise OpenAIError(400, f"messages: {exc}", param="messages") from None
         ids = self._tokenizer(text, add_special_tokens=False).input_ids
         # The predictor reads the latest message and the lengths of the turns before it.
         last = messages[-1]["content"]
@@ -302,32 +297,91 @@ class OpenAIIngress:
         chat = ChatInput(last, len(self._tokenizer(last, add_special_tokens=False).input_ids), history)
         return self._prepare(body, ids, body.max_tokens, "chatcmpl", chat, options)
 
+    # ---- admission ----------------------------------------------------------------------
+    async def _admit(self, prepared: _Prepared) -> _Prepared:
+        """Wait for the placement actor to admit the request (placement.admission); 429 with
+        Retry-After when it cannot meet its TTFT SLO. If the actor cannot answer, the request
+        goes ahead unadmitted: admission must not take serving down with it."""
+        placement = self._config.placement
+        if not placement.admits:
+            return prepared
+        hints = prepared.generate.hints
+        # the actor answers by the request's admission deadline; past that it is unreachable
+        longest_wait_s = min(hints.slo_ttft_s, placement.max_wait_s or hints.slo_ttft_s)
+        try:
+            if self._placement_actor is None:
+                from serve_app.placement_actor import get_placement_actor
+
+                self._placement_actor = get_placement_actor(
+                    serve.get_replica_context().app_name, self._config.model_dump(mode="json"))
+            verdict = await asyncio.wait_for(self._placement_actor.admit.remote(prepared.generate.placement_view()),
+                                             timeout=longest_wait_s + placement.actor_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # actor restarting or overloaded: serve unadmitted
+            self._placement_actor = None
+            if not self._admission_failed_logged:
+                logger.warning("admission unavailable (%r); requests go ahead unadmitted (logged once)", exc)
+                self._admission_failed_logged = True
+            return prepared
+        if verdict["refused"]:
+            retry = max(1, math.ceil(verdict["retry_after_s"]))
+            raise OpenAIError(
+                429, f"the server cannot start this request within its TTFT SLO ({verdict['reason']}); "
+                f"retry after {retry} s", code="slo_unattainable", headers={"Retry-After": str(retry)},
+            )
+        return prepared
+
     # ---- generation ---------------------------------------------------------------------
     async def _deltas(self, prepared: _Prepared) -> AsyncIterator[GenerateChunk]:
-        stream = self._worker.options(stream=True).generate.remote(prepared.generate)
+        """The request's output from a worker. A worker that fails before the first chunk is
+        reported to the placement actor and the request is sent again (another worker); one
+        that fails after it ends the request with 503 `worker_failed`."""
         tokens = 0
         finish: str | None = None
         first_s = last_s = None
-        try:
-            async for chunk in stream:
-                if chunk.num_tokens:
-                    last_s = time.time()
-                    first_s = first_s or last_s
-                tokens += chunk.num_tokens
-                finish = chunk.finish_reason or finish
-                prepared.worker = chunk.worker or prepared.worker
-                yield chunk
-        except OpenAIError:
-            raise
-        except asyncio.CancelledError:
-            stream.cancel()
-            raise
-        except Exception as exc:  # a worker died or the engine failed mid-request
-            logger.warning("request %s failed on a worker: %r", prepared.generate.request_id, exc)
-            raise OpenAIError(503, "the worker serving this request failed; retry", code="worker_failed") from None
+        for attempt in range(1, WORKER_ATTEMPTS + 1):
+            stream = self._worker.options(stream=True).generate.remote(prepared.generate)
+            try:
+                async for chunk in stream:
+                    if chunk.num_tokens:
+                        last_s = time.time()
+                        first_s = first_s or last_s
+                    tokens += chunk.num_tokens
+                    finish = chunk.finish_reason or finish
+                    prepared.worker = chunk.worker or prepared.worker
+                    yield chunk
+                break
+            except OpenAIError:
+                raise
+            except asyncio.CancelledError:
+                stream.cancel()
+                raise
+            except Exception as exc:  # a worker died or the engine failed
+                request_id = prepared.generate.request_id
+                self._report_worker_failure(request_id)
+                if tokens == 0 and attempt < WORKER_ATTEMPTS:
+                    logger.warning("request %s: worker failed before its first token (%r); retrying on another "
+                                   "worker (attempt %d of %d)", request_id, exc, attempt + 1, WORKER_ATTEMPTS)
+                    continue
+                logger.warning("request %s failed on a worker: %r", request_id, exc)
+                raise OpenAIError(503, "the worker serving this request failed; retry", code="worker_failed") from None
         self._predictor.record(prepared.chat, prepared.prediction, tokens, finish, prepared.body.ignore_eos)
         if first_s is not None:
             self._record_latency(prepared, first_s, last_s, tokens, finish)
+
+    def _report_worker_failure(self, request_id: str) -> None:
+        """Tell the placement actor, without waiting, that the worker running `request_id`
+        failed: it stops placing there until that worker reports again."""
+        if not self._config.placement.uses_actor:
+            return
+        try:
+            from serve_app.placement_actor import get_placement_actor
+
+            get_placement_actor(serve.get_replica_context().app_name, self._config.model_dump(mode="json")) \
+                .worker_failed.remote(request_id)
+        except Exception:  # the actor forgets silent workers by itself anyway
+            pass
 
     def _record_latency(self, prepared: _Prepared, first_s: float, last_s: float, tokens: int, finish: str | None) -> None:
         """TTFT, ATGT and SLO outcome of a finished request, as the client saw them here."""
@@ -342,14 +396,27 @@ class OpenAIIngress:
         )
 
     async def _collect(self, prepared: _Prepared) -> tuple[str, int, str | None]:
-        parts: list[str] = []
-        tokens = 0
-        finish: str | None = None
-        async for chunk in self._deltas(prepared):
-            parts.append(chunk.text)
-            tokens += chunk.num_tokens
-            finish = chunk.finish_reason or finish
-        return "".join(parts), tokens, finish
+        """The whole output. Nothing has reached the client yet, so a worker failing even
+        mid-generation is retried from the start (WORKER_ATTEMPTS times, each of which may
+        itself be retried before its first token)."""
+        attempt = 1
+        while True:
+            parts: list[str] = []
+            tokens = 0
+            finish: str | None = None
+            try:
+                async for chunk in self._deltas(prepared):
+                    parts.append(chunk.text)
+                    tokens += chunk.num_tokens
+                    finish = chunk.finish_reason or finish
+            except OpenAIError as err:
+                if err.code != "worker_failed" or attempt >= WORKER_ATTEMPTS:
+                    raise
+                attempt += 1
+                logger.warning("request %s: worker failed mid-generation; starting it again",
+                               prepared.generate.request_id)
+                continue
+            return "".join(parts), tokens, finish
 
     async def _completion_response(self, prepared: _Prepared) -> dict[str, Any]:
         text, tokens, finish = await self._collect(prepared)

@@ -1,7 +1,7 @@
 """Open-loop load generation against an OpenAI-compatible endpoint, and its latency summary.
 
-Arrivals are Poisson (exponential gaps) and never wait for earlier responses. Output lengths
-are forced with `max_tokens` + `ignore_eos`, as vLLM's own benchmarks do.
+Requests go out on their arrival schedule and never wait for earlier responses. Output
+lengths are forced with `max_tokens` + `ignore_eos`, as vLLM's own benchmarks do.
 TTFT = first streamed token - send time; ATGT = (last token - first token) / (tokens - 1).
 """
 
@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import numpy as np
 
+from placement.simulator.metrics import meets_slos
 from predictors.sharegpt import iter_prompt_reply_pairs
 
 
@@ -27,10 +29,13 @@ class WorkItem:
     prompt: str
     max_tokens: int
     arrival_s: float
+    input_len: int = 0  # the trace's prompt length the prompt was cut to (0: not from a trace)
 
 
 @dataclass
 class RequestResult:
+    """What one request got. Times in seconds; `chunk_s` are stream chunk arrivals after the send."""
+
     ok: bool
     ttft_s: float | None = None
     atgt_s: float | None = None
@@ -38,6 +43,11 @@ class RequestResult:
     prompt_tokens: int = 0
     output_tokens: int = 0
     error: str | None = None
+    status: int | None = None
+    arrival_s: float = 0.0  # scheduled send time, from the start of the run
+    sent_s: float = 0.0  # actual send time, from the start of the run
+    chunk_s: list[float] = field(default_factory=list)
+    worker: str | None = None  # the replica that served it, when the server says (this app does)
 
 
 def sharegpt_workload(
@@ -68,8 +78,8 @@ def sharegpt_workload(
     return items
 
 
-async def _send(client: httpx.AsyncClient, model: str, item: WorkItem) -> RequestResult:
-    body = {
+def _request_body(model: str, item: WorkItem) -> dict[str, Any]:
+    return {
         "model": model,
         "prompt": item.prompt,
         "max_tokens": item.max_tokens,
@@ -77,54 +87,78 @@ async def _send(client: httpx.AsyncClient, model: str, item: WorkItem) -> Reques
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+
+
+async def _send(client: httpx.AsyncClient, model: str, item: WorkItem, headers: dict[str, str]) -> RequestResult:
     start = time.perf_counter()
-    first = last = None
+    chunks: list[float] = []
     usage: dict[str, int] = {}
+    worker = None
     try:
-        async with client.stream("POST", "/v1/completions", json=body) as resp:
+        async with client.stream("POST", "/v1/completions", json=_request_body(model, item), headers=headers) as resp:
             if resp.status_code != 200:
                 text = (await resp.aread()).decode(errors="replace")
-                return RequestResult(ok=False, error=f"HTTP {resp.status_code}: {text[:200]}")
+                return RequestResult(ok=False, status=resp.status_code, error=f"HTTP {resp.status_code}: {text[:200]}")
             async for line in resp.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 event = json.loads(line[6:])
                 if "error" in event:
-                    return RequestResult(ok=False, error=event["error"].get("message"))
+                    return RequestResult(ok=False, status=200, error=str(event["error"].get("message")))
                 if event.get("usage"):
                     usage = event["usage"]
-                if event.get("choices"):
-                    now = time.perf_counter()
-                    first = first or now
-                    last = now
+                worker = (event.get("aladdin") or {}).get("worker") or worker
+                # a chunk carries tokens unless it is only the finish marker (empty text)
+                if any(c.get("text") or c.get("finish_reason") is None for c in event.get("choices") or ()):
+                    chunks.append(time.perf_counter() - start)
     except httpx.HTTPError as exc:
         return RequestResult(ok=False, error=repr(exc))
-    if first is None or last is None:
-        return RequestResult(ok=False, error="no tokens streamed")
+    if not chunks:
+        return RequestResult(ok=False, status=200, error="no tokens streamed")
     n_out = usage.get("completion_tokens", 0)
     return RequestResult(
         ok=True,
-        ttft_s=first - start,
-        atgt_s=(last - first) / (n_out - 1) if n_out > 1 else None,
-        latency_s=last - start,
+        status=200,
+        ttft_s=chunks[0],
+        atgt_s=(chunks[-1] - chunks[0]) / (n_out - 1) if n_out > 1 else None,
+        latency_s=chunks[-1],
         prompt_tokens=usage.get("prompt_tokens", 0),
         output_tokens=n_out,
+        chunk_s=chunks,
+        worker=worker,
     )
 
 
 async def run_open_loop(
-    base_url: str, model: str, workload: list[WorkItem], *, timeout_s: float = 300.0
+    base_url: str,
+    model: str,
+    workload: list[WorkItem],
+    *,
+    timeout_s: float = 300.0,
+    headers: dict[str, str] | None = None,
+    progress: bool = False,
 ) -> tuple[list[RequestResult], float]:
     """Send `workload` on its arrival schedule; return per-request results and wall time."""
+    from tqdm import tqdm
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     limits = httpx.Limits(max_connections=len(workload) + 1)
+    bar = tqdm(total=len(workload), unit="req", disable=not progress, dynamic_ncols=True)
     async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as client:
         t0 = time.perf_counter()
 
         async def fire(item: WorkItem) -> RequestResult:
             await asyncio.sleep(max(0.0, item.arrival_s - (time.perf_counter() - t0)))
-            return await _send(client, model, item)
+            sent = time.perf_counter() - t0
+            result = await _send(client, model, item, headers or {})
+            result.arrival_s, result.sent_s = item.arrival_s, sent
+            bar.update(1)
+            return result
 
-        results = await asyncio.gather(*(fire(item) for item in workload))
+        try:
+            results = await asyncio.gather(*(fire(item) for item in workload))
+        finally:
+            bar.close()
         return list(results), time.perf_counter() - t0
 
 
@@ -132,13 +166,23 @@ def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def summarize(results: list[RequestResult], wall_s: float) -> dict[str, Any]:
-    """Counts, TTFT/ATGT p50/p99 (ms) and throughput of one run."""
+def request_meets_slos(r: RequestResult, slo_ttft_ms: float, slo_atgt_ms: float) -> bool:
+    """A served request meets its SLOs (a one-token reply has no ATGT to miss)."""
+    if not r.ok or r.ttft_s is None:
+        return False
+    return meets_slos(r.ttft_s, r.atgt_s or 0.0, slo_ttft_ms / 1e3, slo_atgt_ms / 1e3)
+
+
+def summarize(
+    results: list[RequestResult], wall_s: float, *, slo_ttft_ms: float | None = None, slo_atgt_ms: float | None = None
+) -> dict[str, Any]:
+    """Counts, TTFT/ATGT p50/p99 (ms) and throughput of one run; with SLOs, also attainment
+    (met / sent: failures count as missed) and goodput (requests meeting SLOs per second)."""
     ok = [r for r in results if r.ok]
     ttft = [r.ttft_s * 1e3 for r in ok if r.ttft_s is not None]
     atgt = [r.atgt_s * 1e3 for r in ok if r.atgt_s is not None]
     out_tokens = sum(r.output_tokens for r in ok)
-    return {
+    summary: dict[str, Any] = {
         "requests": len(results),
         "succeeded": len(ok),
         "failed": len(results) - len(ok),
@@ -149,5 +193,16 @@ def summarize(results: list[RequestResult], wall_s: float) -> dict[str, Any]:
         "atgt_ms_p99": _pct(atgt, 99),
         "output_tokens": out_tokens,
         "output_tokens_per_s": round(out_tokens / wall_s, 2) if wall_s > 0 else None,
+        "requests_per_s": round(len(ok) / wall_s, 3) if wall_s > 0 else None,
         "errors": sorted({r.error for r in results if r.error})[:5],
     }
+    if slo_ttft_ms is not None and slo_atgt_ms is not None:
+        met = sum(request_meets_slos(r, slo_ttft_ms, slo_atgt_ms) for r in results)
+        summary.update(
+            slo_ttft_ms=slo_ttft_ms,
+            slo_atgt_ms=slo_atgt_ms,
+            slo_met=met,
+            attainment=met / len(results) if results else None,
+            goodput_per_s=round(met / wall_s, 3) if wall_s > 0 else None,
+        )
+    return summary

@@ -33,12 +33,14 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 logger = logging.getLogger(__name__)
 
 MetricKind = Literal["counter", "gauge", "histogram"]
-PlacementOutcome = Literal["placed", "least_violation", "fallback", "waited"]
+PlacementOutcome = Literal[
+    "placed", "least_violation", "fallback", "waited", "admitted", "admitted_after_wait", "refused"
+]
 
 #: Ray prefixes application metrics with this namespace in Prometheus.
 PROMETHEUS_PREFIX = "ray_"
@@ -61,7 +63,7 @@ LENGTH_RELATIVE_ERROR_BUCKETS: tuple[float, ...] = (
     0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
 )
 
-PLACEMENT_OUTCOMES: tuple[str, ...] = ("placed", "least_violation", "fallback", "waited")
+PLACEMENT_OUTCOMES: tuple[str, ...] = get_args(PlacementOutcome)
 #: Values of the `slo` tag of the SLO counters; "all" means every SLO of the request was met.
 SLO_KINDS: tuple[str, ...] = ("ttft", "atgt", "all")
 
@@ -138,7 +140,8 @@ QUEUE_LENGTH = MetricSpec(
 PLACEMENT_DECISIONS = MetricSpec(
     "aladdin_placement_decisions", "counter",
     "Placement decisions; outcome=placed (fits every SLO), least_violation (no worker fits; the "
-    "least-violating one), fallback (placement unavailable; default routing), waited (queued).",
+    "least-violating one), fallback (placement unavailable; default routing), waited (queued); "
+    "admission: admitted (fits now), admitted_after_wait (fit after waiting), refused (429).",
     ("policy", "outcome"),
 )
 MIN_WORKERS_ESTIMATE = MetricSpec(
@@ -398,8 +401,8 @@ def record_placement(policy: str, outcome: PlacementOutcome | str) -> None:
     """Count one placement decision.
 
     outcome: "placed" (a worker meets every SLO), "least_violation" (none does; the one that
-    violates least), "fallback" (placement unavailable, default routing used) or "waited"
-    (held in the queue). Anything else is counted as "other" (and logged once) to keep the
+    violates least), "fallback" (placement unavailable, default routing used), "waited"
+    (held in the queue), or admission's "admitted", "admitted_after_wait", "refused". Anything else is counted as "other" (and logged once) to keep the
     tag's cardinality bounded.
     """
     reg = _get_registry()

@@ -13,6 +13,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+def _utf8(value: Any) -> Any:
+    """`value` (a string, a list of them, or anything else) unchanged if its strings have a UTF-8
+    form. JSON may carry lone surrogates ("\\ud800") that decode to strings without one; the
+    tokenizer, the engine and an error message echoing them would all fail on them."""
+    try:
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("string is not valid Unicode (lone surrogate)") from None
+    return value
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -48,7 +61,12 @@ class SamplingFields(BaseModel):
         stops = [value] if isinstance(value, str) else value
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("stop takes at most 4 non-empty strings")
-        return stops
+        return _utf8(stops)
+
+    @field_validator("model", "user")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return _utf8(value)
 
     def sampling(self, max_tokens: int) -> dict[str, Any]:
         """Keyword arguments for vLLM's SamplingParams."""
@@ -91,7 +109,7 @@ class CompletionRequest(SamplingFields):
             raise ValueError("prompt must not be empty")
         if isinstance(value, list) and not value:
             raise ValueError("prompt must not be empty")
-        return value
+        return _utf8(value)
 
 
 class ContentPart(BaseModel):
@@ -104,6 +122,12 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[ContentPart]
+
+    @field_validator("content")
+    @classmethod
+    def _text(cls, value: str | list[ContentPart]) -> str | list[ContentPart]:
+        _utf8(value if isinstance(value, str) else [part.text for part in value])
+        return value
 
     @property
     def text(self) -> str:

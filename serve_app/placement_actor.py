@@ -1,7 +1,11 @@
 """The placement actor: one named Ray actor per application, holding the placement/ policy.
 
+- `admit` is called by the ingress before it sends a request (policy aladdin, with
+  `placement.admission`): it returns at once with a worker where the request fits, or after
+  the request waited in the SLO-ODBS queue, or with a refusal once its TTFT SLO is lost
+  (placement.admission; the ingress answers 429 with Retry-After).
 - `place` is called by the worker deployment's request router (serve_app.placement_router) for
-  every request and returns the replica to use.
+  every request and returns the replica to use (the admitted worker, when there is one).
 - `heartbeat` is called by every worker on a short period with a batched `WorkerReport`
   (tokens generated per running request, completions, KV capacity). The actor's state is
   rebuilt from these alone, so a restarted actor (max_restarts=-1) converges within one
@@ -27,6 +31,7 @@ from typing import Any
 
 import ray
 
+from placement.admission import Admission, AdmissionLimits, Verdict
 from placement.arrival_window import ArrivalWindow
 from placement.feasibility import check
 from placement.live import LiveCluster, RunningRequest, WorkerReport
@@ -87,8 +92,9 @@ class PlacementActor:
         self._config = AppConfig.model_validate(config)
         placement = self._config.placement
         self._profile = placement_profile(self._config)
-        options = {"on_infeasible": "least-violation"} if placement.policy == "aladdin" else {}
-        self._cluster = LiveCluster(self._profile, make_policy(placement.policy, seed=placement.seed, **options))
+        options = placement.aladdin_options() if placement.policy == "aladdin" else {}
+        live_options = {**options, "on_infeasible": "least-violation"} if placement.policy == "aladdin" else {}
+        self._cluster = LiveCluster(self._profile, make_policy(placement.policy, seed=placement.seed, **live_options))
         self._window = ArrivalWindow(self._config.scaling.window_s)
         self._estimate: WorkerEstimate | None = None
         self._estimated_at = -float("inf")
@@ -100,15 +106,75 @@ class PlacementActor:
         self._scaling_log: list[dict[str, Any]] = []  # each change of the estimate or the target
         self._last_call = time.monotonic()
         self._node_scaler = NodeScaler(self._config)
+        self._admission: Admission | None = None
+        if placement.admits:
+            self._admission = Admission(
+                self._cluster, make_policy("aladdin", seed=placement.seed, **options, on_infeasible="wait"),
+                AdmissionLimits(placement.max_waiting, placement.max_wait_s),
+            )
+        self._suspects: set[str] = set()  # workers that failed a request and have not reported since
+        self._admitting: dict[str, asyncio.Future] = {}  # waiting request id -> its verdict
+        self._drain_task: asyncio.Task | None = None
         self._idle_task = asyncio.get_event_loop().create_task(self._exit_when_idle())
         logger.info("placement actor up: policy %s, profile %s tp%d", placement.policy,
                     self._profile.family, self._profile.tp)
+
+    async def admit(self, request: RunningRequest) -> dict[str, Any]:
+        """Admit `request` (see the module docstring): {"worker", "refused", "reason",
+        "retry_after_s", "waited_s"}. Without admission configured, admits at once."""
+        self._last_call = time.monotonic()
+        now = time.time()
+        self._window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean)
+        if self._admission is None:
+            return Verdict(request.request_id).__dict__
+        verdict = self._admission.offer(request.to_request(), now)
+        if verdict is None:
+            future = self._admitting[request.request_id] = asyncio.get_running_loop().create_future()
+            if self._drain_task is None or self._drain_task.done():
+                self._drain_task = asyncio.get_running_loop().create_task(self._drain_while_waiting())
+            try:
+                verdict = await future
+            except asyncio.CancelledError:  # the caller went away: do not admit it later
+                self._admission.withdraw(request.request_id)
+                self._admitting.pop(request.request_id, None)
+                raise
+        outcome = "refused" if verdict.refused else ("admitted_after_wait" if verdict.queued else "admitted")
+        self._outcomes[outcome] += 1
+        record_placement(self._config.placement.policy, outcome)
+        if verdict.worker_id is not None:
+            self._note_decision(request.request_id, verdict.worker_id)
+        return verdict.__dict__
+
+    def _drain(self, now: float) -> None:
+        if self._admission is None:
+            return
+        for verdict in self._admission.drain(now):
+            future = self._admitting.pop(verdict.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(verdict)
+
+    async def _drain_while_waiting(self) -> None:
+        # heartbeats drain too; this catches deadlines between them
+        while self._admission is not None and len(self._admission.queue):
+            await asyncio.sleep(self._config.placement.heartbeat_s / 2)
+            self._drain(time.time())
+
+    def _note_decision(self, request_id: str, worker_id: str) -> None:
+        self._decisions[worker_id] += 1
+        self._recent[request_id] = worker_id
+        if len(self._recent) > RECENT_DECISIONS:
+            self._recent.popitem(last=False)
 
     async def place(self, request: RunningRequest, candidates: list[str]) -> str | None:
         """The replica (unique id) to run `request` on, among `candidates`."""
         self._last_call = time.monotonic()
         now = time.time()
+        # a replica that failed stays among Serve's candidates until Serve notices; skip it
+        candidates = [c for c in candidates if c not in self._suspects] or candidates
         self._seen(candidates, now)
+        admitted_to = self._cluster.location(request.request_id)
+        if admitted_to is not None and admitted_to in candidates and self._admission is not None:
+            return admitted_to  # placed when it was admitted
         item = request.to_request()
         self._window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean)
         chosen = self._cluster.place(item, candidates, now)
@@ -120,10 +186,7 @@ class PlacementActor:
             outcome = "placed"
         self._outcomes[outcome] += 1
         if chosen is not None:
-            self._decisions[chosen] += 1
-            self._recent[request.request_id] = chosen
-            if len(self._recent) > RECENT_DECISIONS:
-                self._recent.popitem(last=False)
+            self._note_decision(request.request_id, chosen)
         record_placement(self._config.placement.policy, outcome)
         return chosen
 
@@ -134,9 +197,24 @@ class PlacementActor:
         self._window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean)
         self._cluster.admit(replica_id, request.to_request(), time.time())
 
+    async def worker_failed(self, request_id: str) -> str | None:
+        """The worker running `request_id` failed (the ingress saw its call die): forget it and
+        its residents, and place nothing there until it reports again. Returns its id."""
+        worker_id = self._cluster.location(request_id)
+        if worker_id is None:
+            return None
+        logger.warning("placement: worker %s failed a request; not placing there until it reports again", worker_id)
+        self._suspects.add(worker_id)
+        self._cluster.forget([worker_id])
+        self._last_seen.pop(worker_id, None)
+        self._waiting.pop(worker_id, None)
+        forget_worker(worker_id)
+        return worker_id
+
     async def heartbeat(self, report: WorkerReport) -> dict[str, Any]:
         """Apply a worker's report; returns the current estimate (for Serve's autoscaler)."""
         self._last_call = time.monotonic()
+        self._suspects.discard(report.worker_id)  # it is alive after all
         now = time.time()
         self._seen([report.worker_id], now)
         for item in report.running:
@@ -150,6 +228,7 @@ class PlacementActor:
         record_worker(report.worker_id, kv_used / max(1, worker.kv_capacity_tokens),
                       len(report.running) - report.waiting, report.waiting)
         self._forget_stale(now)
+        self._drain(now)  # finished requests may have made room for waiting ones
         estimate = self._refresh_estimate(now)
         scaling = self._config.scaling
         held = len(self._last_seen)
@@ -172,6 +251,7 @@ class PlacementActor:
             "decisions": dict(self._decisions),
             "outcomes": dict(self._outcomes),
             "residents": {wid: len(w.residents) for wid, w in self._cluster.workers.items()},
+            "admission_waiting": 0 if self._admission is None else len(self._admission.queue),
             "estimate": None if self._estimate is None else self._estimate.to_dict(),
             "node_request": self._node_scaler.requested,
             "scaling_log": list(self._scaling_log),

@@ -84,6 +84,7 @@ def engine_kwargs(config: AppConfig) -> dict[str, Any]:
         "dtype": engine.dtype,
         "max_num_seqs": engine.max_num_seqs,
         "enable_prefix_caching": engine.enable_prefix_caching,
+        "stream_interval": engine.stream_interval,
         "gpu_memory_utilization": engine.gpu_memory_utilization,
         "seed": engine.seed,
         "disable_log_stats": False,  # the stat logger feeds WorkerStats

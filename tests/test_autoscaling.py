@@ -19,6 +19,9 @@ ARGS = [
     "engine.kind=sim", "engine.tensor_parallel_size=2", "engine.cpus_per_rank=0.25",
     "placement.profile_family=llama-2-70b-a100", "slo.atgt_ms=100", "slo.ttft_ms=1000",
     "workers.num_workers=1", "ingress.num_cpus=0.25",
+    # every request is served through the scale-up (admission would shed part of the load the
+    # single starting worker cannot take; that is tests/test_overload.py)
+    "placement.admission=false",
     "scaling.enabled=true", "scaling.min_workers=1", "scaling.max_workers=4", "scaling.window_s=15",
     "scaling.estimate_period_s=1", "scaling.upscale_delay_s=1", "scaling.downscale_delay_s=5",
 ]

@@ -153,3 +153,107 @@ def test_api_keys_from_config_and_environment() -> None:
     with pytest.raises(ValidationError, match="API keys"):
         AppConfig.from_args({"ingress": {"api_keys": [" padded "]}})
     assert AppConfig().ingress.resolved_api_keys({}) == []
+
+
+def test_max_body_bytes_default_and_bounds() -> None:
+    assert AppConfig().ingress.max_body_bytes == 4 << 20
+    assert AppConfig.from_args({"ingress.max_body_bytes": "65536"}).ingress.max_body_bytes == 65536
+    with pytest.raises(ValidationError, match="max_body_bytes"):
+        AppConfig.from_args({"ingress": {"max_body_bytes": 0}})
+
+
+# ---- invalid configurations: one clear line per problem (ConfigError) ----------------------
+
+def test_config_error_has_one_line_per_problem_naming_key_value_and_what_is_allowed() -> None:
+    from serve_app.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        AppConfig.from_args({"engine.tensor_parallel_size": "two", "workers": {"num_workers": -1},
+                             "placement.policy": "magic", "slo.ttft_ms": 0})
+    assert isinstance(err.value, ValueError)
+    assert str(err.value).splitlines() == [
+        "invalid configuration:",
+        "  engine.tensor_parallel_size='two': Input should be a valid integer, unable to parse string as an integer",
+        "  workers.num_workers=-1: Input should be greater than or equal to 1",
+        "  slo.ttft_ms=0: Input should be greater than 0",
+        "  placement.policy='magic': Input should be 'aladdin', 'rr', 'jsq', 'p2c', 'least-kv' or 'serve-p2c'",
+    ]
+
+
+@pytest.mark.parametrize("args, line", [
+    ({"engine.max_model_lenn": 512},
+     "engine.max_model_lenn: unknown key; allowed here: kind, accelerator, tensor_parallel_size, max_model_len,"),
+    ({"scaling": {"enabled": True}, "scalling.max_workers": 3},
+     "scalling: unknown key; allowed here: model, engine, workers, ingress, slo, predictor, placement, scaling"),
+    ({"scaling.min_workers": 5, "scaling.max_workers": 2}, "scaling.min_workers (5) must be <= scaling.max_workers (2)"),
+    ({"placement.profile_family": "llama-9-z80"},
+     "placement.profile_family='llama-9-z80': unknown profile family; committed ones: llama-2-70b-a100,"),
+    ({"engine.kv_cache_gib": None}, "engine.kv_cache_gib is required (a size in GiB) with engine.accelerator=cpu"),
+    ({"engine.extra": "{not json"}, "engine.extra='{not json': not a JSON object"),
+    ({"engine": 4, "engine.dtype": "float32"}, "config key 'engine.dtype' conflicts with a value set for 'engine'"),
+])
+def test_config_error_lines(args, line) -> None:
+    from serve_app.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        AppConfig.from_args(args)
+    assert any(shown.strip().startswith(line) for shown in str(err.value).splitlines()), str(err.value)
+
+
+def test_check_deployable_reports_missing_files_and_profile_tp(tmp_path) -> None:
+    from serve_app.config import ConfigError
+
+    config = AppConfig.from_args({"model.path": str(tmp_path / "nope"), "model.tokenizer": str(tmp_path / "tok"),
+                                  "placement.profile_path": str(tmp_path / "p.json")})
+    with pytest.raises(ConfigError) as err:
+        config.check_deployable()
+    assert str(err.value).splitlines()[1:] == [
+        f"  model.path='{tmp_path}/nope': not a readable Hugging Face model directory (no config.json); "
+        "models are never downloaded",
+        f"  model.tokenizer='{tmp_path}/tok': not a directory",
+        f"  placement.profile_path='{tmp_path}/p.json': no such file",
+    ]
+    with pytest.raises(ConfigError, match=r"engine.tensor_parallel_size=4: profile family tiny-cpu has profiles for tp \[1, 2\]"):
+        AppConfig.from_args({"engine.tensor_parallel_size": 4}).check_deployable()
+    # serve-p2c with a vLLM engine reads no profile: any TP degree deploys
+    AppConfig.from_args({"engine.tensor_parallel_size": 4, "placement.policy": "serve-p2c"}).check_deployable()
+    AppConfig().check_deployable()
+
+
+def test_serve_run_with_bad_args_fails_fast_with_the_message_only() -> None:
+    import subprocess
+    import sys
+
+    serve_bin = str(Path(sys.executable).with_name("serve"))
+    out = subprocess.run([serve_bin, "run", "--non-blocking", "serve_app.app:build_app", "engine.typo=1",
+                          "workers.num_workers=0"], capture_output=True, text=True, timeout=120,
+                         cwd=EXAMPLES.parent)
+    assert out.returncode == 1
+    assert "Error: invalid configuration:\n  engine.typo: unknown key" in out.stderr
+    assert "  workers.num_workers='0': Input should be greater than or equal to 1" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert "Started a local Ray instance" not in out.stderr + out.stdout  # it failed before starting Ray
+
+
+@pytest.mark.serving
+def test_bad_serve_config_file_fails_with_the_message_in_serve_status(ray_cluster, tmp_path) -> None:
+    from ray import serve
+
+    from tests.conftest import serve_run
+
+    config = yaml.safe_load((EXAMPLES / "serve_local_cpu.yaml").read_text())
+    app = config["applications"][0]
+    app.update(name="badconfig", route_prefix="/badconfig")
+    app["args"]["engine"]["max_model_lenn"] = 512
+    app["args"]["scaling"]["min_workers"] = 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    try:
+        with pytest.raises(RuntimeError) as err:
+            serve_run(ray_cluster, str(bad), name="badconfig", timeout_s=120)
+        message = str(err.value)
+        assert "engine.max_model_lenn: unknown key" in message
+        assert "scaling.min_workers (3) must be <= scaling.max_workers (2)" in message
+        assert "Traceback" not in message
+    finally:
+        serve.delete("badconfig")

@@ -4,7 +4,7 @@ import pytest
 
 from predictors.output_length import BucketMeanPredictor, ChatInput
 from serve_app.config import PredictorConfig
-from serve_app.ingress import request_options
+from serve_app.request_options import request_options
 from serve_app.errors import OpenAIError
 from serve_app.request_predictor import RequestPredictor
 

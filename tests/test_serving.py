@@ -5,9 +5,11 @@ raw HTTP and a DeploymentHandle."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -316,6 +318,38 @@ def test_vllm_bench_serve_drives_the_app(app, tmp_path):
     assert result["total_output_tokens"] == 24 * 16
 
 
+def test_benchmark_mark_keeps_max_tokens_out_of_the_prediction(app):
+    body = {"model": "tiny", "prompt": "Tell me about the ocean.", "max_tokens": 2, "ignore_eos": True}
+    plain = httpx.post(f"{app.http}/v1/completions", json=body, timeout=60).json()["aladdin"]
+    marked = httpx.post(f"{app.http}/v1/completions", json=body, headers={"x-aladdin-benchmark": "1"},
+                        timeout=60).json()["aladdin"]
+    assert plain["predicted_output_tokens"]["mean"] <= 2
+    assert marked["predicted_output_tokens"]["mean"] > 2  # the predictor's own estimate, not the forced length
+
+
+def test_aladdin_bench_replays_a_trace(app, tmp_path):
+    """`aladdin bench` replays a Mooncake-format trace (timestamps, lengths, prefix blocks):
+    streaming, forced lengths, prompts of the trace's lengths, SLO scoring, JSON/CSV/plot."""
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps({"timestamp": 400 * i, "input_length": 300, "output_length": 8,
+                                         "hash_ids": [i % 2]}) + "\n" for i in range(12)))
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "bench", "--url", app.http, "--trace", str(trace), "--rate-scale", "2",
+         "--duration", "10", "--slo-ttft-ms", "10000", "--slo-atgt-ms", "2000", "--json", "--no-progress",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = json.loads(run.stdout)
+    assert summary["requests"] == 12 and summary["failed"] == 0 and summary["attainment"] == 1.0
+    assert summary["offered_rate_per_s"] == pytest.approx(12 / 2.2, rel=0.01)  # 400 ms apart, twice as fast
+    rows = list(csv.DictReader((out / "requests.csv").open()))
+    assert all(int(r["output_tokens"]) == 8 and abs(int(r["prompt_tokens"]) - 300) <= 3 for r in rows)
+    assert all(float(r["ttft_ms"]) > 0 and float(r["atgt_ms"]) > 0 for r in rows)
+    assert (out / "latency.png").stat().st_size > 1000
+
+
 def _placement_actor():
     import ray
 
@@ -345,7 +379,8 @@ def test_requests_land_on_the_replica_the_placement_actor_chose(app):
     chosen = ray.get(_placement_actor().decisions.remote(list(served)))
     assert chosen == served
     stats = ray.get(_placement_actor().stats.remote())
-    assert stats["policy"] == "aladdin" and stats["outcomes"].get("placed", 0) >= 1
+    # admission (on by default for aladdin) places each request when it admits it
+    assert stats["policy"] == "aladdin" and stats["outcomes"].get("admitted", 0) >= 1
     assert set(stats["decisions"]) <= set(stats["residents"])
 
 
@@ -426,44 +461,96 @@ def test_killing_the_placement_actor_loses_no_request(app):
         after = asyncio.run(_complete_many(app.http, 4))
         assert all(r.status_code == 200 for r in after)
         stats = ray.get(_placement_actor().stats.remote())
-        if stats["outcomes"].get("placed", 0) + stats["outcomes"].get("least_violation", 0) > 0:
+        if sum(stats["outcomes"].get(k, 0) for k in ("placed", "least_violation", "admitted")) > 0:
             break
     else:
         raise AssertionError(f"placement actor did not recover: {stats}")
     assert len(stats["residents"]) == 2  # both workers known again, from their heartbeats
 
 
-def test_killed_worker_leaves_no_engine_processes_and_is_replaced(app, client):
-    """Runs last in this module: a SIGKILLed replica never runs __del__, so its vLLM engine
-    must be reaped by the watcher; Serve then starts a replacement that serves."""
-    import time
+async def _mixed_load(http_base: str, n: int, max_tokens: int, spacing_s: float) -> list[tuple[bool, httpx.Response, float]]:
+    """`n` requests, every other one streaming: (streamed, response, seconds taken)."""
+    async with httpx.AsyncClient(timeout=180) as http:
+        async def one(i: int) -> tuple[bool, httpx.Response, float]:
+            await asyncio.sleep(i * spacing_s)
+            stream = i % 2 == 1
+            body = {"model": "tiny", "prompt": f"crash {i}", "max_tokens": max_tokens, "ignore_eos": True,
+                    "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {})}
+            start = time.monotonic()
+            response = await http.post(f"{http_base}/v1/completions", json=body)
+            return stream, response, time.monotonic() - start
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_worker_crash_under_load_is_retried_or_ends_cleanly_and_replaced(app, client):
+    """Runs last in this module. A worker replica is SIGKILLed under load: requests that have
+    shown the client nothing are retried on the other worker (every non-streaming one
+    succeeds), streaming ones either finish or end with an in-band `worker_failed` error before
+    [DONE], none hangs; placement forgets the dead replica; its vLLM engine is reaped (a
+    killed replica never runs __del__); Serve starts a replacement and placement uses it."""
+    import threading
 
     import psutil
     import ray
 
     from tests.conftest import wait_running
 
-    namespace = "serve"
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["namespace"] == namespace and f"{APP}#LLMWorker#" in a["name"]]
+             if a["namespace"] == "serve" and f"{APP}#LLMWorker#" in a["name"]]
     assert len(names) == 2
-    victim = ray.get_actor(names[0], namespace=namespace)
-    replica_tag = names[0].rsplit("#", 1)[-1]
+    victim = ray.get_actor(names[0], namespace="serve")
+    replica_ids = {name.rsplit("#", 1)[-1] for name in names}
+    victim_id = names[0].rsplit("#", 1)[-1]
     replica_procs = [p for p in psutil.process_iter(["cmdline"])
                      if any("LLMWorker" in part for part in (p.info["cmdline"] or []))]
     engine_pids = {c.pid for p in replica_procs for c in p.children(recursive=True)
                    if "VLLM" in " ".join(c.cmdline() or [])}
     assert engine_pids, "could not find the engine processes of the worker replicas"
     before = {pid for pid in engine_pids if psutil.pid_exists(pid)}
-    ray.kill(victim, no_restart=True)
+
+    killer = threading.Timer(2.0, lambda: ray.kill(victim, no_restart=True))
+    killer.start()
+    results = asyncio.run(_mixed_load(app.http, 24, max_tokens=300, spacing_s=0.15))
+    killer.join()
+    streamed_errors = 0
+    for streamed, response, took in results:
+        assert took < 150, "a request hung"
+        assert response.status_code == 200, response.text[:300]
+        if not streamed:
+            assert response.json()["usage"]["completion_tokens"] == 300  # retried where needed
+            continue
+        events = [line[len("data: "):] for line in response.text.split("\n\n") if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        payloads = [json.loads(e) for e in events[:-1]]
+        if any("error" in p for p in payloads):
+            assert payloads[-1]["error"]["code"] == "worker_failed"
+            streamed_errors += 1
+        else:
+            assert payloads[-1]["usage"]["completion_tokens"] == 300
+    served_by = [r.json()["aladdin"]["worker"] for s, r, _ in results if not s]
+    # the crash hit a loaded worker: some request ended in error or was moved to the survivor
+    assert streamed_errors or served_by.count(victim_id) < len(served_by)
+
+    deadline = time.monotonic() + 60
+    while victim_id in ray.get(_placement_actor().stats.remote())["residents"]:
+        assert time.monotonic() < deadline, "placement still holds the dead replica"
+        time.sleep(1)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and all(psutil.pid_exists(pid) for pid in before):
         time.sleep(0.5)
     survivors = {pid for pid in before if psutil.pid_exists(pid)
                  and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
-    # the other replica's engine lives on; the killed one's is gone
-    assert 0 < len(before) - len(survivors) < len(before)
+    assert 0 < len(before) - len(survivors) < len(before)  # the killed one's engine is gone
+
     wait_running(APP, 240)
-    out = client.completions.create(model="tiny", prompt="after the crash", max_tokens=4, extra_body={"ignore_eos": True})
-    assert out.usage.completion_tokens == 4
-    assert replica_tag not in " ".join(a["name"] for a in ray.util.list_named_actors(all_namespaces=True))
+    deadline = time.monotonic() + 120
+    while True:
+        out = client.completions.create(model="tiny", prompt="after the crash", max_tokens=4,
+                                        extra_body={"ignore_eos": True})
+        assert out.usage.completion_tokens == 4
+        residents = ray.get(_placement_actor().stats.remote())["residents"]
+        if set(residents) - replica_ids:
+            break  # the replacement reports to placement, which can place on it
+        assert time.monotonic() < deadline, f"replacement never reached placement: {residents}"
+        time.sleep(1)
+    assert victim_id not in " ".join(a["name"] for a in ray.util.list_named_actors(all_namespaces=True))

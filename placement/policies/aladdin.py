@@ -108,10 +108,12 @@ class AladdinPolicy:
         buf = self._scratch
         prefill_by_profile = table.per_profile(lambda p: p.prefill_time_s([request.input_len]))
         own_prefill_s = table.per_row(prefill_by_profile)
+        # its TTFT with nothing queued: own prefill plus the serving path's fixed latency
+        alone_by_profile = table.per_profile(lambda p: p.ttft_s(request.input_len))
         waited_s = now_s - request.arrival_s
         # a TTFT that no worker could meet even with nothing queued is lost: place by KV and
         # ATGT alone rather than never
-        need_ttft = waited_s + min(prefill_by_profile) <= request.slo_ttft_s
+        need_ttft = waited_s + min(alone_by_profile) <= request.slo_ttft_s
         # the ATGT budget every step below packs to (x 1.0 is exact: margin 1 is the SLO)
         atgt_slo = np.minimum(table.min_slo_atgt_s, request.slo_atgt_s, out=buf.atgt_slo)
         np.multiply(atgt_slo, self.atgt_margin, out=atgt_slo)
@@ -124,7 +126,7 @@ class AladdinPolicy:
         eligible &= np.greater_equal(table.kv_free_ceiling, request.input_len, out=buf.passed)
         if need_ttft:
             # same association as feasibility.check: wait + (queued + own)
-            ttft_s = np.add(table.queued_prefill_s, own_prefill_s, out=buf.ttft)
+            ttft_s = np.add(table.queued_prefill_s, table.per_row(alone_by_profile), out=buf.ttft)
             np.add(waited_s, ttft_s, out=ttft_s)
             eligible &= np.less_equal(ttft_s, request.slo_ttft_s, out=buf.passed)
         final = request.upper_final_tokens

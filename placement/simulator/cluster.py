@@ -238,7 +238,7 @@ class Cluster:
             slo_atgt_s=self.config.slo_atgt_s,
             output_len=item.output_len,
         )
-        record = RequestRecord(request, item.output_len)
+        record = RequestRecord(request, item.output_len, overhead_s=self.profile.serving_overhead_s)
         self.records.append(record)
         self._records_by_id[request.id] = record
         self._unfinished += 1

@@ -113,6 +113,10 @@ class WorkerProfile(_Frozen):
     decode: DecodeModel
     kv: KVCacheModel
     fit: FitReport
+    serving_overhead_s: float = Field(
+        0.0, ge=0, description="latency the serving path adds to every TTFT outside the engine (HTTP, "
+        "tokenization, routing, streaming); 0 for an engine profile, fitted by a served profile",
+    )
 
     @property
     def family(self) -> str:
@@ -131,10 +135,11 @@ class WorkerProfile(_Frozen):
         self, input_len: int, queued_tokens: int = 0, queued_squared_tokens: int = 0, queued_prompts: int = 1
     ) -> float:
         """TTFT a new request would see: the prefill queued ahead of it, run as one batch
-        (given by sum(l), sum(l^2) and the number of its prompts), then its own prefill."""
+        (given by sum(l), sum(l^2) and the number of its prompts), then its own prefill, plus
+        the serving path's fixed latency."""
         return self.prefill.time_from_sums(
             queued_tokens, queued_squared_tokens, queued_prompts
-        ) + self.prefill.time_from_sums(input_len, input_len * input_len)
+        ) + (self.prefill.time_from_sums(input_len, input_len * input_len) + self.serving_overhead_s)
 
     def atgt_s(self, batch_size: int, context_tokens: int) -> float:
         """Average token generation time under this batch: every step gives each request one

@@ -2,6 +2,7 @@
 
   aladdin profile --model DIR --tp N --out FILE      time a real vLLM engine and fit
   aladdin profile --from-ops DATA_DIR --out DIR      fit GPU profiles from operator data
+  aladdin profile --from-bench RUN... --out FILE     fit to requests served in `aladdin bench` runs
   aladdin profile --list                             list committed profile families
 """
 
@@ -53,6 +54,22 @@ def _from_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _from_bench(args: argparse.Namespace) -> int:
+    from predictors.latency.families import load_profile_family
+    from predictors.latency.served_fit import fit_served_profile
+    from serve_app.bench import served_requests
+
+    requests = served_requests(args.from_bench)
+    base = load_profile_family(args.base_family).profile(args.tp)
+    profile = fit_served_profile(requests, base, source=f"aladdin profile --from-bench ({len(args.from_bench)} runs)")
+    profile.save(args.out)
+    fit = profile.fit
+    print(f"{args.out}: served fit over {len(requests)} requests; held-out prefill MAPE {fit.prefill_mape_pct:.1f}% "
+          f"({fit.prefill_points} points), decode MAPE {fit.decode_mape_pct:.1f}% ({fit.decode_points} points); "
+          f"decode step {profile.decode.d0_s * 1e3:.2f} ms + {profile.decode.d1_s_per_seq * 1e3:.3f} ms/seq")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from predictors.latency.families import list_profile_families, load_profile_family
 
@@ -66,7 +83,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.list:
         return _list(args)
     if not args.out:
-        raise SystemExit("aladdin profile: --out is required with --model or --from-ops")
+        raise SystemExit("aladdin profile: --out is required with --model, --from-ops or --from-bench")
+    if args.from_bench:
+        return _from_bench(args)
     return _from_ops(args) if args.from_ops else _from_engine(args)
 
 
@@ -75,9 +94,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", help="model directory to load in vLLM (e.g. the output of `aladdin model tiny`)")
     what.add_argument("--from-ops", metavar="DATA_DIR", help="folder holding vidur_profiles/ and aiconfigurator_perf/")
+    what.add_argument("--from-bench", nargs="+", metavar="RUN",
+                      help="`aladdin bench --out` folders of this app: fit to what clients measured")
     what.add_argument("--list", action="store_true", help="list the committed profile families")
     p.add_argument("--out", help="profile JSON to write (--model) or folder of families (--from-ops)")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (--model)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (--model, --from-bench)")
+    p.add_argument("--base-family", default="tiny-cpu",
+                   help="--from-bench: engine profile family giving KV capacity and context length")
     p.add_argument("--name", default="tiny", help="model name recorded in the profile (--model)")
     p.add_argument("--hardware", default="cpu", help="hardware name recorded in the profile (--model)")
     p.add_argument("--kv-cache-bytes", type=int, default=512 * 1024**2, help="vLLM kv_cache_memory_bytes")

@@ -1,0 +1,132 @@
+"""SLO-aware admission: a request is admitted to a worker where it fits now; while none does it
+waits, in SLO-ODBS order, in a queue bounded by count; once it can no longer meet its TTFT SLO
+(or has waited `max_wait_s`) it is refused, so the server sheds what it cannot serve in time
+instead of queueing it forever (llm-d's SLO admitter; Aladdin's "wait when infeasible").
+
+"Fits" is the placement policy's own test, run with `on_infeasible="wait"`: KV, ATGT with the
+newcomer, and TTFT. Only what waiting can fix is waited for: a request that would miss its SLOs
+even on an idle worker (an SLO tighter than the hardware allows) is placed at once by the
+cluster's own policy (least violation). Pure state, no clock or Ray: the serving placement
+actor drives it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from placement.feasibility import check
+from placement.live import LiveCluster
+from placement.policy import PlacementPolicy
+from placement.queue_order import WaitingQueue, make_queue_order
+from placement.state import Request, WorkerState
+
+#: order of the waiting queue (UELLM's SLO-ODBS: TTFT deadline, then shorter replies first)
+DEFAULT_QUEUE_ORDER = "slo-odbs"
+_RATE_WINDOW_S = 10.0  # admissions counted over this long to estimate how fast the queue drains
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """Bounds of the waiting queue."""
+
+    max_waiting: int = 256
+    max_wait_s: float | None = None  # None: a request waits until its TTFT SLO is lost
+
+    def __post_init__(self) -> None:
+        if self.max_waiting < 0:
+            raise ValueError("max_waiting must be >= 0")
+        if self.max_wait_s is not None and self.max_wait_s < 0:
+            raise ValueError("max_wait_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What happened to one request: admitted to `worker_id` (None: to whichever worker the
+    router picks, when placement knows no worker yet), or refused with a retry hint."""
+
+    request_id: str
+    worker_id: str | None = None
+    refused: bool = False
+    reason: str = ""
+    retry_after_s: float = 0.0
+    waited_s: float = 0.0  # since arrival
+    queued: bool = False  # it waited in the admission queue
+
+
+class Admission:
+    """Admits, queues or refuses requests over a LiveCluster (see the module docstring)."""
+
+    def __init__(
+        self, cluster: LiveCluster, policy: PlacementPolicy, limits: AdmissionLimits = AdmissionLimits(),
+        order: str = DEFAULT_QUEUE_ORDER,
+    ) -> None:
+        self.cluster = cluster
+        self.policy = policy  # the cluster's policy in "wait" mode: None when nothing fits
+        self.limits = limits
+        self.queue = WaitingQueue(make_queue_order(order))
+        self._admitted_at: deque[float] = deque()
+
+    def deadline_s(self, request: Request) -> float:
+        """The last moment `request` can start and still meet its TTFT SLO (by the profile)."""
+        last = request.ttft_deadline_s - self.cluster.profile.ttft_s(request.input_len)
+        if self.limits.max_wait_s is not None:
+            last = min(last, request.arrival_s + self.limits.max_wait_s)
+        return last
+
+    def offer(self, request: Request, now_s: float) -> Verdict | None:
+        """Admit `request` now, refuse it, or queue it (None: wait for `drain`)."""
+        if not self.cluster.workers:
+            return self._admitted(request, None, now_s)  # nothing known yet: do not block serving
+        if now_s > self.deadline_s(request):
+            return self._refused(request, "its TTFT SLO cannot be met any more", now_s)
+        if not self._fits_alone(request, now_s):  # waiting cannot help it: place it as best it can
+            return self._admitted(request, self.cluster.place(request, list(self.cluster.workers), now_s), now_s)
+        if not len(self.queue):
+            worker_id = self.cluster.place(request, list(self.cluster.workers), now_s, policy=self.policy)
+            if worker_id is not None:
+                return self._admitted(request, worker_id, now_s)
+        if len(self.queue) >= self.limits.max_waiting:
+            return self._refused(request, f"{len(self.queue)} requests are already waiting", now_s)
+        self.queue.push(request, now_s)
+        return None
+
+    def _fits_alone(self, request: Request, now_s: float) -> bool:
+        idle = WorkerState("idle", self.cluster.profile)
+        return check(idle, request, now_s, getattr(self.policy, "atgt_margin", 1.0)).feasible_apart_from_ttft
+
+    def drain(self, now_s: float) -> list[Verdict]:
+        """Refuse waiting requests past their deadline, then admit, in queue order, those that
+        fit now. Returns a verdict for each request that left the queue."""
+        verdicts = [self._refused(r, "its TTFT SLO cannot be met any more", now_s, queued=True)
+                    for r in self.queue.remove_if(lambda r: now_s > self.deadline_s(r))]
+        for request, worker_id in self.cluster.place_waiting(self.queue, now_s, policy=self.policy):
+            verdicts.append(self._admitted(request, worker_id, now_s, queued=True))
+        return verdicts
+
+    def withdraw(self, request_id: str) -> bool:
+        """Take a request out of the queue (its caller went away); True if it was waiting."""
+        return bool(self.queue.remove_if(lambda r: r.id == request_id))
+
+    def retry_after_s(self, now_s: float) -> float:
+        """Seconds after which a refused client may expect room: the queue ahead divided by the
+        recent admission rate, at least 1 s (HTTP's Retry-After is whole seconds)."""
+        self._expire(now_s)
+        rate = len(self._admitted_at) / _RATE_WINDOW_S
+        if rate <= 0:
+            return 1.0
+        return float(max(1, math.ceil((len(self.queue) + 1) / rate)))
+
+    def _admitted(self, request: Request, worker_id: str | None, now_s: float, queued: bool = False) -> Verdict:
+        self._admitted_at.append(now_s)
+        self._expire(now_s)
+        return Verdict(request.id, worker_id, waited_s=max(0.0, now_s - request.arrival_s), queued=queued)
+
+    def _refused(self, request: Request, reason: str, now_s: float, queued: bool = False) -> Verdict:
+        return Verdict(request.id, refused=True, reason=reason, retry_after_s=self.retry_after_s(now_s),
+                       waited_s=max(0.0, now_s - request.arrival_s), queued=queued)
+
+    def _expire(self, now_s: float) -> None:
+        while self._admitted_at and self._admitted_at[0] < now_s - _RATE_WINDOW_S:
+            self._admitted_at.popleft()

@@ -1,0 +1,105 @@
+"""Markdown tables of a `make bench` result folder (suite.json, fidelity.json), with the issue's
+goals evaluated from the numbers: at the highest load where Ray Serve LLM's default router
+still meets 90% of SLOs, Aladdin's attainment; beyond it, Aladdin's goodput over Ray Serve
+LLM's."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+REFERENCE = "rayllm"  # Ray Serve LLM, default router
+OURS = "aladdin"
+
+
+def _group(runs: list[dict[str, Any]]) -> dict[tuple[str, float], list[dict[str, Any]]]:
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[(run["system"], run["rate_scale"])].append(run)
+    return groups
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
+def runs_table(runs: list[dict[str, Any]]) -> str:
+    """One row per system and load: mean over repetitions, (min-max) where repeated."""
+    lines = ["| system | load | offered req/s | reps | attainment | goodput req/s | TTFT p50 / p99 ms | "
+             "ATGT p50 / p99 ms | output tok/s | failed or refused |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (system, k), group in sorted(_group(runs).items(), key=lambda item: (item[0][1], item[0][0])):
+        def col(key: str) -> list[float]:
+            return [r[key] for r in group if r.get(key) is not None]
+        lines.append(
+            f"| {system} | x{k:g} | {statistics.fmean(col('offered_rate_per_s')):.2f} | {len(group)} | "
+            f"{_spread(col('attainment'), '.3f')} | {_spread(col('goodput_per_s'), '.2f')} | "
+            f"{statistics.fmean(col('ttft_ms_p50')):.0f} / {statistics.fmean(col('ttft_ms_p99')):.0f} | "
+            f"{statistics.fmean(col('atgt_ms_p50')):.1f} / {statistics.fmean(col('atgt_ms_p99')):.1f} | "
+            f"{statistics.fmean(col('output_tokens_per_s')):.0f} | {sum(col('failed'))} |"
+        )
+    return "\n".join(lines)
+
+
+def goals(runs: list[dict[str, Any]]) -> list[str]:
+    """The issue's two goals, evaluated on mean attainment and goodput per load."""
+    groups = _group(runs)
+
+    def mean(system: str, k: float, key: str) -> float | None:
+        values = [r[key] for r in groups.get((system, k), []) if r.get(key) is not None]
+        return statistics.fmean(values) if values else None
+
+    loads = sorted({k for _, k in groups})
+    ok_loads = [k for k in loads if (a := mean(REFERENCE, k, "attainment")) is not None and a >= 0.9]
+    out = []
+    if ok_loads:
+        k = max(ok_loads)
+        ours = mean(OURS, k, "attainment")
+        out.append(f"highest load where {REFERENCE} meets >= 90% of SLOs: x{k:g} ({REFERENCE} "
+                   f"{mean(REFERENCE, k, 'attainment'):.3f}); {OURS} there: "
+                   f"{'-' if ours is None else f'{ours:.3f}'} (goal >= 0.99: "
+                   f"{'met' if ours is not None and ours >= 0.99 else 'not met'})")
+    else:
+        out.append(f"{REFERENCE} met 90% of SLOs at no load measured")
+    for k in loads:
+        if ok_loads and k <= max(ok_loads):
+            continue
+        ours, ref = mean(OURS, k, "goodput_per_s"), mean(REFERENCE, k, "goodput_per_s")
+        if ours is None or ref is None:
+            continue
+        ratio = ours / ref if ref > 0 else float("inf")
+        out.append(f"x{k:g}: goodput {OURS} {ours:.2f} vs {REFERENCE} {ref:.2f} req/s = {ratio:.2f}x "
+                   f"(goal >= 1.3x: {'met' if ratio >= 1.3 else 'not met'})")
+    return out
+
+
+def fidelity_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| run | policy | offered req/s | requests (replayed) | TTFT median rel. error | "
+             "ATGT median rel. error | attainment real / sim (gap, points) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = "/".join(Path(r["run"]).parts[-3:])
+        lines.append(
+            f"| {name} | {r['policy']} | {r['offered_rate_per_s']:.2f} | {r['requests']} ({r['compared']}) | "
+            f"{r['ttft_median_rel_error']:.1%} | {r['atgt_median_rel_error']:.1%} | "
+            f"{r['real_attainment']:.3f} / {r['sim_attainment']:.3f} ({r['attainment_gap_points']:.1f}) |"
+        )
+    return "\n".join(lines)
+
+
+def report(out_dir: str | Path) -> str:
+    """The markdown for a `make bench` folder."""
+    out = Path(out_dir)
+    runs = json.loads((out / "suite.json").read_text())["runs"]
+    parts = ["### Runs", "", runs_table(runs), "", "### Goals", ""]
+    parts += [f"- {line}" for line in goals(runs)]
+    fidelity = out / "fidelity.json"
+    if fidelity.exists():
+        parts += ["", "### Simulator fidelity", "", fidelity_table(json.loads(fidelity.read_text()))]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,123 @@
+"""SLO-aware admission over a live cluster: admit where a request fits, wait (bounded, in
+SLO-ODBS order) while none does, refuse once its TTFT SLO is lost."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+import pytest
+
+from placement.admission import Admission, AdmissionLimits
+from placement.live import LiveCluster, WorkerReport, with_kv_capacity
+from placement.policies.registry import make_policy
+from placement.queue_order import make_queue_order
+from placement.state import Request
+from predictors.latency.families import load_profile_family
+
+KV_TOKENS = 4096  # a small cache: two 1000 + 1000-token requests fill a worker
+
+
+def _admission(workers=("w0",), max_waiting=4, max_wait_s=None) -> Admission:
+    profile = with_kv_capacity(load_profile_family("tiny-cpu").profile(1), KV_TOKENS)
+    cluster = LiveCluster(profile, make_policy("aladdin", on_infeasible="least-violation"))
+    for w in workers:
+        cluster.worker(w)
+    return Admission(cluster, make_policy("aladdin", on_infeasible="wait"), AdmissionLimits(max_waiting, max_wait_s))
+
+
+def _req(i, t=0.0, out=1000.0, ttft=5.0) -> Request:
+    return Request(id=f"r{i}", arrival_s=t, input_len=1000, pred_mean=out, pred_upper=out, slo_ttft_s=ttft,
+                   slo_atgt_s=0.05)
+
+
+def _finish(adm: Admission, worker: str, request_ids, now):
+    adm.cluster.report(WorkerReport(worker, finished=tuple((r, 10) for r in request_ids)), now)
+
+
+def test_admits_where_it_fits_then_queues_then_refuses_when_full():
+    adm = _admission(max_waiting=2)
+    placed = [adm.offer(_req(i), 0.0) for i in range(2)]
+    assert all(v is not None and v.worker_id == "w0" and not v.refused and not v.queued for v in placed)
+    assert adm.offer(_req(2), 0.0) is None and adm.offer(_req(3), 0.0) is None  # the cache is full: wait
+    full = adm.offer(_req(4), 0.0)
+    assert full.refused and "already waiting" in full.reason and full.retry_after_s >= 1
+    assert len(adm.queue) == 2
+
+
+def test_waiting_requests_leave_in_slo_odbs_order_when_room_frees():
+    adm = _admission(max_waiting=8)
+    for i in range(2):
+        adm.offer(_req(i), 0.0)
+    # same arrival and TTFT SLO: SLO-ODBS serves the shorter predicted reply first
+    waiting = [_req(10, out=900.0), _req(11, out=300.0), _req(12, out=600.0)]
+    assert all(adm.offer(r, 0.0) is None for r in waiting)
+    order = make_queue_order("slo-odbs")
+    expected = [r.id for r in sorted(waiting, key=lambda r: order.key(r, 0.0))]
+    _finish(adm, "w0", ["r0", "r1"], 0.1)
+    drained = adm.drain(0.1)
+    admitted = [v.request_id for v in drained if not v.refused]
+    assert admitted and admitted == expected[: len(admitted)] and all(v.queued for v in drained)
+    assert expected[0] == "r11"
+
+
+def test_a_request_past_its_deadline_is_refused_not_queued_forever():
+    adm = _admission(max_waiting=8, max_wait_s=0.5)
+    for i in range(2):
+        adm.offer(_req(i), 0.0)
+    assert adm.offer(_req(5), 0.0) is None
+    assert adm.drain(0.4) == []
+    [verdict] = adm.drain(0.6)
+    assert verdict.refused and verdict.request_id == "r5" and verdict.waited_s == pytest.approx(0.6)
+    late = adm.offer(_req(6, t=0.0, ttft=1.0), 2.0)  # arrived 2 s ago with a 1 s TTFT SLO
+    assert late.refused and "TTFT" in late.reason
+
+
+def test_a_request_no_idle_worker_could_serve_in_time_is_placed_not_queued():
+    adm = _admission(max_waiting=8)
+    for i in range(2):
+        adm.offer(_req(i), 0.0)
+    hopeless = Request(id="h", arrival_s=0.0, input_len=1000, pred_mean=10, pred_upper=10, slo_ttft_s=5.0,
+                       slo_atgt_s=0.0001)  # an ATGT SLO below one decode step
+    verdict = adm.offer(hopeless, 0.0)
+    assert verdict is not None and verdict.worker_id == "w0" and not verdict.refused  # least violation
+
+
+def test_no_known_worker_admits_without_a_choice():
+    adm = _admission(workers=())
+    verdict = adm.offer(_req(0), 0.0)
+    assert verdict.worker_id is None and not verdict.refused
+
+
+def test_withdrawn_requests_leave_the_queue():
+    adm = _admission()
+    for i in range(3):
+        adm.offer(_req(i), 0.0)
+    assert adm.withdraw("r2") and not adm.withdraw("r2") and len(adm.queue) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["offer", "drain", "finish"]), st.floats(0.0, 0.3),
+                          st.floats(50.0, 1500.0)), min_size=1, max_size=60),
+       st.integers(0, 5))
+def test_every_request_gets_exactly_one_verdict_and_the_queue_stays_bounded(ops, max_waiting):
+    adm = _admission(workers=("w0", "w1"), max_waiting=max_waiting, max_wait_s=1.0)
+    now, offered, verdicts = 0.0, [], {}
+    for i, (op, dt, out) in enumerate(ops):
+        now += dt
+        if op == "offer":
+            offered.append(f"r{i}")
+            v = adm.offer(_req(i, t=now, out=out), now)
+            if v is not None:
+                verdicts.setdefault(v.request_id, []).append(v)
+        elif op == "drain":
+            for v in adm.drain(now):
+                verdicts.setdefault(v.request_id, []).append(v)
+        else:
+            for w in ("w0", "w1"):
+                _finish(adm, w, list(adm.cluster.workers[w].residents)[:1], now)
+        assert len(adm.queue) <= max_waiting
+    for v in adm.drain(now + 10.0):  # everyone still waiting is past max_wait_s by now
+        verdicts.setdefault(v.request_id, []).append(v)
+    assert sorted(verdicts) == sorted(offered) and all(len(v) == 1 for v in verdicts.values())
+    for rid, [v] in verdicts.items():
+        assert v.refused or adm.cluster.location(rid) in ("w0", "w1", None)

@@ -1,0 +1,98 @@
+"""The serving benchmark's pieces without a server: trace slicing, prompts matched to trace
+lengths (Mooncake prefix blocks shared), SLO scoring, and the files a run writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from placement.traces import TraceRequest
+from serve_app.bench import CONTEXT_MARGIN_TOKENS, BenchRun, TraceSlice, bench_headers, load_slice, write_run
+from serve_app.loadgen import RequestResult, WorkItem, summarize
+from serve_app.trace_prompts import BLOCK_TOKENS, trace_workload
+
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from serve_app.tiny_model import ensure_tiny_model
+
+    return AutoTokenizer.from_pretrained(str(ensure_tiny_model()))
+
+
+def _azure_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["TIMESTAMP", "ContextTokens", "GeneratedTokens"])
+        for t, i, o in rows:
+            w.writerow([f"2023-11-16 18:00:{t:010.7f}", i, o])
+    return str(path)
+
+
+def test_slice_rescales_recuts_and_fits_the_context(tmp_path):
+    trace = _azure_csv(tmp_path / "t.csv", [(0, 10, 5), (2, 20, 6), (4, 30, 7), (6, 5000, 9), (8, 40, 8)])
+    reqs, cut = load_slice(TraceSlice(trace=trace, rate_scale=2.0, start_s=1.0, duration_s=2.5, max_model_len=512))
+    # scaled arrivals 0,1,2,3,4; the window [1, 3.5) holds the 2nd..4th, re-timed from 0
+    assert [r.arrival_s for r in reqs] == [0.0, 1.0, 2.0]
+    assert [r.output_len for r in reqs] == [6, 7, 9]
+    assert cut == 1 and reqs[2].input_len + reqs[2].output_len == 512 - CONTEXT_MARGIN_TOKENS
+    with pytest.raises(ValueError, match="no requests"):
+        load_slice(TraceSlice(trace=trace, start_s=100, duration_s=1))
+
+
+def test_synthetic_slice_covers_the_duration():
+    reqs, _ = load_slice(TraceSlice(synthetic_rate=4.0, rate_scale=2.0, duration_s=10, seed=1))
+    assert 40 <= len(reqs) <= 120 and reqs[-1].arrival_s < 10
+
+
+def test_prompts_match_trace_lengths(tokenizer):
+    trace = [TraceRequest(0.1 * i, n, 3) for i, n in enumerate((1, 17, 256, 1500))]
+    items = trace_workload(trace, tokenizer, seed=3)
+    for req, item in zip(trace, items):
+        n = len(tokenizer(item.prompt, add_special_tokens=False).input_ids)
+        assert abs(n - req.input_len) <= max(2, req.input_len // 100), (n, req.input_len)
+        assert (item.max_tokens, item.arrival_s, item.input_len) == (3, req.arrival_s, req.input_len)
+    assert len({i.prompt for i in items}) == len(items)
+
+
+def test_mooncake_blocks_share_prefixes(tokenizer):
+    trace = [TraceRequest(0, 2 * BLOCK_TOKENS, 2, (7, 8)), TraceRequest(1, 2 * BLOCK_TOKENS, 2, (7, 9)),
+             TraceRequest(2, BLOCK_TOKENS, 2, (10,))]
+    a, b, c = (tokenizer(i.prompt, add_special_tokens=False).input_ids for i in trace_workload(trace, tokenizer))
+    shared = next(k for k, (x, y) in enumerate(zip(a, b)) if x != y)
+    assert shared >= BLOCK_TOKENS - 2  # block 7 is the same text in both
+    assert a[:32] != c[:32]
+
+
+def _result(ok=True, ttft=0.1, atgt=0.01, n=10):
+    return RequestResult(ok=ok, ttft_s=ttft if ok else None, atgt_s=atgt if ok else None, latency_s=1.0,
+                         output_tokens=n if ok else 0, status=200 if ok else 503, error=None if ok else "HTTP 503",
+                         chunk_s=[ttft, ttft + 0.05, ttft + 0.09] if ok else [])
+
+
+def test_attainment_counts_failures_as_missed_and_goodput_is_per_second():
+    results = [_result(), _result(ttft=0.6), _result(atgt=0.03), _result(ok=False)]
+    s = summarize(results, 2.0, slo_ttft_ms=500, slo_atgt_ms=20)
+    assert s["slo_met"] == 1 and s["attainment"] == 0.25 and s["goodput_per_s"] == 0.5
+    assert s["failed"] == 1 and s["errors"] == ["HTTP 503"]
+
+
+def test_headers_mark_the_benchmark_and_carry_slos():
+    h = bench_headers(250, 20, api_key="k")
+    assert h == {"x-aladdin-benchmark": "1", "x-slo-ttft-ms": "250", "x-slo-atgt-ms": "20", "Authorization": "Bearer k"}
+
+
+def test_run_files(tmp_path):
+    workload = [WorkItem("a", 10, 0.0, 5), WorkItem("b", 10, 0.5, 6)]
+    results = [_result(), _result(ok=False)]
+    summary = summarize(results, 1.0, slo_ttft_ms=500, slo_atgt_ms=20) | {"label": "t"}
+    paths = write_run(BenchRun("t", workload, results, summary), tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["summary"]["attainment"] == 0.5 and len(data["requests"]) == 2
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert rows[0]["slo_met"] == "True" and rows[1]["status"] == "503"
+    assert float(rows[0]["max_gap_ms"]) == pytest.approx(50.0)
+    assert paths["plot"].stat().st_size > 1000

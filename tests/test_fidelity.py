@@ -1,0 +1,80 @@
+"""Simulator fidelity and the served-profile fit, checked against the simulator itself: runs
+it produces are 'observed' runs whose true latency model is known."""
+
+from __future__ import annotations
+
+import pytest
+
+from placement.fidelity import ObservedRequest, simulate_observed
+from placement.simulator.scenario import Scenario, run
+from placement.simulator.worker_engine import EngineOptions
+from placement.traces import synthetic, LengthMix
+from predictors.latency.families import load_profile_family
+from predictors.latency.profile import DecodeModel
+from predictors.latency.served_fit import ServedRequest, fit_served_profile
+
+ENGINE = EngineOptions(max_num_seqs=128, chunked_prefill=True)
+ATGT_SLO = 0.008
+
+
+@pytest.fixture(scope="module")
+def profile():
+    base = load_profile_family("tiny-cpu").profile(1)
+    # a slow 'served' worker, so that batches form at a few requests per second
+    return base.model_copy(update={"decode": DecodeModel(d0_s=0.004, d1_s_per_seq=0.0008, d2_s_per_context_token=2e-7),
+                                   "serving_overhead_s": 0.05})
+
+
+@pytest.fixture(scope="module")
+def simulated(profile):
+    trace = synthetic(400, 6.0, lengths=LengthMix(input_mean=400, output_mean=120), seed=2)
+    scenario = Scenario.fitted(trace, profile, slo_ttft_s=0.5, slo_atgt_s=ATGT_SLO, engine=ENGINE)
+    return scenario.trace, run(scenario, "jsq", 2).records
+
+
+def test_replaying_a_simulated_run_reproduces_it(profile, simulated):
+    trace, records = simulated
+    observed = [ObservedRequest(sent_s=r.request.arrival_s, input_len=t.input_len, output_len=t.output_len, ok=True,
+                                ttft_s=r.ttft_s, atgt_s=r.atgt_s if t.output_len > 1 else None)
+                for t, r in zip(trace, records)]
+    report = simulate_observed(observed[::-1], profile, policy="jsq", workers=2, slo_ttft_s=0.5, slo_atgt_s=ATGT_SLO,
+                               engine=ENGINE)  # order of the observations must not matter
+    assert report.compared == len(observed)
+    assert report.ttft_median_rel_error < 1e-6 and report.atgt_median_rel_error < 1e-6
+    assert report.attainment_gap_points == 0.0 and 0 < report.real_attainment < 1
+    # requests the server refused are not replayed and count as missed on both sides
+    refused = [ObservedRequest(o.sent_s, o.input_len, o.output_len, False, None, None) for o in observed[:40]]
+    partial = simulate_observed(refused + observed[40:], profile, policy="jsq", workers=2, slo_ttft_s=0.5,
+                                slo_atgt_s=ATGT_SLO, engine=ENGINE)
+    assert partial.compared == len(observed) - 40 and partial.requests == len(observed)
+    assert partial.real_attainment < report.real_attainment
+
+
+def test_replay_with_a_wrong_profile_shows_the_error(profile, simulated):
+    trace, records = simulated
+    observed = [ObservedRequest(r.request.arrival_s, t.input_len, t.output_len, True, r.ttft_s, r.atgt_s)
+                for t, r in zip(trace, records)]
+    fast = profile.model_copy(update={"decode": DecodeModel(d0_s=0.002, d1_s_per_seq=0.0004, d2_s_per_context_token=1e-7)})
+    report = simulate_observed(observed, fast, policy="jsq", workers=2, slo_ttft_s=0.5, slo_atgt_s=ATGT_SLO, engine=ENGINE)
+    assert report.atgt_median_rel_error > 0.3
+
+
+def test_served_fit_recovers_the_decode_model(profile, simulated):
+    trace, records = simulated
+    served = [ServedRequest(worker=r.worker_id, sent_s=r.request.arrival_s, input_len=t.input_len,
+                            output_len=t.output_len, ttft_s=r.ttft_s, latency_s=r.ttft_s + r.finish_s - r.first_token_s)
+              for t, r in zip(trace, records)]
+    fitted = fit_served_profile(served, profile, source="test")
+    # at the batch sizes this run had, the fitted step time matches the true one
+    for batch, ctx in ((4, 2000), (8, 4000), (12, 6000)):
+        assert fitted.decode_step_s(batch, ctx) == pytest.approx(profile.decode_step_s(batch, ctx), rel=0.15)
+    assert fitted.fit.decode_mape_pct < 15 and fitted.fit.decode_points > 100
+    assert fitted.kv == profile.kv and fitted.source == "test"
+    assert fitted.serving_overhead_s == pytest.approx(0.05, abs=0.01)
+    assert fitted.prefill == profile.prefill  # engine time, not refitted
+
+
+def test_served_fit_needs_enough_points(profile):
+    few = [ServedRequest("w", i, 100, 10, 0.05, 0.2) for i in range(3)]
+    with pytest.raises(ValueError, match="too few"):
+        fit_served_profile(few, profile, source="test")
