@@ -110,9 +110,9 @@ def _placement_report() -> dict:
     """What the placement actor decided during the run (see PlacementActor.stats)."""
     import ray
 
-    from serve_app.placement_actor import NAMESPACE, placement_actor_name
+    from serve_app.placement_actor import find_placement_actor
 
-    actor = ray.get_actor(placement_actor_name("aladdin"), namespace=NAMESPACE)
+    actor = find_placement_actor("aladdin")
     return ray.get(actor.stats.remote())
 
 

@@ -315,7 +315,11 @@ class OpenAIIngress:
                 self._placement_actor = get_placement_actor(
                     serve.get_replica_context().app_name, self._config.model_dump(mode="json"))
             verdict = await asyncio.wait_for(self._placement_actor.admit.remote(prepared.generate.placement_view()),
-                                             timeout=longest_wait_s + placement.actor_timeout_s)
+                                             timeout=placement.actor_timeout_s)
+            if verdict is None:  # it waits: the actor answers when it leaves the queue
+                verdict = await asyncio.wait_for(
+                    self._placement_actor.admission.remote(prepared.generate.request_id),
+                    timeout=longest_wait_s + placement.actor_timeout_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # actor restarting or overloaded: serve unadmitted

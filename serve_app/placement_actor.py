@@ -1,9 +1,10 @@
 """The placement actor: one named Ray actor per application, holding the placement/ policy.
 
 - `admit` is called by the ingress before it sends a request (policy aladdin, with
-  `placement.admission`): it returns at once with a worker where the request fits, or after
-  the request waited in the SLO-ODBS queue, or with a refusal once its TTFT SLO is lost
-  (placement.admission; the ingress answers 429 with Retry-After).
+  `placement.admission`): it answers at once with a worker where the request fits, a refusal,
+  or "wait"; then `admission` answers once the request leaves the SLO-ODBS queue, admitted or
+  refused because its TTFT SLO is lost (placement.admission; the ingress answers 429 with
+  Retry-After).
 - `place` is called by the worker deployment's request router (serve_app.placement_router) for
   every request and returns the replica to use (the admitted worker, when there is one).
 - `heartbeat` is called by every worker on a short period with a batched `WorkerReport`
@@ -23,6 +24,8 @@ does not leave it behind.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -60,8 +63,27 @@ RECENT_DECISIONS = 10_000
 SCALING_LOG = 100  # changes of the estimate kept for `stats`
 
 
-def placement_actor_name(app_name: str) -> str:
-    return f"placement:{app_name or 'default'}"
+def placement_actor_name(app_name: str, config: dict[str, Any]) -> str:
+    """`placement:<app>:<digest of its config>`. A redeployed application whose config changed
+    (another policy or profile) gets a fresh actor; the old one exits once idle. Without the
+    digest the new deployment would keep talking to the old actor and its old policy."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{_name_prefix(app_name)}{digest}"
+
+
+def _name_prefix(app_name: str) -> str:
+    return f"placement:{app_name or 'default'}:"
+
+
+def find_placement_actor(app_name: str) -> ray.actor.ActorHandle:
+    """The live placement actor of `app_name`, for inspection (stats, decisions) by callers that
+    do not hold the app's config. LookupError unless exactly one is alive."""
+    prefix = _name_prefix(app_name)
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == NAMESPACE and a["name"].startswith(prefix)]
+    if len(names) != 1:
+        raise LookupError(f"expected one placement actor for app {app_name!r}, found {names}")
+    return ray.get_actor(names[0], namespace=NAMESPACE)
 
 
 def placement_profile(config: AppConfig) -> WorkerProfile:
@@ -75,7 +97,7 @@ def placement_profile(config: AppConfig) -> WorkerProfile:
 def get_placement_actor(app_name: str, config: dict[str, Any]) -> ray.actor.ActorHandle:
     """The application's placement actor, created on first use (by any caller)."""
     return PlacementActor.options(
-        name=placement_actor_name(app_name), namespace=NAMESPACE, get_if_exists=True,
+        name=placement_actor_name(app_name, config), namespace=NAMESPACE, get_if_exists=True,
         lifetime="detached", max_restarts=-1, num_cpus=0, max_concurrency=1000,
         # on the head node, outside any caller's placement group: created from inside a worker
         # replica it would otherwise be captured by that replica's group (Serve sets
@@ -119,36 +141,50 @@ class PlacementActor:
         logger.info("placement actor up: policy %s, profile %s tp%d", placement.policy,
                     self._profile.family, self._profile.tp)
 
-    async def admit(self, request: RunningRequest) -> dict[str, Any]:
+    async def admit(self, request: RunningRequest) -> dict[str, Any] | None:
         """Admit `request` (see the module docstring): {"worker", "refused", "reason",
-        "retry_after_s", "waited_s"}. Without admission configured, admits at once."""
+        "retry_after_s", ...}, or None when it waits: the caller then awaits `admission`.
+        Answering at once keeps the caller's deadline for this call short (a dead or
+        restarting actor is noticed within placement.actor_timeout_s)."""
         self._last_call = time.monotonic()
-        now = time.time()
         self._window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean)
         if self._admission is None:
             return Verdict(request.request_id).__dict__
-        verdict = self._admission.offer(request.to_request(), now)
+        verdict = self._admission.offer(request.to_request(), time.time())
         if verdict is None:
-            future = self._admitting[request.request_id] = asyncio.get_running_loop().create_future()
+            self._admitting[request.request_id] = asyncio.get_running_loop().create_future()
             if self._drain_task is None or self._drain_task.done():
                 self._drain_task = asyncio.get_running_loop().create_task(self._drain_while_waiting())
-            try:
-                verdict = await future
-            except asyncio.CancelledError:  # the caller went away: do not admit it later
-                self._admission.withdraw(request.request_id)
-                self._admitting.pop(request.request_id, None)
-                raise
+            return None
+        return self._settle(verdict)
+
+    async def admission(self, request_id: str) -> dict[str, Any]:
+        """The verdict on a waiting request, once there is one. An unknown id (the actor
+        restarted and lost its queue) is admitted without a choice of worker."""
+        self._last_call = time.monotonic()
+        future = self._admitting.get(request_id)
+        if future is None:
+            return Verdict(request_id).__dict__
+        try:
+            return (await asyncio.shield(future)).__dict__
+        except asyncio.CancelledError:  # the caller went away: do not admit it later
+            if self._admission is not None and self._admission.withdraw(request_id):
+                self._admitting.pop(request_id, None)
+            raise
+
+    def _settle(self, verdict: Verdict) -> dict[str, Any]:
         outcome = "refused" if verdict.refused else ("admitted_after_wait" if verdict.queued else "admitted")
         self._outcomes[outcome] += 1
         record_placement(self._config.placement.policy, outcome)
         if verdict.worker_id is not None:
-            self._note_decision(request.request_id, verdict.worker_id)
+            self._note_decision(verdict.request_id, verdict.worker_id)
         return verdict.__dict__
 
     def _drain(self, now: float) -> None:
         if self._admission is None:
             return
         for verdict in self._admission.drain(now):
+            self._settle(verdict)
             future = self._admitting.pop(verdict.request_id, None)
             if future is not None and not future.done():
                 future.set_result(verdict)

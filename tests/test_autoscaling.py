@@ -40,9 +40,9 @@ def _running_workers() -> int:
 def _actor_stats() -> dict:
     import ray
 
-    from serve_app.placement_actor import NAMESPACE, placement_actor_name
+    from serve_app.placement_actor import find_placement_actor
 
-    return ray.get(ray.get_actor(placement_actor_name(APP), namespace=NAMESPACE).stats.remote())
+    return ray.get(find_placement_actor(APP).stats.remote())
 
 
 async def _load(base: str, rate: float, duration_s: float, peak: list[int]) -> list[int]:

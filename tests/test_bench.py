@@ -96,3 +96,24 @@ def test_run_files(tmp_path):
     assert rows[0]["slo_met"] == "True" and rows[1]["status"] == "503"
     assert float(rows[0]["max_gap_ms"]) == pytest.approx(50.0)
     assert paths["plot"].stat().st_size > 1000
+
+
+def _suite_run(system, k, rep, attainment, goodput):
+    return {"system": system, "rate_scale": k, "rep": rep, "attainment": attainment, "goodput_per_s": goodput,
+            "offered_rate_per_s": 2.0 * k, "ttft_ms_p50": 50.0, "ttft_ms_p99": 90.0, "atgt_ms_p50": 5.0,
+            "atgt_ms_p99": 8.0, "output_tokens_per_s": 100.0, "failed": 0}
+
+
+def test_report_tables_and_goals():
+    from serve_app.bench_report import goals, runs_table
+
+    runs = [_suite_run("rayllm", 1, r, a, 2.0) for r, a in enumerate((0.95, 0.93, 0.91))]
+    runs += [_suite_run("aladdin", 1, r, a, 2.0) for r, a in enumerate((1.0, 0.99, 1.0))]
+    runs += [_suite_run("rayllm", 2, 0, 0.3, 1.0), _suite_run("aladdin", 2, 0, 0.6, 1.5),
+             _suite_run("rayllm", 3, 0, 0.1, 0.5), _suite_run("aladdin", 3, 0, 0.4, 1.0)]
+    table = runs_table(runs)
+    assert "| aladdin | x1 | 2.00 | 3 | 0.997 (0.990-1.000) |" in table
+    lines = goals(runs)
+    assert lines[0].startswith("highest load where rayllm meets >= 90% of SLOs: x1") and "(goal >= 0.99: met)" in lines[0]
+    assert "x2: goodput aladdin 1.50 vs rayllm 1.00 req/s = 1.50x (goal >= 1.3x: met)" in lines[1]
+    assert "x3:" in lines[2] and "2.00x" in lines[2]

@@ -202,11 +202,11 @@ class Observer:
         import ray
         from ray import serve
 
-        from serve_app.placement_actor import NAMESPACE, placement_actor_name
+        from serve_app.placement_actor import find_placement_actor
 
         s: dict[str, Any] = {"t": round(time.monotonic() - self.t0, 1)}
         try:
-            actor = ray.get_actor(placement_actor_name(APP), namespace=NAMESPACE)
+            actor = find_placement_actor(APP)
             stats = ray.get(actor.stats.remote(), timeout=10)
             estimate = stats.get("estimate") or {}
             s["estimate"] = estimate.get("workers")
@@ -285,10 +285,8 @@ def _placement_actor_info(nodes: dict[str, dict]) -> dict[str, Any]:
     """Where the placement actor lives (head or a GPU node) and how often it was restarted."""
     import ray
 
-    from serve_app.placement_actor import placement_actor_name
-
-    name = placement_actor_name(APP)
-    mine = [a for a in ray._private.state.actors().values() if a.get("Name") == name]
+    prefix = f"placement:{APP}:"  # serve_app.placement_actor.placement_actor_name, any config digest
+    mine = [a for a in ray._private.state.actors().values() if (a.get("Name") or "").startswith(prefix)]
     if not mine:
         return {"actor_restarts": None, "actor_on": None}
     actor = max(mine, key=lambda a: a.get("StartTime") or 0)

@@ -63,8 +63,8 @@ def test_burst_is_admitted_bounded_and_refused_with_retry_after(overload_app):
     assert [r.status_code for r, _ in after] == [200, 200]
     import ray
 
-    from serve_app.placement_actor import NAMESPACE, placement_actor_name
+    from serve_app.placement_actor import find_placement_actor
 
-    stats = ray.get(ray.get_actor(placement_actor_name(APP), namespace=NAMESPACE).stats.remote())
+    stats = ray.get(find_placement_actor(APP).stats.remote())
     assert stats["admission_waiting"] == 0
     assert stats["outcomes"].get("refused", 0) == len(refused)

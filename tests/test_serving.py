@@ -353,9 +353,9 @@ def test_aladdin_bench_replays_a_trace(app, tmp_path):
 def _placement_actor():
     import ray
 
-    from serve_app.placement_actor import NAMESPACE, placement_actor_name
+    from serve_app.placement_actor import find_placement_actor
 
-    return ray.get_actor(placement_actor_name(APP), namespace=NAMESPACE)
+    return find_placement_actor(APP)
 
 
 async def _complete_many(http_base: str, n: int, max_tokens: int = 12, spacing_s: float = 0.0) -> list[httpx.Response]:
