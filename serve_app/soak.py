@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 from collections import Counter
@@ -21,6 +22,9 @@ import httpx
 import psutil
 
 from serve_app.config import AppConfig
+
+#: task events Ray's GCS keeps (see run_soak); the serving docs recommend the same cap
+GCS_TASK_EVENTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -58,15 +62,19 @@ class SoakResult:
                 "memory_growth": growth, "max_memory_growth": max(growth.values(), default=0.0)}
 
 
-def deployment_processes() -> dict[str, psutil.Process]:
-    """This driver's Ray and engine processes (its whole process tree), named by pid and title."""
-    out = {}
+def deployment_processes(known: dict[str, psutil.Process] | None = None) -> dict[str, psutil.Process]:
+    """This driver's Ray and engine processes (its whole process tree), named by pid and the
+    title they had when first seen (Ray retitles a worker per task); `known` keeps its names."""
+    out = dict(known or {})
+    seen = {proc.pid for proc in out.values()}
     for proc in psutil.Process().children(recursive=True):
+        if proc.pid in seen:
+            continue
         try:
             title = " ".join(proc.cmdline()[:1]).split("/")[-1][:60]
-            out[f"{proc.pid}:{title}"] = proc
         except psutil.Error:
             continue
+        out[f"{proc.pid}:{title}"] = proc
     return out
 
 
@@ -143,6 +151,9 @@ def run_soak(options: SoakOptions, out_dir: str | Path) -> SoakResult:
 
     config = AppConfig.from_args({"workers.num_workers": options.workers, "placement.policy": "aladdin"})
     result = SoakResult()
+    # Ray's GCS keeps every task's events for its dashboard up to this many tasks (100,000 by
+    # default: ~130 MB after 20,000 requests, still growing); a long-running server caps it
+    os.environ.setdefault("RAY_task_events_max_num_task_in_gcs", str(GCS_TASK_EVENTS))
     ray.init(address="local", num_cpus=16, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": options.port})
@@ -150,7 +161,7 @@ def run_soak(options: SoakOptions, out_dir: str | Path) -> SoakResult:
         procs = deployment_processes()
 
         def warm() -> None:
-            procs.update(deployment_processes())
+            procs.update(deployment_processes(procs))
             result.memory_mb_after_warmup = sample_memory(procs)
 
         start = time.perf_counter()
