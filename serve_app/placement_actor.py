@@ -103,6 +103,10 @@ def get_placement_actor(app_name: str, config: dict[str, Any]) -> ray.actor.Acto
         # replica it would otherwise be captured by that replica's group (Serve sets
         # capture_child_tasks) and die, unrestartable, when that replica or its GPU node goes
         resources={"node:__internal_head__": 0.001}, scheduling_strategy="DEFAULT",
+        # a few calls per request: with task events on, Ray's GCS would keep up to 100,000 of
+        # them for its dashboard (~130 MB) and grow through a long run; Serve's own actors are
+        # created the same way (RAY_SERVE_ENABLE_TASK_EVENTS)
+        enable_task_events=False,
     ).remote(config)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import time
 from collections import Counter
@@ -23,8 +22,7 @@ import psutil
 
 from serve_app.config import AppConfig
 
-#: task events Ray's GCS keeps (see run_soak); the serving docs recommend the same cap
-GCS_TASK_EVENTS = 10_000
+MAX_ERRORS_KEPT = 50
 
 
 @dataclass(frozen=True)
@@ -32,6 +30,7 @@ class SoakOptions:
     requests: int = 20_000
     duration_s: float = 600.0
     warmup_s: float = 30.0
+    sample_every_s: float = 60.0  # RSS sampled this often too, to tell a plateau from a leak
     workers: int = 2
     max_tokens: int = 8
     port: int = 8200
@@ -44,6 +43,8 @@ class SoakResult:
     outcomes: Counter = field(default_factory=Counter)  # "ok", "http_429", "stream_error", "lost", ...
     memory_mb_after_warmup: dict[str, float] = field(default_factory=dict)
     memory_mb_at_end: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)  # the first MAX_ERRORS_KEPT error messages
+    memory_mb_series: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (s into the run, RSS)
     wall_s: float = 0.0
 
     @property
@@ -98,25 +99,42 @@ def _body(i: int, rng: random.Random, max_tokens: int) -> tuple[str, dict[str, A
                                     "max_tokens": max_tokens, "ignore_eos": True, **extra}
 
 
-async def _one(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> str:
+def stream_error_message(event: str) -> str | None:
+    """The message of an in-band error event, None for any other event."""
+    try:
+        payload = json.loads(event)
+    except ValueError:
+        return None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return str(error.get("message", error) if isinstance(error, dict) else error) if error else None
+
+
+async def _one(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[str, str]:
+    """How one request ended, and the error it reported (empty when none)."""
     try:
         async with http.stream("POST", path, json=body) as response:
             text = (await response.aread()).decode(errors="replace")
-    except httpx.TimeoutException:
-        return "lost"
-    except httpx.HTTPError:
-        return "lost"
+    except httpx.HTTPError as exc:  # timeouts included: no answer at all
+        return "lost", repr(exc)
     if response.status_code != 200:
-        return f"http_{response.status_code}"
+        return f"http_{response.status_code}", text[:300]
     if not body["stream"]:
-        return "ok"
+        return "ok", ""
     events = [line[len("data: "):] for line in text.split("\n\n") if line.startswith("data: ")]
     if not events or events[-1] != "[DONE]":
-        return "lost"  # the stream ended without its terminator
-    return "stream_error" if any('"error"' in e for e in events[:-1]) else "ok"
+        return "lost", "the stream ended without its terminator"
+    errors = [e for e in map(stream_error_message, events[:-1]) if e]
+    return ("stream_error", errors[0][:300]) if errors else ("ok", "")
 
 
-async def _load(url: str, options: SoakOptions, on_warm: Any) -> Counter:
+def _count(ended: tuple[str, str], outcomes: Counter, errors: list[str]) -> None:
+    outcome, error = ended
+    outcomes[outcome] += 1
+    if error and len(errors) < MAX_ERRORS_KEPT:
+        errors.append(f"{outcome}: {error}")
+
+
+async def _load(url: str, options: SoakOptions, on_warm: Any, on_sample: Any, errors: list[str]) -> Counter:
     rng = random.Random(options.seed)
     rate = options.requests / options.duration_s
     limits = httpx.Limits(max_connections=1000)
@@ -124,6 +142,7 @@ async def _load(url: str, options: SoakOptions, on_warm: Any) -> Counter:
     async with httpx.AsyncClient(base_url=url, timeout=options.timeout_s, limits=limits) as http:
         t0 = time.perf_counter()
         warm_fired = False
+        next_sample = options.sample_every_s
         tasks = []
         t = 0.0
         for i in range(options.requests):
@@ -132,9 +151,12 @@ async def _load(url: str, options: SoakOptions, on_warm: Any) -> Counter:
             if not warm_fired and time.perf_counter() - t0 >= options.warmup_s:
                 on_warm()
                 warm_fired = True
+            if time.perf_counter() - t0 >= next_sample:
+                on_sample(next_sample)
+                next_sample += options.sample_every_s
             path, body = _body(i, rng, options.max_tokens)
             task = asyncio.create_task(_one(http, path, body))
-            task.add_done_callback(lambda f: outcomes.update([f.result()]))
+            task.add_done_callback(lambda f: _count(f.result(), outcomes, errors))
             tasks.append(task)
             if i % 1000 == 0:
                 print(f"  {i} sent at {time.perf_counter() - t0:.0f} s; so far {dict(outcomes)}", flush=True)
@@ -151,9 +173,6 @@ def run_soak(options: SoakOptions, out_dir: str | Path) -> SoakResult:
 
     config = AppConfig.from_args({"workers.num_workers": options.workers, "placement.policy": "aladdin"})
     result = SoakResult()
-    # Ray's GCS keeps every task's events for its dashboard up to this many tasks (100,000 by
-    # default: ~130 MB after 20,000 requests, still growing); a long-running server caps it
-    os.environ.setdefault("RAY_task_events_max_num_task_in_gcs", str(GCS_TASK_EVENTS))
     ray.init(address="local", num_cpus=16, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": options.port})
@@ -164,8 +183,11 @@ def run_soak(options: SoakOptions, out_dir: str | Path) -> SoakResult:
             procs.update(deployment_processes(procs))
             result.memory_mb_after_warmup = sample_memory(procs)
 
+        def sample(elapsed_s: float) -> None:
+            result.memory_mb_series.append((elapsed_s, sample_memory(procs)))
+
         start = time.perf_counter()
-        result.outcomes = asyncio.run(_load(f"http://127.0.0.1:{options.port}", options, warm))
+        result.outcomes = asyncio.run(_load(f"http://127.0.0.1:{options.port}", options, warm, sample, result.errors))
         result.wall_s = time.perf_counter() - start
         time.sleep(5)  # let replicas settle after the last response
         result.memory_mb_at_end = sample_memory(procs)

@@ -15,6 +15,8 @@ def _run(args: argparse.Namespace) -> int:
     report = result.to_dict()
     growth = sorted(report["memory_growth"].items(), key=lambda kv: -kv[1])
     print(f"{options.requests} requests in {result.wall_s:.0f} s: {report['outcomes']}; lost {result.lost}")
+    for error in result.errors[:5]:
+        print("  error:", error)
     for name, g in growth[:8]:
         print(f"  {name:<70} {report['memory_mb_after_warmup'][name]:8.1f} MB -> "
               f"{report['memory_mb_at_end'][name]:8.1f} MB ({g:+.1%})")
