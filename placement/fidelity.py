@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from placement.admission import AdmissionLimits
 from placement.simulator.metrics import meets_slos
 from placement.simulator.length_model import DEFAULT_LENGTH_MODEL
 from placement.simulator.scenario import Scenario, run
@@ -28,6 +29,7 @@ class ObservedRequest:
     ok: bool
     ttft_s: float | None
     atgt_s: float | None
+    refused: bool = False  # turned away by the server's admission (HTTP 429)
 
 
 @dataclass(frozen=True)
@@ -65,24 +67,31 @@ def simulate_observed(
     engine: EngineOptions,
     length_model: str = DEFAULT_LENGTH_MODEL,
     seed: int = 0,
+    admission: AdmissionLimits | None = None,
 ) -> FidelityReport:
-    """Simulate the observed requests that were served (same send times and lengths) on
-    `workers` workers under `policy`, and compare with what was measured. Requests the real
-    server refused or failed never reached an engine: they are not replayed and count as
-    missed in both attainments."""
-    served = sorted((o for o in observed if o.ok and o.ttft_s is not None), key=lambda o: o.sent_s)
-    t0 = served[0].sent_s if served else 0.0
-    trace = [TraceRequest(o.sent_s - t0, o.input_len, max(1, o.output_len)) for o in served]
+    """Simulate the observed requests that reached the engines (same send times and lengths) on
+    `workers` workers under `policy`, and compare with what was measured. With `admission`
+    (the server admitted under it) the requests it refused are replayed too, through the same
+    admission; requests that failed otherwise never reached an engine and are not replayed.
+    Whatever either side did not serve counts as missed in its attainment."""
+    replayed = sorted((o for o in observed if (o.ok and o.ttft_s is not None) or (admission and o.refused)),
+                      key=lambda o: o.sent_s)
+    t0 = replayed[0].sent_s if replayed else 0.0
+    trace = [TraceRequest(o.sent_s - t0, o.input_len, max(1, o.output_len)) for o in replayed]
     scenario = Scenario(trace=trace, profile=profile, slo_ttft_s=slo_ttft_s, slo_atgt_s=slo_atgt_s,
-                        length_model=length_model, engine=engine, seed=seed)
+                        length_model=length_model, engine=engine, seed=seed, admission=admission)
     records = run(scenario, policy, workers).records if trace else []
     sim_ttft, real_ttft, sim_atgt, real_atgt = [], [], [], []
     real_met = sim_met = 0
-    for record, obs in zip(records, served):
-        real_met += meets_slos(obs.ttft_s, obs.atgt_s or 0.0, slo_ttft_s, slo_atgt_s)
+    for record, obs in zip(records, replayed):
+        served = obs.ok and obs.ttft_s is not None
+        if served:
+            real_met += meets_slos(obs.ttft_s, obs.atgt_s or 0.0, slo_ttft_s, slo_atgt_s)
         if math.isnan(record.finish_s):
             continue
         sim_met += record.slos_met
+        if not served:
+            continue
         sim_ttft.append(record.ttft_s)
         real_ttft.append(obs.ttft_s)
         if obs.atgt_s is not None and record.output_len > 1:

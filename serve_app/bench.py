@@ -16,6 +16,7 @@ import csv
 import json
 import time
 from dataclasses import asdict, dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,8 @@ def served_requests(run_dirs: list[str | Path]) -> list[ServedRequest]:
     input for a served-profile fit; workers of different runs are kept apart."""
     requests = [
         ServedRequest(worker=f"{run_dir}:{r['worker']}", sent_s=r["sent_s"], input_len=r["prompt_tokens"],
-                      output_len=r["output_tokens"], ttft_s=r["ttft_ms"] / 1e3, latency_s=r["latency_ms"] / 1e3)
+                      output_len=r["output_tokens"], ttft_s=r["ttft_ms"] / 1e3, latency_s=r["latency_ms"] / 1e3,
+                      deployment=str(run_dir))
         for run_dir in run_dirs for r in read_run(run_dir)["requests"] if r["ok"] and r.get("worker")
     ]
     if not requests:
@@ -194,6 +196,7 @@ def observed_requests(run_dir: str | Path) -> tuple[dict[str, Any], list[Observe
             output_len=r["output_tokens"] or r["max_tokens"], ok=bool(r["ok"]),
             ttft_s=None if r["ttft_ms"] is None else r["ttft_ms"] / 1e3,
             atgt_s=None if r["atgt_ms"] is None else r["atgt_ms"] / 1e3,
+            refused=r["status"] == HTTPStatus.TOO_MANY_REQUESTS,
         )
         for r in data["requests"]
     ]

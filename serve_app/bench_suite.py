@@ -55,7 +55,8 @@ def _calibrate(run_dirs: list[Path], out: Path) -> Path:
     path = profile.save(out / "served-profile.json")
     print(f"served profile {path}: decode {profile.decode.d0_s * 1e3:.2f} ms + {profile.decode.d1_s_per_seq * 1e3:.3f}"
           f" ms/seq (held-out MAPE {profile.fit.decode_mape_pct:.0f}%), serving overhead "
-          f"{profile.serving_overhead_s * 1e3:.1f} ms (TTFT MAPE {profile.fit.prefill_mape_pct:.0f}%)", flush=True)
+          f"{profile.serving_overhead_s * 1e3:.1f} ms + {profile.serving_overhead_per_request_s * 1e3:.2f} ms per request "
+          f"in flight (TTFT MAPE {profile.fit.prefill_mape_pct:.0f}%)", flush=True)
     return path
 
 

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
+from placement.admission import AdmissionLimits
 from predictors.latency.families import list_profile_families, load_profile_family
 
 GiB = 1 << 30
@@ -211,7 +212,7 @@ class PlacementConfig(_Section):
         description="aladdin only: a request no worker can take within its SLOs waits (SLO-ODBS order) "
         "and is refused with 429 + Retry-After once its TTFT SLO is lost, instead of queueing forever.",
     )
-    max_waiting: int = Field(256, ge=0, description="Requests that may wait for admission at once; more get 429.")
+    max_waiting: int = Field(AdmissionLimits.max_waiting, ge=0, description="Requests that may wait for admission at once; more get 429.")
     max_wait_s: float | None = Field(
         None, gt=0, description="Longest wait for admission (default: until the TTFT SLO is lost)."
     )

@@ -121,3 +121,45 @@ def test_every_request_gets_exactly_one_verdict_and_the_queue_stays_bounded(ops,
     assert sorted(verdicts) == sorted(offered) and all(len(v) == 1 for v in verdicts.values())
     for rid, [v] in verdicts.items():
         assert v.refused or adm.cluster.location(rid) in ("w0", "w1", None)
+
+
+# ---- the same admission in the simulator -----------------------------------------------
+
+
+def _overload_scenario(admission, policy_slo_ttft=0.1):
+    from placement.simulator.scenario import Scenario
+    from placement.traces import LengthMix, synthetic
+
+    trace = synthetic(600, 150.0, lengths=LengthMix(input_mean=600, output_mean=150), seed=4)
+    return Scenario.fitted(trace, load_profile_family("tiny-cpu").profile(1), slo_ttft_s=policy_slo_ttft,
+                           slo_atgt_s=0.004, admission=admission)
+
+
+def test_simulated_admission_sheds_an_overload_instead_of_queueing_it():
+    from placement.simulator.scenario import run
+
+    without = run(_overload_scenario(None), "aladdin", 2)
+    limits = AdmissionLimits(max_waiting=32)
+    with_admission = run(_overload_scenario(limits), "aladdin", 2)
+    summary = with_admission.summary
+    assert summary.refused > 0 and without.summary.refused == 0
+    # every request either finished or was refused, never both, none left hanging
+    for record in with_admission.records:
+        finished = record.finish_s == record.finish_s  # not NaN
+        assert finished != record.refused
+    assert summary.finished + summary.refused == summary.requests
+    # placing everything at once (least violation) breaks nearly every ATGT; what admission
+    # lets in meets its SLOs
+    admitted_met = sum(r.slos_met for r in with_admission.records if not r.refused)
+    assert admitted_met >= 0.9 * summary.finished
+    assert summary.attainment > 5 * without.summary.attainment
+
+
+def test_simulated_admission_is_aladdins_and_not_split_phase():
+    from placement.simulator.scenario import run
+    from placement.simulator.split_phase import run_split
+
+    with pytest.raises(ValueError, match="aladdin"):
+        run(_overload_scenario(AdmissionLimits()), "jsq", 2)
+    with pytest.raises(ValueError, match="admission"):
+        run_split(_overload_scenario(AdmissionLimits()), "aladdin", 1, 1)

@@ -22,7 +22,7 @@ def profile():
     base = load_profile_family("tiny-cpu").profile(1)
     # a slow 'served' worker, so that batches form at a few requests per second
     return base.model_copy(update={"decode": DecodeModel(d0_s=0.004, d1_s_per_seq=0.0008, d2_s_per_context_token=2e-7),
-                                   "serving_overhead_s": 0.05})
+                                   "serving_overhead_s": 0.05, "serving_overhead_per_request_s": 0.002})
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,28 @@ def test_replaying_a_simulated_run_reproduces_it(profile, simulated):
     assert partial.real_attainment < report.real_attainment
 
 
+def test_replaying_an_admitting_run_replays_what_it_refused(profile):
+    from placement.admission import AdmissionLimits
+
+    limits = AdmissionLimits(max_waiting=16)
+    slo_atgt = 2 * ATGT_SLO  # room for a few requests per worker within the packing margin
+    trace = synthetic(300, 40.0, lengths=LengthMix(input_mean=400, output_mean=120), seed=3)
+    scenario = Scenario.fitted(trace, profile, slo_ttft_s=0.3, slo_atgt_s=slo_atgt, engine=ENGINE, admission=limits)
+    records = run(scenario, "aladdin", 2).records
+    assert any(r.refused for r in records) and not all(r.refused for r in records)
+    observed = [ObservedRequest(r.request.arrival_s, t.input_len, t.output_len, ok=not r.refused,
+                                ttft_s=None if r.refused else r.ttft_s, atgt_s=None if r.refused else r.atgt_s,
+                                refused=r.refused)
+                for t, r in zip(scenario.trace, records)]
+    same = simulate_observed(observed, profile, policy="aladdin", workers=2, slo_ttft_s=0.3, slo_atgt_s=slo_atgt,
+                             engine=ENGINE, admission=limits)
+    assert same.ttft_median_rel_error < 1e-6 and same.attainment_gap_points == 0.0
+    # without the refused requests the replay meets a lighter load than the real run did
+    lighter = simulate_observed(observed, profile, policy="aladdin", workers=2, slo_ttft_s=0.3, slo_atgt_s=slo_atgt,
+                                engine=ENGINE)
+    assert lighter.compared == same.compared and lighter.ttft_median_rel_error > 0.01, lighter
+
+
 def test_replay_with_a_wrong_profile_shows_the_error(profile, simulated):
     trace, records = simulated
     observed = [ObservedRequest(r.request.arrival_s, t.input_len, t.output_len, True, r.ttft_s, r.atgt_s)
@@ -71,6 +93,7 @@ def test_served_fit_recovers_the_decode_model(profile, simulated):
     assert fitted.fit.decode_mape_pct < 15 and fitted.fit.decode_points > 100
     assert fitted.kv == profile.kv and fitted.source == "test"
     assert fitted.serving_overhead_s == pytest.approx(0.05, abs=0.01)
+    assert fitted.serving_overhead_per_request_s == pytest.approx(0.002, rel=0.25)
     assert fitted.prefill == profile.prefill  # engine time, not refitted
 
 

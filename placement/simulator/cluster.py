@@ -5,7 +5,8 @@ scaling ticks; arrivals are read from the trace in order beside it. On arrival t
 gets its predicted lengths from the length model and the placement policy (the production
 object) picks a worker or leaves it waiting in the central queue (`WaitingQueue`, ordered by
 the queue order), which is offered to the policy again whenever a request finishes and at
-scaling ticks. Before each placement every worker in a decode run is brought up to date, so
+scaling ticks. With `SimConfig.admission` the server's own `Admission` decides instead: it
+admits, queues (SLO-ODBS, bounded) or refuses, exactly as the placement actor does. Before each placement every worker in a decode run is brought up to date, so
 the policy reads the batch as it is at that moment.
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from placement.admission import Admission, AdmissionLimits
 from placement.policy import PlacementPolicy, QueueOrder
 from placement.queue_order import WaitingQueue
 from placement.rebalance import SurvivalEstimator
@@ -43,6 +45,7 @@ class SimConfig:
     engine: EngineOptions = EngineOptions()
     warmup_s: float = 0.0  # a worker added while running serves after this delay
     rebalance: bool = True  # error-aware rebalancing (estimates raised as requests outlive them)
+    admission: AdmissionLimits | None = None  # SLO-aware admission, as served (needs Cluster.wait_policy)
 
 
 @dataclass
@@ -98,6 +101,7 @@ class Cluster:
     truncated: int = 0
     autoscaler: Autoscaler | None = None
     arrival_window_s: float = 60.0  # how far back `recent_arrivals` looks
+    wait_policy: PlacementPolicy | None = None  # `policy` in "wait" mode: what admission fits by
     now_s: float = 0.0
     records: list[RequestRecord] = field(default_factory=list)
 
@@ -118,6 +122,11 @@ class Cluster:
         self._estimator = (
             SurvivalEstimator(r.output_len for r in self.trace) if self.config.rebalance else None
         )
+        self._admission: Admission | None = None
+        if self.config.admission is not None:
+            if self.wait_policy is None:
+                raise ValueError("admission needs the policy in wait mode (Cluster.wait_policy)")
+            self._admission = Admission(_AdmissionView(self), self.wait_policy, self.config.admission)
 
     # ---- the view an autoscaler uses -------------------------------------------------
 
@@ -218,6 +227,13 @@ class Cluster:
     def _arrive(self, index: int, item: TraceRequest) -> None:
         record = self._new_record(index, item)
         self._sync_workers()
+        if self._admission is not None:
+            verdict = self._admission.offer(record.request, self.now_s)
+            if verdict is not None and verdict.refused:
+                self._refuse(record)
+            elif verdict is not None and verdict.worker_id is None:  # no worker yet: wait for one
+                self.queue.push(record.request, self.now_s)
+            return
         worker = self.policy.choose(record.request, self.workers, self.now_s)
         if worker is None:
             self.queue.push(record.request, self.now_s)
@@ -238,7 +254,8 @@ class Cluster:
             slo_atgt_s=self.config.slo_atgt_s,
             output_len=item.output_len,
         )
-        record = RequestRecord(request, item.output_len, overhead_s=self.profile.serving_overhead_s)
+        overhead_s = self.profile.serving_overhead_at_s(self._unfinished)
+        record = RequestRecord(request, item.output_len, overhead_s=overhead_s)
         self.records.append(record)
         self._records_by_id[request.id] = record
         self._unfinished += 1
@@ -248,7 +265,16 @@ class Cluster:
         for state in self.workers:
             self._by_id[state.id].engine.sync(self.now_s)
 
+    def _refuse(self, record: RequestRecord) -> None:
+        record.refused = True
+        self._unfinished -= 1
+
     def _offer_waiting(self) -> None:
+        if self._admission is not None and len(self._admission.queue):
+            self._sync_workers()
+            for verdict in self._admission.drain(self.now_s):
+                if verdict.refused:
+                    self._refuse(self._records_by_id[verdict.request_id])
         if not len(self.queue):
             return
         self._sync_workers()
@@ -315,6 +341,9 @@ class Cluster:
                 i += 1
             else:
                 break
+        if self._admission is not None:  # nothing left to free room: the rest can only be refused
+            for verdict in self._admission.drain(math.inf):
+                self._refuse(self._records_by_id[verdict.request_id])
         return SimResult(self._summary(), self.records)
 
     def _end_s(self) -> float:
@@ -335,3 +364,38 @@ class Cluster:
             workers_peak=max((g for _, g in self._timeline), default=0) // self.profile.tp,
             gpu_timeline=self._timeline,
         )
+
+
+class _AdmissionView:
+    """The part of `LiveCluster` that `Admission` drives (worker ids, the profile, placing one
+    request or the waiting queue), over a simulated cluster: a placement it makes is run."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    @property
+    def profile(self) -> WorkerProfile:
+        return self._cluster.profile
+
+    @property
+    def workers(self) -> dict[str, WorkerState]:
+        return {w.id: w for w in self._cluster.workers}
+
+    def place(
+        self, request: Request, candidates: Sequence[str], now_s: float, policy: PlacementPolicy | None = None
+    ) -> str | None:
+        by_id = self.workers
+        chosen = (policy or self._cluster.policy).choose(request, [by_id[c] for c in candidates], now_s)
+        if chosen is None:
+            return None
+        chosen.admit(request, now_s)
+        self._cluster._place(self._cluster._records_by_id[request.id], chosen)
+        return chosen.id
+
+    def place_waiting(
+        self, queue: WaitingQueue, now_s: float, policy: PlacementPolicy | None = None
+    ) -> list[tuple[Request, str]]:
+        placed = queue.place_waiting(policy or self._cluster.policy, self._cluster.workers, now_s)
+        for request, worker in placed:
+            self._cluster._place(self._cluster._records_by_id[request.id], worker)
+        return [(request, worker.id) for request, worker in placed]

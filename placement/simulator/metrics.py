@@ -31,9 +31,10 @@ class RequestRecord:
     # split-phase mode: KV link time, and when the KV reached the decode worker
     transfer_s: float = 0.0
     kv_arrived_s: float = math.nan
-    # the serving path's fixed latency outside the engine (WorkerProfile.serving_overhead_s):
-    # every request meets it alike, so it shifts what a client sees, not the engine's schedule
+    # the serving path's latency outside the engine (WorkerProfile.serving_overhead_at_s): it
+    # shifts what a client sees, not the engine's schedule
     overhead_s: float = 0.0
+    refused: bool = False  # turned away by admission (never finishes; counts as missed)
 
     @property
     def ttft_s(self) -> float:
@@ -68,6 +69,7 @@ class Summary:
     makespan_s: float
     workers_peak: int
     gpu_timeline: list[tuple[float, int]] = field(default_factory=list)  # (time, GPUs held)
+    refused: int = 0  # requests admission turned away
 
     def to_dict(self, timeline: bool = False) -> dict:
         out = asdict(self)
@@ -107,4 +109,5 @@ def summarize(
         makespan_s=max((r.finish_s for r in done), default=0.0),
         workers_peak=workers_peak,
         gpu_timeline=gpu_timeline,
+        refused=sum(1 for r in records if r.refused),
     )

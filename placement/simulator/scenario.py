@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from placement.admission import AdmissionLimits
 from placement.policies import make_policy
 from placement.queue_order import make_queue_order
 from placement.simulator.autoscale import make_autoscaler
@@ -39,6 +40,7 @@ class Scenario:
     rebalance: bool = True
     seed: int = 0
     truncated: int = 0  # requests changed to fit max_model_len
+    admission: AdmissionLimits | None = None  # SLO-aware admission as served (aladdin only)
 
     @classmethod
     def fitted(cls, trace: Sequence[TraceRequest], profile: WorkerProfile, **settings: Any) -> Scenario:
@@ -57,6 +59,11 @@ def cluster_parts(scenario: Scenario, policy: str, policy_options: dict[str, Any
     fresh policy, queue order and length model objects (they are stateful)."""
     options = dict(DEFAULT_ALADDIN_OPTIONS) if policy == "aladdin" else {}
     options.update(policy_options or {})
+    wait_policy = None
+    if scenario.admission is not None:
+        if policy != "aladdin":
+            raise ValueError("admission is the aladdin policy's (the server admits only under it)")
+        wait_policy = make_policy(policy, seed=scenario.seed, **{**options, "on_infeasible": "wait"})
     return {
         "trace": scenario.trace,
         "profile": scenario.profile,
@@ -66,6 +73,7 @@ def cluster_parts(scenario: Scenario, policy: str, policy_options: dict[str, Any
             scenario.length_model, seed=scenario.seed, mae_ratio=scenario.mae_ratio, coverage=scenario.coverage
         ),
         "truncated": scenario.truncated,
+        "wait_policy": wait_policy,
     }
 
 
@@ -78,6 +86,7 @@ def sim_config(scenario: Scenario, workers: int) -> SimConfig:
         engine=scenario.engine,
         warmup_s=scenario.warmup_s,
         rebalance=scenario.rebalance,
+        admission=scenario.admission,
     )
 
 

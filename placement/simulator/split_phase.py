@@ -141,6 +141,8 @@ class SplitPhaseCluster(Cluster):
             raise ValueError("SplitPhaseCluster needs a SplitConfig")
         if self.autoscaler is not None:
             raise ValueError("split-phase mode has no autoscaling")
+        if self.config.admission is not None:
+            raise ValueError("split-phase mode has no admission")
         self.prefill_profile = self.split.prefill_profile or self.profile
         if self.prefill_profile.kv.capacity_tokens < self.profile.max_model_len:
             raise ValueError("the prefill worker's KV cache cannot hold one max_model_len prompt")

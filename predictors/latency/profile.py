@@ -117,6 +117,10 @@ class WorkerProfile(_Frozen):
         0.0, ge=0, description="latency the serving path adds to every TTFT outside the engine (HTTP, "
         "tokenization, routing, streaming); 0 for an engine profile, fitted by a served profile",
     )
+    serving_overhead_per_request_s: float = Field(
+        0.0, ge=0, description="what each request in flight in the deployment adds to that latency (the "
+        "proxy and ingress are shared by all workers); fitted by a served profile",
+    )
 
     @property
     def family(self) -> str:
@@ -140,6 +144,11 @@ class WorkerProfile(_Frozen):
         return self.prefill.time_from_sums(
             queued_tokens, queued_squared_tokens, queued_prompts
         ) + (self.prefill.time_from_sums(input_len, input_len * input_len) + self.serving_overhead_s)
+
+    def serving_overhead_at_s(self, in_flight: int) -> float:
+        """The serving path's latency outside the engine with `in_flight` other requests in the
+        deployment (placement's TTFT check uses the idle value, `serving_overhead_s`)."""
+        return self.serving_overhead_s + self.serving_overhead_per_request_s * in_flight
 
     def atgt_s(self, batch_size: int, context_tokens: int) -> float:
         """Average token generation time under this batch: every step gives each request one

@@ -8,8 +8,11 @@ predict what clients see, so a provider calibrates on served requests:
 - decode: each request's ATGT against the time-averaged batch on its worker during its
   decode (requests decoding there at once) and their context tokens: d0 + d1 B + d2 ctx;
 - serving overhead: the TTFT of requests that found their worker idle, minus the engine
-  profile's prefill time of their prompt (median): latency outside the engine, which delays a
-  client's first token but does not occupy the engine (so it is not prefill time).
+  profile's prefill time of their prompt: latency outside the engine, which delays a client's
+  first token but does not occupy the engine (so it is not prefill time). It is fitted as
+  o0 + o1 N, N the requests in flight in the whole deployment when the request was sent (the
+  proxy and ingress serve every worker), robustly (soft-L1: a request that met a decode burst
+  does not pull the line).
 
 Decode coefficients are non-negative least squares with a fifth of the points held out for the
 error report (the TTFT "prefill MAPE" is over the idle-worker requests). Prefill, KV capacity
@@ -23,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import nnls
+from scipy.optimize import least_squares, nnls
 
 from predictors.latency.profile import DecodeModel, FitReport, WorkerProfile
 
@@ -41,6 +44,7 @@ class ServedRequest:
     output_len: int
     ttft_s: float
     latency_s: float
+    deployment: str = ""  # requests of one deployment (one run) share its serving path
 
     @property
     def decode_span(self) -> tuple[float, float]:
@@ -88,6 +92,29 @@ def _isolated_ttfts(by_worker: dict[str, list[ServedRequest]]) -> list[ServedReq
     return alone
 
 
+def _in_flight_at_send(alone: Sequence[ServedRequest], requests: Sequence[ServedRequest]) -> np.ndarray:
+    """For each request of `alone`: how many other requests of its deployment, and of its
+    worker, were in flight (sent, not yet finished) when it was sent; shape (n, 2)."""
+    spans: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
+    for r in requests:
+        spans[r.deployment].append((r.worker, r.sent_s, r.sent_s + r.latency_s))
+    counts = [[(w, start < r.sent_s < end) for w, start, end in spans[r.deployment]] for r in alone]
+    return np.array([(sum(hit for _, hit in c), sum(hit for w, hit in c if w == r.worker))
+                     for r, c in zip(alone, counts)], float).reshape(-1, 2)
+
+
+def _fit_overhead(residual: np.ndarray, in_flight: np.ndarray) -> tuple[float, float]:
+    """(o0, o1) of residual ~ o0 + o1 deployment + o2 own worker (in-flight counts), all >= 0,
+    robust to outliers. The own-worker term takes what the engine itself adds (a request's
+    prefill waits for the decode steps of the requests already there, which the simulator
+    models) so that o1 is the shared serving path's part only."""
+    start = [max(0.0, float(np.median(residual))), 0.0, 0.0]
+    scale = max(float(np.median(np.abs(residual))), 1e-4)
+    fit = least_squares(lambda o: o[0] + in_flight @ o[1:] - residual, start, bounds=([0, 0, 0], np.inf),
+                        loss="soft_l1", f_scale=scale / 4)
+    return float(fit.x[0]), float(fit.x[1])
+
+
 def _fit(rows: np.ndarray, targets: np.ndarray, what: str) -> tuple[np.ndarray, float]:
     if len(targets) < 2 * HELD_OUT_EVERY:
         raise ValueError(f"too few {what} points to fit ({len(targets)}): replay a longer or busier slice")
@@ -113,11 +140,12 @@ def fit_served_profile(requests: Sequence[ServedRequest], engine_profile: Worker
     if len(alone) < HELD_OUT_EVERY:
         raise ValueError(f"too few requests found their worker idle ({len(alone)}) to measure the serving "
                          "path's latency: include a lighter load")
-    # what the TTFT of a request alone holds beyond the engine's prefill (median: robust to
-    # the odd request that met a decode burst)
+    # what the TTFT of a request alone on its worker holds beyond the engine's prefill
     residual = np.array([r.ttft_s - engine_profile.prefill_time_s([r.input_len]) for r in alone])
-    overhead = max(0.0, float(np.median(residual)))
-    predicted = np.array([engine_profile.prefill_time_s([r.input_len]) + overhead for r in alone])
+    in_flight = _in_flight_at_send(alone, requests)
+    overhead, per_request = _fit_overhead(residual, in_flight)
+    predicted = (np.array([engine_profile.prefill_time_s([r.input_len]) for r in alone])
+                 + overhead + per_request * in_flight[:, 0])
     measured = np.array([r.ttft_s for r in alone])
     return engine_profile.model_copy(update={
         "source": source,
@@ -125,6 +153,7 @@ def fit_served_profile(requests: Sequence[ServedRequest], engine_profile: Worker
                  f"context length from the engine profile ({engine_profile.source})",
         "decode": DecodeModel(d0_s=float(d[0]), d1_s_per_seq=float(d[1]), d2_s_per_context_token=float(d[2])),
         "serving_overhead_s": overhead,
+        "serving_overhead_per_request_s": per_request,
         "fit": FitReport(prefill_mape_pct=float(np.mean(np.abs(predicted - measured) / measured) * 100),
                          decode_mape_pct=decode_mape, prefill_points=len(alone), decode_points=len(decode_targets),
                          held_out_fraction=1 / HELD_OUT_EVERY),

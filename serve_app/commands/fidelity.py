@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
+    from placement.admission import AdmissionLimits
     from placement.fidelity import simulate_observed
     from placement.simulator.worker_engine import EngineOptions
     from predictors.latency import load_profile_family
@@ -24,9 +25,11 @@ def _run(args: argparse.Namespace) -> int:
     for run_dir in args.runs:
         summary, observed = observed_requests(run_dir)
         policy = args.policy or summary.get("system") or "aladdin"
+        admits = args.admission == "on" or (args.admission == "auto" and policy == "aladdin")
         report = simulate_observed(
             observed, profile, policy=policy, workers=args.workers, slo_ttft_s=summary["slo_ttft_ms"] / 1e3,
             slo_atgt_s=summary["slo_atgt_ms"] / 1e3, engine=engine, seed=args.seed,
+            admission=AdmissionLimits(args.max_waiting) if admits else None,
         )
         rows.append({"run": str(run_dir), "policy": policy, "offered_rate_per_s": summary.get("offered_rate_per_s"),
                      **report.to_dict()})
@@ -43,6 +46,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from placement.admission import AdmissionLimits
+
     p = sub.add_parser("fidelity", help="compare the simulator with real benchmark runs, request by request")
     p.add_argument("--runs", nargs="+", required=True, help="`aladdin bench --out` folders (results.json)")
     what = p.add_mutually_exclusive_group()
@@ -52,6 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", help="placement policy to simulate (default: the run's system)")
     p.add_argument("--max-num-seqs", type=int, default=128, help="vLLM max_num_seqs of the real engines")
     p.add_argument("--max-batched-tokens", type=int, help="vLLM max_num_batched_tokens (default: the simulator's)")
+    p.add_argument("--admission", choices=("auto", "on", "off"), default="auto",
+                   help="simulate the server's SLO-aware admission (auto: for aladdin, as the server's default)")
+    p.add_argument("--max-waiting", type=int, default=AdmissionLimits.max_waiting,
+                   help="placement.max_waiting of the real server")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the rows as JSON to this file")
     p.add_argument("--json", action="store_true")

@@ -47,6 +47,7 @@ def aladdin_options(args: argparse.Namespace) -> dict | None:
 
 def build_scenario(args: argparse.Namespace, tp: int):
     """The Scenario the arguments describe, on the family's profile for `tp`."""
+    from placement.admission import AdmissionLimits
     from placement.simulator.scenario import Scenario
     from placement.simulator.worker_engine import EngineOptions
     from placement.traces import load_trace, scale_rate
@@ -75,6 +76,7 @@ def build_scenario(args: argparse.Namespace, tp: int):
         warmup_s=args.warmup_s,
         rebalance=not args.no_rebalance,
         seed=args.seed,
+        admission=AdmissionLimits(args.max_waiting) if getattr(args, "admission", False) else None,
     )
 
 
@@ -121,12 +123,18 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from placement.admission import AdmissionLimits
+
     p = sub.add_parser("simulate", help="replay a trace on simulated workers under a placement policy")
     add_scenario_arguments(p)
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of every worker")
     p.add_argument("--workers", type=int, default=1, help="workers (the start count when autoscaling)")
     p.add_argument("--policy", default="aladdin", help="aladdin, rr, jsq, p2c, least-kv")
     add_aladdin_arguments(p)
+    p.add_argument("--admission", action="store_true",
+                   help="aladdin: the server's SLO-aware admission (wait while nothing fits, refuse once the "
+                        "TTFT SLO is lost); refused requests count as missed")
+    p.add_argument("--max-waiting", type=int, default=AdmissionLimits.max_waiting, help="with --admission: requests that may wait at once")
     p.add_argument("--autoscale", choices=("planner", "queue-length"))
     p.add_argument("--autoscale-period-s", type=float, default=10.0)
     p.add_argument("--timeline", action="store_true", help="include GPUs held over time")
