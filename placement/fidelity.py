@@ -56,6 +56,18 @@ def _median_rel_error(sim: np.ndarray, real: np.ndarray) -> float:
     return float(np.median(np.abs(sim[keep] - real[keep]) / real[keep])) if keep.any() else math.nan
 
 
+def replay_trace(
+    observed: Sequence[ObservedRequest], *, with_refused: bool
+) -> tuple[list[ObservedRequest], list[TraceRequest]]:
+    """The observed requests that reached the server's placement (served; also those its
+    admission refused, `with_refused`), in send order, and the trace that replays them (send
+    times from the first, real lengths)."""
+    replayed = sorted((o for o in observed if (o.ok and o.ttft_s is not None) or (with_refused and o.refused)),
+                      key=lambda o: o.sent_s)
+    t0 = replayed[0].sent_s if replayed else 0.0
+    return replayed, [TraceRequest(o.sent_s - t0, o.input_len, max(1, o.output_len)) for o in replayed]
+
+
 def simulate_observed(
     observed: Sequence[ObservedRequest],
     profile: WorkerProfile,
@@ -68,19 +80,17 @@ def simulate_observed(
     length_model: str = DEFAULT_LENGTH_MODEL,
     seed: int = 0,
     admission: AdmissionLimits | None = None,
+    policy_options: dict[str, Any] | None = None,
 ) -> FidelityReport:
     """Simulate the observed requests that reached the engines (same send times and lengths) on
     `workers` workers under `policy`, and compare with what was measured. With `admission`
     (the server admitted under it) the requests it refused are replayed too, through the same
     admission; requests that failed otherwise never reached an engine and are not replayed.
     Whatever either side did not serve counts as missed in its attainment."""
-    replayed = sorted((o for o in observed if (o.ok and o.ttft_s is not None) or (admission and o.refused)),
-                      key=lambda o: o.sent_s)
-    t0 = replayed[0].sent_s if replayed else 0.0
-    trace = [TraceRequest(o.sent_s - t0, o.input_len, max(1, o.output_len)) for o in replayed]
+    replayed, trace = replay_trace(observed, with_refused=admission is not None)
     scenario = Scenario(trace=trace, profile=profile, slo_ttft_s=slo_ttft_s, slo_atgt_s=slo_atgt_s,
                         length_model=length_model, engine=engine, seed=seed, admission=admission)
-    records = run(scenario, policy, workers).records if trace else []
+    records = run(scenario, policy, workers, policy_options=policy_options).records if trace else []
     sim_ttft, real_ttft, sim_atgt, real_atgt = [], [], [], []
     real_met = sim_met = 0
     for record, obs in zip(records, replayed):

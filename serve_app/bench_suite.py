@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from serve_app.bench import TraceSlice, load_slice, run_bench, served_requests, slice_dict, write_run
+from serve_app.bench import (
+    TraceSlice, load_slice, margin_workloads, run_bench, served_requests, slice_dict, write_run,
+)
 from serve_app.bench_systems import APP_POLICIES, SYSTEMS, SystemSpec, build_system
 from serve_app.loadgen import WorkItem
 
@@ -46,9 +48,14 @@ def _warm_up(url: str, model: str, workload: list[WorkItem], n: int, spec: Syste
     run_bench(url, warm, model=model, slo_ttft_ms=spec.slo_ttft_ms, slo_atgt_ms=spec.slo_atgt_ms, progress=False)
 
 
-def _calibrate(run_dirs: list[Path], out: Path) -> Path:
+def _calibrate(run_dirs: list[Path], out: Path, spec: SystemSpec) -> SystemSpec:
+    """`spec` with a served profile fitted on `run_dirs` and the Aladdin packing margin chosen
+    for it by simulating the same runs (placement.margin_tuning)."""
+    from placement.margin_tuning import tune_atgt_margin
+    from placement.simulator.worker_engine import EngineOptions
     from predictors.latency.families import load_profile_family
     from predictors.latency.served_fit import fit_served_profile
+    from serve_app.config import EngineConfig
 
     profile = fit_served_profile(served_requests(run_dirs), load_profile_family("tiny-cpu").profile(1),
                                  source=f"served fit on {len(run_dirs)} bench runs")
@@ -57,7 +64,11 @@ def _calibrate(run_dirs: list[Path], out: Path) -> Path:
           f" ms/seq (held-out MAPE {profile.fit.decode_mape_pct:.0f}%), serving overhead "
           f"{profile.serving_overhead_s * 1e3:.1f} ms + {profile.serving_overhead_per_request_s * 1e3:.2f} ms per request "
           f"in flight (TTFT MAPE {profile.fit.prefill_mape_pct:.0f}%)", flush=True)
-    return path
+    tuning = tune_atgt_margin(margin_workloads(run_dirs), profile, engine=EngineOptions(max_num_seqs=EngineConfig().max_num_seqs, chunked_prefill=True))
+    (out / "margin-tuning.json").write_text(json.dumps({"margin": tuning.margin, "attainment": tuning.attainment}))
+    print(f"aladdin ATGT margin {tuning.margin:g} (simulated attainment by margin: "
+          + ", ".join(f"{m:g}: {a:.3f}" for m, a in tuning.attainment.items()) + ")", flush=True)
+    return replace(spec, profile_path=str(path), atgt_margin=tuning.margin)
 
 
 def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]]:
@@ -102,7 +113,8 @@ def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]
                     run = run_bench(url, workload, model=model, slo_ttft_ms=spec.slo_ttft_ms,
                                     slo_atgt_ms=spec.slo_atgt_ms, label=f"{system} x{k:g} rep{rep}")
                     run.summary.update(system=system, rate_scale=k, rep=rep, slice=slice_dict(trace_slice),
-                                       placement_profile=spec.profile_path if system in APP_POLICIES else None)
+                                       placement_profile=spec.profile_path if system in APP_POLICIES else None,
+                                       placement_atgt_margin=spec.atgt_margin if system in APP_POLICIES else None)
                     run_dirs.append(out / system / f"x{k:g}" / f"rep{rep}")
                     write_run(run, run_dirs[-1])
                     rows.append(run.summary)
@@ -116,7 +128,7 @@ def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]
                         {"options": asdict(options), "runs": rows}, indent=1, default=str))
             serve.delete(APP_NAME)
             if system == options.calibrate:
-                spec = replace(spec, profile_path=str(_calibrate(run_dirs, out)))
+                spec = _calibrate(run_dirs, out, spec)
     finally:
         serve.shutdown()
         ray.shutdown()

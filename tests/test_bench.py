@@ -117,3 +117,23 @@ def test_report_tables_and_goals():
     assert lines[0].startswith("highest load where rayllm meets >= 90% of SLOs: x1") and "(goal >= 0.99: met)" in lines[0]
     assert "x2: goodput aladdin 1.50 vs rayllm 1.00 req/s = 1.50x (goal >= 1.3x: met)" in lines[1]
     assert "x3:" in lines[2] and "2.00x" in lines[2]
+
+
+def test_replay_inputs_from_a_run_keep_served_and_refused_requests(tmp_path):
+    from dataclasses import replace
+
+    from serve_app.bench import margin_workloads, observed_requests
+
+    workload = [WorkItem(p, 10, 0.1 * i, 5 + i) for i, p in enumerate("abcd")]
+    served = [replace(_result(), worker=w, sent_s=0.1 * i, prompt_tokens=5 + i) for i, w in enumerate(("w0", "w1"))]
+    refused = replace(_result(ok=False), status=429, error="HTTP 429", sent_s=0.2)
+    failed = replace(_result(ok=False), sent_s=0.3)
+    results = served + [refused, failed]
+    summary = summarize(results, 1.0, slo_ttft_ms=500, slo_atgt_ms=20) | {"label": "t"}
+    write_run(BenchRun("t", workload, results, summary), tmp_path)
+    _, observed = observed_requests(tmp_path)
+    assert [o.refused for o in observed] == [False, False, True, False]
+    (load,) = margin_workloads([tmp_path])
+    assert load.workers == 2 and len(load.trace) == 3  # the failed request never reached placement
+    assert (load.slo_ttft_s, load.slo_atgt_s) == (0.5, 0.02)
+    assert load.trace[0].arrival_s == 0.0

@@ -11,6 +11,12 @@ import json
 from pathlib import Path
 
 
+def _aladdin_options(policy: str, summary: dict, atgt_margin: float | None) -> dict | None:
+    """The packing margin the run's server used (recorded by `make bench`), unless overridden."""
+    margin = atgt_margin if atgt_margin is not None else summary.get("placement_atgt_margin")
+    return {"atgt_margin": margin} if policy == "aladdin" and margin is not None else None
+
+
 def _run(args: argparse.Namespace) -> int:
     from placement.admission import AdmissionLimits
     from placement.fidelity import simulate_observed
@@ -30,6 +36,7 @@ def _run(args: argparse.Namespace) -> int:
             observed, profile, policy=policy, workers=args.workers, slo_ttft_s=summary["slo_ttft_ms"] / 1e3,
             slo_atgt_s=summary["slo_atgt_ms"] / 1e3, engine=engine, seed=args.seed,
             admission=AdmissionLimits(args.max_waiting) if admits else None,
+            policy_options=_aladdin_options(policy, summary, args.atgt_margin),
         )
         rows.append({"run": str(run_dir), "policy": policy, "offered_rate_per_s": summary.get("offered_rate_per_s"),
                      **report.to_dict()})
@@ -47,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from placement.admission import AdmissionLimits
+    from serve_app.config import EngineConfig
 
     p = sub.add_parser("fidelity", help="compare the simulator with real benchmark runs, request by request")
     p.add_argument("--runs", nargs="+", required=True, help="`aladdin bench --out` folders (results.json)")
@@ -55,12 +63,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--profile", help="a worker profile JSON instead")
     p.add_argument("--workers", type=int, default=2, help="workers the real run had")
     p.add_argument("--policy", help="placement policy to simulate (default: the run's system)")
-    p.add_argument("--max-num-seqs", type=int, default=128, help="vLLM max_num_seqs of the real engines")
+    p.add_argument("--max-num-seqs", type=int, default=EngineConfig().max_num_seqs,
+                   help="vLLM max_num_seqs of the real engines (default: this app's)")
     p.add_argument("--max-batched-tokens", type=int, help="vLLM max_num_batched_tokens (default: the simulator's)")
     p.add_argument("--admission", choices=("auto", "on", "off"), default="auto",
                    help="simulate the server's SLO-aware admission (auto: for aladdin, as the server's default)")
     p.add_argument("--max-waiting", type=int, default=AdmissionLimits.max_waiting,
                    help="placement.max_waiting of the real server")
+    p.add_argument("--atgt-margin", type=float,
+                   help="aladdin's packing margin (default: the one the run recorded, else the policy's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the rows as JSON to this file")
     p.add_argument("--json", action="store_true")
