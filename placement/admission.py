@@ -82,11 +82,12 @@ class Admission:
         if now_s > self.deadline_s(request):
             return self._refused(request, "its TTFT SLO cannot be met any more", now_s)
         if not self._fits_alone(request, now_s):  # waiting cannot help it: place it as best it can
-            return self._admitted(request, self.cluster.place(request, list(self.cluster.workers), now_s), now_s)
+            decision = self.cluster.place(request, list(self.cluster.workers), now_s)
+            return self._admitted(request, None if decision.worker is None else decision.worker.id, now_s)
         if not len(self.queue):
-            worker_id = self.cluster.place(request, list(self.cluster.workers), now_s, policy=self.policy)
-            if worker_id is not None:
-                return self._admitted(request, worker_id, now_s)
+            decision = self.cluster.place(request, list(self.cluster.workers), now_s, policy=self.policy)
+            if decision.worker is not None:
+                return self._admitted(request, decision.worker.id, now_s)
         if len(self.queue) >= self.limits.max_waiting:
             return self._refused(request, f"{len(self.queue)} requests are already waiting", now_s)
         self.queue.push(request, now_s)
@@ -94,15 +95,15 @@ class Admission:
 
     def _fits_alone(self, request: Request, now_s: float) -> bool:
         idle = WorkerState("idle", self.cluster.profile)
-        return check(idle, request, now_s, getattr(self.policy, "atgt_margin", 1.0)).feasible_apart_from_ttft
+        return check(idle, request, now_s, self.policy.budget).feasible_apart_from_ttft
 
     def drain(self, now_s: float) -> list[Verdict]:
         """Refuse waiting requests past their deadline, then admit, in queue order, those that
         fit now. Returns a verdict for each request that left the queue."""
         verdicts = [self._refused(r, "its TTFT SLO cannot be met any more", now_s, queued=True)
                     for r in self.queue.remove_if(lambda r: now_s > self.deadline_s(r))]
-        for request, worker_id in self.cluster.place_waiting(self.queue, now_s, policy=self.policy):
-            verdicts.append(self._admitted(request, worker_id, now_s, queued=True))
+        for request, decision in self.cluster.place_waiting(self.queue, now_s, policy=self.policy):
+            verdicts.append(self._admitted(request, decision.worker.id, now_s, queued=True))
         return verdicts
 
     def withdraw(self, request_id: str) -> bool:

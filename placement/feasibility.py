@@ -1,4 +1,4 @@
-"""Exact feasibility of placing one request on one worker (Aladdin's three constraints).
+"""Exact feasibility of placing one request on one worker (Aladdin's constraints).
 
 Projection model (lockstep decoding): from now on every resident, including the new request
 and those still waiting for their prefill, gains one token per decode step. Resident i holds
@@ -12,16 +12,19 @@ which grows between finishes, so its peak is at one of the finish points t = r_k
 step at t runs the n(t) = |{i : r_i >= t}| alive requests over usage(t) context tokens; it is
 largest at a finish point too (n(t) only shrinks with t, the step time grows with both).
 
-A worker is feasible for request q when
-  (a) KV:   max_t usage(t) <= KV capacity,
-  (b) ATGT: token_interval_s(max_t decode_step_s(n(t), usage(t)), rho) <= atgt_margin x min
-            SLO ATGT of residents and q (the margin, 1 = the SLO itself, is the policy's
-            packing target: see `placement.policies.aladdin`), where rho is the worker's prefill share with q's prefill added
-            (`WorkerState.prefill_share`): prefills run before decode steps, so the average
-            time between tokens is the step stretched by 1 / (1 - rho), as in the planner,
-  (c) TTFT: (now - q.arrival) + ttft_s(q.input_len, queued prefill ahead of it) <= q.slo_ttft.
-            Prefills have priority, so q waits for the prompts queued before it and at most
-            the decode step running when it arrives (not counted: <= the ATGT SLO).
+A worker is feasible for request q under a `PackingBudget` (shares of the SLOs best fit packs
+to, adapted from measured attainment; 1 = the SLOs themselves) when
+  (a) KV:    max_t usage(t) <= KV capacity,
+  (b) ATGT:  token_interval_s(max_t decode_step_s(n(t), usage(t)), rho) <= atgt_share x min SLO
+             ATGT of residents and q, where rho is the worker's prefill share with q's prefill
+             added (`WorkerState.prefill_share`): prefills stall decode steps, so on average the
+             time between tokens is the step stretched by 1 / (1 - rho), as in the planner,
+  (c) stall: q's prefill is one more stall for every resident; the expected number of them it
+             pushes over atgt_share x their ATGT SLO is at most the budget's `stall_risk`
+             (`stall_risk` below: short replies are the ones a stall breaks),
+  (d) TTFT:  (now - q.arrival) + ttft_s(q.input_len, queued prefill ahead of it) <= ttft_share
+             x q.slo_ttft. Prefills have priority, so q waits for the prompts queued before it
+             and at most the decode step running when it arrives (not counted: <= the ATGT SLO).
 All latencies come from the worker's `WorkerProfile`.
 """
 
@@ -29,8 +32,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from placement.interference import token_interval_s
+from placement.interference import stall_breaking_lengths, token_interval_s
+from placement.packing_budget import PackingBudget
 from placement.state import Request, WorkerState
+
+# Packing to the SLOs themselves, stalls counted on average only.
+NO_MARGIN = PackingBudget.fixed_shares(1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +56,7 @@ class Fit:
     kv_ok: bool
     atgt_ok: bool
     ttft_ok: bool
+    stall_ok: bool  # its prefill is unlikely to break a resident's ATGT SLO
     accepting: bool
     peak_kv_tokens: int
     kv_capacity_tokens: int
@@ -57,16 +65,17 @@ class Fit:
     atgt_s: float  # peak_step_s stretched by the prefills: the projected time between tokens
     atgt_slo_s: float  # the ATGT budget packed to: margin x the tightest SLO
     ttft_s: float
-    ttft_slo_s: float
+    ttft_slo_s: float  # the TTFT budget: its share x the request's SLO
+    stall_breaks: float = 0.0  # expected residents whose ATGT SLO its prefill breaks
 
     @property
     def feasible(self) -> bool:
-        return self.accepting and self.kv_ok and self.atgt_ok and self.ttft_ok
+        return self.feasible_apart_from_ttft and self.ttft_ok
 
     @property
     def feasible_apart_from_ttft(self) -> bool:
         """Feasible if the TTFT SLO is dropped (for a request that can no longer meet it)."""
-        return self.accepting and self.kv_ok and self.atgt_ok
+        return self.accepting and self.kv_ok and self.atgt_ok and self.stall_ok
 
     @property
     def kv_leftover(self) -> float:
@@ -140,26 +149,58 @@ def project(worker: WorkerState, new: Request | None = None) -> Projection:
     return Projection(peak_kv, peak_step)
 
 
-def check(worker: WorkerState, request: Request, now_s: float, atgt_margin: float = 1.0) -> Fit:
-    """Whether `request` fits on `worker` now, with the margins best-fit scoring needs. The
-    projected time between tokens must stay within `atgt_margin` x the tightest ATGT SLO
-    (`Fit.atgt_slo_s` is that budget)."""
+def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float, budget: PackingBudget) -> float:
+    """Expected number of `worker`'s residents whose ATGT one more prefill stall of `stall_s`
+    breaks, their decode running at `step_s` per token from now on and packed to
+    `budget.atgt_share` x their SLO (`placement.interference.stall_breaking_lengths`, weighed by
+    how likely each is to be that short: `budget.replies`). A resident still waiting for its
+    prefill is counted as if it had just produced its first token: the stall will follow it.
+    0 without a reply-length model."""
+    replies = budget.replies
+    if replies is None or not worker.residents:
+        return 0.0
+    share = budget.atgt_share
+    steps = worker.steps
+    total = 0.0
+    for resident in worker.residents.values():
+        start = resident.decode_from_step
+        decoded = 0 if start is None else steps - start
+        elapsed = 0.0 if start is None else now_s - resident.decode_started_s
+        request = resident.request
+        lo, hi = stall_breaking_lengths(elapsed, decoded, step_s, request.slo_atgt_s * share, stall_s)
+        survived = decoded + 1.0
+        if hi > survived:  # most residents are past every length the stall could break
+            total += replies.p_end_between(request.pred_mean, survived, lo, hi)
+    return total
+
+
+def check(worker: WorkerState, request: Request, now_s: float, budget: PackingBudget | None = None) -> Fit:
+    """Whether `request` fits on `worker` now, with the margins best-fit scoring needs, under
+    `budget` (default: the SLOs themselves, stalls counted on average only): the projected time
+    between tokens within `budget.atgt_share` x the tightest ATGT SLO (`Fit.atgt_slo_s`), the
+    TTFT within `budget.ttft_share` x its SLO, and the request's prefill expected to break at
+    most `budget.stall_risk` of the residents' ATGT SLOs."""
+    budget = budget or NO_MARGIN
     projection = project(worker, request)
-    atgt_slo = min(worker.min_slo_atgt_s, request.slo_atgt_s) * atgt_margin
-    ttft = (now_s - request.arrival_s) + worker.profile.ttft_s(
+    atgt_slo = min(worker.min_slo_atgt_s, request.slo_atgt_s) * budget.atgt_share
+    profile = worker.profile
+    ttft = (now_s - request.arrival_s) + profile.ttft_s(
         request.input_len,
         worker.queued_prefill_tokens,
         worker.queued_prefill_sq,
         worker.queued_prefill_count,
     )
     capacity = worker.kv_capacity_tokens
-    prefill_share = worker.prefill_share(now_s, worker.profile.prefill_time_s([request.input_len]))
+    own_prefill_s = profile.prefill_time_s([request.input_len])
+    prefill_share = worker.prefill_share(now_s, own_prefill_s)
     atgt = token_interval_s(projection.peak_step_s, prefill_share)
+    breaks = stall_risk(worker, own_prefill_s, projection.peak_step_s, now_s, budget)
     return Fit(
         worker_id=worker.id,
         kv_ok=projection.peak_kv_tokens <= capacity,
         atgt_ok=atgt <= atgt_slo,
-        ttft_ok=ttft <= request.slo_ttft_s,
+        ttft_ok=ttft <= request.slo_ttft_s * budget.ttft_share,
+        stall_ok=breaks <= budget.stall_risk,
         accepting=worker.accepting,
         peak_kv_tokens=projection.peak_kv_tokens,
         kv_capacity_tokens=capacity,
@@ -168,10 +209,6 @@ def check(worker: WorkerState, request: Request, now_s: float, atgt_margin: floa
         atgt_s=atgt,
         atgt_slo_s=atgt_slo,
         ttft_s=ttft,
-        ttft_slo_s=request.slo_ttft_s,
+        ttft_slo_s=request.slo_ttft_s * budget.ttft_share,
+        stall_breaks=breaks,
     )
-
-
-def is_feasible(worker: WorkerState, request: Request, now_s: float) -> bool:
-    """Shorthand for `check(...).feasible`."""
-    return check(worker, request, now_s).feasible

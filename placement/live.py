@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from placement.policy import PlacementPolicy
+from placement.policy import Decision, PlacementPolicy
 from placement.queue_order import WaitingQueue
 from placement.rebalance import SurvivalEstimator, rebalance
 from placement.state import Request, WorkerState
@@ -100,28 +100,27 @@ class LiveCluster:
 
     def place(
         self, request: Request, candidates: Sequence[str], now_s: float, policy: PlacementPolicy | None = None
-    ) -> str | None:
-        """The policy's choice among `candidates` (worker ids), admitted there; None if the
-        policy makes it wait. Placing a request id again (a retried routing) moves it.
+    ) -> Decision:
+        """The policy's decision among `candidates` (worker ids), admitted there unless it
+        waits (`Decision.worker` None). Placing a request id again (a retried routing) moves it.
         `policy` overrides the cluster's (e.g. the same policy in "wait" mode, for admission)."""
         self._drop_request(request.id)
         workers = [self.worker(c) for c in candidates]
-        chosen = (policy or self.policy).choose(request, workers, now_s)
-        if chosen is None:
-            return None
-        self._admit(chosen, request, now_s)
-        return chosen.id
+        decision = (policy or self.policy).decide(request, workers, now_s)
+        if decision.worker is not None:
+            self._admit(decision.worker, request, now_s)
+        return decision
 
     def place_waiting(
         self, queue: WaitingQueue, now_s: float, policy: PlacementPolicy | None = None
-    ) -> list[tuple[Request, str]]:
+    ) -> list[tuple[Request, Decision]]:
         """Offer `queue`'s requests to the policy in queue order over every known worker;
-        admit those it places (see WaitingQueue.place_waiting). Returns (request, worker id)."""
+        admit those it places (see WaitingQueue.place_waiting)."""
         placed = queue.place_waiting(policy or self.policy, list(self.workers.values()), now_s)
-        for request, worker in placed:
-            self._where[request.id] = worker.id
+        for request, decision in placed:
+            self._where[request.id] = decision.worker.id
             self._placed_at[request.id] = now_s
-        return [(request, worker.id) for request, worker in placed]
+        return placed
 
     def admit(self, worker_id: str, request: Request, now_s: float) -> None:
         """Record a placement made elsewhere (e.g. a fallback choice) on `worker_id`."""

@@ -6,9 +6,22 @@ The same policy objects run inside the serving placement actor and inside the si
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from placement.state import Request, WorkerState
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a request goes and what placement promised it. `feasible`: the worker fits it by
+    the policy's own test (False with a worker: nothing fitted and it was overcommitted there;
+    with None: it waits). `ttft_lost`: no worker could meet its TTFT any more, so only its
+    other SLOs were weighed. Baselines test nothing: any worker they pick is `feasible`."""
+
+    worker: WorkerState | None
+    feasible: bool
+    ttft_lost: bool = False
 
 
 class PlacementPolicy(Protocol):
@@ -18,6 +31,10 @@ class PlacementPolicy(Protocol):
 
     def choose(self, request: Request, workers: Sequence[WorkerState], now_s: float) -> WorkerState | None:
         """The worker to place `request` on; None if it should wait (no worker fits)."""
+        ...
+
+    def decide(self, request: Request, workers: Sequence[WorkerState], now_s: float) -> Decision:
+        """`choose`, with what the choice promised."""
         ...
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from placement.demand import Demand
-from placement.policy import PlacementPolicy, QueueOrder
+from placement.policy import Decision, PlacementPolicy, QueueOrder
 from placement.state import Request, WorkerState
 
 
@@ -113,19 +113,19 @@ class WaitingQueue:
 
     def place_waiting(
         self, policy: PlacementPolicy, workers: Sequence[WorkerState], now_s: float
-    ) -> list[tuple[Request, WorkerState]]:
+    ) -> list[tuple[Request, Decision]]:
         """Offer every waiting request, in order, to `policy`; admit those it places (so later
         ones see them) and keep the rest waiting. Returns the placements made."""
-        placed: list[tuple[Request, WorkerState]] = []
+        placed: list[tuple[Request, Decision]] = []
         kept: list[tuple[float, int, Request]] = []
         while self._heap:
             entry = heapq.heappop(self._heap)
-            worker = policy.choose(entry[2], workers, now_s)
-            if worker is None:
+            decision = policy.decide(entry[2], workers, now_s)
+            if decision.worker is None:
                 kept.append(entry)
                 continue
-            worker.admit(entry[2], now_s)
+            decision.worker.admit(entry[2], now_s)
             self.demand.discard(entry[2])
-            placed.append((entry[2], worker))
+            placed.append((entry[2], decision))
         self._heap = kept  # popped in order, so already a valid heap
         return placed

@@ -19,11 +19,15 @@ import numpy as np
 
 from placement.state import WorkerState
 
+# Beyond every reply of the reference sample, a reply that has produced g tokens is expected to
+# reach g x TAIL_GROWTH (estimates) and taken to end uniformly before it (placement.reply_lengths).
+TAIL_GROWTH = 1.5
+
 
 class SurvivalEstimator:
     """Conditional mean and upper quantile of the output length given it exceeds g tokens."""
 
-    def __init__(self, lengths: Iterable[float] = (), quantile: float = 0.9, tail_growth: float = 1.5) -> None:
+    def __init__(self, lengths: Iterable[float] = (), quantile: float = 0.9, tail_growth: float = TAIL_GROWTH) -> None:
         if not 0 < quantile < 1 or tail_growth <= 1:
             raise ValueError("need 0 < quantile < 1 and tail_growth > 1")
         self.lengths = np.sort(np.asarray(list(lengths), dtype=float))

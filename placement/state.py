@@ -66,10 +66,12 @@ class Request:
 
 @dataclass(slots=True)
 class Resident:
-    """A request placed on a worker. `decode_from_step` is None until its prefill ran."""
+    """A request placed on a worker. `decode_from_step` is None until its prefill ran;
+    `decode_started_s` is when its first token came out (what its ATGT is measured from)."""
 
     request: Request
     decode_from_step: int | None = None
+    decode_started_s: float = 0.0
     # the request's upper_final_tokens as counted in WorkerState.kv_final_tokens, so removal
     # subtracts what admission added even if the estimate changed in between
     counted_final_tokens: int = 0
@@ -213,11 +215,12 @@ class WorkerState:
             self._min_slo_atgt_s = slo
         self._changed()
 
-    def start_decode(self, request_id: str) -> None:
-        """Its prefill ran (and produced the first token): it joins the decoding batch."""
+    def start_decode(self, request_id: str, now_s: float = 0.0) -> None:
+        """Its prefill ran and produced the first token at `now_s`: it joins the decoding batch."""
         resident = self.residents[request_id]
         if resident.decode_from_step is not None:
             raise ValueError(f"request {request_id} is already decoding")
+        resident.decode_started_s = now_s
         n = resident.request.input_len
         self.queued_prefill_tokens -= n
         self.queued_prefill_sq -= n * n

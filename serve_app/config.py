@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from placement.admission import AdmissionLimits
+from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT, PackingBudget
+from placement.reply_lengths import ReplyLengths
 from predictors.latency.families import list_profile_families, load_profile_family
 
 GiB = 1 << 30
@@ -201,11 +203,16 @@ class PlacementConfig(_Section):
         1.0, gt=0, description="The router falls back to power-of-two choices past this wait."
     )
     heartbeat_s: float = Field(0.25, gt=0, description="Period of the workers' batched reports.")
+    target_attainment: float = Field(
+        DEFAULT_TARGET_ATTAINMENT, gt=0, lt=1,
+        description="aladdin: the share of requests that should meet both SLOs. The packing budget (the "
+        "shares of the SLOs workers are packed to) adapts to it from the measured attainment of finished "
+        "requests (placement.attainment_feedback).",
+    )
     atgt_margin: float | None = Field(
         None, gt=0, le=1,
-        description="aladdin: share of the ATGT SLO a worker is packed to by the profile's prediction "
-        "(default: placement.policies.aladdin.DEFAULT_ATGT_MARGIN). Closer to 1 with a profile fitted to "
-        "served requests (`aladdin profile --from-bench`), whose predictions carry no engine-only bias.",
+        description="aladdin, expert override: pack every worker to this fixed share of the ATGT SLO instead "
+        "of the adaptive budget (default: None = adaptive).",
     )
     admission: bool = Field(
         True,
@@ -230,9 +237,12 @@ class PlacementConfig(_Section):
     def uses_actor(self) -> bool:
         return self.policy != "serve-p2c"
 
-    def aladdin_options(self) -> dict[str, Any]:
-        """Constructor options of the Aladdin policy this config sets (beyond on_infeasible)."""
-        return {} if self.atgt_margin is None else {"atgt_margin": self.atgt_margin}
+    def packing_budget(self) -> PackingBudget:
+        """A fresh Aladdin packing budget as this config sets it (adaptive unless atgt_margin)."""
+        if self.atgt_margin is None:
+            return PackingBudget(target_attainment=self.target_attainment)
+        return PackingBudget.fixed_shares(self.atgt_margin, replies=ReplyLengths(),
+                                          target_attainment=self.target_attainment)
 
     @property
     def admits(self) -> bool:

@@ -36,7 +36,6 @@ import ray
 
 from placement.admission import Admission, AdmissionLimits, Verdict
 from placement.arrival_window import ArrivalWindow
-from placement.feasibility import check
 from placement.live import LiveCluster, RunningRequest, WorkerReport
 from placement.policies.registry import make_policy
 from placement.worker_estimate import WorkerEstimate, estimate_workers, scale_target
@@ -118,8 +117,9 @@ class PlacementActor:
         self._config = AppConfig.model_validate(config)
         placement = self._config.placement
         self._profile = placement_profile(self._config)
-        options = placement.aladdin_options() if placement.policy == "aladdin" else {}
-        live_options = {**options, "on_infeasible": "least-violation"} if placement.policy == "aladdin" else {}
+        # aladdin's budget: one object for the policy, admission, the planner and the feedback
+        self._budget = placement.packing_budget() if placement.policy == "aladdin" else None
+        live_options = {"budget": self._budget, "on_infeasible": "least-violation"} if self._budget else {}
         self._cluster = LiveCluster(self._profile, make_policy(placement.policy, seed=placement.seed, **live_options))
         self._window = ArrivalWindow(self._config.scaling.window_s)
         self._estimate: WorkerEstimate | None = None
@@ -135,7 +135,7 @@ class PlacementActor:
         self._admission: Admission | None = None
         if placement.admits:
             self._admission = Admission(
-                self._cluster, make_policy("aladdin", seed=placement.seed, **options, on_infeasible="wait"),
+                self._cluster, make_policy("aladdin", seed=placement.seed, budget=self._budget, on_infeasible="wait"),
                 AdmissionLimits(placement.max_waiting, placement.max_wait_s),
             )
         self._suspects: set[str] = set()  # workers that failed a request and have not reported since
@@ -217,10 +217,11 @@ class PlacementActor:
             return admitted_to  # placed when it was admitted
         item = request.to_request()
         self._window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean)
-        chosen = self._cluster.place(item, candidates, now)
+        decision = self._cluster.place(item, candidates, now)
+        chosen = None if decision.worker is None else decision.worker.id
         if chosen is None:
             outcome = "waited"
-        elif self._config.placement.policy == "aladdin" and not check(self._cluster.workers[chosen], item, now).feasible:
+        elif not decision.feasible:
             outcome = "least_violation"  # nothing was feasible; the policy took the mildest miss
         else:
             outcome = "placed"
@@ -339,7 +340,7 @@ class PlacementActor:
         estimate = estimate_workers(
             self._window, self._profile, now, slo.ttft_ms / 1000, slo.atgt_ms / 1000, scaling.headroom,
             # plan for the ATGT budget the policy packs to, as the simulator's planner scaler does
-            atgt_margin=getattr(self._cluster.policy, "atgt_margin", 1.0), in_flight=in_flight,
+            atgt_margin=1.0 if self._budget is None else self._budget.atgt_share, in_flight=in_flight,
         )
         if self._estimate is None or estimate.workers != self._estimate.workers:
             logger.info("placement: minimal-worker estimate %d (x tp%d = %d GPUs) at %.3g req/s: %s",

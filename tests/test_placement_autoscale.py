@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from placement.packing_budget import PackingBudget
 from placement.simulator.autoscale import (
     DEFAULT_TARGET_ONGOING_REQUESTS,
     PlannerScaler,
@@ -134,10 +135,11 @@ def test_planner_holds_the_requests_in_flight():
 
 
 def test_planner_plans_for_the_atgt_budget_it_is_given():
-    assert _planner_workers(100.0, atgt_margin=0.6) > _planner_workers(100.0, atgt_margin=1.0)
+    tight, loose = PackingBudget.fixed_shares(0.6), PackingBudget.fixed_shares(1.0)
+    assert _planner_workers(100.0, budget=tight) > _planner_workers(100.0, budget=loose)
 
 
-def test_scenario_gives_the_planner_aladdins_margin():
+def test_scenario_gives_the_planner_aladdins_budget():
     scenario = Scenario.fitted(synthetic(300, 20.0, seed=1), PROFILE, slo_ttft_s=1.0, slo_atgt_s=0.05,
                                length_model="oracle")
     runs = {

@@ -28,12 +28,12 @@ def _cluster(policy: str = "jsq") -> LiveCluster:
 
 def test_place_admits_on_the_chosen_candidate_only() -> None:
     cluster = _cluster("rr")
-    first = cluster.place(_item("a").to_request(), ["w0", "w1"], 0.0)
-    second = cluster.place(_item("b").to_request(), ["w0", "w1"], 0.0)
+    first = cluster.place(_item("a").to_request(), ["w0", "w1"], 0.0).worker.id
+    second = cluster.place(_item("b").to_request(), ["w0", "w1"], 0.0).worker.id
     assert {first, second} == {"w0", "w1"}
     assert cluster.location("a") == first and "a" in cluster.workers[first].residents
     only = cluster.place(_item("c").to_request(), ["w1"], 0.0)
-    assert only == "w1"
+    assert only.worker.id == "w1" and only.feasible
 
 
 def test_replacing_a_request_moves_it() -> None:

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from placement.bench import build_cluster, decision_loop
 from placement.feasibility import check
 from placement.policies import POLICY_NAMES, AladdinPolicy, make_policy
-from placement.policies.aladdin import DEFAULT_ATGT_MARGIN
+from placement.packing_budget import PackingBudget
 from placement.queue_order import QUEUE_ORDER_NAMES, WaitingQueue, make_queue_order
 from placement.rebalance import SurvivalEstimator, on_progress, rebalance
+from placement.reply_lengths import ReplyLengths
 from placement.state import Request, WorkerState
 from predictors.latency import load_profile_family
 
@@ -63,31 +64,38 @@ def test_registry_makes_every_policy_and_rejects_unknown_names():
 @settings(max_examples=60, deadline=None)
 @given(
     st.integers(0, 10_000), st.integers(1, 12), st.integers(1, 600), st.floats(1, 400), st.integers(0, 2),
-    st.sampled_from([1.0, DEFAULT_ATGT_MARGIN, 0.3]),
+    st.sampled_from([1.0, 0.6, 0.3]), st.booleans(),
 )
-def test_aladdin_places_only_where_feasible_and_waits_only_when_nothing_is(seed, n, input_len, upper, tight, margin):
-    # the vectorized filter and bounds pack to the same ATGT budget as the exact check
+def test_aladdin_places_only_where_feasible_and_waits_only_when_nothing_is(
+    seed, n, input_len, upper, tight, share, stalls
+):
+    # the vectorized filter and bounds pack to the same budget as the exact check, with and
+    # without the per-request stall risk
     cluster = _random_cluster(seed, n)
     request = _request("new", input_len, upper / 2, upper)
-    chosen = AladdinPolicy(tight_checks=tight, atgt_margin=margin).choose(request, cluster, now_s=0.0)
-    fits = [check(w, request, 0.0, margin) for w in cluster]
+    budget = PackingBudget.fixed_shares(share, replies=ReplyLengths() if stalls else None)
+    chosen = AladdinPolicy(tight_checks=tight, budget=budget).choose(request, cluster, now_s=0.0)
+    fits = [check(w, request, 0.0, budget) for w in cluster]
     if chosen is None:
         assert not any(f.feasible for f in fits)
     else:
-        assert check(chosen, request, 0.0, margin).feasible
+        assert check(chosen, request, 0.0, budget).feasible
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 10_000), st.integers(1, 8), st.integers(1, 600), st.floats(1, 400),
        st.floats(0.05, 1.0), st.floats(0.05, 1.0))
-def test_atgt_margin_only_tightens_feasibility(seed, n, input_len, upper, a, b):
+def test_atgt_share_only_tightens_the_average_atgt_test(seed, n, input_len, upper, a, b):
+    # (the stall test is not monotone in the share: a tighter budget makes more residents
+    # miss it anyway, which one more stall then cannot break)
     low, high = sorted((a, b))
     request = _request("new", input_len, upper / 2, upper)
     for worker in _random_cluster(seed, n):
-        tight, loose = check(worker, request, 0.0, low), check(worker, request, 0.0, high)
+        tight = check(worker, request, 0.0, PackingBudget.fixed_shares(low))
+        loose = check(worker, request, 0.0, PackingBudget.fixed_shares(high))
         assert tight.atgt_slo_s <= loose.atgt_slo_s
         assert not tight.feasible or loose.feasible
-        assert (tight.kv_ok, tight.ttft_ok) == (loose.kv_ok, loose.ttft_ok)  # the margin is ATGT's alone
+        assert (tight.kv_ok, tight.ttft_ok) == (loose.kv_ok, loose.ttft_ok)  # the share is ATGT's alone
 
 
 def test_atgt_margin_keeps_a_worker_below_its_slo():
@@ -108,10 +116,12 @@ def test_atgt_margin_keeps_a_worker_below_its_slo():
 
 def test_atgt_margin_must_be_a_share_of_the_slo():
     for bad in (0.0, -0.5, 1.5):
-        with pytest.raises(ValueError, match="atgt_margin"):
+        with pytest.raises(ValueError, match="atgt_share"):
             make_policy("aladdin", atgt_margin=bad)
-    assert make_policy("aladdin").atgt_margin == DEFAULT_ATGT_MARGIN
-    assert make_policy("aladdin", atgt_margin=0.8).atgt_margin == 0.8
+    default = make_policy("aladdin").budget
+    assert (default.atgt_share, default.fixed) == (1.0, False) and default.replies is not None
+    fixed = make_policy("aladdin", atgt_margin=0.8).budget
+    assert (fixed.atgt_share, fixed.fixed) == (0.8, True) and fixed.replies is not None
 
 
 def test_aladdin_prefers_the_tighter_of_two_feasible_workers():
@@ -260,9 +270,11 @@ def test_aladdin_places_a_request_whose_ttft_is_already_lost_by_kv_and_atgt():
 
 def test_aladdin_spreads_a_steady_stream_once_prefills_would_break_atgt():
     """Long prompts arriving steadily: the old check (decode step alone) kept every request on
-    the first worker; counting the prefill share moves the overflow to another worker."""
+    the first worker; counting the prefill share moves the overflow to another worker. (The
+    average term alone: the residents here never advance, which the stall test would read as
+    decodes falling behind.)"""
     workers = [WorkerState(id=f"w{i}", profile=BASE) for i in range(4)]
-    policy = AladdinPolicy()
+    policy = AladdinPolicy(budget=PackingBudget.fixed_shares(1.0))
     placed: list[tuple[WorkerState, str]] = []
     for k in range(200):
         now_s = 0.2 * k  # 5 prompts of 2,000 tokens a second: ~0.7 s of prefill per second
@@ -278,11 +290,17 @@ def test_aladdin_spreads_a_steady_stream_once_prefills_would_break_atgt():
     assert sum(1 for w in workers if w.prefill_share(now_s) > 0.05) >= 2
 
 
-def _bench_choices(workers: int, inflight: int, decisions: int, seed: int, saturate: bool = False, **options):
+def _bench_choices(
+    workers: int, inflight: int, decisions: int, seed: int, saturate: bool = False, share: float | None = None,
+    **options,
+):
     """The ids Aladdin chooses ("-" for none) in `placement.bench`'s loop on its seeded state.
     Every 37th request arrived 2 s ago (its TTFT is lost). `saturate`: every third worker gets
     a profile with half the KV blocks (several profiles) and the first three a burst of long
-    prompts (prefill share >= 1)."""
+    prompts (prefill share >= 1). `share`: a fixed ATGT share without the stall test (the
+    policy before it had one); None: the default budget."""
+    if share is not None:
+        options["budget"] = PackingBudget.fixed_shares(share)
     cluster, arrivals = build_cluster(workers, inflight, seed=seed)
     if saturate:
         kv = cluster[0].profile.kv
@@ -304,13 +322,14 @@ def _bench_choices(workers: int, inflight: int, decisions: int, seed: int, satur
 
 # sha256 prefixes of the choices on seeded bench states; a speed-up must not change them.
 # Update only for an intended change of decisions.
-# - atgt_margin=1.0 (packing to the SLO itself): the digests of the policy before its decision
-#   was made cheaper (columns as free KV, list-equality sync, reused buffers) and before the
-#   margin existed, so margin 1 still reproduces those decisions exactly.
-# - the default margin (DEFAULT_ATGT_MARGIN = 0.6, chosen by the sweep in BENCHMARKS.md
-#   "ATGT packing margin") packs every worker to 60 % of its ATGT SLO: different choices by
-#   design, pinned from the commit that introduced it (fewer workers fit, so the tight_checks
-#   state waits more often: 153 of 300 decisions instead of 16).
+# - share=1.0 (packing to the SLO itself, no stall test): the digests of the policy before its
+#   decision was made cheaper (columns as free KV, list-equality sync, reused buffers), before
+#   the margin existed and before the stall test, so it still reproduces those decisions.
+# - share=0.6: the fixed 0.6 ATGT margin that was the default before the packing budget
+#   adapted (fewer workers fit, so the tight_checks state waits more often: 153 of 300
+#   decisions instead of 16), still reproduced without the stall test.
+# - the default budget (ATGT share 1 until feedback moves it, the stall test on with the prior
+#   reply lengths): pinned from the commit that introduced it.
 _BENCH_STATES = [
     dict(workers=200, inflight=10_000, decisions=400, seed=0),
     dict(workers=20, inflight=4000, decisions=300, seed=4, on_infeasible="least-violation"),
@@ -323,10 +342,14 @@ _BENCH_STATES = [
     ("config", "digest"),
     [
         *zip(
-            [dict(state, atgt_margin=1.0) for state in _BENCH_STATES],
+            [dict(state, share=1.0) for state in _BENCH_STATES],
             ["31abd23eda4f158c", "37f969cc39e089c0", "70e9852adc445c2a", "53293672ba516c12"],
         ),
-        *zip(_BENCH_STATES, ["a05f840e2db6a20b", "60ea9629106efb8d", "a66d311fe7747a13", "6194e3ed5fc44daa"]),
+        *zip(
+            [dict(state, share=0.6) for state in _BENCH_STATES],
+            ["a05f840e2db6a20b", "60ea9629106efb8d", "a66d311fe7747a13", "6194e3ed5fc44daa"],
+        ),
+        *zip(_BENCH_STATES, ["ac63d95b8e484ee3", "38409468b1a7d6c0", "6c7b083ea24e979d", "1349ee89ee25e92b"]),
     ],
 )
 def test_aladdin_choices_on_bench_states_are_unchanged(config, digest):

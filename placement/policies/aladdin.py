@@ -14,16 +14,19 @@ Filter -> rank -> verify, over a `WorkerTable` of per-worker aggregates:
 3. Verify in rank order: safe workers within the ATGT bound, then the other safe ones, then the
    tight ones. A safe worker is accepted outright when the bounds prove it feasible (no
    resident past its upper estimate, the stretched bounding step with the newcomer within the
-   SLO); otherwise the exact check (`placement.feasibility.check`) decides. The first feasible
-   worker wins. `tight_checks` > 0 first tries that many tight
+   SLO) and its prefill is not expected to break a resident's ATGT (`stall_risk`, computed
+   for the worker at hand only); otherwise the exact check (`placement.feasibility.check`)
+   decides. The first feasible worker wins. `tight_checks` > 0 first tries that many tight
    workers exactly (they may fit at the exact projected peak and pack tighter, at ~one
    projection each). If no safe worker fits, every tight one is checked in order, so "nothing
    fits" is always exact.
 
-Every ATGT comparison above (filter, bounds, score, exact check) is against `atgt_margin` x
-the tightest ATGT SLO, not the SLO itself: best fit packs each worker to its limit, so what
-the feasibility model only estimates (the prefill share, replies longer than their upper
-estimates) decides whether the busiest workers miss, however many workers there are.
+Every comparison above (filter, bounds, score, exact check) is against the policy's
+`PackingBudget`: shares of the SLOs, not the SLOs themselves. Best fit packs each worker to its
+limit, so what the feasibility model only estimates (the prefill share, replies longer than
+their upper estimates) decides whether the busiest workers miss, however many workers there
+are; the shares follow the attainment measured on finished requests
+(`placement.attainment_feedback`) instead of a constant tuned on one trace.
 
 A request whose TTFT can no longer be met on any worker (wait so far + its own prefill over
 the SLO) is placed by KV and ATGT alone: waiting cannot help it, and it should still be served
@@ -40,17 +43,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from placement.feasibility import check
+from placement.feasibility import check, stall_risk
 from placement.interference import token_interval_s
+from placement.packing_budget import PackingBudget
 from placement.policies.worker_table import WorkerTable
+from placement.policy import Decision
+from placement.reply_lengths import ReplyLengths
 from placement.state import Request, WorkerState
 
 ON_INFEASIBLE = ("wait", "least-violation")
-# The share of the ATGT SLO best fit packs a worker to (filter, bounds, score and exact check
-# alike). Below 1 it leaves room for what feasibility only estimates: the prefill share is
-# the recent past's, and replies outlive their upper estimates. Chosen by measurement
-# (BENCHMARKS.md, "ATGT packing margin").
-DEFAULT_ATGT_MARGIN = 0.6
 # relative slack on the vectorized ATGT prefilter: its prefill share is computed in another
 # order than the exact check's, and a necessary condition must not drop a worker on rounding
 ROUNDING_SLACK = 1e-9
@@ -75,22 +76,28 @@ class _Scratch:
 
 
 class AladdinPolicy:
-    """Best-fit placement under KV, ATGT and TTFT feasibility (arXiv 2405.06856)."""
+    """Best-fit placement under KV, ATGT, prefill-stall and TTFT feasibility (arXiv 2405.06856)."""
 
     name = "aladdin"
 
     def __init__(
-        self, on_infeasible: str = "wait", tight_checks: int = 0, atgt_margin: float = DEFAULT_ATGT_MARGIN
+        self, on_infeasible: str = "wait", tight_checks: int = 0, atgt_margin: float | None = None,
+        budget: PackingBudget | None = None,
     ) -> None:
+        """`budget` is shared with whoever adapts it (default: a fresh adaptive one);
+        `atgt_margin` fixes its ATGT share instead (an expert override, in (0, 1])."""
         if on_infeasible not in ON_INFEASIBLE:
             raise ValueError(f"on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}")
         if tight_checks < 0:
             raise ValueError("tight_checks must be >= 0")
-        if not 0.0 < atgt_margin <= 1.0:
-            raise ValueError(f"atgt_margin must be in (0, 1], got {atgt_margin!r}")
+        if budget is not None and atgt_margin is not None:
+            raise ValueError("give a budget or an atgt_margin, not both")
+        if budget is None:
+            budget = (PackingBudget() if atgt_margin is None
+                      else PackingBudget.fixed_shares(float(atgt_margin), replies=ReplyLengths()))
         self.on_infeasible = on_infeasible
         self.tight_checks = tight_checks
-        self.atgt_margin = float(atgt_margin)
+        self.budget = budget
         self.table = WorkerTable()
         self._scratch = _Scratch(0)
 
@@ -98,11 +105,17 @@ class AladdinPolicy:
         """The feasible worker where `request` fits best; None (or the least-violating worker)
         when none is feasible. A request that can no longer meet its TTFT SLO anywhere is
         placed by KV and ATGT alone."""
+        return self.decide(request, workers, now_s).worker
+
+    def decide(self, request: Request, workers: Sequence[WorkerState], now_s: float) -> Decision:
+        """`choose`, with what the choice promised (`placement.policy.Decision`: infeasible
+        when it took the least violation, TTFT lost when placed by KV and ATGT alone)."""
         table = self.table
         table.sync(workers)
         n = len(workers)
         if not n:
-            return None
+            return Decision(None, False)
+        budget = self.budget
         if self._scratch.size != n:
             self._scratch = _Scratch(n)
         buf = self._scratch
@@ -114,9 +127,9 @@ class AladdinPolicy:
         # a TTFT that no worker could meet even with nothing queued is lost: place by KV and
         # ATGT alone rather than never
         need_ttft = waited_s + min(alone_by_profile) <= request.slo_ttft_s
-        # the ATGT budget every step below packs to (x 1.0 is exact: margin 1 is the SLO)
+        # the ATGT budget every step below packs to (x 1.0 is exact: a share of 1 is the SLO)
         atgt_slo = np.minimum(table.min_slo_atgt_s, request.slo_atgt_s, out=buf.atgt_slo)
-        np.multiply(atgt_slo, self.atgt_margin, out=atgt_slo)
+        np.multiply(atgt_slo, budget.atgt_share, out=atgt_slo)
         # token interval per second of decode step (it is linear in the step), with the
         # newcomer's prefill in the worker's prefill share as in feasibility.check
         stretch = self._stretch(table.prefill_share(now_s, own_prefill_s, out=buf.stretch))
@@ -128,7 +141,7 @@ class AladdinPolicy:
             # same association as feasibility.check: wait + (queued + own)
             ttft_s = np.add(table.queued_prefill_s, table.per_row(alone_by_profile), out=buf.ttft)
             np.add(waited_s, ttft_s, out=ttft_s)
-            eligible &= np.less_equal(ttft_s, request.slo_ttft_s, out=buf.passed)
+            eligible &= np.less_equal(ttft_s, request.slo_ttft_s * budget.ttft_share, out=buf.passed)
         final = request.upper_final_tokens
         # (capacity - (kv_final + final)) / capacity, the integer part exact either way
         kv_left = np.subtract(table.kv_free_final, final, out=buf.kv_left)
@@ -151,7 +164,7 @@ class AladdinPolicy:
         if self.tight_checks:
             chosen = find(np.where(eligible & ~safe, score, math.inf), limit=self.tight_checks)
             if chosen is not None:
-                return chosen
+                return Decision(chosen, True, not need_ttft)
         # KV-safe workers within the ATGT bound first: unless a resident is overdue they are
         # proven feasible without an exact projection; then the other KV-safe ones, then the
         # tight ones, so None means nothing is feasible (each group built only when reached)
@@ -162,13 +175,16 @@ class AladdinPolicy:
             chosen = find(np.where(safe & ~bounded, score, math.inf), limit=n, atgt_slo=atgt_slo)
         if chosen is None:
             chosen = find(np.where(eligible & ~safe, score, math.inf), limit=n)
-        if chosen is None and self.on_infeasible == "least-violation":
-            ttft_over = (ttft_s - request.slo_ttft_s) / request.slo_ttft_s if need_ttft else 0.0
+        if chosen is not None:
+            return Decision(chosen, True, not need_ttft)
+        if self.on_infeasible == "least-violation":
+            ttft_slo = request.slo_ttft_s * budget.ttft_share
+            ttft_over = (ttft_s - ttft_slo) / ttft_slo if need_ttft else 0.0
             atgt_over = (step_floor - atgt_slo) / atgt_slo
             # pairwise: ttft_over is a scalar when the TTFT is lost (np.maximum.reduce over a
             # list mixing it with arrays raised ValueError)
             chosen = self._least_violating(workers, np.maximum(np.maximum(-kv_left, ttft_over), atgt_over))
-        return chosen
+        return Decision(chosen, False, not need_ttft)
 
     @staticmethod
     def _stretch(prefill_share: np.ndarray) -> np.ndarray:
@@ -199,6 +215,7 @@ class AladdinPolicy:
         passed the TTFT filter, so they may be accepted on the bounds alone. `final` is the
         request's upper final size, `own_prefill_by_profile` its prefill time per table profile."""
         group = self.table.group
+        budget = self.budget
         for _ in range(limit):
             row = int(key.argmin())
             if key[row] == math.inf:
@@ -209,11 +226,15 @@ class AladdinPolicy:
                 continue
             if atgt_slo is not None and worker.steps <= worker.min_upper_end_step:
                 # the same prefill share and stretch as check(), over a step bound >= its peak
-                share = worker.prefill_share(now_s, own_prefill_by_profile[group[row]])
+                own_prefill_s = own_prefill_by_profile[group[row]]
+                share = worker.prefill_share(now_s, own_prefill_s)
                 step_bound = worker.profile.decode_step_s(len(worker.residents) + 1, worker.kv_final_tokens + final)
-                if token_interval_s(step_bound, share) <= atgt_slo[row]:
+                # a longer step leaves the residents less slack, so the stall risk at the bound
+                # is at least the exact one
+                if (token_interval_s(step_bound, share) <= atgt_slo[row]
+                        and stall_risk(worker, own_prefill_s, step_bound, now_s, budget) <= budget.stall_risk):
                     return worker
-            fit = check(worker, request, now_s, self.atgt_margin)
+            fit = check(worker, request, now_s, budget)
             if fit.feasible if need_ttft else fit.feasible_apart_from_ttft:
                 return worker
         return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from placement.policy import Decision
 from placement.state import Request, WorkerState
 
 
@@ -14,7 +15,18 @@ def _accepting(workers: Sequence[WorkerState]) -> list[WorkerState]:
     return [w for w in workers if w.accepting]
 
 
-class RoundRobinPolicy:
+class _Baseline:
+    """A policy that tests nothing: whatever it picks it calls feasible."""
+
+    def choose(self, request: Request, workers: Sequence[WorkerState], now_s: float) -> WorkerState | None:
+        raise NotImplementedError
+
+    def decide(self, request: Request, workers: Sequence[WorkerState], now_s: float) -> Decision:
+        worker = self.choose(request, workers, now_s)
+        return Decision(worker, worker is not None)
+
+
+class RoundRobinPolicy(_Baseline):
     """The next accepting worker after the previous choice, in list order."""
 
     name = "rr"
@@ -32,7 +44,7 @@ class RoundRobinPolicy:
         return None
 
 
-class JoinShortestQueuePolicy:
+class JoinShortestQueuePolicy(_Baseline):
     """The accepting worker with the fewest resident requests (earliest on ties)."""
 
     name = "jsq"
@@ -41,7 +53,7 @@ class JoinShortestQueuePolicy:
         return min(_accepting(workers), key=lambda w: len(w.residents), default=None)
 
 
-class PowerOfTwoPolicy:
+class PowerOfTwoPolicy(_Baseline):
     """Two accepting workers drawn at random, the one with fewer residents (Ray Serve's default)."""
 
     name = "p2c"
@@ -57,7 +69,7 @@ class PowerOfTwoPolicy:
         return b if len(b.residents) < len(a.residents) else a
 
 
-class LeastKVLoadPolicy:
+class LeastKVLoadPolicy(_Baseline):
     """The accepting worker with the smallest fraction of its KV cache in use now."""
 
     name = "least-kv"

@@ -18,9 +18,11 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from placement.packing_budget import PackingBudget
 from placement.planner import Workload
 from placement.simulator.cluster import ClusterView
 from placement.simulator.metrics import RequestRecord
@@ -50,8 +52,8 @@ def _reply_tokens(record: RequestRecord) -> float:
 class PlannerScaler:
     """Workers for the recent load, from the planner's per-worker rate at this TP.
 
-    `atgt_margin` plans for that share of the ATGT SLO: the budget Aladdin packs a worker to
-    (`placement.policies.aladdin.DEFAULT_ATGT_MARGIN`); `scenario.run` sets it from the policy.
+    `budget` is the policy's packing budget (None: the SLOs themselves): the planner plans for
+    the share of the ATGT SLO Aladdin packs a worker to at each tick; `scenario.run` passes it.
     """
 
     period_s: float = 10.0
@@ -59,7 +61,7 @@ class PlannerScaler:
     min_workers: int = 1
     max_workers: int = 1024
     min_arrivals: int = 10  # fewer arrivals in the window: keep the current count
-    atgt_margin: float = 1.0
+    budget: PackingBudget | None = None
     # one arrival window: shrinking sooner than a worker takes to come back (warm-up) thrashes,
     # and 60 s cost less than 120 s or 300 s at equal attainment (BENCHMARKS.md)
     downscale_delay_s: float = 60.0
@@ -81,9 +83,8 @@ class PlannerScaler:
             slo_ttft_s=recent[-1].request.slo_ttft_s,
             slo_atgt_s=recent[-1].request.slo_atgt_s,
         )
-        option, workers = plan_workers(
-            cluster.profile, workload, self.headroom, self.atgt_margin, cluster.ongoing_requests()
-        )
+        share = 1.0 if self.budget is None else self.budget.atgt_share
+        option, workers = plan_workers(cluster.profile, workload, self.headroom, share, cluster.ongoing_requests())
         if not option.usable:
             return None
         return min(self.max_workers, max(self.min_workers, workers))
@@ -135,7 +136,7 @@ class QueueLengthScaler:
             self._asked = None
 
 
-def make_autoscaler(mode: str, **options: float) -> PlannerScaler | QueueLengthScaler:
+def make_autoscaler(mode: str, **options: Any) -> PlannerScaler | QueueLengthScaler:
     """`planner` or `queue-length`, with that scaler's options."""
     if mode == "planner":
         return PlannerScaler(**options)  # type: ignore[arg-type]

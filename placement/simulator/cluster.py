@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from placement.admission import Admission, AdmissionLimits
-from placement.policy import PlacementPolicy, QueueOrder
+from placement.closed_loop import ClosedLoop
+from placement.policy import Decision, PlacementPolicy, QueueOrder
 from placement.queue_order import WaitingQueue
 from placement.rebalance import SurvivalEstimator
 from placement.simulator.length_model import LengthModel
@@ -102,6 +103,7 @@ class Cluster:
     autoscaler: Autoscaler | None = None
     arrival_window_s: float = 60.0  # how far back `recent_arrivals` looks
     wait_policy: PlacementPolicy | None = None  # `policy` in "wait" mode: what admission fits by
+    loop: ClosedLoop | None = None  # feedback from finished requests to the policy's budget
     now_s: float = 0.0
     records: list[RequestRecord] = field(default_factory=list)
 
@@ -219,7 +221,11 @@ class Cluster:
         if end is not None:
             self._push(end, _WORKER_DONE, engine, engine.version)
 
-    def _place(self, record: RequestRecord, worker: WorkerState) -> None:
+    def _place(self, record: RequestRecord, decision: Decision) -> None:
+        """Run a placement the policy made (the request is already admitted to the worker)."""
+        worker = decision.worker
+        if self.loop is not None:
+            self.loop.placed(record.request, worker.id, decision)
         engine = self._by_id[worker.id].engine
         engine.enqueue(record)
         self._kick(engine)
@@ -234,12 +240,12 @@ class Cluster:
             elif verdict is not None and verdict.worker_id is None:  # no worker yet: wait for one
                 self.queue.push(record.request, self.now_s)
             return
-        worker = self.policy.choose(record.request, self.workers, self.now_s)
-        if worker is None:
+        decision = self.policy.decide(record.request, self.workers, self.now_s)
+        if decision.worker is None:
             self.queue.push(record.request, self.now_s)
             return
-        worker.admit(record.request, self.now_s)
-        self._place(record, worker)
+        decision.worker.admit(record.request, self.now_s)
+        self._place(record, decision)
 
     def _new_record(self, index: int, item: TraceRequest) -> RequestRecord:
         """The record of a trace request arriving now, with its predicted lengths."""
@@ -278,14 +284,16 @@ class Cluster:
         if not len(self.queue):
             return
         self._sync_workers()
-        for request, worker in self.queue.place_waiting(self.policy, self.workers, self.now_s):
-            self._place(self._records_by_id[request.id], worker)
+        for request, decision in self.queue.place_waiting(self.policy, self.workers, self.now_s):
+            self._place(self._records_by_id[request.id], decision)
 
     def _worker_done(self, engine: WorkerEngine) -> None:
         finished = engine.complete(self.now_s)
         for record in finished:
             self._unfinished -= 1
             self.lengths.observe(record.request.input_len, record.output_len)
+            if self.loop is not None:
+                self.loop.finished(record.request.id, record.ttft_s, record.atgt_s, record.output_len)
         if finished:
             self._offer_waiting()
         if engine.idle:
@@ -383,19 +391,18 @@ class _AdmissionView:
 
     def place(
         self, request: Request, candidates: Sequence[str], now_s: float, policy: PlacementPolicy | None = None
-    ) -> str | None:
+    ) -> Decision:
         by_id = self.workers
-        chosen = (policy or self._cluster.policy).choose(request, [by_id[c] for c in candidates], now_s)
-        if chosen is None:
-            return None
-        chosen.admit(request, now_s)
-        self._cluster._place(self._cluster._records_by_id[request.id], chosen)
-        return chosen.id
+        decision = (policy or self._cluster.policy).decide(request, [by_id[c] for c in candidates], now_s)
+        if decision.worker is not None:
+            decision.worker.admit(request, now_s)
+            self._cluster._place(self._cluster._records_by_id[request.id], decision)
+        return decision
 
     def place_waiting(
         self, queue: WaitingQueue, now_s: float, policy: PlacementPolicy | None = None
-    ) -> list[tuple[Request, str]]:
+    ) -> list[tuple[Request, Decision]]:
         placed = queue.place_waiting(policy or self._cluster.policy, self._cluster.workers, now_s)
-        for request, worker in placed:
-            self._cluster._place(self._cluster._records_by_id[request.id], worker)
-        return [(request, worker.id) for request, worker in placed]
+        for request, decision in placed:
+            self._cluster._place(self._cluster._records_by_id[request.id], decision)
+        return placed

@@ -8,8 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from placement.admission import AdmissionLimits
+from placement.closed_loop import ClosedLoop
+from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT, PackingBudget
 from placement.policies import make_policy
 from placement.queue_order import make_queue_order
+from placement.reply_lengths import ReplyLengths
 from placement.simulator.autoscale import make_autoscaler
 from placement.simulator.cluster import Cluster, SimConfig, SimResult
 from placement.simulator.length_model import DEFAULT_LENGTH_MODEL, make_length_model
@@ -41,6 +44,7 @@ class Scenario:
     seed: int = 0
     truncated: int = 0  # requests changed to fit max_model_len
     admission: AdmissionLimits | None = None  # SLO-aware admission as served (aladdin only)
+    target_attainment: float = DEFAULT_TARGET_ATTAINMENT  # what Aladdin's budget adapts to
 
     @classmethod
     def fitted(cls, trace: Sequence[TraceRequest], profile: WorkerProfile, **settings: Any) -> Scenario:
@@ -54,11 +58,25 @@ class Scenario:
         return Scenario.fitted(self.trace, profile, **fields)
 
 
+def packing_budget(scenario: Scenario, atgt_margin: float | None = None) -> PackingBudget:
+    """Aladdin's budget for a run: adaptive (or fixed at `atgt_margin`), its reply lengths seeded
+    with the trace's (as error-aware rebalancing's reference sample is) and then learned."""
+    replies = ReplyLengths.from_lengths(r.output_len for r in scenario.trace)
+    if atgt_margin is None:
+        return PackingBudget(replies=replies, target_attainment=scenario.target_attainment)
+    return PackingBudget.fixed_shares(atgt_margin, replies=replies, target_attainment=scenario.target_attainment)
+
+
 def cluster_parts(scenario: Scenario, policy: str, policy_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `Cluster` arguments a scenario fixes apart from the worker count and autoscaling:
-    fresh policy, queue order and length model objects (they are stateful)."""
+    fresh policy, queue order, length model and closed-loop objects (they are stateful)."""
     options = dict(DEFAULT_ALADDIN_OPTIONS) if policy == "aladdin" else {}
     options.update(policy_options or {})
+    loop = None
+    if policy == "aladdin":
+        budget = packing_budget(scenario, options.pop("atgt_margin", None))
+        options["budget"] = budget
+        loop = ClosedLoop(budget)
     wait_policy = None
     if scenario.admission is not None:
         if policy != "aladdin":
@@ -68,6 +86,7 @@ def cluster_parts(scenario: Scenario, policy: str, policy_options: dict[str, Any
         "trace": scenario.trace,
         "profile": scenario.profile,
         "policy": make_policy(policy, seed=scenario.seed, **options),
+        "loop": loop,
         "queue_order": make_queue_order(scenario.queue_order),
         "lengths": make_length_model(
             scenario.length_model, seed=scenario.seed, mae_ratio=scenario.mae_ratio, coverage=scenario.coverage
@@ -103,9 +122,9 @@ def run(
     autoscaling)."""
     parts = cluster_parts(scenario, policy, policy_options)
     scaler_options = dict(autoscale_options or {})
-    if autoscale == "planner":
-        # plan for the ATGT budget the policy packs to (Aladdin's margin; 1 = the SLO otherwise)
-        scaler_options.setdefault("atgt_margin", getattr(parts["policy"], "atgt_margin", 1.0))
+    if autoscale == "planner" and parts["loop"] is not None:
+        # plan for the budget the policy packs to, as it adapts
+        scaler_options.setdefault("budget", parts["loop"].budget)
     cluster = Cluster(
         **parts,
         config=sim_config(scenario, workers),

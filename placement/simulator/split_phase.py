@@ -22,6 +22,7 @@ import numpy as np
 
 from placement.simulator.cluster import FIRST_EXTRA_EVENT, Cluster, SimResult, _Worker
 from placement.simulator.metrics import RequestRecord, Summary, summarize
+from placement.policy import Decision
 from placement.simulator.scenario import Scenario, cluster_parts, sim_config
 from placement.simulator.worker_engine import WorkerEngine
 from placement.state import Request, WorkerState
@@ -171,7 +172,7 @@ class SplitPhaseCluster(Cluster):
         if worker is None:
             raise RuntimeError("no prefill worker accepts requests")
         worker.admit(record.request, self.now_s)
-        super()._place(record, worker)  # queued for prefill there
+        super()._place(record, Decision(worker, True))  # queued for prefill there
 
     def _worker_done(self, engine: WorkerEngine) -> None:
         super()._worker_done(engine)
@@ -179,15 +180,16 @@ class SplitPhaseCluster(Cluster):
         if handoffs:
             self._sync_workers()
         for record in handoffs:
-            worker = self.policy.choose(record.request, self.workers, self.now_s)
-            if worker is None:
+            decision = self.policy.decide(record.request, self.workers, self.now_s)
+            if decision.worker is None:
                 self.queue.push(record.request, self.now_s)  # offered again as decodes finish
                 continue
-            worker.admit(record.request, self.now_s)
-            self._place(record, worker)
+            decision.worker.admit(record.request, self.now_s)
+            self._place(record, decision)
 
-    def _place(self, record: RequestRecord, worker: WorkerState) -> None:
+    def _place(self, record: RequestRecord, decision: Decision) -> None:
         """A decode worker was chosen (and admitted the request): send the prompt's KV."""
+        worker = decision.worker
         record.transfer_s = self.split.link.transfer_s(  # type: ignore[union-attr]
             record.request.input_len, self.prefill_profile.kv.bytes_per_token
         )
@@ -263,7 +265,8 @@ def run_split(
     `decode_workers` workers of the scenario's profile; prompts go to `prefill_workers`
     workers of `prefill_profile` (default: the same profile)."""
     cluster = SplitPhaseCluster(
-        **cluster_parts(scenario, policy, policy_options),
+        # the feedback loop follows colocated workers only (not modelled for split pools)
+        **{**cluster_parts(scenario, policy, policy_options), "loop": None},
         config=sim_config(scenario, decode_workers),
         split=SplitConfig(prefill_workers, decode_workers, link, prefill_profile),
     )

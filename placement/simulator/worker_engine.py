@@ -302,7 +302,7 @@ class WorkerEngine:
             self.state.remove(rid)  # its KV leaves with it (see docs/simulator.md)
             self.handoffs.append(record)
             return
-        self.state.start_decode(rid)
+        self.state.start_decode(rid, record.first_token_s)
         self._join_batch(record, prompt)
 
     def _join_batch(self, record: RequestRecord, kv_tokens: int) -> None:
@@ -354,7 +354,7 @@ class WorkerEngine:
                 break
             self.transferred.popleft()
             free -= need
-            self.state.start_decode(record.request.id)
+            self.state.start_decode(record.request.id, record.first_token_s)
             self._join_batch(record, kv_tokens)
 
     def _prompt(self, record: RequestRecord) -> int:
