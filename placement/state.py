@@ -179,6 +179,15 @@ class WorkerState:
         """Tokens in the KV cache of the decoding batch (prompts plus generated tokens)."""
         return self.decode_context_base + self.decode_count * self.steps
 
+    def set_profile(self, profile: WorkerProfile) -> None:
+        """Read this worker through another profile (its corrected one): the same KV capacity,
+        other latencies. The prefill load already counted keeps the times it was admitted with."""
+        if profile is not self.profile:
+            if profile.kv.capacity_tokens != self.profile.kv.capacity_tokens:
+                raise ValueError("a corrected profile must keep the worker's KV capacity")
+            self.profile = profile
+            self._changed()
+
     def prefill_share(self, now_s: float, extra_prefill_s: float = 0.0) -> float:
         """Estimated share of this worker's time that goes to prefills around `now_s`: the
         decayed sum of the prefill seconds admitted (plus `extra_prefill_s`, e.g. a newcomer's)

@@ -23,6 +23,8 @@ from predictors.latency.profile import WorkerProfile
 # Rebase the epoch once the loads referred to it have grown by e^REBASE_AFTER_WINDOWS, long
 # before float64 overflows.
 REBASE_AFTER_WINDOWS = 50.0
+# Distinct profiles kept for the rows before those no row uses any more are dropped.
+MAX_STALE_PROFILES = 16
 
 
 class WorkerTable:
@@ -108,8 +110,16 @@ class WorkerTable:
         for i, known in enumerate(self.profiles):
             if known is profile:
                 return i
+        if len(self.profiles) >= max(MAX_STALE_PROFILES, 2 * len(self.workers)):
+            self._regroup()  # profiles change (latency correction): drop those no row uses
+            return self._group_of(profile)
         self.profiles.append(profile)
         return len(self.profiles) - 1
+
+    def _regroup(self) -> None:
+        self.profiles = []
+        for row, worker in enumerate(self.workers):
+            self.group[row] = self._group_of(worker.profile)
 
     def _refresh(self, row: int, worker: WorkerState) -> None:
         profile = worker.profile

@@ -47,6 +47,9 @@ class SimConfig:
     warmup_s: float = 0.0  # a worker added while running serves after this delay
     rebalance: bool = True  # error-aware rebalancing (estimates raised as requests outlive them)
     admission: AdmissionLimits | None = None  # SLO-aware admission, as served (needs Cluster.wait_policy)
+    # what the workers' time really is, when it differs from the profile placement starts from
+    # (a slower host; placement's latency correction then has something to learn)
+    timing_profile: WorkerProfile | None = None
 
 
 @dataclass
@@ -175,7 +178,11 @@ class Cluster:
 
     def _start_worker(self, warmup_s: float) -> _Worker:
         state = WorkerState(id=f"w{next(self._names)}", profile=self.profile)
-        return self._add_worker(WorkerEngine(state, self.config.engine, self._estimator), warmup_s)
+        engine = WorkerEngine(
+            state, self.config.engine, self._estimator, timing_profile=self.config.timing_profile,
+            model_profile=self.profile if self.loop is not None else None,
+        )
+        return self._add_worker(engine, warmup_s)
 
     def _add_worker(self, engine: WorkerEngine, warmup_s: float, pool: list[WorkerState] | None = None) -> _Worker:
         """Start a worker around `engine`; after `warmup_s` it joins `pool` (default: the
@@ -225,7 +232,7 @@ class Cluster:
         """Run a placement the policy made (the request is already admitted to the worker)."""
         worker = decision.worker
         if self.loop is not None:
-            self.loop.placed(record.request, worker.id, decision)
+            self.loop.placed(record.request, worker, decision, self.now_s)
         engine = self._by_id[worker.id].engine
         engine.enqueue(record)
         self._kick(engine)
@@ -289,6 +296,8 @@ class Cluster:
 
     def _worker_done(self, engine: WorkerEngine) -> None:
         finished = engine.complete(self.now_s)
+        if self.loop is not None and engine.last_interval is not None:
+            self.loop.busy(engine.state, engine.last_interval, self.profile)
         for record in finished:
             self._unfinished -= 1
             self.lengths.observe(record.request.input_len, record.output_len)

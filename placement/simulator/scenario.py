@@ -45,6 +45,7 @@ class Scenario:
     truncated: int = 0  # requests changed to fit max_model_len
     admission: AdmissionLimits | None = None  # SLO-aware admission as served (aladdin only)
     target_attainment: float = DEFAULT_TARGET_ATTAINMENT  # what Aladdin's budget adapts to
+    timing_profile: WorkerProfile | None = None  # the workers' real latencies, if not `profile`'s
 
     @classmethod
     def fitted(cls, trace: Sequence[TraceRequest], profile: WorkerProfile, **settings: Any) -> Scenario:
@@ -53,8 +54,11 @@ class Scenario:
         return cls(trace=fitted, profile=profile, truncated=truncated, **settings)
 
     def with_profile(self, profile: WorkerProfile) -> Scenario:
-        """The same scenario on another profile (re-truncated to its context length)."""
+        """The same scenario on another profile (re-truncated to its context length); a timing
+        profile of another TP degree does not carry over."""
         fields = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("trace", "profile", "truncated")}
+        if self.timing_profile is not None and self.timing_profile.tp != profile.tp:
+            fields["timing_profile"] = None
         return Scenario.fitted(self.trace, profile, **fields)
 
 
@@ -106,6 +110,7 @@ def sim_config(scenario: Scenario, workers: int) -> SimConfig:
         warmup_s=scenario.warmup_s,
         rebalance=scenario.rebalance,
         admission=scenario.admission,
+        timing_profile=scenario.timing_profile,
     )
 
 

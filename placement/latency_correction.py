@@ -1,0 +1,166 @@
+"""Closed-loop latency correction: each worker's profile, corrected online by what it did.
+
+A profile (engine-profiled on an idle engine, composed from operator data, or fitted to served
+requests) predicts how long a worker takes for its prefills and decode steps. A loaded host is
+slower than an idle one, and one host is not another, so every worker reports what it did over
+intervals of busy time (`BusyInterval`: the wall time, and what its base profile predicts for
+the work done in it) and the correction fits, per worker,
+
+    elapsed = decode_factor x decode_model_s + prefill_factor x prefill_model_s
+
+by least squares over the intervals with decaying memory (`MEMORY_S` of busy time), each
+interval weighted by its length and down-weighted when its relative residual is an outlier
+(Huber, so one stalled interval moves little), with a weak prior at factor 1 that keeps a
+term the worker has not exercised at the profile's value. Factors stay within
+[1 / MAX_FACTOR, MAX_FACTOR]. The TTFT the ingress measures adds the serving path's latency
+outside the engine (`observe_ttft`): a robust running mean of measured minus predicted TTFT,
+added to the profile's `serving_overhead_s`.
+
+`profile_for` gives the corrected `WorkerProfile` placement reads; the factors are rounded to a
+grid of `GRID` (relative) so workers with close corrections share one profile object and a
+worker's profile changes only when its correction has moved. Pure code: the live placement
+controller feeds it from heartbeats and ingress measurements, the simulator from its engines.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from predictors.latency.profile import WorkerProfile
+
+MEMORY_S = 30.0  # busy seconds after which an interval's weight has fallen to 1/e
+PRIOR_WEIGHT_S = 0.001  # keeps a term no interval exercises at the profile's value, and no more
+HUBER_K = 3.0  # residuals beyond HUBER_K x the running scale are down-weighted
+MAX_FACTOR = 20.0
+GRID = 0.02  # factors are rounded to steps of 2 % (in log space)
+TTFT_MEMORY = 50  # the TTFT offset is a running mean over about this many requests
+
+
+@dataclass(frozen=True, slots=True)
+class BusyInterval:
+    """A stretch of wall time a worker spent working, and what its base profile predicts for
+    the decode steps and prefills it ran in it."""
+
+    elapsed_s: float
+    decode_model_s: float
+    prefill_model_s: float
+
+
+class WorkerCorrection:
+    """One worker's factors (see the module docstring)."""
+
+    def __init__(self) -> None:
+        # normal equations of the relative fit (x / elapsed) . factors = 1, decayed
+        self._a = [0.0, 0.0, 0.0]  # A00, A01, A11
+        self._b = [0.0, 0.0]
+        self._scale = 0.1  # running mean of |relative residual|
+        self.decode_factor = 1.0
+        self.prefill_factor = 1.0
+        self.ttft_offset_s = 0.0
+        self._ttft_count = 0
+        self._ttft_scale = 0.0  # running mean of |TTFT error|
+        self.intervals = 0
+
+    def observe(self, interval: BusyInterval) -> None:
+        elapsed = interval.elapsed_s
+        if elapsed <= 0 or (interval.decode_model_s <= 0 and interval.prefill_model_s <= 0):
+            return
+        xd, xp = interval.decode_model_s / elapsed, interval.prefill_model_s / elapsed
+        residual = 1.0 - (xd * self.decode_factor + xp * self.prefill_factor)
+        weight = elapsed * min(1.0, HUBER_K * self._scale / max(abs(residual), 1e-12))
+        keep = math.exp(-elapsed / MEMORY_S)
+        a, b = self._a, self._b
+        a[0] = a[0] * keep + weight * xd * xd
+        a[1] = a[1] * keep + weight * xd * xp
+        a[2] = a[2] * keep + weight * xp * xp
+        b[0] = b[0] * keep + weight * xd
+        b[1] = b[1] * keep + weight * xp
+        self._scale += (abs(residual) - self._scale) * min(1.0, elapsed / MEMORY_S)
+        self.intervals += 1
+        self._solve()
+
+    def _solve(self) -> None:
+        a00, a01, a11 = self._a[0] + PRIOR_WEIGHT_S, self._a[1], self._a[2] + PRIOR_WEIGHT_S
+        b0, b1 = self._b[0] + PRIOR_WEIGHT_S, self._b[1] + PRIOR_WEIGHT_S
+        det = a00 * a11 - a01 * a01
+        if det <= 0:
+            return
+        bound = lambda f: min(MAX_FACTOR, max(1.0 / MAX_FACTOR, f))  # noqa: E731
+        self.decode_factor = bound((b0 * a11 - b1 * a01) / det)
+        self.prefill_factor = bound((b1 * a00 - b0 * a01) / det)
+
+    def observe_ttft(self, error_s: float) -> None:
+        """One request's measured TTFT minus what placement predicted with the corrected
+        profile at the time: the offset moves towards a zero mean error (a running mean over
+        the last ~TTFT_MEMORY requests; an error beyond HUBER_K running scales counts as that)."""
+        self._ttft_count += 1
+        rate = 1.0 / min(self._ttft_count, TTFT_MEMORY)
+        if self._ttft_count > 1:
+            limit = HUBER_K * max(self._ttft_scale, 1e-3)
+            error_s = max(-limit, min(limit, error_s))
+        self._ttft_scale += (abs(error_s) - self._ttft_scale) * rate
+        self.ttft_offset_s += error_s * rate
+
+
+def _grid(factor: float) -> float:
+    return math.exp(round(math.log(factor) / GRID) * GRID)
+
+
+def scaled_profile(base: WorkerProfile, decode_factor: float, prefill_factor: float,
+                   ttft_offset_s: float = 0.0) -> WorkerProfile:
+    """`base` with its decode and prefill times multiplied by the factors and the serving
+    overhead moved by `ttft_offset_s` (never below 0)."""
+    decode = base.decode.model_copy(update={
+        "d0_s": base.decode.d0_s * decode_factor, "d1_s_per_seq": base.decode.d1_s_per_seq * decode_factor,
+        "d2_s_per_context_token": base.decode.d2_s_per_context_token * decode_factor,
+    })
+    prefill = base.prefill.model_copy(update={
+        "c0_s": base.prefill.c0_s * prefill_factor, "cp_s_per_prompt": base.prefill.cp_s_per_prompt * prefill_factor,
+        "c1_s_per_token": base.prefill.c1_s_per_token * prefill_factor,
+        "c2_s_per_token_sq": base.prefill.c2_s_per_token_sq * prefill_factor,
+    })
+    return base.model_copy(update={
+        "decode": decode, "prefill": prefill,
+        "serving_overhead_s": max(0.0, base.serving_overhead_s + ttft_offset_s),
+    })
+
+
+class LatencyCorrection:
+    """The corrections of every worker and the corrected profiles placement reads."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, WorkerCorrection] = {}
+        # (id(base), factors on the grid, offset) -> (base, corrected): the base is kept so its
+        # id cannot be reused by another object while the entry lives
+        self._profiles: dict[tuple[int, float, float, float], tuple[WorkerProfile, WorkerProfile]] = {}
+
+    def of(self, worker_id: str) -> WorkerCorrection:
+        correction = self.workers.get(worker_id)
+        if correction is None:
+            correction = self.workers[worker_id] = WorkerCorrection()
+        return correction
+
+    def observe(self, worker_id: str, interval: BusyInterval) -> None:
+        self.of(worker_id).observe(interval)
+
+    def observe_ttft(self, worker_id: str, error_s: float) -> None:
+        self.of(worker_id).observe_ttft(error_s)
+
+    def forget(self, worker_id: str) -> None:
+        self.workers.pop(worker_id, None)
+
+    def profile_for(self, worker_id: str, base: WorkerProfile) -> WorkerProfile:
+        """`base` corrected for this worker (`base` itself while its correction rounds to none)."""
+        c = self.workers.get(worker_id)
+        if c is None:
+            return base
+        key = (id(base), _grid(c.decode_factor), _grid(c.prefill_factor), round(c.ttft_offset_s, 3))
+        if key[1:] == (1.0, 1.0, 0.0):
+            return base
+        entry = self._profiles.get(key)
+        if entry is None:
+            if len(self._profiles) > 4096:  # bases come and go (KV resizes): keep the cache bounded
+                self._profiles.clear()
+            entry = self._profiles[key] = (base, scaled_profile(base, *key[1:]))
+        return entry[1]

@@ -1,0 +1,199 @@
+"""The closed-loop SLO model: prefill-stall interference, reply lengths, attainment feedback,
+latency correction, and the loop that ties them to placements (placement/)."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from placement.attainment_feedback import MIN_SHARE, STEP, AttainmentFeedback, Outcome
+from placement.closed_loop import ClosedLoop
+from placement.feasibility import check, stall_risk
+from placement.interference import stall_breaking_lengths
+from placement.latency_correction import BusyInterval, LatencyCorrection, scaled_profile
+from placement.packing_budget import PackingBudget, edge_miss_rate
+from placement.policy import Decision
+from placement.reply_lengths import MIN_OBSERVED, ReplyLengths
+from placement.simulator.scenario import Scenario, run
+from placement.state import Request, WorkerState
+from placement.traces import LengthMix, synthetic
+from predictors.latency import load_profile_family
+
+PROFILE = load_profile_family("llama-2-7b-a100").profile(1)
+
+
+def _request(rid, input_len=100, mean=20.0, upper=None, arrival=0.0, slo_atgt=0.05) -> Request:
+    return Request(id=str(rid), arrival_s=arrival, input_len=input_len, pred_mean=mean, pred_upper=upper or 2 * mean,
+                   slo_ttft_s=1.0, slo_atgt_s=slo_atgt)
+
+
+def _atgt(length: int, elapsed: float, decoded: int, step: float, stall: float) -> float:
+    """The ATGT of a reply of `length` tokens that has decoded `decoded` in `elapsed` s and
+    runs the rest at `step` per token, plus one stall."""
+    return (elapsed + (length - 1 - decoded) * step + stall) / (length - 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0, 5), st.integers(0, 200), st.floats(0.001, 0.05), st.floats(0.005, 0.2), st.floats(0.0, 1.0),
+       st.integers(2, 600))
+def test_stall_breaks_exactly_the_lengths_between_its_bounds(elapsed, decoded, step, budget, stall, length):
+    if length <= decoded + 1:
+        length = decoded + 2  # still running: more tokens to come
+    lo, hi = stall_breaking_lengths(elapsed, decoded, step, budget, stall)
+    without = _atgt(length, elapsed, decoded, step, 0.0) <= budget * (1 + 1e-9)
+    with_stall = _atgt(length, elapsed, decoded, step, stall) <= budget * (1 + 1e-9)
+    if budget <= step:
+        assert math.isinf(lo) and math.isinf(hi)
+        return
+    if lo + 1e-6 <= length < hi - 1e-6:
+        assert without and not with_stall
+    elif length >= hi + 1e-6:
+        assert with_stall
+    elif length < lo - 1e-6:
+        assert not without
+
+
+def test_reply_lengths_are_the_empirical_conditional_frequencies():
+    rng = np.random.default_rng(3)
+    lengths = np.maximum(1, rng.lognormal(3.0, 1.0, 2000).round())
+    replies = ReplyLengths.from_lengths(lengths)
+    mean = lengths.mean()
+    for survived, lo, hi in [(1, 2, 6), (5, 6, 20), (40, 10, 80), (3, 50, 40)]:
+        alive = lengths > survived
+        expected = ((lengths >= max(lo, survived)) & (lengths < hi) & alive).sum() / alive.sum() if hi > lo else 0.0
+        assert replies.p_end_between(mean, survived, lo, hi) == pytest.approx(expected)
+    # past every reply of the sample: uniform on (g, 1.5 g]
+    longest = float(lengths.max())
+    assert replies.p_end_between(mean, longest, longest, longest * 1.25) == pytest.approx(0.5)
+
+
+def test_observed_replies_replace_the_prior():
+    replies = ReplyLengths()  # log-normal prior around the prediction
+    assert replies.p_end_between(100.0, 1.0, 2.0, 50.0) > 0.2
+    for _ in range(MIN_OBSERVED):
+        replies.observe(100.0, 300)  # every reply is 3x its prediction
+    assert replies.p_end_between(100.0, 1.0, 2.0, 50.0) == 0.0
+    assert replies.p_end_between(100.0, 1.0, 250.0, 350.0) == 1.0
+
+
+def test_a_long_prompt_breaks_a_fresh_short_reply_but_not_a_long_one_far_along():
+    budget = PackingBudget.fixed_shares(1.0, replies=ReplyLengths.from_lengths([2, 3, 4, 5, 8, 10, 20, 40, 100, 400]))
+    fresh, seasoned = WorkerState("fresh", PROFILE), WorkerState("seasoned", PROFILE)
+    fresh.admit(_request("a", mean=50.0), now_s=0.0)
+    fresh.start_decode("a", now_s=0.0)
+    seasoned.admit(_request("b", mean=50.0), now_s=0.0)
+    seasoned.start_decode("b", now_s=0.0)
+    seasoned.advance(200)  # 200 tokens at 10 ms: far ahead of a 50 ms budget
+    now = 2.0
+    stall = PROFILE.prefill_time_s([2000])  # ~0.14 s
+    step = PROFILE.decode_step_s(2, 400)
+    assert stall_risk(fresh, stall, step, 0.0, budget) > 0.1
+    assert stall_risk(fresh, 0.001, step, 0.0, budget) == 0.0  # a tiny prefill breaks nothing
+    assert stall_risk(seasoned, stall, step, now, budget) == 0.0
+    newcomer = _request("new", input_len=2000, arrival=0.0)
+    assert not check(fresh, newcomer, 0.0, budget).stall_ok
+    assert check(fresh, newcomer, 0.0, PackingBudget.fixed_shares(1.0)).stall_ok  # without the model
+
+
+def test_feedback_settles_where_misses_happen_at_the_edge_rate():
+    p = edge_miss_rate(0.99)
+    rng = random.Random(0)
+    shares = {}
+    for rate in (0.0, p, 10 * p):
+        budget = PackingBudget(atgt_share=0.5)
+        feedback = AttainmentFeedback(budget)
+        for _ in range(20_000):
+            # every promise is of the current generation: independent outcomes
+            feedback.observe(Outcome(None, rng.random() >= rate, feedback.current()))
+        shares[rate] = budget.atgt_share
+    assert shares[0.0] == 1.0  # nothing missed: packs to the SLO
+    assert shares[10 * p] == pytest.approx(MIN_SHARE, rel=0.05)  # far too many misses: as tight as allowed
+    assert 0.2 < shares[p] < 1.0
+
+
+def test_a_burst_of_misses_from_one_generation_moves_the_share_once():
+    budget = PackingBudget()
+    feedback = AttainmentFeedback(budget)
+    generation = feedback.current()
+    for _ in range(100):
+        feedback.observe(Outcome(False, False, generation))
+    assert budget.atgt_share == pytest.approx(math.exp(-STEP))
+    assert budget.ttft_share == pytest.approx(math.exp(-STEP))
+    assert feedback.misses == {"ttft": 100, "atgt": 100}
+    fixed = PackingBudget.fixed_shares(0.7)
+    AttainmentFeedback(fixed).observe(Outcome(False, False))
+    assert fixed.atgt_share == 0.7
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(0.5, 4.0), st.floats(0.5, 4.0), st.integers(0, 1000))
+def test_correction_recovers_the_factors_of_a_slower_or_faster_host(decode_factor, prefill_factor, seed):
+    rng = random.Random(seed)
+    correction = LatencyCorrection()
+    for _ in range(400):
+        decode, prefill = rng.uniform(0, 0.2), rng.choice([0.0, rng.uniform(0, 0.3)])
+        noise = rng.uniform(0.97, 1.03)
+        elapsed = (decode * decode_factor + prefill * prefill_factor) * noise
+        if elapsed > 0:
+            correction.observe("w", BusyInterval(elapsed, decode, prefill))
+    for _ in range(3):  # outliers (a stalled host for a moment) move it little
+        correction.observe("w", BusyInterval(5.0, 0.05, 0.0))
+    c = correction.of("w")
+    # what placement needs: the time of a mix of work predicted within the noise; a term that
+    # is a small part of the time is the less certain one
+    for _ in range(20):
+        decode, prefill = rng.uniform(0.01, 0.2), rng.uniform(0, 0.3)
+        truth = decode * decode_factor + prefill * prefill_factor
+        assert decode * c.decode_factor + prefill * c.prefill_factor == pytest.approx(truth, rel=0.04)
+    assert c.decode_factor == pytest.approx(decode_factor, rel=0.1)
+    assert c.prefill_factor == pytest.approx(prefill_factor, rel=0.1)
+    corrected = correction.profile_for("w", PROFILE)
+    assert corrected.decode_step_s(4, 1000) == pytest.approx(PROFILE.decode_step_s(4, 1000) * decode_factor, rel=0.06)
+    assert corrected.kv == PROFILE.kv
+
+
+def test_a_term_never_exercised_keeps_the_profiles_value():
+    correction = LatencyCorrection()
+    for _ in range(200):
+        correction.observe("w", BusyInterval(0.03, 0.01, 0.0))  # decode 3x slower, no prefills
+    c = correction.of("w")
+    assert c.decode_factor == pytest.approx(3.0, rel=0.02) and c.prefill_factor == pytest.approx(1.0)
+    assert correction.profile_for("other", PROFILE) is PROFILE
+    assert scaled_profile(PROFILE, 1.0, 1.0) == PROFILE
+
+
+def test_overcommits_void_the_atgt_promises_of_their_worker_s_residents():
+    loop = ClosedLoop(PackingBudget())
+    worker = WorkerState("w", PROFILE)
+    for rid, decision in (("kept", Decision(worker, True)), ("lost", Decision(worker, True, ttft_lost=True))):
+        worker.admit(_request(rid), now_s=0.0)
+        loop.placed(worker.residents[rid].request, worker, decision, 0.0)
+    assert loop.finished("lost", 2.0, 0.01, 20) == Outcome(None, True, (0, 0))  # its TTFT was never promised
+    worker.admit(_request("squeezed"), now_s=0.0)
+    loop.placed(worker.residents["squeezed"].request, worker, Decision(worker, False), 0.0)
+    assert loop.finished("kept", 0.1, 0.2, 20) == Outcome(True, None, (0, 0))  # a miss that is not the model's
+    assert loop.finished("squeezed", 0.1, 0.2, 20) == Outcome(None, None, (0, 0))
+    assert loop.finished("unknown", 0.1, 0.2, 20) is None
+
+
+def test_simulated_workers_slower_than_their_profile_are_learned():
+    trace = synthetic(600, 6.0, lengths=LengthMix(800, 0.5, 60, 1.0), seed=2)
+    scenario = Scenario.fitted(trace, PROFILE, slo_ttft_s=1.0, slo_atgt_s=0.05)
+    slow = replace(scenario, timing_profile=scaled_profile(PROFILE, 1.6, 2.0))
+    from placement.simulator.cluster import Cluster
+    from placement.simulator.scenario import cluster_parts, sim_config
+
+    parts = cluster_parts(slow, "aladdin")
+    result = Cluster(**parts, config=sim_config(slow, 2)).run()
+    for c in parts["loop"].correction.workers.values():
+        assert c.decode_factor == pytest.approx(1.6, rel=0.05)
+        assert c.prefill_factor == pytest.approx(2.0, rel=0.05)
+    # the same run with a fixed budget still learns the correction (it is part of the loop)
+    assert result.summary.finished == len(trace)
+    assert run(slow, "jsq", 2).summary.finished == len(trace)
