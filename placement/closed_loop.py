@@ -20,6 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Promises kept for requests not yet measured; beyond this the oldest go (a request whose
+# measurement never comes, e.g. its client went away, must not be kept forever).
+MAX_PROMISES = 100_000
+
 from placement.attainment_feedback import AttainmentFeedback, Outcome
 from placement.latency_correction import BusyInterval, LatencyCorrection
 from placement.packing_budget import PackingBudget
@@ -63,6 +67,9 @@ class ClosedLoop:
             self._overcommits[worker_id] = self._overcommits.get(worker_id, 0) + 1
         n = request.input_len
         base = self._bases.get(worker_id, worker.profile)
+        self._promises.pop(request.id, None)  # placed again (a retried routing): the newest counts
+        if len(self._promises) >= MAX_PROMISES:
+            del self._promises[next(iter(self._promises))]
         self._promises[request.id] = _Promise(
             worker_id, request.pred_mean, request.slo_ttft_s, request.slo_atgt_s,
             ttft=decision.feasible and not decision.ttft_lost, atgt=decision.feasible,

@@ -9,8 +9,8 @@ the work done in it) and the correction fits, per worker,
     elapsed = decode_factor x decode_model_s + prefill_factor x prefill_model_s
 
 by least squares over the intervals with decaying memory (`MEMORY_S` of busy time), each
-interval weighted by its length and down-weighted when its relative residual is an outlier
-(Huber, so one stalled interval moves little), with a weak prior at factor 1 that keeps a
+interval weighted by its length (up to MAX_WEIGHT_S) and down-weighted when its relative
+residual is an outlier (Huber, so one stalled interval moves little), with a weak prior at factor 1 that keeps a
 term the worker has not exercised at the profile's value. Factors stay within
 [1 / MAX_FACTOR, MAX_FACTOR]. The TTFT the ingress measures adds the serving path's latency
 outside the engine (`observe_ttft`): a robust running mean of measured minus predicted TTFT,
@@ -32,6 +32,7 @@ from predictors.latency.profile import WorkerProfile
 MEMORY_S = 30.0  # busy seconds after which an interval's weight has fallen to 1/e
 PRIOR_WEIGHT_S = 0.001  # keeps a term no interval exercises at the profile's value, and no more
 HUBER_K = 3.0  # residuals beyond HUBER_K x the running scale are down-weighted
+MAX_WEIGHT_S = 1.0  # one interval counts as at most this much busy time (a long stall is one event)
 MAX_FACTOR = 20.0
 GRID = 0.02  # factors are rounded to steps of 2 % (in log space)
 TTFT_MEMORY = 50  # the TTFT offset is a running mean over about this many requests
@@ -68,7 +69,8 @@ class WorkerCorrection:
             return
         xd, xp = interval.decode_model_s / elapsed, interval.prefill_model_s / elapsed
         residual = 1.0 - (xd * self.decode_factor + xp * self.prefill_factor)
-        weight = elapsed * min(1.0, HUBER_K * self._scale / max(abs(residual), 1e-12))
+        limit = HUBER_K * self._scale
+        weight = min(elapsed, MAX_WEIGHT_S) * min(1.0, limit / max(abs(residual), 1e-12))
         keep = math.exp(-elapsed / MEMORY_S)
         a, b = self._a, self._b
         a[0] = a[0] * keep + weight * xd * xd
@@ -76,7 +78,8 @@ class WorkerCorrection:
         a[2] = a[2] * keep + weight * xp * xp
         b[0] = b[0] * keep + weight * xd
         b[1] = b[1] * keep + weight * xp
-        self._scale += (abs(residual) - self._scale) * min(1.0, elapsed / MEMORY_S)
+        # the scale is robust too: an outlier moves it as if it were at the limit
+        self._scale += (min(abs(residual), limit) - self._scale) * min(1.0, elapsed / MEMORY_S)
         self.intervals += 1
         self._solve()
 

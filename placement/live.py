@@ -13,6 +13,11 @@ has generated, and the ones that finished. From that the cluster
 - raises the estimates of requests that outlived their prediction (error-aware rebalancing).
 
 The engine's real KV capacity (blocks x block size) replaces the profile's when reported.
+
+With a `ClosedLoop` (Aladdin) the cluster also closes the SLO model's loop: every placement it
+makes or records is a promise; the work a report says the engine did (`EngineWork`) corrects
+that worker's profile; the ingress's measurements of finished requests (`RequestTiming`, via
+`observe`) feed the attainment feedback and the reply-length distribution.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from placement.closed_loop import ClosedLoop
+from placement.latency_correction import BusyInterval
 from placement.policy import Decision, PlacementPolicy
 from placement.queue_order import WaitingQueue
 from placement.rebalance import SurvivalEstimator, rebalance
@@ -43,6 +50,7 @@ class RunningRequest:
     slo_ttft_s: float
     slo_atgt_s: float
     generated: int = 0
+    first_token_s: float | None = None  # wall clock of its first token, once it has one
 
     def to_request(self) -> Request:
         return Request(
@@ -50,6 +58,42 @@ class RunningRequest:
             pred_mean=max(self.pred_mean, 1e-9), pred_upper=max(self.pred_upper, self.pred_mean, 1e-9),
             slo_ttft_s=self.slo_ttft_s, slo_atgt_s=self.slo_atgt_s,
         )
+
+
+@dataclass(frozen=True)
+class EngineWork:
+    """What an engine did over some iterations, in the sums the profile's latency models are
+    linear in: its busy time, and per kind of work the iterations, requests and tokens. A
+    prefill iteration costs c0 + cp x prompts + c1 x tokens + c2 x squared tokens (chunks
+    count as prompts), a decode iteration d0 + d1 x sequences + d2 x context tokens."""
+
+    busy_s: float = 0.0
+    prefill_iterations: int = 0
+    prefill_prompts: int = 0
+    prefill_tokens: int = 0
+    prefill_squared_tokens: float = 0.0
+    decode_iterations: int = 0
+    decode_sequences: int = 0
+    decode_context_tokens: int = 0
+
+    def interval(self, profile: WorkerProfile) -> BusyInterval:
+        """The busy time and what `profile` predicts for this work."""
+        p, d = profile.prefill, profile.decode
+        prefill_s = (p.c0_s * self.prefill_iterations + p.cp_s_per_prompt * self.prefill_prompts
+                     + p.c1_s_per_token * self.prefill_tokens + p.c2_s_per_token_sq * self.prefill_squared_tokens)
+        decode_s = (d.d0_s * self.decode_iterations + d.d1_s_per_seq * self.decode_sequences
+                    + d.d2_s_per_context_token * self.decode_context_tokens)
+        return BusyInterval(self.busy_s, decode_s, prefill_s)
+
+
+@dataclass(frozen=True)
+class RequestTiming:
+    """A finished request as the ingress measured it."""
+
+    request_id: str
+    ttft_s: float
+    atgt_s: float
+    output_tokens: int
 
 
 @dataclass(frozen=True)
@@ -62,6 +106,7 @@ class WorkerReport:
     kv_capacity_tokens: int | None = None  # None until the engine has allocated its cache
     waiting: int = 0  # of `running`, those the engine has not scheduled yet
     kv_used_tokens: int | None = None  # the engine's own KV use (blocks used x block size)
+    work: EngineWork | None = None  # what the engine did since the last acknowledged report
 
 
 def with_kv_capacity(profile: WorkerProfile, capacity_tokens: int) -> WorkerProfile:
@@ -81,11 +126,13 @@ class LiveCluster:
         policy: PlacementPolicy,
         estimator: SurvivalEstimator | None = None,
         pending_grace_s: float = PENDING_GRACE_S,
+        loop: ClosedLoop | None = None,
     ) -> None:
         self.profile = profile
         self.policy = policy
         self.estimator = estimator or SurvivalEstimator()
         self.pending_grace_s = pending_grace_s
+        self.loop = loop
         self.workers: dict[str, WorkerState] = {}
         self._where: dict[str, str] = {}  # request id -> worker id
         self._placed_at: dict[str, float] = {}  # request id -> time placed, until first reported
@@ -108,7 +155,7 @@ class LiveCluster:
         workers = [self.worker(c) for c in candidates]
         decision = (policy or self.policy).decide(request, workers, now_s)
         if decision.worker is not None:
-            self._admit(decision.worker, request, now_s)
+            self._admit(decision.worker, request, now_s, decision)
         return decision
 
     def place_waiting(
@@ -120,12 +167,23 @@ class LiveCluster:
         for request, decision in placed:
             self._where[request.id] = decision.worker.id
             self._placed_at[request.id] = now_s
+            if self.loop is not None:
+                self.loop.placed(request, decision.worker, decision, now_s)
         return placed
 
     def admit(self, worker_id: str, request: Request, now_s: float) -> None:
-        """Record a placement made elsewhere (e.g. a fallback choice) on `worker_id`."""
+        """Record a placement made elsewhere (e.g. a fallback choice) on `worker_id`: no policy
+        checked it, so it promises nothing and counts as an overcommit of that worker."""
         self._drop_request(request.id)
-        self._admit(self.worker(worker_id), request, now_s)
+        worker = self.worker(worker_id)
+        self._admit(worker, request, now_s, Decision(worker, False))
+
+    def observe(self, timings: Iterable[RequestTiming]) -> None:
+        """Finished requests as the ingress measured them (see the module docstring)."""
+        if self.loop is None:
+            return
+        for t in timings:
+            self.loop.finished(t.request_id, t.ttft_s, t.atgt_s, t.output_tokens)
 
     def report(self, report: WorkerReport, now_s: float) -> None:
         """Apply one heartbeat of a worker (see the module docstring)."""
@@ -139,10 +197,10 @@ class LiveCluster:
         for request_id, item in running.items():
             if self._where.get(request_id) != worker.id:
                 self._drop_request(request_id)
-                self._admit(worker, item.to_request(), now_s)
+                self._admit(worker, item.to_request(), now_s, Decision(worker, False))
             self._placed_at.pop(request_id, None)
             if item.generated > 0 and worker.residents[request_id].decode_from_step is None:
-                worker.start_decode(request_id)
+                worker.start_decode(request_id, now_s if item.first_token_s is None else item.first_token_s)
         behind = max(
             (item.generated - 1 - worker.generated(rid) for rid, item in running.items()
              if worker.residents[rid].decode_from_step is not None),
@@ -155,6 +213,12 @@ class LiveCluster:
             if placed is None or now_s - placed > self.pending_grace_s:
                 self._drop_request(request_id)
         rebalance(worker, self.estimator)
+        if self.loop is not None and report.work is not None and report.work.busy_s > 0:
+            self.loop.busy(worker, report.work.interval(self._base(worker)), self._base(worker))
+
+    def _base(self, worker: WorkerState) -> WorkerProfile:
+        """The profile a worker's correction scales: the default one at its engine's KV size."""
+        return self._profiles.get(worker.profile.kv.capacity_tokens, self.profile)
 
     def forget(self, worker_ids: Iterable[str]) -> None:
         """Drop workers that are gone (their residents with them)."""
@@ -165,15 +229,21 @@ class LiveCluster:
             for request_id in worker.residents:
                 self._where.pop(request_id, None)
                 self._placed_at.pop(request_id, None)
+                if self.loop is not None:
+                    self.loop.dropped(request_id)
+            if self.loop is not None:
+                self.loop.forget_worker(worker_id)
 
     def location(self, request_id: str) -> str | None:
         """The worker a request is resident on, if any."""
         return self._where.get(request_id)
 
-    def _admit(self, worker: WorkerState, request: Request, now_s: float) -> None:
+    def _admit(self, worker: WorkerState, request: Request, now_s: float, decision: Decision) -> None:
         worker.admit(request, now_s)
         self._where[request.id] = worker.id
         self._placed_at[request.id] = now_s
+        if self.loop is not None:
+            self.loop.placed(request, worker, decision, now_s)
 
     def _drop_request(self, request_id: str) -> None:
         worker_id = self._where.pop(request_id, None)
@@ -192,6 +262,6 @@ class LiveCluster:
         for request_id, resident in worker.residents.items():
             fresh.admit(resident.request, self._placed_at.get(request_id, resident.request.arrival_s))
             if resident.decode_from_step is not None:
-                fresh.start_decode(request_id)
+                fresh.start_decode(request_id, resident.decode_started_s)
         self.workers[worker.id] = fresh
         return fresh

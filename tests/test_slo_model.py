@@ -197,3 +197,26 @@ def test_simulated_workers_slower_than_their_profile_are_learned():
     # the same run with a fixed budget still learns the correction (it is part of the loop)
     assert result.summary.finished == len(trace)
     assert run(slow, "jsq", 2).summary.finished == len(trace)
+
+
+def test_a_live_cluster_closes_the_loop_from_reports_and_ingress_timings():
+    from placement.live import EngineWork, LiveCluster, RequestTiming, RunningRequest, WorkerReport
+    from placement.policies import AladdinPolicy
+
+    budget = PackingBudget()
+    cluster = LiveCluster(PROFILE, AladdinPolicy(budget=budget, on_infeasible="least-violation"), loop=ClosedLoop(budget))
+    item = RunningRequest("r1", arrival_s=0.0, input_len=500, pred_mean=20.0, pred_upper=40.0,
+                          slo_ttft_s=1.0, slo_atgt_s=0.05)
+    assert cluster.place(item.to_request(), ["w0"], 0.0).feasible
+    # the engine ran 10 decode steps of 4 sequences over 8,000 context tokens, 3x the profile's time
+    work = EngineWork(decode_iterations=10, decode_sequences=40, decode_context_tokens=80_000)
+    work = replace(work, busy_s=3 * work.interval(PROFILE).decode_model_s)
+    running = (replace(item, generated=5, first_token_s=0.2),)
+    for t in range(40):
+        cluster.report(WorkerReport("w0", running=running, work=work), now_s=0.5 + t * 0.25)
+    worker = cluster.workers["w0"]
+    assert worker.residents["r1"].decode_started_s == 0.2
+    assert cluster.loop.correction.of("w0").decode_factor == pytest.approx(3.0, rel=0.02)
+    assert worker.profile.decode_step_s(4, 8000) == pytest.approx(3 * PROFILE.decode_step_s(4, 8000), rel=0.03)
+    cluster.observe([RequestTiming("r1", ttft_s=0.2, atgt_s=0.5, output_tokens=30)])  # a promised ATGT missed
+    assert budget.atgt_share < 1.0 and budget.ttft_share == 1.0
