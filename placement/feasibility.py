@@ -163,14 +163,21 @@ def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float,
     steps = worker.steps
     total = 0.0
     for resident in worker.residents.values():
-        start = resident.decode_from_step
-        decoded = 0 if start is None else steps - start
-        elapsed = 0.0 if start is None else now_s - resident.decode_started_s
         request = resident.request
-        lo, hi = stall_breaking_lengths(elapsed, decoded, step_s, request.slo_atgt_s * share, stall_s)
-        survived = decoded + 1.0
-        if hi > survived:  # most residents are past every length the stall could break
-            total += replies.p_end_between(request.pred_mean, survived, lo, hi)
+        budget_s = request.slo_atgt_s * share
+        start = resident.decode_from_step
+        if start is None:
+            decoded, elapsed = 0, 0.0
+        else:
+            decoded = steps - start
+            elapsed = now_s - resident.decode_started_s
+            # the slack it has banked: a stall within it breaks no length (its remaining tokens
+            # come at the step, faster than the budget), and most residents are there
+            if elapsed + stall_s <= decoded * budget_s:
+                continue
+        lo, hi = stall_breaking_lengths(elapsed, decoded, step_s, budget_s, stall_s)
+        if hi > decoded + 1.0:
+            total += replies.p_end_between(request.pred_mean, decoded + 1.0, lo, hi)
     return total
 
 

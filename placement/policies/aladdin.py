@@ -62,6 +62,8 @@ class _Scratch:
 
     def __init__(self, n: int) -> None:
         self.size = n
+        self.own_prefill = np.empty(n)
+        self.alone = np.empty(n)
         self.atgt_slo = np.empty(n)
         self.stretch = np.empty(n)
         self.step_floor = np.empty(n)  # step_floor_s stretched
@@ -119,14 +121,13 @@ class AladdinPolicy:
         if self._scratch.size != n:
             self._scratch = _Scratch(n)
         buf = self._scratch
-        prefill_by_profile = table.per_profile(lambda p: p.prefill_time_s([request.input_len]))
-        own_prefill_s = table.per_row(prefill_by_profile)
+        own_prefill_s = table.prefill_s(request.input_len, out=buf.own_prefill)
         # its TTFT with nothing queued: own prefill plus the serving path's fixed latency
-        alone_by_profile = table.per_profile(lambda p: p.ttft_s(request.input_len))
+        alone_s = np.add(own_prefill_s, table.serving_overhead_s, out=buf.alone)
         waited_s = now_s - request.arrival_s
         # a TTFT that no worker could meet even with nothing queued is lost: place by KV and
         # ATGT alone rather than never
-        need_ttft = waited_s + min(alone_by_profile) <= request.slo_ttft_s
+        need_ttft = waited_s + float(alone_s.min()) <= request.slo_ttft_s
         # the ATGT budget every step below packs to (x 1.0 is exact: a share of 1 is the SLO)
         atgt_slo = np.minimum(table.min_slo_atgt_s, request.slo_atgt_s, out=buf.atgt_slo)
         np.multiply(atgt_slo, budget.atgt_share, out=atgt_slo)
@@ -139,7 +140,7 @@ class AladdinPolicy:
         eligible &= np.greater_equal(table.kv_free_ceiling, request.input_len, out=buf.passed)
         if need_ttft:
             # same association as feasibility.check: wait + (queued + own)
-            ttft_s = np.add(table.queued_prefill_s, table.per_row(alone_by_profile), out=buf.ttft)
+            ttft_s = np.add(table.queued_prefill_s, alone_s, out=buf.ttft)
             np.add(waited_s, ttft_s, out=ttft_s)
             eligible &= np.less_equal(ttft_s, request.slo_ttft_s * budget.ttft_share, out=buf.passed)
         final = request.upper_final_tokens
@@ -159,7 +160,7 @@ class AladdinPolicy:
 
         find = functools.partial(
             self._first_feasible, workers=workers, request=request, final=final, now_s=now_s,
-            need_ttft=need_ttft, own_prefill_by_profile=prefill_by_profile,
+            need_ttft=need_ttft, own_prefill_s=own_prefill_s,
         )
         if self.tight_checks:
             chosen = find(np.where(eligible & ~safe, score, math.inf), limit=self.tight_checks)
@@ -206,15 +207,14 @@ class AladdinPolicy:
         final: int,
         now_s: float,
         need_ttft: bool,
-        own_prefill_by_profile: list[float],
+        own_prefill_s: np.ndarray,
         limit: int,
         atgt_slo: np.ndarray | None = None,
     ) -> WorkerState | None:
         """The first worker in `key` order (inf = skip) that is feasible (TTFT aside unless
         `need_ttft`), trying at most `limit`. With `atgt_slo` given the rows are KV-safe and
         passed the TTFT filter, so they may be accepted on the bounds alone. `final` is the
-        request's upper final size, `own_prefill_by_profile` its prefill time per table profile."""
-        group = self.table.group
+        request's upper final size, `own_prefill_s` its prefill time on each row's worker."""
         budget = self.budget
         for _ in range(limit):
             row = int(key.argmin())
@@ -226,13 +226,13 @@ class AladdinPolicy:
                 continue
             if atgt_slo is not None and worker.steps <= worker.min_upper_end_step:
                 # the same prefill share and stretch as check(), over a step bound >= its peak
-                own_prefill_s = own_prefill_by_profile[group[row]]
-                share = worker.prefill_share(now_s, own_prefill_s)
+                own_s = float(own_prefill_s[row])
+                share = worker.prefill_share(now_s, own_s)
                 step_bound = worker.profile.decode_step_s(len(worker.residents) + 1, worker.kv_final_tokens + final)
                 # a longer step leaves the residents less slack, so the stall risk at the bound
                 # is at least the exact one
                 if (token_interval_s(step_bound, share) <= atgt_slo[row]
-                        and stall_risk(worker, own_prefill_s, step_bound, now_s, budget) <= budget.stall_risk):
+                        and stall_risk(worker, own_s, step_bound, now_s, budget) <= budget.stall_risk):
                     return worker
             fit = check(worker, request, now_s, budget)
             if fit.feasible if need_ttft else fit.feasible_apart_from_ttft:

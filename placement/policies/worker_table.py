@@ -13,18 +13,16 @@ decision runs as few numpy operations over all rows as possible.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from placement.state import PREFILL_WINDOW_S, ChangeLog, WorkerState, decay
-from predictors.latency.profile import WorkerProfile
+from predictors.latency.profile import prefill_seconds
 
 # Rebase the epoch once the loads referred to it have grown by e^REBASE_AFTER_WINDOWS, long
 # before float64 overflows.
 REBASE_AFTER_WINDOWS = 50.0
-# Distinct profiles kept for the rows before those no row uses any more are dropped.
-MAX_STALE_PROFILES = 16
 
 
 class WorkerTable:
@@ -32,14 +30,16 @@ class WorkerTable:
 
     def __init__(self) -> None:
         self.workers: list[WorkerState] = []
-        self.profiles: list[WorkerProfile] = []  # distinct profiles; `group` indexes them
         self._rows: dict[int, int] = {}  # id(worker) -> row
         self._log = ChangeLog()
         self.epoch_s = 0.0
         self._resize(0)
 
     def _resize(self, n: int) -> None:
-        self.group = np.zeros(n, dtype=np.int64)
+        # each row's prefill coefficients and serving overhead: every worker may have its own
+        # (corrected) profile, and a decision evaluates them all at once
+        self.prefill_coefficients = np.zeros((4, n))  # c0, cp, c1, c2
+        self.serving_overhead_s = np.zeros(n)
         self.capacity = np.zeros(n)
         # capacity minus the sum of residents' upper final sizes (the projected KV peak's upper
         # bound while no resident is past its upper estimate); integers, so exact in float64
@@ -106,21 +106,6 @@ class WorkerTable:
         for key, worker in changed.items():
             self._refresh(self._rows[key], worker)
 
-    def _group_of(self, profile: WorkerProfile) -> int:
-        for i, known in enumerate(self.profiles):
-            if known is profile:
-                return i
-        if len(self.profiles) >= max(MAX_STALE_PROFILES, 2 * len(self.workers)):
-            self._regroup()  # profiles change (latency correction): drop those no row uses
-            return self._group_of(profile)
-        self.profiles.append(profile)
-        return len(self.profiles) - 1
-
-    def _regroup(self) -> None:
-        self.profiles = []
-        for row, worker in enumerate(self.workers):
-            self.group[row] = self._group_of(worker.profile)
-
     def _refresh(self, row: int, worker: WorkerState) -> None:
         profile = worker.profile
         step_s = profile.decode.step_s  # what profile.decode_step_s calls, one call fewer
@@ -129,7 +114,9 @@ class WorkerTable:
         capacity = worker.kv_capacity_tokens
         batch = len(worker.residents) + 1
         step_bound = step_s(batch, kv_final)
-        self.group[row] = self._group_of(profile)
+        p = profile.prefill
+        self.prefill_coefficients[:, row] = (p.c0_s, p.cp_s_per_prompt, p.c1_s_per_token, p.c2_s_per_token_sq)
+        self.serving_overhead_s[row] = profile.serving_overhead_s
         self.capacity[row] = capacity
         self.kv_free_final[row] = capacity - kv_final
         self.kv_free_ceiling[row] = capacity - used
@@ -143,13 +130,7 @@ class WorkerTable:
         self._rebase_before(worker.prefill_load_at_s)
         self.prefill_load_at_epoch_s[row] = worker.prefill_load_s * decay(self.epoch_s - worker.prefill_load_at_s)
 
-    def per_profile(self, value_of_profile: Callable[[WorkerProfile], float]) -> list[float]:
-        """A value of each distinct profile (index = `group`)."""
-        return [value_of_profile(p) for p in self.profiles]
-
-    def per_row(self, values: list[float]) -> float | np.ndarray:
-        """Per-profile `values` spread over the rows: the value itself when every row has the
-        same profile (numpy broadcasts it to the same elementwise results, without a gather)."""
-        if len(values) == 1:
-            return values[0]
-        return np.array(values)[self.group]
+    def prefill_s(self, input_len: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Every row's prefill time of one prompt of `input_len` tokens (the profile's formula)."""
+        c0, cp, c1, c2 = self.prefill_coefficients
+        return np.add(prefill_seconds(c0, cp, c1, c2, input_len, input_len * input_len, 1), 0.0, out=out)

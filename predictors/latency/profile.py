@@ -20,6 +20,12 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def prefill_seconds(c0, cp, c1, c2, total_tokens, total_squared_tokens, prompts):
+    """The prefill formula on its coefficients, for floats or numpy arrays alike (a placement
+    table evaluates it for every worker at once): c0 + cp x prompts + c1 x sum(l) + c2 x sum(l^2)."""
+    return c0 + cp * prompts + c1 * total_tokens + c2 * total_squared_tokens
+
+
 class PrefillModel(_Frozen):
     """Prefill time of one batch: c0 + cp * prompts + c1 * sum(l) + c2 * sum(l^2), in seconds.
 
@@ -37,11 +43,9 @@ class PrefillModel(_Frozen):
         """Prefill time of a batch of `prompts` prompts given sum(l) and sum(l^2); 0 if empty."""
         if total_tokens <= 0:
             return 0.0
-        return (
-            self.c0_s
-            + self.cp_s_per_prompt * prompts
-            + self.c1_s_per_token * total_tokens
-            + self.c2_s_per_token_sq * total_squared_tokens
+        return prefill_seconds(
+            self.c0_s, self.cp_s_per_prompt, self.c1_s_per_token, self.c2_s_per_token_sq,
+            total_tokens, total_squared_tokens, prompts,
         )
 
     def time_s(self, input_lens: Sequence[int]) -> float:
