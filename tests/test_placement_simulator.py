@@ -66,7 +66,8 @@ def test_a_lone_request_takes_its_prefill_then_its_decode_steps():
 
 
 def test_an_arrival_mid_decode_is_prefilled_at_the_next_step_boundary():
-    result = _run([TraceRequest(0.0, 200, 400), TraceRequest(0.5, 100, 10)])
+    # prefill-first scheduling (vLLM v0; chunked prefill is tested below)
+    result = _run([TraceRequest(0.0, 200, 400), TraceRequest(0.5, 100, 10)], engine=EngineOptions(chunked_prefill=False))
     first, second = result.records
     # walk the first request's decode steps one by one to the boundary at or after 0.5 s
     t, k = first.first_token_s, 0

@@ -202,7 +202,7 @@ def test_schedule_is_the_simulators() -> None:
     served = run(main())
     profile = A100.model_copy(update={"max_model_len": 1024, "kv": s.engine._engine.profile.kv})
     state = WorkerState(id="w", profile=profile)
-    sim = WorkerEngine(state, EngineOptions(max_num_seqs=3))
+    sim = WorkerEngine(state, EngineOptions(max_num_seqs=3, chunked_prefill=False))  # the sim engine's default
     records = []
     for i, (n, o) in enumerate(zip(prompts, outs)):
         request = Request(str(i), 0.0, n, o, o, 1.0, 1.0, o)

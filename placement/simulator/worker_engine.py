@@ -40,25 +40,36 @@ from placement.state import WorkerState
 from predictors.latency.profile import WorkerProfile
 
 
+# vLLM 0.32's max_num_batched_tokens for its OpenAI server with chunked prefill (EngineArgs:
+# H100/H200-class GPUs 8192, A100 and other GPUs 2048, CPU 2048 per rank).
+CHUNKED_TOKEN_BUDGET = {"h100": 8192}
+DEFAULT_CHUNKED_TOKEN_BUDGET = 2048
+
+
 @dataclass(frozen=True)
 class EngineOptions:
-    """vLLM scheduler settings the simulator models."""
+    """vLLM scheduler settings the simulator models. The defaults are vLLM 0.32's (v1: chunked
+    prefill on, its token budget by hardware); `chunked_prefill=False` models the older
+    prefill-first scheduler."""
 
     max_num_seqs: int = 256
-    # Tokens one iteration may process; None: max(max_model_len, 2048) without chunked
-    # prefill (vLLM v0's default), 2048 with it.
+    # Tokens one iteration may process; None: vLLM's default for the hardware with chunked
+    # prefill (CHUNKED_TOKEN_BUDGET), max(max_model_len, 2048) without (vLLM v0's).
     max_batched_tokens: int | None = None
-    chunked_prefill: bool = False
+    chunked_prefill: bool = True
     # Free blocks a prefill must leave (vLLM v0 watermark, fraction of all blocks).
     watermark: float = 0.01
     # Longest run of decode steps started at once; None: up to the next completion or KV
     # overflow. 1 makes each decode step its own iteration, for a caller that acts per step.
     max_steps_per_run: int | None = None
 
-    def token_budget(self, max_model_len: int) -> int:
+    def token_budget(self, profile: WorkerProfile) -> int:
         if self.max_batched_tokens is not None:
             return self.max_batched_tokens
-        return 2048 if self.chunked_prefill else max(max_model_len, 2048)
+        if not self.chunked_prefill:
+            return max(profile.max_model_len, 2048)
+        per_rank = profile.tp if profile.hardware == "cpu" else 1
+        return CHUNKED_TOKEN_BUDGET.get(profile.hardware, DEFAULT_CHUNKED_TOKEN_BUDGET) * per_rank
 
 
 def series_time(t0: float, dt: float, k: int) -> float:
@@ -127,7 +138,7 @@ class WorkerEngine:
         self.options = options
         self.num_blocks = profile.kv.num_blocks
         self.block_size = profile.kv.block_size
-        self.token_budget = options.token_budget(profile.max_model_len)
+        self.token_budget = options.token_budget(profile)
         self._watermark_blocks = int(options.watermark * self.num_blocks)
         self.waiting: deque[RequestRecord] = deque()
         self.running: dict[str, RequestRecord] = {}  # insertion order = admission order

@@ -21,7 +21,8 @@ def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
                    help="what placement is told about reply lengths (default: %(default)s)")
     p.add_argument("--mae-ratio", type=float, default=0.3, help="noisy length model: MAE / true length")
     p.add_argument("--coverage", type=float, default=0.9, help="noisy length model: P(true <= upper)")
-    p.add_argument("--chunked-prefill", action="store_true", help="vLLM v1 style mixed iterations")
+    p.add_argument("--no-chunked-prefill", action="store_true",
+                   help="prefill-first iterations (vLLM v0) instead of v1's chunked prefill, the default")
     p.add_argument("--max-batched-tokens", type=int, help="token budget of one iteration")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--warmup-s", type=float, default=0.0, help="delay before an added worker serves")
@@ -61,7 +62,7 @@ def build_scenario(args: argparse.Namespace, tp: int):
     engine = EngineOptions(
         max_num_seqs=args.max_num_seqs,
         max_batched_tokens=args.max_batched_tokens,
-        chunked_prefill=args.chunked_prefill,
+        chunked_prefill=not args.no_chunked_prefill,
     )
     return Scenario.fitted(
         trace,
