@@ -23,7 +23,6 @@ from typing import Any
 import httpx
 
 from placement.fidelity import ObservedRequest, replay_trace
-from placement.margin_tuning import MarginWorkload
 from placement.traces import TraceRequest, load_trace, scale_rate, synthetic, truncate_to_context
 from predictors.latency.served_fit import ServedRequest
 from serve_app.request_options import BENCHMARK_HEADER, SLO_HEADERS
@@ -186,20 +185,6 @@ def served_requests(run_dirs: list[str | Path]) -> list[ServedRequest]:
     if not requests:
         raise ValueError("no served request names its worker: a served-profile fit needs runs of this app")
     return requests
-
-
-def margin_workloads(run_dirs: list[str | Path]) -> list[MarginWorkload]:
-    """The loads of this app's runs (served and refused requests, the workers that served
-    them, the SLOs), for choosing Aladdin's packing margin by simulation."""
-    workloads = []
-    for run_dir in run_dirs:
-        data = read_run(run_dir)
-        summary, observed = observed_requests(run_dir)
-        _, trace = replay_trace(observed, with_refused=True)
-        workers = len({r["worker"] for r in data["requests"] if r.get("worker")})
-        if trace and workers:
-            workloads.append(MarginWorkload(trace, workers, summary["slo_ttft_ms"] / 1e3, summary["slo_atgt_ms"] / 1e3))
-    return workloads
 
 
 def observed_requests(run_dir: str | Path) -> tuple[dict[str, Any], list[ObservedRequest]]:

@@ -27,7 +27,7 @@ class SystemSpec:
     slo_atgt_ms: float = 50.0
     profile_path: str | None = None  # placement profile for this app (None: the tiny-cpu family)
     stream_interval: int = 8  # vLLM engine argument (this app's default), given to every system's engines
-    atgt_margin: float | None = None  # aladdin's packing margin (None: the policy's default)
+    atgt_margin: float | None = None  # aladdin: a fixed packing margin (None: the adaptive budget)
 
 
 def app_config(system: str, spec: SystemSpec) -> AppConfig:

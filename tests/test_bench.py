@@ -122,7 +122,7 @@ def test_report_tables_and_goals():
 def test_replay_inputs_from_a_run_keep_served_and_refused_requests(tmp_path):
     from dataclasses import replace
 
-    from serve_app.bench import margin_workloads, observed_requests
+    from serve_app.bench import observed_requests, replay_trace
 
     workload = [WorkItem(p, 10, 0.1 * i, 5 + i) for i, p in enumerate("abcd")]
     served = [replace(_result(), worker=w, sent_s=0.1 * i, prompt_tokens=5 + i) for i, w in enumerate(("w0", "w1"))]
@@ -133,7 +133,6 @@ def test_replay_inputs_from_a_run_keep_served_and_refused_requests(tmp_path):
     write_run(BenchRun("t", workload, results, summary), tmp_path)
     _, observed = observed_requests(tmp_path)
     assert [o.refused for o in observed] == [False, False, True, False]
-    (load,) = margin_workloads([tmp_path])
-    assert load.workers == 2 and len(load.trace) == 3  # the failed request never reached placement
-    assert (load.slo_ttft_s, load.slo_atgt_s) == (0.5, 0.02)
-    assert load.trace[0].arrival_s == 0.0
+    _, trace = replay_trace(observed, with_refused=True)
+    assert len(trace) == 3  # the failed request never reached placement
+    assert trace[0].arrival_s == 0.0

@@ -101,3 +101,16 @@ def test_served_fit_needs_enough_points(profile):
     few = [ServedRequest("w", i, 100, 10, 0.05, 0.2) for i in range(3)]
     with pytest.raises(ValueError, match="too few"):
         fit_served_profile(few, profile, source="test")
+
+
+def test_served_fit_without_idle_workers_bounds_the_overhead_from_the_least_queued(profile, simulated):
+    # every request overlapped another on its worker: no idle-worker TTFT to isolate the
+    # serving path; the fit still gives a profile, its overhead from the least-queued requests
+    trace, records = simulated
+    busy = [ServedRequest(worker="w0", sent_s=0.001 * i, input_len=t.input_len, output_len=t.output_len,
+                          ttft_s=r.ttft_s, latency_s=r.ttft_s + r.finish_s - r.first_token_s + 10.0)
+            for i, (t, r) in enumerate(zip(trace, records))]
+    fitted = fit_served_profile(busy, profile, source="test")
+    assert "no worker was idle" in fitted.notes and fitted.serving_overhead_per_request_s == 0.0
+    residuals = sorted(r.ttft_s - profile.prefill_time_s([r.input_len]) for r in busy)
+    assert residuals[0] <= fitted.serving_overhead_s <= residuals[len(residuals) // 2]

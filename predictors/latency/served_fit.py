@@ -32,6 +32,7 @@ from predictors.latency.profile import DecodeModel, FitReport, WorkerProfile
 
 HELD_OUT_EVERY = 5  # every 5th point is held out of the fit and used for the error report
 MIN_OUTPUT_TOKENS = 4  # shorter replies give too few token gaps for an ATGT
+LOW_TAIL = 0.1  # without idle-worker requests: the TTFT-minus-prefill quantile taken as overhead
 
 
 @dataclass(frozen=True)
@@ -137,20 +138,29 @@ def fit_served_profile(requests: Sequence[ServedRequest], engine_profile: Worker
     decode_rows, decode_targets = _decode_points(by_worker)
     d, decode_mape = _fit(decode_rows, decode_targets, "decode")
     alone = _isolated_ttfts(by_worker)
-    if len(alone) < HELD_OUT_EVERY:
-        raise ValueError(f"too few requests found their worker idle ({len(alone)}) to measure the serving "
-                         "path's latency: include a lighter load")
-    # what the TTFT of a request alone on its worker holds beyond the engine's prefill
-    residual = np.array([r.ttft_s - engine_profile.prefill_time_s([r.input_len]) for r in alone])
-    in_flight = _in_flight_at_send(alone, requests)
-    overhead, per_request = _fit_overhead(residual, in_flight)
+    note = ""
+    if len(alone) >= HELD_OUT_EVERY:
+        # what the TTFT of a request alone on its worker holds beyond the engine's prefill
+        residual = np.array([r.ttft_s - engine_profile.prefill_time_s([r.input_len]) for r in alone])
+        in_flight = _in_flight_at_send(alone, requests)
+        overhead, per_request = _fit_overhead(residual, in_flight)
+    else:
+        # a worker was never idle (long prompts and replies keep it busy): the requests that
+        # queued least bound the serving path's latency from above, so its lower tail is the
+        # estimate; the placement actor's online correction refines it as it serves
+        alone = list(requests)
+        residual = np.array([r.ttft_s - engine_profile.prefill_time_s([r.input_len]) for r in alone])
+        overhead, per_request = max(0.0, float(np.quantile(residual, LOW_TAIL))), 0.0
+        in_flight = np.zeros((len(alone), 1))
+        note = (f"; no worker was idle often enough to isolate the serving path, so its latency is the "
+                f"{LOW_TAIL:.0%} quantile of TTFT minus prefill over all requests")
     predicted = (np.array([engine_profile.prefill_time_s([r.input_len]) for r in alone])
                  + overhead + per_request * in_flight[:, 0])
     measured = np.array([r.ttft_s for r in alone])
     return engine_profile.model_copy(update={
         "source": source,
         "notes": f"served fit over {len(requests)} requests on {len(by_worker)} workers; prefill, KV and "
-                 f"context length from the engine profile ({engine_profile.source})",
+                 f"context length from the engine profile ({engine_profile.source}){note}",
         "decode": DecodeModel(d0_s=float(d[0]), d1_s_per_seq=float(d[1]), d2_s_per_context_token=float(d[2])),
         "serving_overhead_s": overhead,
         "serving_overhead_per_request_s": per_request,

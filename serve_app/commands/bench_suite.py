@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "for the app's later systems")
     p.add_argument("--profile", help="placement profile JSON for this app (default: the tiny-cpu family)")
     p.add_argument("--stream-interval", type=int, default=8, help="vLLM stream_interval for every system's engines")
-    p.add_argument("--atgt-margin", type=float, help="aladdin's packing margin (placement.atgt_margin)")
+    p.add_argument("--atgt-margin", type=float, help="aladdin: a fixed packing margin, an expert override of the adaptive budget (placement.atgt_margin)")
     p.add_argument("--port", type=int, default=8100, help="HTTP port of the benchmark's Serve proxy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench-results", help="output folder")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 
 def _aladdin_options(policy: str, summary: dict, atgt_margin: float | None) -> dict | None:
-    """The packing margin the run's server used (recorded by `make bench`), unless overridden."""
+    """A fixed packing margin: the override, else the one the run's server used if it had one
+    (runs before the budget adapted recorded it); None: the adaptive budget, as served now."""
     margin = atgt_margin if atgt_margin is not None else summary.get("placement_atgt_margin")
     return {"atgt_margin": margin} if policy == "aladdin" and margin is not None else None
 

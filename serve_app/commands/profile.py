@@ -56,11 +56,8 @@ def _from_ops(args: argparse.Namespace) -> int:
 
 def _from_bench(args: argparse.Namespace) -> int:
     from predictors.latency.families import load_profile_family
-    from placement.margin_tuning import tune_atgt_margin
-    from placement.simulator.worker_engine import EngineOptions
     from predictors.latency.served_fit import fit_served_profile
-    from serve_app.bench import margin_workloads, served_requests
-    from serve_app.config import EngineConfig
+    from serve_app.bench import served_requests
 
     requests = served_requests(args.from_bench)
     base = load_profile_family(args.base_family).profile(args.tp)
@@ -70,12 +67,6 @@ def _from_bench(args: argparse.Namespace) -> int:
     print(f"{args.out}: served fit over {len(requests)} requests; held-out prefill MAPE {fit.prefill_mape_pct:.1f}% "
           f"({fit.prefill_points} points), decode MAPE {fit.decode_mape_pct:.1f}% ({fit.decode_points} points); "
           f"decode step {profile.decode.d0_s * 1e3:.2f} ms + {profile.decode.d1_s_per_seq * 1e3:.3f} ms/seq")
-    workloads = margin_workloads(args.from_bench)
-    if workloads:
-        engine = EngineOptions(max_num_seqs=EngineConfig().max_num_seqs, chunked_prefill=True)
-        tuning = tune_atgt_margin(workloads, profile, engine=engine)
-        print(f"recommended placement.atgt_margin with this profile: {tuning.margin:g} (simulated attainment on "
-              "these runs by margin: " + ", ".join(f"{m:g}: {a:.3f}" for m, a in tuning.attainment.items()) + ")")
     return 0
 
 
