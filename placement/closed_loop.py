@@ -41,11 +41,12 @@ class _Promise:
     ttft: bool
     atgt: bool
     overcommits_seen: int
-    generation: tuple[int, int]
+    ttft_share: float  # the budget's shares when it was placed
+    atgt_share: float
     # what the TTFT check predicted, split so it can be re-predicted with the latency
-    # correction as it is when the request finishes: wait + prefill by the base profile
+    # correction as it is when the request finishes: wait + the engine part by the base profile
     waited_s: float
-    prefill_model_s: float
+    engine_ttft_s: float
 
 
 class ClosedLoop:
@@ -65,7 +66,6 @@ class ClosedLoop:
         worker_id = worker.id
         if not decision.feasible:
             self._overcommits[worker_id] = self._overcommits.get(worker_id, 0) + 1
-        n = request.input_len
         base = self._bases.get(worker_id, worker.profile)
         self._promises.pop(request.id, None)  # placed again (a retried routing): the newest counts
         if len(self._promises) >= MAX_PROMISES:
@@ -73,13 +73,12 @@ class ClosedLoop:
         self._promises[request.id] = _Promise(
             worker_id, request.pred_mean, request.slo_ttft_s, request.slo_atgt_s,
             ttft=decision.feasible and not decision.ttft_lost, atgt=decision.feasible,
-            overcommits_seen=self._overcommits.get(worker_id, 0), generation=self.feedback.current(),
+            overcommits_seen=self._overcommits.get(worker_id, 0),
+            ttft_share=self.budget.ttft_share, atgt_share=self.budget.atgt_share,
             waited_s=now_s - request.arrival_s,
             # the TTFT check's own formula without the serving path: the prefill queued ahead
             # of it, then its own
-            prefill_model_s=base.ttft_s(
-                n, worker.queued_prefill_tokens - n, worker.queued_prefill_sq - n * n, worker.queued_prefill_count - 1
-            ) - base.serving_overhead_s,
+            engine_ttft_s=worker.ttft_s(request.input_len, base, queued_itself=True) - base.serving_overhead_s,
         )
 
     def busy(self, worker: WorkerState, interval: BusyInterval, base: WorkerProfile) -> None:
@@ -102,13 +101,13 @@ class ClosedLoop:
         overhead = worker.ttft_offset_s + (0.0 if base is None else base.serving_overhead_s)
         # re-predicted with today's prefill factor, so the offset learns only what the factor
         # (fitted to busy time) does not explain: the serving path outside the engine
-        predicted = promise.waited_s + worker.prefill_factor * promise.prefill_model_s + overhead
+        predicted = promise.waited_s + worker.prefill_factor * promise.engine_ttft_s + overhead
         worker.observe_ttft(ttft_s - predicted)
         clean = self._overcommits.get(promise.worker_id, 0) == promise.overcommits_seen
         outcome = Outcome(
-            ttft_met=ttft_s <= promise.slo_ttft_s if promise.ttft else None,
-            atgt_met=atgt_s <= promise.slo_atgt_s if promise.atgt and clean else None,
-            generation=promise.generation,
+            ttft_ratio=ttft_s / promise.slo_ttft_s if promise.ttft else None,
+            atgt_ratio=atgt_s / promise.slo_atgt_s if promise.atgt and clean else None,
+            ttft_share=promise.ttft_share, atgt_share=promise.atgt_share,
         )
         self.feedback.observe(outcome)
         return outcome

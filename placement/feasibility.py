@@ -191,12 +191,7 @@ def check(worker: WorkerState, request: Request, now_s: float, budget: PackingBu
     projection = project(worker, request)
     atgt_slo = min(worker.min_slo_atgt_s, request.slo_atgt_s) * budget.atgt_share
     profile = worker.profile
-    ttft = (now_s - request.arrival_s) + profile.ttft_s(
-        request.input_len,
-        worker.queued_prefill_tokens,
-        worker.queued_prefill_sq,
-        worker.queued_prefill_count,
-    )
+    ttft = (now_s - request.arrival_s) + worker.ttft_s(request.input_len)
     capacity = worker.kv_capacity_tokens
     own_prefill_s = profile.prefill_time_s([request.input_len])
     prefill_share = worker.prefill_share(now_s, own_prefill_s)

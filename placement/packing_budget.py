@@ -18,14 +18,15 @@ DEFAULT_TARGET_ATTAINMENT = 0.99
 
 
 def edge_miss_rate(target_attainment: float) -> float:
-    """The miss rate the model may have at the packing edge: half of what the target allows.
+    """The miss rate the model may have at the packing edge: a quarter of what the target allows.
 
     Best fit places most requests at a worker's budget, so attainment at the edge is what a
-    cluster with spare workers reaches; the other half of the target's misses is left for what
-    placement cannot prevent (bursts beyond capacity, warm-ups, requests that wait)."""
+    cluster with spare workers reaches, and it should be well above the target there. The rest
+    of the target's misses is left for what placement cannot prevent at the fewest workers that
+    meet the target: bursts beyond capacity, warm-ups, requests that wait."""
     if not 0.0 < target_attainment < 1.0:
         raise ValueError(f"target attainment must be in (0, 1), got {target_attainment!r}")
-    return (1.0 - target_attainment) / 2.0
+    return (1.0 - target_attainment) / 4.0
 
 
 @dataclass
@@ -50,8 +51,9 @@ class PackingBudget:
 
     @property
     def stall_risk(self) -> float:
-        """Expected misses one placement may cause on its worker's residents."""
-        return edge_miss_rate(self.target_attainment)
+        """Expected misses one placement may cause on its worker's residents: the ATGT's half
+        of the edge miss rate."""
+        return edge_miss_rate(self.target_attainment) / 2
 
     @classmethod
     def fixed_shares(cls, atgt_share: float, ttft_share: float = 1.0, replies: ReplyLengths | None = None,

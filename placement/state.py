@@ -98,6 +98,8 @@ class WorkerState:
     id: str
     profile: WorkerProfile
     accepting: bool = True  # False while draining for scale-down
+    # the engine's token budget per iteration with chunked prefill (None: prefill-first)
+    token_budget: int | None = None
     steps: int = 0  # decode steps this worker has run
     residents: dict[str, Resident] = field(default_factory=dict)
     # prefill work placed but not yet run: sum(l), sum(l^2), count
@@ -178,6 +180,28 @@ class WorkerState:
     def context_tokens(self) -> int:
         """Tokens in the KV cache of the decoding batch (prompts plus generated tokens)."""
         return self.decode_context_base + self.decode_count * self.steps
+
+    def ttft_s(self, input_len: int, profile: WorkerProfile | None = None, queued_itself: bool = False) -> float:
+        """The TTFT a request of `input_len` tokens sees here from now (`WorkerProfile.ttft_s`
+        over the prefill queued ahead of it, with the engine's chunking), by `profile` (default
+        this worker's). `queued_itself`: the request is already admitted, the last in the queue."""
+        profile = profile or self.profile
+        tokens, squares, count = self.queued_prefill_tokens, self.queued_prefill_sq, self.queued_prefill_count
+        if queued_itself:
+            tokens, squares, count = tokens - input_len, squares - input_len * input_len, count - 1
+        if self.token_budget is None:
+            return profile.ttft_s(input_len, tokens, squares, count)
+        # decoding requests take one token of each iteration's budget; the prompts ahead join
+        # the decoding batch as they complete, so the step is taken halfway through them
+        return profile.ttft_s(
+            input_len, tokens, squares, count, chunk_tokens=self.token_budget - self.decode_count,
+            step_s=self.queue_drain_step_s(profile, tokens, count),
+        )
+
+    def queue_drain_step_s(self, profile: WorkerProfile, queued_tokens: int, queued_prompts: int) -> float:
+        """The decoding batch's step while the prompts queued ahead are prefilled: the batch
+        with half of them joined (they join as their prefill completes)."""
+        return profile.decode_step_s(self.decode_count + queued_prompts / 2, self.context_tokens + queued_tokens / 2)
 
     def set_profile(self, profile: WorkerProfile) -> None:
         """Read this worker through another profile (its corrected one): the same KV capacity,

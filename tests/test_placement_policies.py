@@ -349,7 +349,7 @@ _BENCH_STATES = [
             [dict(state, share=0.6) for state in _BENCH_STATES],
             ["a05f840e2db6a20b", "60ea9629106efb8d", "a66d311fe7747a13", "6194e3ed5fc44daa"],
         ),
-        *zip(_BENCH_STATES, ["ac63d95b8e484ee3", "38409468b1a7d6c0", "6c7b083ea24e979d", "1349ee89ee25e92b"]),
+        *zip(_BENCH_STATES, ["a098845be7c4d613", "4dbdba2de7ef3c7b", "c0dd8f6fd9b0655b", "a970d4b153fd6263"]),
     ],
 )
 def test_aladdin_choices_on_bench_states_are_unchanged(config, digest):

@@ -6,6 +6,8 @@ Filter -> rank -> verify, over a `WorkerTable` of per-worker aggregates:
    bound of the next decode step, stretched by the worker's prefill share with the newcomer's
    prefill (`placement.interference.token_interval_s`, as in the exact check), within the
    ATGT SLOs.
+   With chunked prefill the TTFT filter is a necessary condition only (its decode step is the
+   one at the row's last refresh); accepting a worker then takes its exact TTFT.
 2. Rank by the best-fit score: the normalized leftovers of KV and ATGT after placing, from
    step-independent bounds (KV: the sum of every resident's and the newcomer's upper final
    size; ATGT: a decode step of all of them at that size, stretched the same way). Smallest
@@ -141,6 +143,7 @@ class AladdinPolicy:
         if need_ttft:
             # same association as feasibility.check: wait + (queued + own)
             ttft_s = np.add(table.queued_prefill_s, alone_s, out=buf.ttft)
+            np.add(ttft_s, table.chunked_extra_s(request.input_len), out=ttft_s)
             np.add(waited_s, ttft_s, out=ttft_s)
             eligible &= np.less_equal(ttft_s, request.slo_ttft_s * budget.ttft_share, out=buf.passed)
         final = request.upper_final_tokens
@@ -231,7 +234,12 @@ class AladdinPolicy:
                 step_bound = worker.profile.decode_step_s(len(worker.residents) + 1, worker.kv_final_tokens + final)
                 # a longer step leaves the residents less slack, so the stall risk at the bound
                 # is at least the exact one
-                if (token_interval_s(step_bound, share) <= atgt_slo[row]
+                # with chunked prefill the filter's TTFT read the decode step at the row's last
+                # refresh, which has grown since: only the exact TTFT proves it
+                ttft_ok = (not need_ttft or worker.token_budget is None
+                           or now_s - request.arrival_s + worker.ttft_s(request.input_len)
+                           <= request.slo_ttft_s * budget.ttft_share)
+                if (ttft_ok and token_interval_s(step_bound, share) <= atgt_slo[row]
                         and stall_risk(worker, own_s, step_bound, now_s, budget) <= budget.stall_risk):
                     return worker
             fit = check(worker, request, now_s, budget)

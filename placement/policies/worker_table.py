@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from placement.state import PREFILL_WINDOW_S, ChangeLog, WorkerState, decay
-from predictors.latency.profile import prefill_seconds
+from predictors.latency.profile import chunked_extra_s, prefill_seconds
 
 # Rebase the epoch once the loads referred to it have grown by e^REBASE_AFTER_WINDOWS, long
 # before float64 overflows.
@@ -47,8 +47,14 @@ class WorkerTable:
         # capacity minus the KV in use when the row was refreshed: an upper bound of the free
         # KV later, as usage only grows with steps
         self.kv_free_ceiling = np.zeros(n)
-        # time to prefill what is queued ahead of a new request
+        # time to prefill what is queued ahead of a new request, and its tokens
         self.queued_prefill_s = np.zeros(n)
+        self.queued_tokens = np.zeros(n)
+        # chunked prefill: prompt tokens per iteration beside the decoding batch (0: the worker
+        # prefills first), and that batch's step (a chunked prompt waits one per iteration)
+        self.chunk_tokens = np.zeros(n)
+        self.step_now_s = np.zeros(n)
+        self.chunked_rows = 0
         # decode step of residents + 1 over the KV in use at refresh: a lower bound of the next
         # step's time
         self.step_floor_s = np.zeros(n)
@@ -123,12 +129,30 @@ class WorkerTable:
         self.queued_prefill_s[row] = profile.prefill.time_from_sums(
             worker.queued_prefill_tokens, worker.queued_prefill_sq, worker.queued_prefill_count
         )
+        self.queued_tokens[row] = worker.queued_prefill_tokens
+        chunked = worker.token_budget is not None
+        self.chunked_rows += int(chunked) - int(self.chunk_tokens[row] > 0)
+        self.chunk_tokens[row] = max(1, worker.token_budget - worker.decode_count) if chunked else 0
+        # the decoding batch's step as the queue drains, as of this refresh (the policy re-reads
+        # it exactly before accepting a chunked worker)
+        self.step_now_s[row] = worker.queue_drain_step_s(
+            profile, worker.queued_prefill_tokens, worker.queued_prefill_count
+        ) if chunked else 0.0
         self.step_floor_s[row] = step_s(batch, used)
         self.step_bound_s[row] = step_bound
         self.step_bound_per_token_s[row] = step_s(batch, kv_final + 1) - step_bound
         self.min_slo_atgt_s[row] = worker.min_slo_atgt_s
         self._rebase_before(worker.prefill_load_at_s)
         self.prefill_load_at_epoch_s[row] = worker.prefill_load_s * decay(self.epoch_s - worker.prefill_load_at_s)
+
+    def chunked_extra_s(self, input_len: int) -> np.ndarray | float:
+        """What chunked prefill adds to each row's TTFT for a prompt of `input_len` tokens
+        (`predictors.latency.profile.chunked_extra_s`; 0 on rows that prefill first)."""
+        if not self.chunked_rows:
+            return 0.0
+        extra = chunked_extra_s(self.prefill_coefficients[0], self.queued_tokens, input_len,
+                                self.chunk_tokens, self.step_now_s)
+        return np.where(self.chunk_tokens > 0, extra, 0.0)
 
     def prefill_s(self, input_len: int, out: np.ndarray | None = None) -> np.ndarray:
         """Every row's prefill time of one prompt of `input_len` tokens (the profile's formula)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
@@ -24,6 +25,15 @@ def prefill_seconds(c0, cp, c1, c2, total_tokens, total_squared_tokens, prompts)
     """The prefill formula on its coefficients, for floats or numpy arrays alike (a placement
     table evaluates it for every worker at once): c0 + cp x prompts + c1 x sum(l) + c2 x sum(l^2)."""
     return c0 + cp * prompts + c1 * total_tokens + c2 * total_squared_tokens
+
+
+def chunked_extra_s(c0, queued_tokens, input_len, chunk_tokens, step_s):
+    """What chunked prefill adds to a TTFT over the queued prompts and the newcomer's run as
+    (at most) two prefill batches: the iterations their tokens need at `chunk_tokens` a time,
+    each with the decoding batch's step and a prefill fixed cost (two of which the batches
+    already paid, one when nothing is queued). Floats or numpy arrays alike."""
+    iterations = np.ceil((queued_tokens + input_len) / np.maximum(chunk_tokens, 1))
+    return (iterations - 1 - (queued_tokens > 0)) * c0 + iterations * step_s
 
 
 class PrefillModel(_Frozen):
@@ -140,14 +150,20 @@ class WorkerProfile(_Frozen):
         return self.decode.step_s(batch_size, context_tokens)
 
     def ttft_s(
-        self, input_len: int, queued_tokens: int = 0, queued_squared_tokens: int = 0, queued_prompts: int = 1
+        self, input_len: int, queued_tokens: int = 0, queued_squared_tokens: int = 0, queued_prompts: int = 1,
+        *, chunk_tokens: int | None = None, step_s: float = 0.0,
     ) -> float:
         """TTFT a new request would see: the prefill queued ahead of it, run as one batch
         (given by sum(l), sum(l^2) and the number of its prompts), then its own prefill, plus
-        the serving path's fixed latency."""
-        return self.prefill.time_from_sums(
+        the serving path's fixed latency. With chunked prefill (`chunk_tokens` prompt tokens per
+        iteration beside the decoding batch, whose step takes `step_s`), the prompts take
+        `chunked_iterations` iterations, each paying the prefill's fixed cost and the step."""
+        ttft = self.prefill.time_from_sums(
             queued_tokens, queued_squared_tokens, queued_prompts
         ) + (self.prefill.time_from_sums(input_len, input_len * input_len) + self.serving_overhead_s)
+        if chunk_tokens is None:
+            return ttft
+        return ttft + chunked_extra_s(self.prefill.c0_s, queued_tokens, input_len, chunk_tokens, step_s)
 
     def serving_overhead_at_s(self, in_flight: int) -> float:
         """The serving path's latency outside the engine with `in_flight` other requests in the
