@@ -17,7 +17,7 @@ the autoscaled goal as met only at equal or better attainment.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -68,7 +68,7 @@ class AutoscaledResult:
 class Comparison:
     target: float
     planner_tp: int
-    planner_gpus: int
+    planner_gpus: int  # the planner's fewest GPUs meeting the SLOs (before its headroom)
     policies: dict[str, PolicyResult]
     autoscaled: dict[str, AutoscaledResult] = field(default_factory=dict)
 
@@ -203,13 +203,15 @@ def _workload(base: Scenario) -> Workload:
         output_lens=np.array([r.output_len for r in trace]),
         slo_ttft_s=base.slo_ttft_s,
         slo_atgt_s=base.slo_atgt_s,
+        target_attainment=base.target_attainment,
+        arrival_s=np.array([r.arrival_s for r in trace]),
     )
 
 
 def _planned_workers(planned: Plan, tp: int) -> int:
     """The planner's worker count at `tp` (1 when it finds that TP unusable): the search start."""
     option = next((o for o in planned.options if o.tp == tp and o.usable), None)
-    return option.workers if option else 1
+    return option.needed_workers if option else 1
 
 
 def compare(
@@ -224,8 +226,10 @@ def compare(
 ) -> Comparison:
     """Run the search for every compared policy (and, if `autoscaled`, the autoscaled pair);
     `base` gives the trace, SLOs and settings. `aladdin_options` go to the Aladdin policy,
-    `scaler_options[mode]` to that autoscaler (`planner`, `queue-length`)."""
-    planned = plan(family, _workload(base), headroom=headroom)
+    `scaler_options[mode]` to that autoscaler (`planner`, `queue-length`). Aladdin's budget
+    adapts to `target`."""
+    base = replace(base, target_attainment=target)
+    planned = plan(family, _workload(base), headroom=headroom, chunked=base.engine.chunked_prefill)
     chosen = planned.choice
     if chosen is None:
         raise ValueError("the planner finds no TP degree that meets these SLOs")
@@ -233,7 +237,7 @@ def compare(
     max_at_tp = max_gpus // chosen.tp
     options = {"aladdin": aladdin_options}
     results = {
-        name: min_workers(at_tp, name, target, max_at_tp, chosen.workers, options.get(name))
+        name: min_workers(at_tp, name, target, max_at_tp, chosen.needed_workers, options.get(name))
         for name in ("aladdin", *SAME_TP_BASELINES)
     }
     default = min_workers(
@@ -252,4 +256,4 @@ def compare(
         if autoscaled
         else {}
     )
-    return Comparison(target, chosen.tp, chosen.gpus, results, scaled)
+    return Comparison(target, chosen.tp, chosen.needed_gpus, results, scaled)

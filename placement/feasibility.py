@@ -153,29 +153,42 @@ def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float,
     """Expected number of `worker`'s residents whose ATGT one more prefill stall of `stall_s`
     breaks, their decode running at `step_s` per token from now on and packed to
     `budget.atgt_share` x their SLO (`placement.interference.stall_breaking_lengths`, weighed by
-    how likely each is to be that short: `budget.replies`). A resident still waiting for its
-    prefill is counted as if it had just produced its first token: the stall will follow it.
-    0 without a reply-length model."""
+    how likely each is to be that short: `budget.replies`). The stalls already committed count
+    as spent: the prompts queued on the worker will be prefilled while a decoding resident
+    waits for its next tokens, and after the first token of a resident still queued (which is
+    counted as if it had just produced it) those queued behind it. 0 without a reply model."""
     replies = budget.replies
     if replies is None or not worker.residents:
         return 0.0
     share = budget.atgt_share
     steps = worker.steps
+    prefill_s = worker.profile.prefill_time_s
+    # the queued prompts in admission order, and the prefill time queued after each of them
+    queued = [r for r in worker.residents.values() if r.decode_from_step is None]
+    behind = [0.0] * len(queued)
+    pending = 0.0
+    for i in range(len(queued) - 1, -1, -1):
+        behind[i] = pending
+        pending += prefill_s([queued[i].request.input_len])
     total = 0.0
-    for resident in worker.residents.values():
+    for i, resident in enumerate(queued):
         request = resident.request
-        budget_s = request.slo_atgt_s * share
+        lo, hi = stall_breaking_lengths(behind[i], 0, step_s, request.slo_atgt_s * share, stall_s)
+        if hi > 1.0:
+            total += replies.p_end_between(request.pred_mean, 1.0, lo, hi)
+    for resident in worker.residents.values():
         start = resident.decode_from_step
         if start is None:
-            decoded, elapsed = 0, 0.0
-        else:
-            decoded = steps - start
-            elapsed = now_s - resident.decode_started_s
-            # the slack it has banked: a stall within it breaks no length (its remaining tokens
-            # come at the step, faster than the budget), and most residents are there
-            if elapsed + stall_s <= decoded * budget_s:
-                continue
-        lo, hi = stall_breaking_lengths(elapsed, decoded, step_s, budget_s, stall_s)
+            continue
+        request = resident.request
+        budget_s = request.slo_atgt_s * share
+        decoded = steps - start
+        spent = now_s - resident.decode_started_s + pending
+        # the slack it has banked: a stall within it breaks no length (its remaining tokens
+        # come at the step, faster than the budget), and most residents are there
+        if spent + stall_s <= decoded * budget_s:
+            continue
+        lo, hi = stall_breaking_lengths(spent, decoded, step_s, budget_s, stall_s)
         if hi > decoded + 1.0:
             total += replies.p_end_between(request.pred_mean, decoded + 1.0, lo, hi)
     return total

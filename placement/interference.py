@@ -39,6 +39,13 @@ def token_interval_s(step_s, prefill_share):
     return step_s / (1.0 - prefill_share) if prefill_share < 1.0 else math.inf
 
 
+def decode_slack_s(reply_tokens, step_s, budget_s):
+    """The stall time a reply of `reply_tokens` tokens can absorb within an ATGT budget of
+    `budget_s` per token when its tokens come every `step_s`: (tokens - 1) x (budget - step).
+    Floats or numpy arrays alike."""
+    return (reply_tokens - 1) * (budget_s - step_s)
+
+
 def stall_breaking_lengths(
     elapsed_s: float, decoded: int, step_s: float, budget_s: float, stall_s: float
 ) -> tuple[float, float]:
@@ -47,10 +54,10 @@ def stall_breaking_lengths(
     for a request that has decoded `decoded` tokens after its first in `elapsed_s` since it and
     decodes the rest at `step_s` per token.
 
-    A reply of L tokens meets its budget when its decode time, elapsed + (L - 1 - decoded) x step
-    (+ the stall), is at most budget x (L - 1); solving for L gives the bounds. Where the budget
+    A reply of L tokens meets its budget when the stalls it has met, elapsed - decoded x step
+    (+ the new one), fit its `decode_slack_s`; solving for L gives the bounds. Where the budget
     is not above the step every length misses anyway: nothing more to break, (inf, inf)."""
-    slack_per_token = budget_s - step_s
+    slack_per_token = decode_slack_s(2, step_s, budget_s)  # per token after the first
     if slack_per_token <= 0:
         return math.inf, math.inf
     behind = (elapsed_s - decoded * step_s) / slack_per_token

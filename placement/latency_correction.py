@@ -153,6 +153,17 @@ class LatencyCorrection:
     def forget(self, worker_id: str) -> None:
         self.workers.pop(worker_id, None)
 
+    def fleet_profile(self, base: WorkerProfile) -> WorkerProfile:
+        """`base` corrected by the median correction of the workers (for planning the fleet;
+        `base` itself before any worker has reported)."""
+        corrections = [c for c in self.workers.values() if c.intervals]
+        if not corrections:
+            return base
+        median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+        return scaled_profile(base, _grid(median([c.decode_factor for c in corrections])),
+                              _grid(median([c.prefill_factor for c in corrections])),
+                              median([c.ttft_offset_s for c in corrections]))
+
     def profile_for(self, worker_id: str, base: WorkerProfile) -> WorkerProfile:
         """`base` corrected for this worker (`base` itself while its correction rounds to none)."""
         c = self.workers.get(worker_id)

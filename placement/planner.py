@@ -1,24 +1,38 @@
 """Minimal-GPU planner: for each tensor-parallel degree, the highest arrival rate one worker
 sustains within the SLOs, then the workers and GPUs the workload needs; the cheapest wins.
 
-Per-worker model (a closed-form queueing estimate, not a simulation). For one worker taking a
-Poisson stream at rate lam of requests with the workload's prompt lengths l and reply lengths o:
+Per-worker model (a closed-form queueing estimate, not a simulation), for one worker taking a
+Poisson stream at rate lam of requests with the workload's prompt lengths l and reply lengths L,
+packed to the ATGT budget b (the SLO, or the share of it the policy packs to):
 - prefill: each prompt is one prefill of S = prefill_time_s([l]); the prefills use a share
-  rho = lam E[S] of the worker's time (must stay < 1).
+  rho = lam E[S] of the worker's time (must stay < 1). With chunked prefill (a token budget B
+  per iteration) a prompt also waits the decoding batch's step in each of its ceil(l / B)
+  iterations: its TTFT service is S' = S + ceil(l / B) x step.
 - decode: N requests decode together; each step takes tau(N) = decode_step_s(N, N c) / (1 - rho)
-  (stretched by the interleaved prefills: `placement.interference.token_interval_s`, which
-  feasibility uses too), with c = E[o (l + o/2)] / E[o] the time-average
-  context of a resident (a request stays in proportion to its reply length). By Little's law
-  N = lam E[o] tau(N); N is the smallest root (found by bisection).
-- ATGT: tau(N) <= SLO ATGT.
-- KV: N k <= capacity, with k = E[o (l + o)] / E[o] the time-average final size of a resident
+  on average (stretched by the interleaved prefills: `placement.interference.token_interval_s`,
+  which feasibility uses too), with c = E[L (l + L/2)] / E[L] the time-average context of a
+  resident. By Little's law N = lam E[L] tau(N); N is the smallest root (bisection).
+- ATGT on average: tau(N) <= b.
+- ATGT per request (`placement.interference`): a reply of L tokens has (L - 1) x (b - step)
+  of decode slack, so it survives floor(that / s) prefill stalls of s = E[S] / E[iterations]
+  (a chunked prompt stalls each of its iterations by its share of the prefill); the stalls
+  landing on its worker during its decode, (L - 1) tau(N) long, are Poisson with mean
+  lam E[iterations] (L - 1) tau(N).
+  The share of replies that see more, averaged over the workload's lengths, is at most the
+  SLO's part of the misses the target allows. (The policy's stall test steers prompts away
+  from workers with fragile residents, which Poisson arrivals at one worker do not: this is
+  what a placement blind to it would see, an upper bound for Aladdin.)
+- KV: N k <= capacity, with k = E[L (l + L)] / E[L] the time-average final size of a resident
   (Aladdin reserves each request's final size for its whole stay).
-- TTFT: the q-quantile of S, plus the M/G/1 wait lam E[S^2] / (2 (1 - rho)), plus half a decode
-  step (a prefill waits for the running step) <= SLO TTFT.
-Every constraint tightens as lam grows, so the highest rate is found by bisection. Then
-workers = ceil(rate / per-worker rate x (1 + headroom)), GPUs = workers x TP; the fewest GPUs
-win, ties to the lower TP. TP degrees above the GPUs of one node are skipped (a TP group stays
-inside a node).
+- TTFT: the M/G/1 wait, 0 with probability 1 - rho and otherwise about exponential with mean
+  Wq / rho, Wq = lam E[S'^2] / (2 (1 - rho)); the share of requests whose wait exceeds their
+  TTFT SLO minus S', averaged over the prompt lengths, is at most the TTFT's part of the misses.
+Every constraint tightens as lam grows, so the highest rate is found by bisection. Arrivals are
+not steady: the rate planned for adds `PEAK_Z` standard deviations of the rate's variation
+beyond Poisson's (which the model above already has) over windows as long as a request's SLOs
+span (the TTFT SLO, or E[L] x the ATGT SLO if longer), when the arrival times are known. Then workers = ceil(rate / per-worker rate x (1 + headroom)), GPUs = workers x TP;
+the fewest GPUs win, ties to the lower TP. TP degrees above the GPUs of one node are skipped (a
+TP group stays inside a node).
 """
 
 from __future__ import annotations
@@ -27,12 +41,18 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy.stats import poisson
 
-from placement.interference import token_interval_s
+from placement.interference import stall_breaking_lengths, token_interval_s
+from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
 from predictors.latency.families import ProfileFamily
-from predictors.latency.profile import WorkerProfile
+from predictors.latency.profile import WorkerProfile, vllm_token_budget
 
 BISECTION_STEPS = 60
+# The rate planned for: the windowed arrival rate this many standard deviations of its
+# variation beyond Poisson's above its mean (2.05: the 98th percentile of a normal; arrivals
+# in the busiest 2 % of windows are beyond a 0.99 target's miss budget in any case).
+PEAK_Z = 2.05
 
 
 @dataclass(frozen=True)
@@ -44,13 +64,44 @@ class Workload:
     output_lens: np.ndarray
     slo_ttft_s: float
     slo_atgt_s: float
-    ttft_quantile: float = 0.9
+    target_attainment: float = DEFAULT_TARGET_ATTAINMENT
+    arrival_s: np.ndarray | None = None  # arrival times, when known: how steady the rate is
 
     def __post_init__(self) -> None:
         if self.rate_per_s <= 0 or self.slo_ttft_s <= 0 or self.slo_atgt_s <= 0:
             raise ValueError("rate and SLOs must be > 0")
         if len(self.input_lens) == 0 or len(self.input_lens) != len(self.output_lens):
             raise ValueError("need equally many (>= 1) input and output lengths")
+
+    @property
+    def miss_budget(self) -> float:
+        """The misses one SLO may have: half of what the target allows."""
+        return (1.0 - self.target_attainment) / 2
+
+    def arrival_scv(self) -> float:
+        """Squared coefficient of variation of the inter-arrival gaps (1: Poisson, the default
+        without arrival times)."""
+        if self.arrival_s is None or len(self.arrival_s) < 3:
+            return 1.0
+        gaps = np.diff(np.sort(self.arrival_s))
+        mean = float(gaps.mean())
+        return float(gaps.var()) / (mean * mean) if mean > 0 else 1.0
+
+    def planning_rate_per_s(self) -> float:
+        """The rate to plan for (see the module docstring), when the arrival times cover at
+        least two windows (else the mean rate)."""
+        window = max(self.slo_ttft_s, float(np.mean(self.output_lens)) * self.slo_atgt_s)
+        if self.arrival_s is None or len(self.arrival_s) < 2:
+            return self.rate_per_s
+        start, end = float(np.min(self.arrival_s)), float(np.max(self.arrival_s))
+        if end - start < 2 * window:
+            return self.rate_per_s
+        counts = np.histogram(self.arrival_s, bins=np.arange(start, end + window, window))[0][:-1]
+        mean, var = float(counts.mean()), float(counts.var())
+        # Poisson's own fluctuation is the queueing model's; only what goes beyond it is planned for
+        extra = math.sqrt(max(0.0, var - mean))
+        # never above the busiest window seen: a window where the rate stepped down is not bursty
+        return max(self.rate_per_s, min(mean + PEAK_Z * extra, float(counts.max())) / window)
 
 
 @dataclass(frozen=True)
@@ -61,9 +112,10 @@ class WorkerLoad:
     residents: float
     kv_tokens: float
     atgt_s: float
-    ttft_s: float
+    ttft_s: float  # mean
     prefill_share: float
     stable: bool  # False when prefill or decode cannot keep up at this rate
+    step_s: float = 0.0  # the decode step of the batch, without the prefills' stretch
 
 
 @dataclass(frozen=True)
@@ -77,8 +129,13 @@ class TPOption:
     max_rate_per_worker: float = 0.0
     binding: str = ""  # the constraint that limits the per-worker rate: kv, atgt, ttft or stability
     at_max_rate: WorkerLoad | None = None
-    workers: int = 0
+    workers: int = 0  # with the headroom
     gpus: int = 0
+    needed_workers: int = 0  # the fewest that take the workload within the SLOs (no headroom)
+
+    @property
+    def needed_gpus(self) -> int:
+        return self.needed_workers * self.tp
 
 
 @dataclass(frozen=True)
@@ -98,20 +155,24 @@ class Plan:
 
 
 class _WorkerModel:
-    """The per-worker estimate for one profile and one length sample."""
+    """The per-worker estimate for one profile and one length sample (see the module docstring)."""
 
-    def __init__(self, profile: WorkerProfile, workload: Workload) -> None:
+    def __init__(self, profile: WorkerProfile, workload: Workload, token_budget: int | None = None) -> None:
         self.profile = profile
         self.workload = workload
         inputs = np.asarray(workload.input_lens, dtype=float)
         outputs = np.maximum(np.asarray(workload.output_lens, dtype=float), 1.0)
-        prefill = np.array([profile.prefill_time_s([int(n)]) for n in inputs])
-        self.prefill_mean_s = float(prefill.mean())
-        self.prefill_sq_mean_s2 = float((prefill * prefill).mean())
-        self.prefill_quantile_s = float(np.quantile(prefill, workload.ttft_quantile))
+        self.prefill_s = np.array([profile.prefill_time_s([int(n)]) for n in inputs])
+        self.prefill_mean_s = float(self.prefill_s.mean())
+        # the decode steps each prompt's TTFT waits for: one per chunked iteration
+        self.iterations = np.ceil(inputs / token_budget) if token_budget else np.zeros_like(inputs)
+        # the stalls a prompt's prefill makes: one per chunked iteration (one without chunking)
+        self.stalls_per_prompt = float(np.maximum(self.iterations, 1.0).mean())
         self.output_mean = float(outputs.mean())
         self.context_per_resident = float((outputs * (inputs + outputs / 2)).mean() / self.output_mean)
         self.final_per_resident = float((outputs * (inputs + outputs)).mean() / self.output_mean)
+        self.replies = outputs[outputs > 1]  # a one-token reply has no ATGT
+        self.arrival_scv = workload.arrival_scv()
 
     def step_s(self, residents: float, prefill_share: float) -> float:
         step = self.profile.decode_step_s(residents, residents * self.context_per_resident)
@@ -120,7 +181,7 @@ class _WorkerModel:
     def load(self, rate: float) -> WorkerLoad:
         rho = rate * self.prefill_mean_s
         if rho >= 1:
-            return WorkerLoad(rate, math.inf, math.inf, math.inf, math.inf, rho, False)
+            return WorkerLoad(rate, math.inf, math.inf, math.inf, math.inf, rho, False, math.inf)
         # smallest N >= 0 with N >= rate E[o] tau(N); the KV cap bounds where to look
         demand = rate * self.output_mean
         hi = self.profile.kv.capacity_tokens / self.final_per_resident
@@ -137,9 +198,11 @@ class _WorkerModel:
             residents = hi
         batch = max(residents, 1.0)
         atgt = self.step_s(batch, rho)
-        wait = rate * self.prefill_sq_mean_s2 / (2 * (1 - rho))
-        ttft = self.prefill_quantile_s + wait + atgt * (1 - rho) / 2
-        return WorkerLoad(rate, residents, residents * self.final_per_resident, atgt, ttft, rho, stable)
+        step = atgt * (1 - rho)
+        service = self.prefill_s + self.iterations * step
+        wait = rate * float((service * service).mean()) / (2 * (1 - rho))
+        ttft = float(service.mean()) + wait
+        return WorkerLoad(rate, residents, residents * self.final_per_resident, atgt, ttft, rho, stable, step)
 
     def violations(self, load: WorkerLoad) -> dict[str, float]:
         """How far each constraint is from its limit (> 1 means violated)."""
@@ -148,8 +211,44 @@ class _WorkerModel:
             "stability": 0.0 if load.stable else math.inf,
             "kv": load.kv_tokens / self.profile.kv.capacity_tokens,
             "atgt": load.atgt_s / w.slo_atgt_s,
-            "ttft": load.ttft_s / w.slo_ttft_s,
         }
+
+    def fragile_s(self, load: WorkerLoad) -> tuple[float, float]:
+        """How long a fresh resident stays fragile (one more chunk's stall would break its
+        ATGT with probability above the policy's stall risk) and the share of replies short
+        enough to break at all (`placement.interference.stall_breaking_lengths`)."""
+        stall = self.prefill_mean_s / self.stalls_per_prompt
+        _, hi = stall_breaking_lengths(0.0, 0, load.step_s, self.workload.slo_atgt_s, stall)
+        if not self.replies.size or math.isinf(hi):
+            return 0.0, 0.0
+        risk = (1.0 - self.workload.target_attainment) / 8  # the policy's per-placement stall risk
+        fragile = 0
+        for decoded in range(int(hi)):
+            alive = self.replies > decoded + 1
+            if not alive.any() or ((self.replies < hi) & alive).sum() / alive.sum() <= risk:
+                break
+            fragile += 1
+        return fragile * load.atgt_s, float(((self.replies > 1) & (self.replies < hi)).mean())
+
+    def pooled_misses(self, rate: float, workers: int) -> tuple[float, float]:
+        """(TTFT, ATGT) shares missed when `workers` workers take `rate` together, dispatched
+        to whichever can take a prompt (see the module docstring)."""
+        load = self.load(rate / workers)
+        if not load.stable:
+            return 1.0, 1.0
+        fragile_s, breakable = self.fragile_s(load)
+        service = self.prefill_s + self.iterations * load.step_s
+        slot_s = float(service.mean()) + fragile_s
+        offered = rate * slot_s
+        if offered >= workers:
+            return 1.0, 1.0
+        waits = erlang_c(workers, offered)
+        slack = np.maximum(self.workload.slo_ttft_s - service, 0.0)
+        # burstier arrivals than Poisson wait longer, in proportion to (c_a^2 + c_s^2) / 2
+        # (Allen-Cunneen; service taken as exponential, c_s^2 = 1)
+        decay = (workers - offered) / slot_s * 2 / (self.arrival_scv + 1)
+        ttft = float(np.where(service > self.workload.slo_ttft_s, 1.0, waits * np.exp(-decay * slack)).mean())
+        return ttft, waits * breakable if fragile_s > 0 else 0.0
 
     def max_rate(self) -> tuple[float, WorkerLoad | None, str]:
         """The highest rate meeting every constraint, its load and the binding constraint."""
@@ -167,24 +266,73 @@ class _WorkerModel:
         return lo, self.load(lo), max(beyond, key=beyond.get)
 
 
-def plan_tp(profile: WorkerProfile, workload: Workload, headroom: float) -> TPOption:
-    """The option for one profile: its highest per-worker rate and what the workload needs."""
+def erlang_c(servers: int, offered: float) -> float:
+    """Probability an arrival waits in an M/M/c queue with `servers` and `offered` load
+    (Erlang C, from the Erlang B recursion, stable for thousands of servers)."""
+    if offered <= 0:
+        return 0.0
+    if offered >= servers:
+        return 1.0
+    blocking = 1.0
+    for k in range(1, servers + 1):
+        blocking = offered * blocking / (k + offered * blocking)
+    return servers * blocking / (servers - offered * (1 - blocking))
+
+
+def plan_tp(profile: WorkerProfile, workload: Workload, headroom: float, token_budget: int | None = None) -> TPOption:
+    """The option for one profile: the fewest workers that take the workload within the SLOs,
+    with `headroom` on top. `token_budget`: the engine's tokens per iteration with chunked
+    prefill (None: prefill-first)."""
     capacity = profile.kv.capacity_tokens
     if capacity == 0:
         return TPOption(profile.tp, False, "no KV cache", capacity)
-    rate, load, binding = _WorkerModel(profile, workload).max_rate()
+    model = _WorkerModel(profile, workload, token_budget)
+    rate, load, binding = model.max_rate()
     if load is None:
         return TPOption(profile.tp, False, f"{binding} SLO missed even at zero load", capacity, binding=binding)
-    workers = math.ceil(workload.rate_per_s / rate * (1 + headroom))
+    demand = workload.planning_rate_per_s()
+    budget = workload.miss_budget
+
+    def enough(workers: int) -> bool:
+        return max(model.pooled_misses(demand, workers)) <= budget
+
+    least = max(1, math.ceil(demand / rate))
+    needed = fewest_meeting_from(enough, least)
+    if needed > least:
+        ttft, atgt = model.pooled_misses(demand, needed - 1)
+        binding = "ttft" if ttft >= atgt else "stall"
+    workers = math.ceil(needed * (1 + headroom))
+    per_worker = demand / needed
     return TPOption(
-        tp=profile.tp, usable=True, reason=f"{rate:.3g} req/s per worker, limited by {binding}",
-        kv_capacity_tokens=capacity, max_rate_per_worker=rate, binding=binding, at_max_rate=load,
-        workers=workers, gpus=workers * profile.tp,
+        tp=profile.tp, usable=True, reason=f"{per_worker:.3g} req/s per worker, limited by {binding}",
+        kv_capacity_tokens=capacity, max_rate_per_worker=per_worker, binding=binding,
+        at_max_rate=model.load(per_worker), workers=workers, gpus=workers * profile.tp, needed_workers=needed,
     )
 
 
-def plan(family: ProfileFamily, workload: Workload, headroom: float = 0.1, gpus_per_node: int = 8) -> Plan:
-    """Evaluate every TP degree of `family` and choose the fewest GPUs (ties: lower TP)."""
+def fewest_meeting_from(meets, start: int, limit: int = 1 << 20) -> int:
+    """The smallest n >= `start` with meets(n), for a `meets` monotone in n: doubling the step
+    from `start`, then bisecting; `limit` if none up to it."""
+    if meets(start):
+        return start
+    lo, step = start, 1
+    while lo + step < limit and not meets(lo + step):
+        lo, step = lo + step, 2 * step
+    hi = min(lo + step, limit)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if meets(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def plan(
+    family: ProfileFamily, workload: Workload, headroom: float = 0.1, gpus_per_node: int = 8, chunked: bool = True
+) -> Plan:
+    """Evaluate every TP degree of `family` and choose the fewest GPUs (ties: lower TP), for
+    engines with vLLM's chunked prefill at its default token budget (`chunked`) or without."""
     if headroom < 0 or gpus_per_node < 1:
         raise ValueError("need headroom >= 0 and gpus_per_node >= 1")
     options = []
@@ -195,7 +343,7 @@ def plan(family: ProfileFamily, workload: Workload, headroom: float = 0.1, gpus_
                 TPOption(tp, False, f"tp {tp} exceeds {gpus_per_node} GPUs per node", profile.kv.capacity_tokens)
             )
         else:
-            options.append(plan_tp(profile, workload, headroom))
+            options.append(plan_tp(profile, workload, headroom, vllm_token_budget(profile) if chunked else None))
     usable = [o for o in options if o.usable]
     choice = min(usable, key=lambda o: (o.gpus, o.tp), default=None)
     return Plan(

@@ -17,17 +17,21 @@ from predictors.latency.profile import WorkerProfile
 
 
 def plan_workers(
-    profile: WorkerProfile, workload: Workload, headroom: float, atgt_margin: float, in_flight: int
+    profile: WorkerProfile, workload: Workload, headroom: float, atgt_margin: float, in_flight: int,
+    token_budget: int | None = None,
 ) -> tuple[TPOption, int]:
-    """The planner's option for `workload` with `atgt_margin` x its ATGT SLO, and the workers
-    to run: its count, or more if the `in_flight` requests need them (0 if unusable)."""
-    option = plan_tp(profile, replace(workload, slo_atgt_s=workload.slo_atgt_s * atgt_margin), headroom)
+    """The planner's option for `workload` with `atgt_margin` x its ATGT SLO (engines with
+    chunked prefill at `token_budget`, or none), and the workers to run: its count, or more if
+    the `in_flight` requests need them (0 if unusable)."""
+    option = plan_tp(profile, replace(workload, slo_atgt_s=workload.slo_atgt_s * atgt_margin), headroom, token_budget)
     if not option.usable:
         return option, 0
     # requests one worker holds: its residents at the planner's rate, or the backlog it clears
-    # within the TTFT SLO when prompts dominate (residents < 1 would count each request as a
-    # whole worker and overreact to a short queue)
-    per_worker = max(option.at_max_rate.residents, option.max_rate_per_worker * workload.slo_ttft_s, 1.0)
+    # within the TTFT SLO when prompts dominate, the SLO over its mean prefill (residents < 1
+    # would count each request as a whole worker and overreact to a short queue)
+    load = option.at_max_rate
+    clears = workload.slo_ttft_s * load.rate_per_s / load.prefill_share if load.prefill_share > 0 else 1.0
+    per_worker = max(load.residents, clears, 1.0)
     return option, max(option.workers, math.ceil(in_flight * (1 + headroom) / per_worker))
 
 

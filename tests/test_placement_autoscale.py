@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from placement.closed_loop import ClosedLoop
 from placement.packing_budget import PackingBudget
 from placement.simulator.autoscale import (
     DEFAULT_TARGET_ONGOING_REQUESTS,
@@ -135,8 +136,8 @@ def test_planner_holds_the_requests_in_flight():
 
 
 def test_planner_plans_for_the_atgt_budget_it_is_given():
-    tight, loose = PackingBudget.fixed_shares(0.6), PackingBudget.fixed_shares(1.0)
-    assert _planner_workers(100.0, budget=tight) > _planner_workers(100.0, budget=loose)
+    tight, loose = ClosedLoop(PackingBudget.fixed_shares(0.6)), ClosedLoop(PackingBudget.fixed_shares(1.0))
+    assert _planner_workers(100.0, loop=tight) > _planner_workers(100.0, loop=loose)
 
 
 def test_scenario_gives_the_planner_aladdins_budget():

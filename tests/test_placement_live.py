@@ -179,7 +179,8 @@ def test_in_flight_floor_counts_a_prompt_heavy_backlog_by_what_a_worker_clears()
     workload = Workload(1.0, np.array([4000.0]), np.array([8.0]), 1.0, 0.05)
     option, idle = plan_workers(PROFILE, workload, 0.1, 1.0, in_flight=0)
     _, backlog = plan_workers(PROFILE, workload, 0.1, 1.0, in_flight=9)
-    assert option.at_max_rate.residents < option.max_rate_per_worker * 1.0  # prompts dominate
+    prefill_s = PROFILE.prefill_time_s([4000])
+    assert option.at_max_rate.residents < 1.0 / prefill_s  # prompts dominate
     assert idle == option.workers
-    assert backlog == max(option.workers, int(np.ceil(9 * 1.1 / (option.max_rate_per_worker * 1.0))))
+    assert backlog == max(option.workers, int(np.ceil(9 * 1.1 / (1.0 / prefill_s))))
     assert backlog < 9

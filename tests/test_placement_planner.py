@@ -79,3 +79,41 @@ def test_plan_command_prints_the_choice_and_reasoning(tmp_path, capsys):
     assert report["rate_per_s"] == pytest.approx(400 / 399)
     assert report["choice"]["gpus"] == min(o["gpus"] for o in report["options"] if o["usable"])
     assert {o["tp"] for o in report["options"]} == set(FAMILY.tps)
+
+
+def test_erlang_c_matches_known_values():
+    from placement.planner import erlang_c
+
+    assert erlang_c(1, 0.6) == pytest.approx(0.6)  # M/M/1: an arrival waits with probability rho
+    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)
+    assert erlang_c(10, 0.0) == 0.0 and erlang_c(3, 3.5) == 1.0
+    assert erlang_c(400, 380.0) < erlang_c(40, 38.0) < 1  # pooling: same utilization, less waiting
+
+
+def test_the_planned_rate_covers_bursts_beyond_poisson_only():
+    from placement.traces import synthetic
+
+    def rate_of(trace):
+        arrivals = np.array([r.arrival_s for r in trace])
+        w = Workload(len(trace) / arrivals[-1], INPUTS[: len(trace)], OUTPUTS[: len(trace)], 1.0, 0.05, arrival_s=arrivals)
+        return w.planning_rate_per_s() / w.rate_per_s
+
+    assert rate_of(synthetic(2000, 20.0, seed=1)) == pytest.approx(1.0, abs=0.05)
+    assert rate_of(synthetic(2000, 20.0, arrival="gamma", cv=4.0, seed=1)) > 1.1
+    steady = Workload(20.0, INPUTS, OUTPUTS, 1.0, 0.05)
+    assert steady.planning_rate_per_s() == 20.0  # no arrival times: the mean
+
+
+def test_short_replies_behind_long_prompts_need_workers_for_their_prefill_stalls():
+    # 2k-token prompts, 3-8 token replies: a worker's decode is nearly idle, but every prefill
+    # landing on a fresh short reply breaks its ATGT; the pooled model spreads prompts
+    prompts, replies = np.full(500, 2000.0), np.resize(np.array([3.0, 5.0, 8.0]), 500)
+    workload = Workload(20.0, prompts, replies, 1.0, 0.05)
+    model = _WorkerModel(FAMILY.profile(1), workload, token_budget=2048)
+    fragile_s, breakable = model.fragile_s(model.load(1.0))
+    assert fragile_s > 0 and breakable == pytest.approx(1 / 3)  # a 2k prefill breaks the 3-token replies
+    misses = [max(model.pooled_misses(20.0, w)) for w in (6, 8, 12, 24)]
+    assert misses == sorted(misses, reverse=True) and misses[-1] < workload.miss_budget < misses[0]
+    option = plan(FAMILY, workload).options[0]
+    mean_field_rate, _, _ = model.max_rate()
+    assert option.binding in ("stall", "ttft") and option.needed_workers > np.ceil(20.0 / mean_field_rate)

@@ -232,15 +232,15 @@ class AladdinPolicy:
                 own_s = float(own_prefill_s[row])
                 share = worker.prefill_share(now_s, own_s)
                 step_bound = worker.profile.decode_step_s(len(worker.residents) + 1, worker.kv_final_tokens + final)
-                # a longer step leaves the residents less slack, so the stall risk at the bound
-                # is at least the exact one
                 # with chunked prefill the filter's TTFT read the decode step at the row's last
                 # refresh, which has grown since: only the exact TTFT proves it
                 ttft_ok = (not need_ttft or worker.token_budget is None
                            or now_s - request.arrival_s + worker.ttft_s(request.input_len)
                            <= request.slo_ttft_s * budget.ttft_share)
+                # a resident the stall can touch at all makes the risk depend on the step: then
+                # the exact check decides (at the bound, none is: that does not depend on it)
                 if (ttft_ok and token_interval_s(step_bound, share) <= atgt_slo[row]
-                        and stall_risk(worker, own_s, step_bound, now_s, budget) <= budget.stall_risk):
+                        and stall_risk(worker, own_s, step_bound, now_s, budget) == 0.0):
                     return worker
             fit = check(worker, request, now_s, budget)
             if fit.feasible if need_ttft else fit.feasible_apart_from_ttft:

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from placement.packing_budget import PackingBudget
+from placement.closed_loop import ClosedLoop
+from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
 from placement.planner import Workload
 from placement.simulator.cluster import ClusterView
 from placement.simulator.metrics import RequestRecord
@@ -52,8 +53,10 @@ def _reply_tokens(record: RequestRecord) -> float:
 class PlannerScaler:
     """Workers for the recent load, from the planner's per-worker rate at this TP.
 
-    `budget` is the policy's packing budget (None: the SLOs themselves): the planner plans for
-    the share of the ATGT SLO Aladdin packs a worker to at each tick; `scenario.run` passes it.
+    `loop` is Aladdin's closed loop (None: the SLOs themselves and the profile as is): at each
+    tick the planner plans for the share of the ATGT SLO the budget packs a worker to and for
+    the workers' corrected latencies; `scenario.run` passes it. `token_budget`: the engines'
+    tokens per iteration with chunked prefill (None: prefill-first).
     """
 
     period_s: float = 10.0
@@ -61,7 +64,8 @@ class PlannerScaler:
     min_workers: int = 1
     max_workers: int = 1024
     min_arrivals: int = 10  # fewer arrivals in the window: keep the current count
-    budget: PackingBudget | None = None
+    loop: ClosedLoop | None = None
+    token_budget: int | None = None
     # one arrival window: shrinking sooner than a worker takes to come back (warm-up) thrashes,
     # and 60 s cost less than 120 s or 300 s at equal attainment (BENCHMARKS.md)
     downscale_delay_s: float = 60.0
@@ -76,15 +80,20 @@ class PlannerScaler:
         # the time the window covers (the run starts at 0): a partial window's rate is not
         # diluted by the part before the start
         span = max(min(cluster.now_s, cluster.arrival_window_s), 1e-9)
+        loop = self.loop
         workload = Workload(
             rate_per_s=len(recent) / span,
             input_lens=np.array([r.request.input_len for r in recent]),
             output_lens=np.array([_reply_tokens(r) for r in recent]),
             slo_ttft_s=recent[-1].request.slo_ttft_s,
             slo_atgt_s=recent[-1].request.slo_atgt_s,
+            target_attainment=DEFAULT_TARGET_ATTAINMENT if loop is None else loop.budget.target_attainment,
+            arrival_s=np.array([r.request.arrival_s for r in recent]),
         )
-        share = 1.0 if self.budget is None else self.budget.atgt_share
-        option, workers = plan_workers(cluster.profile, workload, self.headroom, share, cluster.ongoing_requests())
+        share = 1.0 if loop is None else loop.budget.atgt_share
+        profile = cluster.profile if loop is None else loop.correction.fleet_profile(cluster.profile)
+        option, workers = plan_workers(profile, workload, self.headroom, share, cluster.ongoing_requests(),
+                                       self.token_budget)
         if not option.usable:
             return None
         return min(self.max_workers, max(self.min_workers, workers))

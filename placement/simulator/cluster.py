@@ -177,8 +177,7 @@ class Cluster:
     # ---- workers ---------------------------------------------------------------------
 
     def _start_worker(self, warmup_s: float) -> _Worker:
-        options = self.config.engine
-        budget = options.token_budget(self.config.timing_profile or self.profile) if options.chunked_prefill else None
+        budget = self.config.engine.chunk_budget(self.config.timing_profile or self.profile)
         state = WorkerState(id=f"w{next(self._names)}", profile=self.profile, token_budget=budget)
         engine = WorkerEngine(
             state, self.config.engine, self._estimator, timing_profile=self.config.timing_profile,

@@ -127,9 +127,10 @@ def run(
     autoscaling)."""
     parts = cluster_parts(scenario, policy, policy_options)
     scaler_options = dict(autoscale_options or {})
-    if autoscale == "planner" and parts["loop"] is not None:
-        # plan for the budget the policy packs to, as it adapts
-        scaler_options.setdefault("budget", parts["loop"].budget)
+    if autoscale == "planner":
+        # plan for the budget the policy packs to and the latencies it has learned, as they adapt
+        scaler_options.setdefault("loop", parts["loop"])
+        scaler_options.setdefault("token_budget", scenario.engine.chunk_budget(scenario.profile))
     cluster = Cluster(
         **parts,
         config=sim_config(scenario, workers),

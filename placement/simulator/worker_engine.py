@@ -37,13 +37,7 @@ from placement.rebalance import SurvivalEstimator, on_progress
 from placement.simulator.kv_blocks import LockstepBlocks
 from placement.simulator.metrics import RequestRecord
 from placement.state import WorkerState
-from predictors.latency.profile import WorkerProfile
-
-
-# vLLM 0.32's max_num_batched_tokens for its OpenAI server with chunked prefill (EngineArgs:
-# H100/H200-class GPUs 8192, A100 and other GPUs 2048, CPU 2048 per rank).
-CHUNKED_TOKEN_BUDGET = {"h100": 8192}
-DEFAULT_CHUNKED_TOKEN_BUDGET = 2048
+from predictors.latency.profile import WorkerProfile, vllm_token_budget
 
 
 @dataclass(frozen=True)
@@ -54,7 +48,8 @@ class EngineOptions:
 
     max_num_seqs: int = 256
     # Tokens one iteration may process; None: vLLM's default for the hardware with chunked
-    # prefill (CHUNKED_TOKEN_BUDGET), max(max_model_len, 2048) without (vLLM v0's).
+    # prefill (predictors.latency.profile.vllm_token_budget), max(max_model_len, 2048) without
+    # (vLLM v0's).
     max_batched_tokens: int | None = None
     chunked_prefill: bool = True
     # Free blocks a prefill must leave (vLLM v0 watermark, fraction of all blocks).
@@ -68,8 +63,12 @@ class EngineOptions:
             return self.max_batched_tokens
         if not self.chunked_prefill:
             return max(profile.max_model_len, 2048)
-        per_rank = profile.tp if profile.hardware == "cpu" else 1
-        return CHUNKED_TOKEN_BUDGET.get(profile.hardware, DEFAULT_CHUNKED_TOKEN_BUDGET) * per_rank
+        return vllm_token_budget(profile)
+
+    def chunk_budget(self, profile: WorkerProfile) -> int | None:
+        """The token budget a chunked iteration shares with the decoding batch; None without
+        chunked prefill (what placement's TTFT model is told)."""
+        return self.token_budget(profile) if self.chunked_prefill else None
 
 
 def series_time(t0: float, dt: float, k: int) -> float:

@@ -186,6 +186,19 @@ class WorkerProfile(_Frozen):
         return path
 
 
+# vLLM 0.32's max_num_batched_tokens for its OpenAI server with chunked prefill (EngineArgs:
+# H100/H200-class GPUs 8192, A100 and other GPUs 2048, CPU 2048 per rank).
+_CHUNKED_TOKEN_BUDGET = {"h100": 8192}
+_DEFAULT_CHUNKED_TOKEN_BUDGET = 2048
+
+
+def vllm_token_budget(profile: WorkerProfile) -> int:
+    """The prompt-and-decode tokens per iteration vLLM 0.32 schedules by default with chunked
+    prefill on this profile's hardware."""
+    per_rank = profile.tp if profile.hardware == "cpu" else 1
+    return _CHUNKED_TOKEN_BUDGET.get(profile.hardware, _DEFAULT_CHUNKED_TOKEN_BUDGET) * per_rank
+
+
 def family_name(model: str, hardware: str) -> str:
     """Profile family name: `<model>-<hardware>`, e.g. `llama-2-7b-a100`."""
     return f"{model}-{hardware}"
