@@ -111,7 +111,7 @@ def test_short_replies_behind_long_prompts_need_workers_for_their_prefill_stalls
     workload = Workload(20.0, prompts, replies, 1.0, 0.05)
     model = _WorkerModel(FAMILY.profile(1), workload, token_budget=2048)
     fragile_s, breakable = model.fragile_s(model.load(1.0))
-    assert fragile_s > 0 and breakable == pytest.approx(1 / 3)  # a 2k prefill breaks the 3-token replies
+    assert fragile_s > 0 and breakable == pytest.approx(1 / 3, abs=0.01)  # a 2k prefill breaks the 3-token replies
     misses = [max(model.pooled_misses(20.0, w)) for w in (6, 8, 12, 24)]
     assert misses == sorted(misses, reverse=True) and misses[-1] < workload.miss_budget < misses[0]
     option = plan(FAMILY, workload).options[0]
