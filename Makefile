@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
 CONSTRAINTS := constraints-cpu.txt
 
-.PHONY: setup test test-fast demo bench soak constraints clean
+.PHONY: setup test test-fast demo bench soak capacity constraints clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,13 @@ bench: setup
 		--runs $(BENCH_OUT)/aladdin/*/rep* $(BENCH_OUT)/jsq/*/rep* $(BENCH_OUT)/rr/*/rep* \
 		--out $(BENCH_OUT)/fidelity.json
 	$(BIN)/aladdin bench-report $(BENCH_OUT) | tee $(BENCH_OUT)/report.md
+
+# compare over the workload matrix (Azure conv, Mooncake, three synthetic presets) x 7B/70B A100
+# x rate x1/x4: fewest GPUs per policy at 0.99, the planner, Aladdin at 2x its minimum
+# (BENCHMARKS.md "Workload matrix"). CAPACITY_ARGS="--limit 2000 --no-autoscaled" for a quick look.
+CAPACITY_ARGS ?=
+capacity: setup
+	$(BIN)/aladdin compare-matrix --data ../shared/data --json capacity-results/matrix.json $(CAPACITY_ARGS)
 
 # 20,000 requests over ~10 minutes on a local deployment: lost = 0, memory flat (BENCHMARKS.md).
 soak: setup

@@ -96,6 +96,17 @@ def read_mooncake_jsonl(path: str | Path) -> list[TraceRequest]:
     return _starting_at_zero(requests)
 
 
+def write_mooncake_jsonl(trace: list[TraceRequest], path: str | Path) -> Path:
+    """Write a trace in Mooncake's JSONL format (ms timestamps), which `load_trace` reads back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in trace:
+            f.write(json.dumps({"timestamp": r.arrival_s * 1000.0, "input_length": r.input_len,
+                                "output_length": r.output_len, "hash_ids": list(r.hash_ids)}) + "\n")
+    return path
+
+
 def load_trace(path: str | Path) -> list[TraceRequest]:
     """Read a trace, choosing the reader by file type (.csv: Azure, .jsonl: Mooncake)."""
     suffix = Path(path).suffix.lower()
