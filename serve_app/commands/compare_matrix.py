@@ -26,7 +26,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         cell_list = cells(args.workloads.split(","), args.families.split(","),
                           [float(k) for k in args.rate_scales.split(",")])
-    except ValueError as exc:
+    except (ValueError, LookupError) as exc:
         raise SystemExit(f"aladdin compare-matrix: {exc}") from None
     try:
         from tqdm import tqdm
