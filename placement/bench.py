@@ -15,6 +15,7 @@ few decode steps, so the state keeps changing as in serving.
 from __future__ import annotations
 
 import math
+from collections import deque
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,10 @@ OUTPUT_MEAN, OUTPUT_CV = 230.0, 1.0
 PREDICTION_NOISE_SIGMA = 0.3
 UPPER_OVER_MEAN = 2.0
 QUEUED_FRACTION = 0.02
+# decisions (1 ms apart) from a placement to its prefill, and between two decode steps of
+# every worker, in the `engine_time` loop
+PREFILL_AFTER = 30
+DECODE_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -112,13 +117,20 @@ def decision_loop(
     arrivals: _Arrivals,
     count: int,
     prepare: Callable[[int, Request, float], None] | None = None,
+    engine_time: bool = False,
 ) -> Iterator[tuple[WorkerState | None, int]]:
     """Make `count` placement decisions on a bench state, yielding (chosen worker, ns spent in
     `choose`) for each. After each decision the request is admitted, a request finishes on a
-    random worker and a random worker decodes 0-3 steps, so the state keeps changing.
+    random worker and a random worker decodes 0-3 steps, so the state keeps changing. With
+    `engine_time` the workers also keep pace with the clock as engines would: a placed
+    request's prefill runs PREFILL_AFTER decisions later, every worker decodes a step every
+    DECODE_EVERY decisions and its residents end at their upper estimates (else queues only
+    grow and decodes fall ever further behind the clock, and a stall-aware policy rightly finds
+    every worker's residents at risk).
     `prepare(i, request, now_s)` may alter a request before it is placed."""
     rng = arrivals.rng
     now_s = 0.0
+    pending: deque[tuple[int, WorkerState, str]] = deque()  # (decision due, worker, request id)
     for i in range(count):
         request, _ = arrivals.next(now_s)
         if prepare is not None:
@@ -132,6 +144,21 @@ def decision_loop(
         finished = rng.choice(cluster)
         if finished.residents:
             finished.remove(next(iter(finished.residents)))
+        if engine_time:
+            if worker is not None:
+                pending.append((i + PREFILL_AFTER, worker, request.id))
+            while pending and pending[0][0] <= i:
+                _, prefilled, rid = pending.popleft()
+                resident = prefilled.residents.get(rid)
+                if resident is not None and resident.decode_from_step is None:
+                    prefilled.start_decode(rid, now_s)
+            if i % DECODE_EVERY == 0:
+                for w in cluster:
+                    w.advance(1)
+                    for rid in [rid for rid, r in w.residents.items()
+                                if r.decode_from_step is not None and w.generated(rid) >= r.request.upper_output_tokens]:
+                        w.remove(rid)
+
         rng.choice(cluster).advance(rng.randint(0, 3))
         now_s += 0.001
 
@@ -145,7 +172,7 @@ def run(
     policy = make_policy(policy_name, seed=seed)
     timings = []
     placed = 0
-    for i, (worker, elapsed) in enumerate(decision_loop(policy, cluster, arrivals, warmup + decisions)):
+    for i, (worker, elapsed) in enumerate(decision_loop(policy, cluster, arrivals, warmup + decisions, engine_time=True)):
         if i >= warmup:
             timings.append(elapsed)
             placed += worker is not None
