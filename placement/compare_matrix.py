@@ -107,7 +107,7 @@ def cells(workloads: Iterable[str] = WORKLOADS, families: Iterable[str] = FAMILI
 
 
 def run_cell(cell: Cell, *, data_dir: str | Path, slo_ttft_s: float, slo_atgt_s: float, target: float,
-             limit: int | None = None, autoscaled: bool = True, max_gpus: int = 512) -> CellResult:
+             limit: int | None = None, autoscaled: bool = True, max_gpus: int = 1024) -> CellResult:
     """`compare` on one cell, and Aladdin at twice its fewest workers."""
     import time
 

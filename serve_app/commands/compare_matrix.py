@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slo-atgt", type=float, default=0.05, help="ATGT SLO, s per token")
     p.add_argument("--target", type=float, default=0.99, help="SLO attainment to reach")
     p.add_argument("--limit", type=int, help="first N requests of each workload (quick runs)")
-    p.add_argument("--max-gpus", type=int, default=512)
+    p.add_argument("--max-gpus", type=int, default=1024, help="give up above this many GPUs per policy")
     p.add_argument("--no-autoscaled", action="store_true", help="skip the autoscaled runs")
     p.add_argument("--jobs", type=int, default=1, help="cells run in this many processes")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
