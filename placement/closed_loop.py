@@ -58,13 +58,17 @@ class ClosedLoop:
         self.correction = correction if correction is not None else LatencyCorrection()
         self._promises: dict[str, _Promise] = {}
         self._overcommits: dict[str, int] = {}  # worker id -> overcommitted placements taken
+        self.placements = 0  # every placement seen, and those that overcommitted: a scaler's
+        self.overcommitted = 0  # sign that no worker had room (placement.worker_estimate)
         self._bases: dict[str, WorkerProfile] = {}  # worker id -> the profile its correction scales
 
     def placed(self, request: Request, worker: WorkerState, decision: Decision, now_s: float) -> None:
         """`request` was placed (and admitted) on `worker` at `now_s` by `decision` (or without
         one: pass an infeasible Decision for a placement no policy checked, e.g. a fallback)."""
         worker_id = worker.id
+        self.placements += 1
         if not decision.feasible:
+            self.overcommitted += 1
             self._overcommits[worker_id] = self._overcommits.get(worker_id, 0) + 1
         base = self._bases.get(worker_id, worker.profile)
         self._promises.pop(request.id, None)  # placed again (a retried routing): the newest counts

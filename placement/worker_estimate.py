@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from placement.arrival_window import ArrivalWindow
+from placement.packing_budget import edge_miss_rate
 from placement.planner import TPOption, Workload, plan_tp
 from predictors.latency.profile import WorkerProfile
 
@@ -33,6 +34,17 @@ def plan_workers(
     clears = workload.slo_ttft_s * load.rate_per_s / load.prefill_share if load.prefill_share > 0 else 1.0
     per_worker = max(load.residents, clears, 1.0)
     return option, max(option.workers, math.ceil(in_flight * (1 + headroom) / per_worker))
+
+
+def overload_floor(current: int, placements: int, overcommitted: int, target_attainment: float) -> int:
+    """Workers the last period's placements call for: when a share f of them, more than the
+    edge miss rate, found no worker with room within the budget (they were overcommitted), the
+    workers held fell short by about that share, so at least ceil(current x (1 + f)); 0 (no
+    floor) otherwise. The planner's estimate lags a rising load (its window averages it); this
+    is what placement itself saw."""
+    if placements <= 0 or overcommitted / placements <= edge_miss_rate(target_attainment):
+        return 0
+    return math.ceil(current * (1 + overcommitted / placements))
 
 
 @dataclass(frozen=True)

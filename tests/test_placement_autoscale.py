@@ -183,3 +183,22 @@ def test_make_autoscaler_rejects_unknown_modes():
     assert isinstance(make_autoscaler("planner", headroom=0.2), PlannerScaler)
     with pytest.raises(ValueError, match="planner, queue-length"):
         make_autoscaler("cpu")
+
+
+def test_overcommits_beyond_the_edge_rate_raise_the_floor_by_their_share():
+    from placement.worker_estimate import overload_floor
+
+    assert overload_floor(10, 1000, 1, 0.99) == 0  # 0.1 %: within the edge miss rate, no floor
+    assert overload_floor(10, 1000, 100, 0.99) == 11  # 10 % found no room: 10 % more workers
+    assert overload_floor(10, 0, 0, 0.99) == 0
+
+
+def test_the_planner_scaler_reacts_to_placements_that_found_no_room():
+    cluster = FakeCluster(now_s=120.0, workers=2)
+    cluster.arrive(120.0, 2.0)
+    loop = ClosedLoop(PackingBudget())
+    scaler = PlannerScaler(loop=loop)
+    steady = scaler.target(cluster)
+    loop.placements, loop.overcommitted = 200, 100  # half of the last period's found no room
+    assert scaler.target(cluster) >= max(steady, 3)
+    assert scaler.target(cluster) == steady  # nothing new since: back to the plan

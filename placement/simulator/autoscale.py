@@ -2,7 +2,9 @@
 
 - `PlannerScaler` (Aladdin's heartbeat): the arrival rate and lengths of the last window go to
   the minimal-GPU planner (`placement.planner`) at the ATGT budget the placement policy packs
-  to; its worker count for this TP, raised to hold the requests now in flight, is the target.
+  to; its worker count for this TP, raised to hold the requests now in flight and, when
+  placements since the last tick found no worker with room, by that share (`overload_floor`),
+  is the target.
   Up at once (a worker added now still warms up), down only once the window is full and only
   to the largest target of the last `downscale_delay_s`.
 - `QueueLengthScaler` (Ray Serve's default rule): desired = ceil(ongoing requests / target
@@ -27,7 +29,7 @@ from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
 from placement.planner import Workload
 from placement.simulator.cluster import ClusterView
 from placement.simulator.metrics import RequestRecord
-from placement.worker_estimate import plan_workers
+from placement.worker_estimate import overload_floor, plan_workers
 
 AUTOSCALE_MODES = ("planner", "queue-length")
 # Target ongoing requests per replica of the queue-length rule. Serve's generic default, 2, is
@@ -70,6 +72,7 @@ class PlannerScaler:
     # and 60 s cost less than 120 s or 300 s at equal attainment (BENCHMARKS.md)
     downscale_delay_s: float = 60.0
     _wishes: deque[tuple[float, int]] = field(default_factory=deque, init=False)
+    _seen: tuple[int, int] = field(default=(0, 0), init=False)  # the loop's counters at the last tick
 
     def target(self, cluster: ClusterView) -> int | None:
         """The planner's workers for the window's load, or None when it cannot tell (too few
@@ -96,6 +99,11 @@ class PlannerScaler:
                                        self.token_budget)
         if not option.usable:
             return None
+        if loop is not None:
+            placed, overcommitted = loop.placements - self._seen[0], loop.overcommitted - self._seen[1]
+            self._seen = (loop.placements, loop.overcommitted)
+            workers = max(workers, overload_floor(cluster.active_workers, placed, overcommitted,
+                                                  loop.budget.target_attainment))
         return min(self.max_workers, max(self.min_workers, workers))
 
     def tick(self, cluster: ClusterView) -> None:
