@@ -16,13 +16,12 @@ the autoscaled goal as met only at equal or better attainment.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from placement.planner import Plan, Workload, plan
+from placement.planner import Plan, Workload, fewest_meeting, plan
 from placement.simulator.scenario import Scenario, run
 from predictors.latency.families import ProfileFamily
 
@@ -121,37 +120,6 @@ class Comparison:
         if met.get(name):
             met[name] = self.autoscaled["aladdin"].attainment >= self.autoscaled["p2c"].attainment
         return met
-
-
-def fewest_meeting(meets: Callable[[int], bool], start: int, upper: int) -> int | None:
-    """The smallest n in [1, upper] with meets(n), for a `meets` that is monotone in n, probing
-    outward from `start` at distances 1, 2, 4, ... and then bisecting (so a good `start` costs
-    about 2 log2 |answer - start| probes). None if meets(upper) is false."""
-    start = min(max(start, 1), upper)
-    if meets(start):
-        lo, hi, step = 0, start, 1  # meets(lo) is false (lo = 0: nothing below 1), meets(hi) true
-        while start - step >= 1:
-            if not meets(start - step):
-                lo = start - step
-                break
-            hi, step = start - step, 2 * step
-    else:
-        lo, hi, step = start, None, 1
-        while hi is None:
-            probe = min(start + step, upper)
-            if meets(probe):
-                hi = probe
-            elif probe == upper:
-                return None
-            else:
-                lo, step = probe, 2 * step
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if meets(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
 
 
 def min_workers(

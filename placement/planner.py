@@ -38,10 +38,10 @@ TP group stays inside a node).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy.stats import poisson
 
 from placement.interference import stall_breaking_lengths, token_interval_s
 from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
@@ -49,6 +49,7 @@ from predictors.latency.families import ProfileFamily
 from predictors.latency.profile import WorkerProfile, vllm_token_budget
 
 BISECTION_STEPS = 60
+MAX_WORKERS = 1 << 20  # the search's upper end (a workload needing more is not plannable)
 # The rate planned for: the windowed arrival rate this many standard deviations of its
 # variation beyond Poisson's above its mean (2.05: the 98th percentile of a normal; arrivals
 # in the busiest 2 % of windows are beyond a 0.99 target's miss budget in any case).
@@ -293,11 +294,12 @@ def plan_tp(profile: WorkerProfile, workload: Workload, headroom: float, token_b
     demand = workload.planning_rate_per_s()
     budget = workload.miss_budget
 
-    def enough(workers: int) -> bool:
-        return max(model.pooled_misses(demand, workers)) <= budget
+    least = max(1, math.ceil(demand / rate))  # fewer break a per-worker constraint
 
-    least = max(1, math.ceil(demand / rate))
-    needed = fewest_meeting_from(enough, least)
+    def enough(workers: int) -> bool:
+        return workers >= least and max(model.pooled_misses(demand, workers)) <= budget
+
+    needed = fewest_meeting(enough, least, MAX_WORKERS)
     if needed > least:
         ttft, atgt = model.pooled_misses(demand, needed - 1)
         binding = "ttft" if ttft >= atgt else "stall"
@@ -310,15 +312,28 @@ def plan_tp(profile: WorkerProfile, workload: Workload, headroom: float, token_b
     )
 
 
-def fewest_meeting_from(meets, start: int, limit: int = 1 << 20) -> int:
-    """The smallest n >= `start` with meets(n), for a `meets` monotone in n: doubling the step
-    from `start`, then bisecting; `limit` if none up to it."""
+def fewest_meeting(meets: Callable[[int], bool], start: int, upper: int) -> int | None:
+    """The smallest n in [1, upper] with meets(n), for a `meets` that is monotone in n, probing
+    outward from `start` at distances 1, 2, 4, ... and then bisecting (so a good `start` costs
+    about 2 log2 |answer - start| probes). None if meets(upper) is false."""
+    start = min(max(start, 1), upper)
     if meets(start):
-        return start
-    lo, step = start, 1
-    while lo + step < limit and not meets(lo + step):
-        lo, step = lo + step, 2 * step
-    hi = min(lo + step, limit)
+        lo, hi, step = 0, start, 1  # meets(lo) is false (lo = 0: nothing below 1), meets(hi) true
+        while start - step >= 1:
+            if not meets(start - step):
+                lo = start - step
+                break
+            hi, step = start - step, 2 * step
+    else:
+        lo, hi, step = start, None, 1
+        while hi is None:
+            probe = min(start + step, upper)
+            if meets(probe):
+                hi = probe
+            elif probe == upper:
+                return None
+            else:
+                lo, step = probe, 2 * step
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if meets(mid):

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from placement.fidelity import ObservedRequest, replay_trace
+from placement.fidelity import ObservedRequest
 from placement.traces import TraceRequest, load_trace, scale_rate, synthetic, truncate_to_context
 from predictors.latency.served_fit import ServedRequest
 from serve_app.request_options import BENCHMARK_HEADER, SLO_HEADERS

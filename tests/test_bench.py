@@ -122,7 +122,8 @@ def test_report_tables_and_goals():
 def test_replay_inputs_from_a_run_keep_served_and_refused_requests(tmp_path):
     from dataclasses import replace
 
-    from serve_app.bench import observed_requests, replay_trace
+    from placement.fidelity import replay_trace
+    from serve_app.bench import observed_requests
 
     workload = [WorkItem(p, 10, 0.1 * i, 5 + i) for i, p in enumerate("abcd")]
     served = [replace(_result(), worker=w, sent_s=0.1 * i, prompt_tokens=5 + i) for i, w in enumerate(("w0", "w1"))]
