@@ -25,7 +25,7 @@ controller feeds it from heartbeats and ingress measurements, the simulator from
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 from predictors.latency.profile import WorkerProfile
 
@@ -46,6 +46,35 @@ class BusyInterval:
     elapsed_s: float
     decode_model_s: float
     prefill_model_s: float
+
+
+@dataclass(frozen=True)
+class EngineWork:
+    """What an engine did over some iterations, in the sums the profile's latency models are
+    linear in: its busy time, and per kind of work the iterations, requests and tokens. A
+    prefill iteration costs c0 + cp x prompts + c1 x tokens + c2 x squared tokens (chunks
+    count as prompts), a decode iteration d0 + d1 x sequences + d2 x context tokens."""
+
+    busy_s: float = 0.0
+    prefill_iterations: int = 0
+    prefill_prompts: int = 0
+    prefill_tokens: int = 0
+    prefill_squared_tokens: float = 0.0
+    decode_iterations: int = 0
+    decode_sequences: int = 0
+    decode_context_tokens: int = 0
+
+    def __add__(self, other: EngineWork) -> EngineWork:
+        return EngineWork(*(a + b for a, b in zip(astuple(self), astuple(other))))
+
+    def interval(self, profile: WorkerProfile) -> BusyInterval:
+        """The busy time and what `profile` predicts for this work."""
+        p, d = profile.prefill, profile.decode
+        prefill_s = (p.c0_s * self.prefill_iterations + p.cp_s_per_prompt * self.prefill_prompts
+                     + p.c1_s_per_token * self.prefill_tokens + p.c2_s_per_token_sq * self.prefill_squared_tokens)
+        decode_s = (d.d0_s * self.decode_iterations + d.d1_s_per_seq * self.decode_sequences
+                    + d.d2_s_per_context_token * self.decode_context_tokens)
+        return BusyInterval(self.busy_s, decode_s, prefill_s)
 
 
 class WorkerCorrection:

@@ -179,10 +179,7 @@ class Cluster:
     def _start_worker(self, warmup_s: float) -> _Worker:
         budget = self.config.engine.chunk_budget(self.config.timing_profile or self.profile)
         state = WorkerState(id=f"w{next(self._names)}", profile=self.profile, token_budget=budget)
-        engine = WorkerEngine(
-            state, self.config.engine, self._estimator, timing_profile=self.config.timing_profile,
-            model_profile=self.profile if self.loop is not None else None,
-        )
+        engine = WorkerEngine(state, self.config.engine, self._estimator, timing_profile=self.config.timing_profile)
         return self._add_worker(engine, warmup_s)
 
     def _add_worker(self, engine: WorkerEngine, warmup_s: float, pool: list[WorkerState] | None = None) -> _Worker:
@@ -297,8 +294,8 @@ class Cluster:
 
     def _worker_done(self, engine: WorkerEngine) -> None:
         finished = engine.complete(self.now_s)
-        if self.loop is not None and engine.last_interval is not None:
-            self.loop.busy(engine.state, engine.last_interval, self.profile)
+        if self.loop is not None and engine.last_work is not None:
+            self.loop.busy(engine.state, engine.last_work.interval(self.profile), self.profile)
         for record in finished:
             self._unfinished -= 1
             self.lengths.observe(record.request.input_len, record.output_len)

@@ -32,7 +32,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from placement.latency_correction import BusyInterval
+from placement.latency_correction import EngineWork
 from placement.rebalance import SurvivalEstimator, on_progress
 from placement.simulator.kv_blocks import LockstepBlocks
 from placement.simulator.metrics import RequestRecord
@@ -112,21 +112,16 @@ class WorkerEngine:
         estimator: SurvivalEstimator | None = None,
         *,
         timing_profile: WorkerProfile | None = None,
-        model_profile: WorkerProfile | None = None,
         hand_off: bool = False,
     ):
         """`timing_profile` times the work when it differs from what placement reads in
         `state.profile` (a split-phase decode worker, or a host slower than its profile);
-        `model_profile`: the profile placement's latency correction starts from, to predict each
-        piece of work by (`last_interval`; None: not tracked); `hand_off`: a split-phase prefill
-        worker, which hands a request on after its prefill instead of decoding it."""
+        `hand_off`: a split-phase prefill worker, which hands a request on after its prefill
+        instead of decoding it."""
         profile = state.profile if timing_profile is None else timing_profile
-        self.model_profile = model_profile
-        self.last_interval: BusyInterval | None = None  # the work completed last, for correction
-        self._model_decode_s = 0.0  # model_profile's time of the current work so far
-        self._model_prefill_s = 0.0
-        self._mt0 = 0.0  # model_profile's time of the current run's next decode step
-        self._mdt = 0.0
+        self.last_work: EngineWork | None = None  # what the work completed last was, for correction
+        self._work = EngineWork()  # the current work's, so far (a decode run is counted as it syncs)
+        self._run_context = 0  # context tokens of the current run's next decode step
         self.hand_off = hand_off
         self.handoffs: list[RequestRecord] = []  # prefilled, to be sent to a decode worker
         self.transferred: deque[RequestRecord] = deque()  # KV received, to join the batch
@@ -255,12 +250,20 @@ class WorkerEngine:
         self._start_s += series_time(self._t0, self._dt, j)
         self._t0 += j * self._dt
         self._steps -= j
-        if self.model_profile is not None:
-            self._model_decode_s += series_time(self._mt0, self._mdt, j)
-            self._mt0 += j * self._mdt
+        self._count_decode_steps(j)
         self.state.advance(j)
         if self.estimator is not None:
             self._raise_overrun_estimates()
+
+    def _count_decode_steps(self, k: int) -> None:
+        """k decode steps of the current run ran: each holds every member's context, which
+        grows by the batch size per step."""
+        if k <= 0:
+            return
+        batch = self.blocks.count
+        context = k * self._run_context + batch * (k * (k - 1) // 2)
+        self._work += EngineWork(decode_iterations=k, decode_sequences=k * batch, decode_context_tokens=context)
+        self._run_context += k * batch
 
     def _raise_overrun_estimates(self) -> None:
         """Error-aware rebalancing for residents that passed their mean estimate."""
@@ -284,11 +287,10 @@ class WorkerEngine:
         finished: list[RequestRecord] = []
         mode, self._mode = self._mode, _IDLE
         self.busy_s += now - self._began_s
-        if self.model_profile is not None:
-            if mode == _DECODE:
-                self._model_decode_s += series_time(self._mt0, self._mdt, self._steps)
-            self.last_interval = BusyInterval(now - self._began_s, self._model_decode_s, self._model_prefill_s)
-            self._model_decode_s = self._model_prefill_s = 0.0
+        if mode == _DECODE:
+            self._count_decode_steps(self._steps)
+        self.last_work = self._work + EngineWork(busy_s=now - self._began_s)
+        self._work = EngineWork()
         if mode in (_DECODE, _MIXED):
             self.state.advance(self._steps)
             self._pop_finished(now, finished)
@@ -360,8 +362,8 @@ class WorkerEngine:
         batch = self._take_prefill_batch()
         if batch:
             prompts = [self._prompt(r) for r in batch]
-            if self.model_profile is not None:
-                self._model_prefill_s = self.model_profile.prefill_time_s(prompts)
+            self._work = EngineWork(prefill_iterations=1, prefill_prompts=len(prompts), prefill_tokens=sum(prompts),
+                                    prefill_squared_tokens=sum(n * n for n in prompts))
             return self._begin(now, _PREFILL, self.profile.prefill_time_s(prompts), batch)
         if not self.running:
             return None
@@ -469,9 +471,7 @@ class WorkerEngine:
         self._dt = self.profile.decode_step_s(batch_size, context + batch_size) - t0
         self._t0 = t0
         self._steps = k
-        if self.model_profile is not None:
-            self._mt0 = self.model_profile.decode_step_s(batch_size, context)
-            self._mdt = self.model_profile.decode_step_s(batch_size, context + batch_size) - self._mt0
+        self._run_context = context
         return self._begin(now, _DECODE, series_time(t0, self._dt, k), [])
 
     def _start_mixed(self, now: float) -> float | None:
@@ -522,11 +522,10 @@ class WorkerEngine:
         for _ in done:
             self.waiting.popleft()
         prefill_time = self.profile.prefill.time_from_sums(chunk_tokens, chunk_sq, chunks)
-        if self.model_profile is not None:
-            if self.running:
-                self._model_decode_s = self.model_profile.decode_step_s(
-                    self.blocks.count, self.blocks.tokens_at(self.state.steps)
-                )
-            self._model_prefill_s = self.model_profile.prefill.time_from_sums(chunk_tokens, chunk_sq, chunks)
+        self._work = EngineWork(prefill_iterations=1 if chunks else 0, prefill_prompts=chunks,
+                                prefill_tokens=chunk_tokens, prefill_squared_tokens=chunk_sq)
+        if self.running:
+            self._work += EngineWork(decode_iterations=1, decode_sequences=self.blocks.count,
+                                     decode_context_tokens=self.blocks.tokens_at(self.state.steps))
         self._t0, self._dt, self._steps = decode_time, 0.0, 1 if self.running else 0
         return self._begin(now, _MIXED, decode_time + prefill_time, done)
