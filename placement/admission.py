@@ -70,7 +70,7 @@ class Admission:
 
     def deadline_s(self, request: Request) -> float:
         """The last moment `request` can start and still meet its TTFT SLO (by the profile)."""
-        last = request.ttft_deadline_s - self.cluster.profile.ttft_s(request.input_len)
+        last = request.ttft_deadline_s - self.cluster.fleet_profile().ttft_s(request.input_len)
         if self.limits.max_wait_s is not None:
             last = min(last, request.arrival_s + self.limits.max_wait_s)
         return last
@@ -94,7 +94,7 @@ class Admission:
         return None
 
     def _fits_alone(self, request: Request, now_s: float) -> bool:
-        idle = WorkerState("idle", self.cluster.profile)
+        idle = WorkerState("idle", self.cluster.fleet_profile())
         return check(idle, request, now_s, self.policy.budget).feasible_apart_from_ttft
 
     def drain(self, now_s: float) -> list[Verdict]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
 from placement.planner import Workload
 
 
@@ -76,8 +77,10 @@ class ArrivalWindow:
         span = min(self.window_s, now_s - self.started_s)
         return len(self._arrivals) / max(span, 1e-9)
 
-    def workload(self, now_s: float, slo_ttft_s: float, slo_atgt_s: float) -> Workload | None:
-        """The planner's view of the window; None when it holds no arrival."""
+    def workload(self, now_s: float, slo_ttft_s: float, slo_atgt_s: float,
+                 target_attainment: float = DEFAULT_TARGET_ATTAINMENT) -> Workload | None:
+        """The planner's view of the window (with the arrival times: how steady the rate is);
+        None when it holds no arrival."""
         rate = self.rate_per_s(now_s)
         if rate <= 0:
             return None
@@ -87,4 +90,6 @@ class ArrivalWindow:
             output_lens=np.fromiter((a.output_len for a in self._arrivals), dtype=float, count=len(self._arrivals)),
             slo_ttft_s=slo_ttft_s,
             slo_atgt_s=slo_atgt_s,
+            target_attainment=target_attainment,
+            arrival_s=np.fromiter((a.arrival_s for a in self._arrivals), dtype=float, count=len(self._arrivals)),
         )

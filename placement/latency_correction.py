@@ -163,6 +163,8 @@ class LatencyCorrection:
 
     def __init__(self) -> None:
         self.workers: dict[str, WorkerCorrection] = {}
+        self._observed = 0  # intervals observed, over all workers
+        self._fleet: tuple[WorkerProfile, int, WorkerProfile] | None = None  # base, at, fleet profile
         # (id(base), factors on the grid, offset) -> (base, corrected): the base is kept so its
         # id cannot be reused by another object while the entry lives
         self._profiles: dict[tuple[int, float, float, float], tuple[WorkerProfile, WorkerProfile]] = {}
@@ -175,6 +177,7 @@ class LatencyCorrection:
 
     def observe(self, worker_id: str, interval: BusyInterval) -> None:
         self.of(worker_id).observe(interval)
+        self._observed += 1
 
     def observe_ttft(self, worker_id: str, error_s: float) -> None:
         self.of(worker_id).observe_ttft(error_s)
@@ -184,14 +187,20 @@ class LatencyCorrection:
 
     def fleet_profile(self, base: WorkerProfile) -> WorkerProfile:
         """`base` corrected by the median correction of the workers (for planning the fleet;
-        `base` itself before any worker has reported)."""
+        `base` itself before any worker has reported). Recomputed once each worker has had about
+        one more observation, so callers may ask for it on every decision."""
+        cached = self._fleet
+        if cached is not None and cached[0] is base and self._observed - cached[1] < max(len(self.workers), 16):
+            return cached[2]
         corrections = [c for c in self.workers.values() if c.intervals]
-        if not corrections:
-            return base
-        median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
-        return scaled_profile(base, _grid(median([c.decode_factor for c in corrections])),
-                              _grid(median([c.prefill_factor for c in corrections])),
-                              median([c.ttft_offset_s for c in corrections]))
+        profile = base
+        if corrections:
+            median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+            profile = scaled_profile(base, _grid(median([c.decode_factor for c in corrections])),
+                                     _grid(median([c.prefill_factor for c in corrections])),
+                                     median([c.ttft_offset_s for c in corrections]))
+        self._fleet = (base, self._observed, profile)
+        return profile
 
     def profile_for(self, worker_id: str, base: WorkerProfile) -> WorkerProfile:
         """`base` corrected for this worker (`base` itself while its correction rounds to none)."""

@@ -101,12 +101,16 @@ class LiveCluster:
         estimator: SurvivalEstimator | None = None,
         pending_grace_s: float = PENDING_GRACE_S,
         loop: ClosedLoop | None = None,
+        token_budget: int | None = None,
     ) -> None:
+        """`token_budget`: the engines' tokens per iteration with chunked prefill (None:
+        prefill-first), which placement's TTFT model needs."""
         self.profile = profile
         self.policy = policy
         self.estimator = estimator or SurvivalEstimator()
         self.pending_grace_s = pending_grace_s
         self.loop = loop
+        self.token_budget = token_budget
         self.workers: dict[str, WorkerState] = {}
         self._where: dict[str, str] = {}  # request id -> worker id
         self._placed_at: dict[str, float] = {}  # request id -> time placed, until first reported
@@ -116,8 +120,12 @@ class LiveCluster:
         """The worker's state, created (with the default profile) on first mention."""
         state = self.workers.get(worker_id)
         if state is None:
-            state = self.workers[worker_id] = WorkerState(worker_id, self.profile)
+            state = self.workers[worker_id] = WorkerState(worker_id, self.profile, token_budget=self.token_budget)
         return state
+
+    def fleet_profile(self) -> WorkerProfile:
+        """The default profile as the workers' corrections put it (for planning and admission)."""
+        return self.profile if self.loop is None else self.loop.correction.fleet_profile(self.profile)
 
     def place(
         self, request: Request, candidates: Sequence[str], now_s: float, policy: PlacementPolicy | None = None
@@ -232,7 +240,7 @@ class LiveCluster:
             profile = self._profiles[capacity_tokens] = with_kv_capacity(self.profile, capacity_tokens)
         if worker.profile is profile:
             return worker
-        fresh = WorkerState(worker.id, profile, accepting=worker.accepting)
+        fresh = WorkerState(worker.id, profile, accepting=worker.accepting, token_budget=self.token_budget)
         for request_id, resident in worker.residents.items():
             fresh.admit(resident.request, self._placed_at.get(request_id, resident.request.arrival_s))
             if resident.decode_from_step is not None:

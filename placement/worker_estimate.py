@@ -12,7 +12,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from placement.arrival_window import ArrivalWindow
-from placement.packing_budget import edge_miss_rate
+from placement.closed_loop import ClosedLoop
+from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT, edge_miss_rate
 from placement.planner import TPOption, Workload, plan_tp
 from predictors.latency.profile import WorkerProfile
 
@@ -47,6 +48,18 @@ def overload_floor(current: int, placements: int, overcommitted: int, target_att
     return math.ceil(current * (1 + overcommitted / placements))
 
 
+@dataclass
+class OverloadWatch:
+    """`overload_floor` over the placements a `ClosedLoop` saw since the last look."""
+
+    seen: tuple[int, int] = (0, 0)  # the loop's placements and overcommits at the last look
+
+    def floor(self, loop: ClosedLoop, current: int) -> int:
+        placed, overcommitted = loop.placements - self.seen[0], loop.overcommitted - self.seen[1]
+        self.seen = (loop.placements, loop.overcommitted)
+        return overload_floor(current, placed, overcommitted, loop.budget.target_attainment)
+
+
 @dataclass(frozen=True)
 class WorkerEstimate:
     """Fewest workers (of one TP configuration) for the recent demand, and why."""
@@ -76,13 +89,15 @@ def estimate_workers(
     headroom: float = 0.1,
     atgt_margin: float = 1.0,
     in_flight: int = 0,
+    token_budget: int | None = None,
+    target_attainment: float = DEFAULT_TARGET_ATTAINMENT,
 ) -> WorkerEstimate:
     """`plan_workers` for the window's arrivals (0 workers with no arrivals)."""
     full = window.full(now_s)
-    workload = window.workload(now_s, slo_ttft_s, slo_atgt_s)
+    workload = window.workload(now_s, slo_ttft_s, slo_atgt_s, target_attainment)
     if workload is None:
         return WorkerEstimate(0, profile.tp, 0.0, 0.0, full, "no arrivals in the window")
-    option, workers = plan_workers(profile, workload, headroom, atgt_margin, in_flight)
+    option, workers = plan_workers(profile, workload, headroom, atgt_margin, in_flight, token_budget)
     if not option.usable:
         # no rate meets the SLOs on this configuration: more workers would not help
         return WorkerEstimate(0, profile.tp, workload.rate_per_s, 0.0, full, option.reason, usable=False)

@@ -1,12 +1,36 @@
-"""A vLLM stat logger that keeps the engine's latest scheduler figures for the worker."""
+"""A vLLM stat logger that keeps the engine's latest scheduler figures for the worker, and adds
+up the work of its iterations for placement's latency correction.
+
+vLLM 0.32 reports each iteration's details (`SchedulerStats.iteration_details`: prompt-chunk
+requests and tokens, decoding requests, the iteration's elapsed time in the engine core) when
+`enable_logging_iteration_details` is on (serve_app.worker turns it on, and keeps vLLM's own
+logging stat logger, which would print every iteration, off). The profile's models are linear
+in prompts, tokens, squared tokens, sequences and context tokens, so the sums are all the
+correction needs. Two figures are estimated: the squared prompt tokens as if the iteration's
+chunk tokens were split evenly over its chunks (a lower bound), and the decoding batch's
+context as the KV cache in use (it also holds the chunks being prefilled)."""
 
 from __future__ import annotations
 
 from vllm.config import VllmConfig
 from vllm.v1.metrics.loggers import StatLoggerBase
-from vllm.v1.metrics.stats import IterationStats, SchedulerStats
+from vllm.v1.metrics.stats import IterationStats, SchedulerIterationDetails, SchedulerStats
 
+from placement.latency_correction import EngineWork
 from serve_app.engine_snapshot import EngineSnapshot
+
+
+def iteration_work(details: SchedulerIterationDetails, kv_tokens: float) -> EngineWork:
+    """One iteration's work (see the module docstring)."""
+    chunks, chunk_tokens = details.num_ctx_requests, details.num_ctx_tokens
+    decoding = details.num_generation_requests
+    return EngineWork(
+        busy_s=details.elapsed_ms / 1000,
+        prefill_iterations=1 if chunks else 0, prefill_prompts=chunks, prefill_tokens=chunk_tokens,
+        prefill_squared_tokens=chunk_tokens * chunk_tokens / chunks if chunks else 0.0,
+        decode_iterations=1 if decoding else 0, decode_sequences=decoding,
+        decode_context_tokens=round(kv_tokens) if decoding else 0,
+    )
 
 
 class SnapshotLogger(StatLoggerBase):
@@ -24,9 +48,13 @@ class SnapshotLogger(StatLoggerBase):
         engine_idx: int = 0,
     ) -> None:
         if scheduler_stats is not None:
-            self._snapshot.running = scheduler_stats.num_running_reqs
-            self._snapshot.waiting = scheduler_stats.num_waiting_reqs
-            self._snapshot.kv_usage = scheduler_stats.kv_cache_usage
+            snap = self._snapshot
+            snap.running = scheduler_stats.num_running_reqs
+            snap.waiting = scheduler_stats.num_waiting_reqs
+            snap.kv_usage = scheduler_stats.kv_cache_usage
+            details = scheduler_stats.iteration_details
+            if details is not None and not details.is_dummy and details.elapsed_ms > 0:
+                snap.work += iteration_work(details, scheduler_stats.kv_cache_usage * snap.kv_blocks_total * snap.block_size)
 
     def log_engine_initialized(self) -> None:
         cache = self._config.cache_config

@@ -25,6 +25,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
+from placement.live import RequestTiming
 from predictors.output_length import ChatInput, PastTurn, Prediction
 from serve_app.api_auth import authorized, set_api_keys
 from serve_app.body_limit import BodyLimit, set_max_body_bytes
@@ -49,6 +50,8 @@ logger = logging.getLogger("ray.serve")
 HEALTH_PROBE_TIMEOUT_S = 5.0
 # tries of a request on workers when one fails before the client has seen any output
 WORKER_ATTEMPTS = 3
+# Timings kept for a placement actor that does not answer; beyond this the oldest go.
+MAX_UNSENT_TIMINGS = 10_000
 
 api = FastAPI(title="aladdin", description="OpenAI-compatible API served by Aladdin on Ray Serve")
 
@@ -148,6 +151,10 @@ class OpenAIIngress:
         self._policy = self._config.placement.policy
         self._placement_actor: Any = None  # looked up on first admission
         self._admission_failed_logged = False
+        # finished requests' measured latencies, sent to the placement actor in batches: they
+        # close its SLO model's loop (aladdin only: the baselines promise nothing)
+        self._timings: list[RequestTiming] = []
+        self._timings_task: asyncio.Task | None = None
         set_api_keys(self._config.ingress.resolved_api_keys(os.environ))
         set_max_body_bytes(self._config.ingress.max_body_bytes)
         self._model_name = self._config.model.name
@@ -391,13 +398,43 @@ class OpenAIIngress:
         """TTFT, ATGT and SLO outcome of a finished request, as the client saw them here."""
         hints = prepared.generate.hints
         natural = finish == "stop" and not prepared.body.ignore_eos  # else the length says nothing
+        atgt = (last_s - first_s) / (tokens - 1) if tokens > 1 else None
+        if self._policy == "aladdin":
+            self._report_timing(RequestTiming(prepared.generate.request_id, first_s - hints.arrival_s, atgt or 0.0, tokens))
         record_request(
             ttft_s=first_s - hints.arrival_s,
-            atgt_s=(last_s - first_s) / (tokens - 1) if tokens > 1 else None,
+            atgt_s=atgt,
             slo_ttft_s=hints.slo_ttft_s, slo_atgt_s=hints.slo_atgt_s,
             predicted_tokens=prepared.prediction.mean if natural else None,
             actual_tokens=tokens, policy=self._policy,
         )
+
+    def _report_timing(self, timing: RequestTiming) -> None:
+        """Queue a finished request's timing for the next batch to the placement actor."""
+        self._timings.append(timing)
+        del self._timings[:-MAX_UNSENT_TIMINGS]
+        if self._timings_task is None or self._timings_task.done():
+            self._timings_task = asyncio.get_running_loop().create_task(self._send_timings())
+
+    async def _send_timings(self) -> None:
+        """Send the queued timings every `placement.heartbeat_s` while there are any; a failed
+        call drops its batch (the loop's estimates need no single request) and never fails one."""
+        from serve_app.placement_actor import get_placement_actor
+
+        period = self._config.placement.heartbeat_s
+        actor = None
+        while self._timings:
+            await asyncio.sleep(period)
+            batch, self._timings = self._timings, []
+            try:
+                if actor is None:
+                    actor = get_placement_actor(serve.get_replica_context().app_name, self._config.model_dump(mode="json"))
+                await asyncio.wait_for(actor.observe.remote(batch), timeout=max(2.0, 8 * period))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # restarting or gone: look it up again next time
+                actor = None
+                logger.debug("placement timings not sent (%r)", exc)
 
     async def _collect(self, prepared: _Prepared) -> tuple[str, int, str | None]:
         """The whole output. Nothing has reached the client yet, so a worker failing even

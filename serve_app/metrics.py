@@ -150,6 +150,23 @@ MIN_WORKERS_ESTIMATE = MetricSpec(
 MIN_GPUS_ESTIMATE = MetricSpec(
     "aladdin_min_gpus_estimate", "gauge", "Minimal number of GPUs the planner estimates recent demand needs.",
 )
+PACKING_SHARE = MetricSpec(
+    "aladdin_packing_share", "gauge",
+    "Share of an SLO (slo=ttft|atgt) Aladdin packs workers to, adapted from measured attainment.", ("slo",),
+)
+PROMISES_MISSED = MetricSpec(
+    "aladdin_promises_missed", "counter",
+    "Requests placed within the packing budget that missed that SLO anyway (slo=ttft|atgt): the model's misses.",
+    ("slo",),
+)
+WORKER_CORRECTION = MetricSpec(
+    "aladdin_worker_latency_factor", "gauge",
+    "A worker's measured over profiled time (term=decode|prefill), from its busy intervals.", ("replica", "term"),
+)
+WORKER_TTFT_OFFSET = MetricSpec(
+    "aladdin_worker_ttft_offset_seconds", "gauge",
+    "Serving-path latency added to a worker's TTFT model from measured TTFTs, seconds.", ("replica",),
+)
 WORKERS_HELD = MetricSpec("aladdin_workers_held", "gauge", "Workers currently held (running or starting).")
 GPUS_HELD = MetricSpec("aladdin_gpus_held", "gauge", "GPUs currently held by workers.")
 
@@ -158,6 +175,7 @@ METRICS: tuple[MetricSpec, ...] = (
     TTFT, ATGT, SLO_MET, SLO_MISSED, LENGTH_ERROR, LENGTH_RELATIVE_ERROR, OUTPUT_TOKENS,
     WORKER_KV_USED, WORKER_RUNNING, WORKER_WAITING, QUEUE_LENGTH, PLACEMENT_DECISIONS,
     MIN_WORKERS_ESTIMATE, MIN_GPUS_ESTIMATE, WORKERS_HELD, GPUS_HELD,
+    PACKING_SHARE, PROMISES_MISSED, WORKER_CORRECTION, WORKER_TTFT_OFFSET,
 )
 
 # ---- per-process registry ---------------------------------------------------------------
@@ -426,6 +444,26 @@ def record_capacity(estimate_workers: float, estimate_gpus: float, workers_held:
     _set(reg, GPUS_HELD, gpus_held)
 
 
+def record_closed_loop(
+    ttft_share: float, atgt_share: float, missed: dict[str, int],
+    corrections: dict[str, tuple[float, float, float]],
+) -> None:
+    """Set the packing budget's shares, count promises missed since the last call (`missed`:
+    per SLO), and set each worker's correction (decode factor, prefill factor, TTFT offset s)."""
+    reg = _get_registry()
+    if reg is None:
+        return
+    _set(reg, PACKING_SHARE, ttft_share, {"slo": "ttft"})
+    _set(reg, PACKING_SHARE, atgt_share, {"slo": "atgt"})
+    for slo, n in missed.items():
+        if n > 0:
+            _inc(reg, PROMISES_MISSED, {"slo": slo}, n)
+    for replica, (decode, prefill, offset) in corrections.items():
+        _set(reg, WORKER_CORRECTION, decode, {"replica": replica, "term": "decode"})
+        _set(reg, WORKER_CORRECTION, prefill, {"replica": replica, "term": "prefill"})
+        _set(reg, WORKER_TTFT_OFFSET, offset, {"replica": replica})
+
+
 __all__ = [
     "ATGT_BUCKETS_S",
     "LENGTH_ERROR_BUCKETS_TOKENS",
@@ -438,6 +476,7 @@ __all__ = [
     "MetricSpec",
     "forget_worker",
     "record_capacity",
+    "record_closed_loop",
     "record_placement",
     "record_queue_length",
     "record_request",

@@ -29,6 +29,7 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +37,17 @@ import ray
 
 from placement.admission import Admission, AdmissionLimits, Verdict
 from placement.arrival_window import ArrivalWindow
-from placement.live import LiveCluster, RunningRequest, WorkerReport
+from placement.closed_loop import ClosedLoop
+from placement.live import LiveCluster, RequestTiming, RunningRequest, WorkerReport
 from placement.policies.registry import make_policy
-from placement.worker_estimate import WorkerEstimate, estimate_workers, scale_target
+from placement.worker_estimate import OverloadWatch, WorkerEstimate, estimate_workers, scale_target
 from predictors.latency.families import load_profile_family
-from predictors.latency.profile import WorkerProfile
+from predictors.latency.profile import WorkerProfile, vllm_token_budget
 from serve_app.config import AppConfig
 from serve_app.metrics import (
     forget_worker,
     record_capacity,
+    record_closed_loop,
     record_placement,
     record_queue_length,
     record_worker,
@@ -85,6 +88,15 @@ def find_placement_actor(app_name: str) -> ray.actor.ActorHandle:
     return ray.get_actor(names[0], namespace=NAMESPACE)
 
 
+def engine_token_budget(config: AppConfig) -> int | None:
+    """The workers' tokens per iteration with chunked prefill (vLLM's default for the profile's
+    hardware unless `engine.extra` sets max_num_batched_tokens; the sim engine prefills first)."""
+    if config.engine.kind == "sim":
+        return None
+    explicit = config.engine.extra.get("max_num_batched_tokens")
+    return int(explicit) if explicit else vllm_token_budget(placement_profile(config))
+
+
 def placement_profile(config: AppConfig) -> WorkerProfile:
     """The worker profile placement and the planner use: a fitted JSON or a committed family."""
     placement = config.placement
@@ -120,7 +132,12 @@ class PlacementActor:
         # aladdin's budget: one object for the policy, admission, the planner and the feedback
         self._budget = placement.packing_budget() if placement.policy == "aladdin" else None
         live_options = {"budget": self._budget, "on_infeasible": "least-violation"} if self._budget else {}
-        self._cluster = LiveCluster(self._profile, make_policy(placement.policy, seed=placement.seed, **live_options))
+        self._cluster = LiveCluster(
+            self._profile, make_policy(placement.policy, seed=placement.seed, **live_options),
+            loop=ClosedLoop(self._budget) if self._budget else None, token_budget=engine_token_budget(self._config),
+        )
+        self._missed_reported = {"ttft": 0, "atgt": 0}
+        self._overload = OverloadWatch()
         self._window = ArrivalWindow(self._config.scaling.window_s)
         self._estimate: WorkerEstimate | None = None
         self._estimated_at = -float("inf")
@@ -284,9 +301,40 @@ class PlacementActor:
             del self._scaling_log[:-SCALING_LOG]
         return {"target_workers": target, **estimate.to_dict()}
 
-    async def stats(self) -> dict[str, Any]:
-        """What the actor knows: placements per replica, outcomes, residents, the estimate."""
+    async def observe(self, timings: list[RequestTiming]) -> None:
+        """Finished requests as the ingress measured them: they close placement's loop."""
+        self._last_call = time.monotonic()
+        self._cluster.observe(timings)
+
+    def _closed_loop_stats(self) -> dict[str, Any] | None:
+        loop = self._cluster.loop
+        if loop is None:
+            return None
         return {
+            "ttft_share": loop.budget.ttft_share, "atgt_share": loop.budget.atgt_share,
+            "promises_counted": loop.feedback.counted, "promises_missed": dict(loop.feedback.misses),
+            "placements": loop.placements, "overcommitted": loop.overcommitted,
+            "corrections": {wid: {"decode_factor": c.decode_factor, "prefill_factor": c.prefill_factor,
+                                  "ttft_offset_s": c.ttft_offset_s, "intervals": c.intervals}
+                            for wid, c in loop.correction.workers.items()},
+        }
+
+    def _record_closed_loop(self) -> None:
+        loop = self._cluster.loop
+        if loop is None:
+            return
+        misses = loop.feedback.misses
+        new = {slo: misses[slo] - self._missed_reported[slo] for slo in misses}
+        self._missed_reported = dict(misses)
+        record_closed_loop(loop.budget.ttft_share, loop.budget.atgt_share, new, {
+            wid: (c.decode_factor, c.prefill_factor, c.ttft_offset_s) for wid, c in loop.correction.workers.items()
+        })
+
+    async def stats(self) -> dict[str, Any]:
+        """What the actor knows: placements per replica, outcomes, residents, the estimate, the
+        closed loop (packing budget, promises missed, each worker's latency correction)."""
+        return {
+            "closed_loop": self._closed_loop_stats(),
             "policy": self._config.placement.policy,
             "profile": f"{self._profile.family} tp{self._profile.tp}",
             "decisions": dict(self._decisions),
@@ -338,16 +386,22 @@ class PlacementActor:
         slo = self._config.slo
         in_flight = sum(len(w.residents) for w in self._cluster.workers.values())
         estimate = estimate_workers(
-            self._window, self._profile, now, slo.ttft_ms / 1000, slo.atgt_ms / 1000, scaling.headroom,
+            self._window, self._cluster.fleet_profile(), now, slo.ttft_ms / 1000, slo.atgt_ms / 1000, scaling.headroom,
             # plan for the ATGT budget the policy packs to, as the simulator's planner scaler does
             atgt_margin=1.0 if self._budget is None else self._budget.atgt_share, in_flight=in_flight,
+            token_budget=self._cluster.token_budget, target_attainment=self._config.placement.target_attainment,
         )
+        held = len(self._last_seen)
+        if self._cluster.loop is not None:  # placements that found no room say the plan lags
+            floor = self._overload.floor(self._cluster.loop, held)
+            if floor > estimate.workers and estimate.usable:
+                estimate = replace(estimate, workers=floor, reason="placements found no worker with room")
         if self._estimate is None or estimate.workers != self._estimate.workers:
             logger.info("placement: minimal-worker estimate %d (x tp%d = %d GPUs) at %.3g req/s: %s",
                         estimate.workers, estimate.tp, estimate.gpus, estimate.rate_per_s, estimate.reason)
         self._estimate, self._estimated_at = estimate, now
-        held = len(self._last_seen)
         record_capacity(estimate.workers, estimate.gpus, held, held * self._profile.tp)
+        self._record_closed_loop()
         record_queue_length(sum(self._waiting.values()))
         if scaling.enabled:
             self._node_scaler.apply(estimate, held)

@@ -44,7 +44,7 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from placement.simulator.metrics import RequestRecord
@@ -248,6 +248,7 @@ class SimEngine:
             for request_id in self._cancelled:
                 engine.cancel(request_id)
             self._cancelled.clear()
+            started = self._clock()
             end = engine.start_next(now)
             self._record_load()
             if end is None:
@@ -258,6 +259,8 @@ class SimEngine:
             # sleep even when late (0 s), so a loop catching up still lets consumers run
             await self._sleep(max(0.0, end - self._clock()))
             self._emit(engine.complete(end))
+            # the iteration's work, busy for as long as it really took on this host's event loop
+            self._snapshot.work += replace(engine.last_work, busy_s=max(self._clock() - started, 0.0))
             now = end
 
     def _emit(self, finished: list[RequestRecord]) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -89,6 +90,8 @@ def engine_kwargs(config: AppConfig) -> dict[str, Any]:
         "seed": engine.seed,
         "disable_log_stats": False,  # the stat logger feeds WorkerStats
         "enable_log_requests": False,
+        # each iteration's work for placement's latency correction (serve_app.engine_stats)
+        "enable_logging_iteration_details": True,
     }
     if engine.kv_cache_bytes is not None:
         kwargs["kv_cache_memory_bytes"] = engine.kv_cache_bytes
@@ -129,6 +132,9 @@ class LLMWorker:
 
         from serve_app.engine_stats import SnapshotLogger
 
+        # vLLM adds its logging stat logger only while its logger reports INFO; with iteration
+        # details on it would print a line per iteration (Prometheus metrics are unaffected)
+        logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
         llm = AsyncLLM.from_engine_args(
             AsyncEngineArgs(**engine_kwargs(self._config)),
             stat_loggers=[partial(SnapshotLogger, snapshot=self._snapshot)],
@@ -159,6 +165,8 @@ class LLMWorker:
             self._running[rid] = view
         try:
             async for chunk in self._engine_chunks(request):
+                if view is not None and view.first_token_s is None and chunk.num_tokens:
+                    self._running[rid] = view = dataclasses.replace(view, first_token_s=time.time())
                 self._tokens_generated[rid] += chunk.num_tokens
                 if chunk.finish_reason:
                     chunk = dataclasses.replace(chunk, worker=self._replica_id)
@@ -224,6 +232,7 @@ class LLMWorker:
     def _report(self) -> WorkerReport:
         snap = self._snapshot
         generated = self._tokens_generated
+        work = snap.take_work()
         return WorkerReport(
             worker_id=self._replica_id,
             running=tuple(dataclasses.replace(r, generated=generated.get(rid, 0)) for rid, r in self._running.items()),
@@ -231,6 +240,7 @@ class LLMWorker:
             kv_capacity_tokens=(snap.kv_blocks_total * snap.block_size) or None,
             waiting=snap.waiting,
             kv_used_tokens=round(snap.kv_usage * snap.kv_blocks_total) * snap.block_size,
+            work=work if work.busy_s > 0 else None,
         )
 
     async def _heartbeat_loop(self, app_name: str) -> None:
@@ -249,6 +259,8 @@ class LLMWorker:
                     actor = get_placement_actor(app_name, payload)
                 reply = await asyncio.wait_for(actor.heartbeat.remote(report), timeout=max(2.0, 8 * period))
             except Exception as exc:  # actor restarting or gone: keep the finished ones for later
+                if report.work is not None:
+                    self._snapshot.give_back_work(report.work)
                 if not failing:
                     logger.warning("placement heartbeat failed (%r); retrying every %.2f s", exc, period)
                 failing, actor = True, None

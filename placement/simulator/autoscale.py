@@ -29,7 +29,7 @@ from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
 from placement.planner import Workload
 from placement.simulator.cluster import ClusterView
 from placement.simulator.metrics import RequestRecord
-from placement.worker_estimate import overload_floor, plan_workers
+from placement.worker_estimate import OverloadWatch, plan_workers
 
 AUTOSCALE_MODES = ("planner", "queue-length")
 # Target ongoing requests per replica of the queue-length rule. Serve's generic default, 2, is
@@ -72,7 +72,7 @@ class PlannerScaler:
     # and 60 s cost less than 120 s or 300 s at equal attainment (BENCHMARKS.md)
     downscale_delay_s: float = 60.0
     _wishes: deque[tuple[float, int]] = field(default_factory=deque, init=False)
-    _seen: tuple[int, int] = field(default=(0, 0), init=False)  # the loop's counters at the last tick
+    _overload: OverloadWatch = field(default_factory=OverloadWatch, init=False)
 
     def target(self, cluster: ClusterView) -> int | None:
         """The planner's workers for the window's load, or None when it cannot tell (too few
@@ -100,10 +100,7 @@ class PlannerScaler:
         if not option.usable:
             return None
         if loop is not None:
-            placed, overcommitted = loop.placements - self._seen[0], loop.overcommitted - self._seen[1]
-            self._seen = (loop.placements, loop.overcommitted)
-            workers = max(workers, overload_floor(cluster.active_workers, placed, overcommitted,
-                                                  loop.budget.target_attainment))
+            workers = max(workers, self._overload.floor(loop, cluster.active_workers))
         return min(self.max_workers, max(self.min_workers, workers))
 
     def tick(self, cluster: ClusterView) -> None:

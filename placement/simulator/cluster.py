@@ -388,9 +388,9 @@ class _AdmissionView:
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
 
-    @property
-    def profile(self) -> WorkerProfile:
-        return self._cluster.profile
+    def fleet_profile(self) -> WorkerProfile:
+        loop = self._cluster.loop
+        return self._cluster.profile if loop is None else loop.correction.fleet_profile(self._cluster.profile)
 
     @property
     def workers(self) -> dict[str, WorkerState]:
