@@ -80,13 +80,19 @@ class ReplyLengths:
 
     def p_end_between(self, predicted_mean: float, survived: float, lo: float, hi: float) -> float:
         """P(lo <= L < hi | L > survived), L the true length (tokens) of a reply predicted to
-        average `predicted_mean` tokens.
+        average `predicted_mean` tokens. Lengths are whole tokens: the bounds are taken to the
+        whole lengths they hold, each length L standing for the ratios that round to it.
 
         A reply longer than every ratio in the sample (relative to its prediction) is given the
         multiplicative tail error-aware rebalancing uses: uniform on (survived, TAIL_GROWTH x
         survived]."""
-        if hi <= lo or hi <= survived:
+        if hi <= lo or math.isinf(lo):
             return 0.0
+        hi = min(hi, 1e15)  # beyond any length (the tail's arithmetic stays finite)
+        first, end = max(math.ceil(lo), math.floor(survived) + 1), math.ceil(hi)  # L in [first, end)
+        if end <= first:
+            return 0.0
+        survived, lo, hi = math.floor(survived) + 0.5, first - 0.5, end - 0.5
         ratios = self.ratios
         scale = max(predicted_mean, 1e-9)
         done = bisect_right(ratios, survived / scale)  # ratios of replies shorter than survived

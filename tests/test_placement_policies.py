@@ -349,7 +349,7 @@ _BENCH_STATES = [
             [dict(state, share=0.6) for state in _BENCH_STATES],
             ["a05f840e2db6a20b", "60ea9629106efb8d", "a66d311fe7747a13", "6194e3ed5fc44daa"],
         ),
-        *zip(_BENCH_STATES, ["553b1419a62e7702", "ed3a25a5a4d91249", "a69f532ca8327bce", "becae52aaac4ed9f"]),
+        *zip(_BENCH_STATES, ["af6185d0d0bed7c9", "3b1d11053c85916f", "451631463150c76a", "8e07dafa7c425a3e"]),
     ],
 )
 def test_aladdin_choices_on_bench_states_are_unchanged(config, digest):

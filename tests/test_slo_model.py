@@ -70,7 +70,7 @@ def test_reply_lengths_are_the_empirical_conditional_frequencies():
         assert replies.p_end_between(mean, survived, lo, hi) == pytest.approx(expected)
     # past every reply of the sample: uniform on (g, 1.5 g]
     longest = float(lengths.max())
-    assert replies.p_end_between(mean, longest, longest, longest * 1.25) == pytest.approx(0.5)
+    assert replies.p_end_between(mean, longest, longest, longest * 1.25) == pytest.approx(0.5, abs=0.01)
 
 
 def test_observed_replies_replace_the_prior():
@@ -235,3 +235,11 @@ def test_a_live_cluster_closes_the_loop_from_reports_and_ingress_timings():
     feedback = cluster.loop.feedback
     cluster.observe([RequestTiming("r1", ttft_s=0.2, atgt_s=0.5, output_tokens=30)])  # a promised ATGT missed
     assert feedback.misses == {"ttft": 0, "atgt": 1} and feedback.counted == 1
+
+
+def test_a_stall_too_small_to_break_a_whole_length_breaks_nothing():
+    # a 3 ms prefill against 48 ms of slack a token: only a reply between 1 and 1.06 tokens
+    # long would break, and there is no such length
+    replies = ReplyLengths()
+    assert replies.p_end_between(10.0, 1.0, 1.0, 1.06) == 0.0
+    assert replies.p_end_between(10.0, 1.0, 1.0, 2.5) > 0.0  # 2-token replies would
