@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from placement.admission import AdmissionLimits
+from placement.latency_correction import scaled_profile
 from placement.simulator.metrics import meets_slos
 from placement.simulator.length_model import DEFAULT_LENGTH_MODEL
 from placement.simulator.scenario import Scenario, run
@@ -68,6 +69,16 @@ def replay_trace(
     return replayed, [TraceRequest(o.sent_s - t0, o.input_len, max(1, o.output_len)) for o in replayed]
 
 
+def corrected_timing(profile: WorkerProfile, closed_loop: dict[str, Any] | None) -> WorkerProfile | None:
+    """`profile` scaled by the median of the latency corrections a run's placement actor
+    recorded (its `closed_loop` stats); None when it recorded none."""
+    corrections = [c for c in ((closed_loop or {}).get("corrections") or {}).values() if c.get("intervals")]
+    if not corrections:
+        return None
+    median = lambda key: float(np.median([c[key] for c in corrections]))  # noqa: E731
+    return scaled_profile(profile, median("decode_factor"), median("prefill_factor"), median("ttft_offset_s"))
+
+
 def simulate_observed(
     observed: Sequence[ObservedRequest],
     profile: WorkerProfile,
@@ -81,15 +92,19 @@ def simulate_observed(
     seed: int = 0,
     admission: AdmissionLimits | None = None,
     policy_options: dict[str, Any] | None = None,
+    timing_profile: WorkerProfile | None = None,
 ) -> FidelityReport:
     """Simulate the observed requests that reached the engines (same send times and lengths) on
     `workers` workers under `policy`, and compare with what was measured. With `admission`
     (the server admitted under it) the requests it refused are replayed too, through the same
     admission; requests that failed otherwise never reached an engine and are not replayed.
-    Whatever either side did not serve counts as missed in its attainment."""
+    Whatever either side did not serve counts as missed in its attainment. `timing_profile`: the
+    workers' latencies as the run's placement corrected them (`corrected_timing`), when the
+    simulated engines should run on those rather than on `profile`."""
     replayed, trace = replay_trace(observed, with_refused=admission is not None)
     scenario = Scenario(trace=trace, profile=profile, slo_ttft_s=slo_ttft_s, slo_atgt_s=slo_atgt_s,
-                        length_model=length_model, engine=engine, seed=seed, admission=admission)
+                        length_model=length_model, engine=engine, seed=seed, admission=admission,
+                        timing_profile=timing_profile)
     records = run(scenario, policy, workers, policy_options=policy_options).records if trace else []
     sim_ttft, real_ttft, sim_atgt, real_atgt = [], [], [], []
     real_met = sim_met = 0

@@ -69,6 +69,22 @@ def _calibrate(run_dirs: list[Path], out: Path, spec: SystemSpec) -> SystemSpec:
     return replace(spec, profile_path=str(path))
 
 
+def _closed_loop(system: str) -> dict[str, Any] | None:
+    """What the app's placement actor has learned so far (budget, latency corrections), kept
+    with each run so `aladdin fidelity` can replay it with the workers as they measured."""
+    if system != "aladdin":
+        return None
+    import ray
+
+    from serve_app.placement_actor import find_placement_actor
+
+    try:
+        return ray.get(find_placement_actor(APP_NAME).stats.remote(), timeout=10)["closed_loop"]
+    except Exception as exc:  # the figures are extra: a run without them still counts
+        print(f"[{system}] placement actor's closed loop not recorded ({exc!r})", flush=True)
+        return None
+
+
 def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]]:
     """Run every system at every rate; return one summary row per run (also in suite.json)."""
     import ray
@@ -112,7 +128,8 @@ def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]
                                     slo_atgt_ms=spec.slo_atgt_ms, label=f"{system} x{k:g} rep{rep}")
                     run.summary.update(system=system, rate_scale=k, rep=rep, slice=slice_dict(trace_slice),
                                        placement_profile=spec.profile_path if system in APP_POLICIES else None,
-                                       placement_atgt_margin=spec.atgt_margin if system in APP_POLICIES else None)
+                                       placement_atgt_margin=spec.atgt_margin if system in APP_POLICIES else None,
+                                       placement_closed_loop=_closed_loop(system))
                     run_dirs.append(out / system / f"x{k:g}" / f"rep{rep}")
                     write_run(run, run_dirs[-1])
                     rows.append(run.summary)

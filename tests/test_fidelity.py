@@ -114,3 +114,22 @@ def test_served_fit_without_idle_workers_bounds_the_overhead_from_the_least_queu
     assert "no worker was idle" in fitted.notes and fitted.serving_overhead_per_request_s == 0.0
     residuals = sorted(r.ttft_s - profile.prefill_time_s([r.input_len]) for r in busy)
     assert residuals[0] <= fitted.serving_overhead_s <= residuals[len(residuals) // 2]
+
+
+def test_replay_on_the_corrections_the_run_recorded_undoes_a_wrong_profile(profile, simulated):
+    from placement.fidelity import corrected_timing
+
+    trace, records = simulated
+    observed = [ObservedRequest(r.request.arrival_s, t.input_len, t.output_len, True, r.ttft_s, r.atgt_s)
+                for t, r in zip(trace, records)]
+    # placement started from a profile that puts decode at half its time; the live loop learned 2x
+    half = profile.model_copy(update={"decode": DecodeModel(d0_s=0.002, d1_s_per_seq=0.0004, d2_s_per_context_token=1e-7)})
+    recorded = {"corrections": {"w0": {"decode_factor": 2.0, "prefill_factor": 1.0, "ttft_offset_s": 0.0, "intervals": 50},
+                                "w1": {"decode_factor": 2.0, "prefill_factor": 1.0, "ttft_offset_s": 0.0, "intervals": 40}}}
+    timing = corrected_timing(half, recorded)
+    assert timing.decode_step_s(4, 1000) == pytest.approx(profile.decode_step_s(4, 1000))
+    kwargs = dict(policy="jsq", workers=2, slo_ttft_s=0.5, slo_atgt_s=ATGT_SLO, engine=ENGINE)
+    wrong = simulate_observed(observed, half, **kwargs)
+    corrected = simulate_observed(observed, half, timing_profile=timing, **kwargs)
+    assert corrected.atgt_median_rel_error < 0.01 < wrong.atgt_median_rel_error
+    assert corrected_timing(half, None) is None and corrected_timing(half, {"corrections": {}}) is None

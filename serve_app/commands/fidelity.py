@@ -20,7 +20,7 @@ def _aladdin_options(policy: str, summary: dict, atgt_margin: float | None) -> d
 
 def _run(args: argparse.Namespace) -> int:
     from placement.admission import AdmissionLimits
-    from placement.fidelity import simulate_observed
+    from placement.fidelity import corrected_timing, simulate_observed
     from placement.simulator.worker_engine import EngineOptions
     from predictors.latency import load_profile_family
     from predictors.latency.profile import load_profile
@@ -28,19 +28,25 @@ def _run(args: argparse.Namespace) -> int:
 
     profile = load_profile(args.profile) if args.profile else load_profile_family(args.profile_family).profile(1)
     engine = EngineOptions(max_num_seqs=args.max_num_seqs, chunked_prefill=True, max_batched_tokens=args.max_batched_tokens)
+    runs = [(run_dir, *observed_requests(run_dir)) for run_dir in args.runs]
+    # the host's corrections, as the runs that recorded them measured it: what the runs of
+    # policies without a closed loop (the baselines) ran on too
+    recorded = [s["placement_closed_loop"] for _, s, _ in runs if s.get("placement_closed_loop")]
+    pooled = {"corrections": {f"{i}:{w}": c for i, loop in enumerate(recorded)
+                              for w, c in (loop.get("corrections") or {}).items()}}
     rows = []
-    for run_dir in args.runs:
-        summary, observed = observed_requests(run_dir)
+    for run_dir, summary, observed in runs:
         policy = args.policy or summary.get("system") or "aladdin"
         admits = args.admission == "on" or (args.admission == "auto" and policy == "aladdin")
+        timing = corrected_timing(profile, summary.get("placement_closed_loop") or pooled) if args.corrected else None
         report = simulate_observed(
             observed, profile, policy=policy, workers=args.workers, slo_ttft_s=summary["slo_ttft_ms"] / 1e3,
             slo_atgt_s=summary["slo_atgt_ms"] / 1e3, engine=engine, seed=args.seed,
             admission=AdmissionLimits(args.max_waiting) if admits else None,
-            policy_options=_aladdin_options(policy, summary, args.atgt_margin),
+            policy_options=_aladdin_options(policy, summary, args.atgt_margin), timing_profile=timing,
         )
         rows.append({"run": str(run_dir), "policy": policy, "offered_rate_per_s": summary.get("offered_rate_per_s"),
-                     **report.to_dict()})
+                     "corrected": timing is not None, **report.to_dict()})
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     if args.json:
@@ -74,6 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--atgt-margin", type=float,
                    help="aladdin's packing margin (default: the one the run recorded, else the policy's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--uncorrected", dest="corrected", action="store_false",
+                   help="simulated engines on the profile as given, not scaled by the latency corrections the "
+                        "runs' placement actor recorded (runs without their own use the others')")
     p.add_argument("--out", help="also write the rows as JSON to this file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run)
