@@ -80,6 +80,10 @@ class Admission:
         if not self.cluster.workers:
             return self._admitted(request, None, now_s)  # nothing known yet: do not block serving
         if now_s > self.deadline_s(request):
+            idle = self._idle_worker()
+            if idle is not None:  # the model says no, but an idle worker is its own test of that
+                self.cluster.admit(idle, request, now_s)
+                return self._admitted(request, idle, now_s)
             return self._refused(request, "its TTFT SLO cannot be met any more", now_s)
         if not self._fits_alone(request, now_s):  # waiting cannot help it: place it as best it can
             decision = self.cluster.place(request, list(self.cluster.workers), now_s)
@@ -92,6 +96,12 @@ class Admission:
             return self._refused(request, f"{len(self.queue)} requests are already waiting", now_s)
         self.queue.push(request, now_s)
         return None
+
+    def _idle_worker(self) -> str | None:
+        """An accepting worker with nothing placed on it, if any: a request refused by the model
+        alone is placed there instead, so a model that went wrong (a TTFT offset learned in a
+        burst that is over) is measured again rather than refusing everything from then on."""
+        return next((w.id for w in self.cluster.workers.values() if w.accepting and not w.residents), None)
 
     def _fits_alone(self, request: Request, now_s: float) -> bool:
         idle = WorkerState("idle", self.cluster.fleet_profile())

@@ -4,7 +4,9 @@ Best fit packs workers to `PackingBudget.atgt_share` / `ttft_share` x the SLOs, 
 latency model gets wrong shows up in the requests it promised to serve in time. Each finished
 promise says at which share it would have met its SLO exactly: placed under share s, it took
 `ratio` x its SLO, so (latency growing in proportion to how full its worker was packed) share
-s / ratio would have put it at the SLO itself. The share is set to the p-quantile of that over
+s / ratio would have put it at the SLO itself. (The TTFT, which is predicted per request, is
+given as its measured over its predicted value by the corrected model, at share 1: see
+`placement.closed_loop`.) The share is set to the p-quantile of that over
 the last `window` promises, p the SLO's part of the edge miss rate
 (`placement.packing_budget.edge_miss_rate`, halved between TTFT and ATGT): then a fraction p
 of promises like the recent ones would miss. Nothing is integrated, so a burst of correlated
@@ -46,6 +48,7 @@ class Outcome:
     atgt_ratio: float | None
     ttft_share: float = 1.0
     atgt_share: float = 1.0
+    ttft_missed: bool | None = None  # None: ttft_ratio > 1 (a ratio against the SLO itself)
 
 
 class _ShareQuantile:
@@ -88,7 +91,8 @@ class AttainmentFeedback:
             if ratio is None:
                 continue
             promised = True
-            self.misses[slo] += ratio > 1.0
+            missed = outcome.ttft_missed if slo == "ttft" and outcome.ttft_missed is not None else ratio > 1.0
+            self.misses[slo] += missed
             # a latency of 0 (a one-token reply has no ATGT) would have met any share
             would_meet = share / ratio if ratio > 0 else 1.0
             quantile = self._quantiles[slo].add(min(1.0, would_meet))

@@ -41,12 +41,13 @@ class _Promise:
     ttft: bool
     atgt: bool
     overcommits_seen: int
-    ttft_share: float  # the budget's shares when it was placed
-    atgt_share: float
+    atgt_share: float  # the budget's ATGT share when it was placed
     # what the TTFT check predicted, split so it can be re-predicted with the latency
     # correction as it is when the request finishes: wait + the engine part by the base profile
     waited_s: float
     engine_ttft_s: float
+    arrival_s: float
+    model_ttft_s: float  # the TTFT the worker's corrected profile predicted, from arrival
 
 
 class ClosedLoop:
@@ -78,11 +79,13 @@ class ClosedLoop:
             worker_id, request.pred_mean, request.slo_ttft_s, request.slo_atgt_s,
             ttft=decision.feasible and not decision.ttft_lost, atgt=decision.feasible,
             overcommits_seen=self._overcommits.get(worker_id, 0),
-            ttft_share=self.budget.ttft_share, atgt_share=self.budget.atgt_share,
+            atgt_share=self.budget.atgt_share,
             waited_s=now_s - request.arrival_s,
             # the TTFT check's own formula without the serving path: the prefill queued ahead
             # of it, then its own
-            engine_ttft_s=worker.ttft_s(request.input_len, base, queued_itself=True) - base.serving_overhead_s,
+            engine_ttft_s=worker.model_ttft_s(request.input_len, base, queued_itself=True) - base.serving_overhead_s,
+            arrival_s=request.arrival_s,
+            model_ttft_s=now_s - request.arrival_s + worker.model_ttft_s(request.input_len, queued_itself=True),
         )
 
     def busy(self, worker: WorkerState, interval: BusyInterval, base: WorkerProfile) -> None:
@@ -90,7 +93,34 @@ class ClosedLoop:
         profile it started from) moves, and the worker is read through the corrected profile."""
         self._bases[worker.id] = base
         self.correction.observe(worker.id, interval)
-        worker.set_profile(self.correction.profile_for(worker.id, base))
+        worker.set_profile(self.profile_for(worker.id, base))
+
+    def refresh(self, worker: WorkerState, base: WorkerProfile, now_s: float) -> None:
+        """Bring what placement reads of `worker` up to date at `now_s` without new work: its
+        corrected profile (the fleet's until it has its own) and its queue's lateness."""
+        worker.set_profile(self.profile_for(worker.id, base))
+        worker.set_queue_lateness(self.queue_lateness(worker, now_s))
+
+    def queue_lateness(self, worker: WorkerState, now_s: float) -> float:
+        """How far behind the TTFT model the requests waiting in `worker`'s queue are: the most,
+        over them, of their age now over the TTFT predicted for them (1 when none is late).
+        A live signal, ahead of any completion: a burst that slows the host shows here while
+        the requests it delays are still waiting."""
+        late = 1.0
+        for request_id, resident in worker.residents.items():
+            if resident.decode_from_step is None:
+                promise = self._promises.get(request_id)
+                if promise is not None and promise.model_ttft_s > 0:
+                    late = max(late, (now_s - promise.arrival_s) / promise.model_ttft_s)
+        return late
+
+    def profile_for(self, worker_id: str, base: WorkerProfile) -> WorkerProfile:
+        """The profile a worker is read through: its own correction once it has reported work,
+        the fleet's until then (a worker no request has reached yet is no faster than the rest)."""
+        own = self.correction.workers.get(worker_id)
+        if own is not None and own.intervals:
+            return self.correction.profile_for(worker_id, base)
+        return self.correction.fleet_profile(base)
 
     def finished(self, request_id: str, ttft_s: float, atgt_s: float, output_tokens: int) -> Outcome | None:
         """A placed request ended with these measurements; returns the outcome fed back (None
@@ -108,10 +138,15 @@ class ClosedLoop:
         predicted = promise.waited_s + worker.prefill_factor * promise.engine_ttft_s + overhead
         worker.observe_ttft(ttft_s - predicted)
         clean = self._overcommits.get(promise.worker_id, 0) == promise.overcommits_seen
+        # TTFT: the corrected model's error on this request (what the TTFT share must absorb at
+        # the edge), not the SLO's: else a cold start's misses, which the correction has since
+        # learned, would count twice. ATGT: against the budget it was packed to (its latency
+        # depends on what was placed after it, which no prediction at placement holds).
         outcome = Outcome(
-            ttft_ratio=ttft_s / promise.slo_ttft_s if promise.ttft else None,
+            ttft_ratio=ttft_s / max(predicted, 1e-6) if promise.ttft else None,
             atgt_ratio=atgt_s / promise.slo_atgt_s if promise.atgt and clean else None,
-            ttft_share=promise.ttft_share, atgt_share=promise.atgt_share,
+            ttft_share=1.0, atgt_share=promise.atgt_share,
+            ttft_missed=promise.ttft and ttft_s > promise.slo_ttft_s,
         )
         self.feedback.observe(outcome)
         return outcome

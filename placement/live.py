@@ -115,6 +115,7 @@ class LiveCluster:
         self._where: dict[str, str] = {}  # request id -> worker id
         self._placed_at: dict[str, float] = {}  # request id -> time placed, until first reported
         self._profiles: dict[int, WorkerProfile] = {}  # reported capacity -> resized profile
+        self._bases: dict[str, WorkerProfile] = {}  # worker id -> its resized profile (before correction)
 
     def worker(self, worker_id: str) -> WorkerState:
         """The worker's state, created (with the default profile) on first mention."""
@@ -195,17 +196,21 @@ class LiveCluster:
             if placed is None or now_s - placed > self.pending_grace_s:
                 self._drop_request(request_id)
         rebalance(worker, self.estimator)
-        if self.loop is not None and report.work is not None and report.work.busy_s > 0:
-            self.loop.busy(worker, report.work.interval(self._base(worker)), self._base(worker))
+        if self.loop is not None:
+            base = self._base(worker)
+            if report.work is not None and report.work.busy_s > 0:
+                self.loop.busy(worker, report.work.interval(base), base)
+            self.loop.refresh(worker, base, now_s)
 
     def _base(self, worker: WorkerState) -> WorkerProfile:
         """The profile a worker's correction scales: the default one at its engine's KV size."""
-        return self._profiles.get(worker.profile.kv.capacity_tokens, self.profile)
+        return self._bases.get(worker.id, self.profile)
 
     def forget(self, worker_ids: Iterable[str]) -> None:
         """Drop workers that are gone (their residents with them)."""
         for worker_id in list(worker_ids):
             worker = self.workers.pop(worker_id, None)
+            self._bases.pop(worker_id, None)
             if worker is None:
                 continue
             for request_id in worker.residents:
@@ -238,8 +243,9 @@ class LiveCluster:
         profile = self._profiles.get(capacity_tokens)
         if profile is None:
             profile = self._profiles[capacity_tokens] = with_kv_capacity(self.profile, capacity_tokens)
-        if worker.profile is profile:
+        if self._base(worker) is profile:
             return worker
+        self._bases[worker.id] = profile
         fresh = WorkerState(worker.id, profile, accepting=worker.accepting, token_budget=self.token_budget)
         for request_id, resident in worker.residents.items():
             fresh.admit(resident.request, self._placed_at.get(request_id, resident.request.arrival_s))

@@ -100,6 +100,9 @@ class WorkerState:
     accepting: bool = True  # False while draining for scale-down
     # the engine's token budget per iteration with chunked prefill (None: prefill-first)
     token_budget: int | None = None
+    # how much slower than the TTFT model its queue is going, measured on the requests waiting
+    # in it (placement.closed_loop.ClosedLoop.queue_lateness; 1: as modelled)
+    queue_lateness: float = 1.0
     steps: int = 0  # decode steps this worker has run
     residents: dict[str, Resident] = field(default_factory=dict)
     # prefill work placed but not yet run: sum(l), sum(l^2), count
@@ -183,8 +186,17 @@ class WorkerState:
 
     def ttft_s(self, input_len: int, profile: WorkerProfile | None = None, queued_itself: bool = False) -> float:
         """The TTFT a request of `input_len` tokens sees here from now (`WorkerProfile.ttft_s`
-        over the prefill queued ahead of it, with the engine's chunking), by `profile` (default
-        this worker's). `queued_itself`: the request is already admitted, the last in the queue."""
+        over the prefill queued ahead of it, with the engine's chunking, the engine part scaled
+        by the queue's measured lateness), by `profile` (default this worker's).
+        `queued_itself`: the request is already admitted, the last in the queue."""
+        ttft = self.model_ttft_s(input_len, profile, queued_itself)
+        if self.queue_lateness == 1.0:
+            return ttft
+        overhead = (profile or self.profile).serving_overhead_s
+        return (ttft - overhead) * self.queue_lateness + overhead
+
+    def model_ttft_s(self, input_len: int, profile: WorkerProfile | None = None, queued_itself: bool = False) -> float:
+        """`ttft_s` by the profile alone, without the queue's measured lateness."""
         profile = profile or self.profile
         tokens, squares, count = self.queued_prefill_tokens, self.queued_prefill_sq, self.queued_prefill_count
         if queued_itself:
@@ -197,6 +209,14 @@ class WorkerState:
             input_len, tokens, squares, count, chunk_tokens=self.token_budget - self.decode_count,
             step_s=self.queue_drain_step_s(profile, tokens, count),
         )
+
+    def set_queue_lateness(self, lateness: float) -> None:
+        """Scale the engine part of this worker's TTFT model by `lateness` (>= 1; changes of
+        less than 2 % are ignored, so the policy's table is not refreshed on every report)."""
+        lateness = max(1.0, lateness)
+        if abs(lateness - self.queue_lateness) > 0.02 * self.queue_lateness or (lateness == 1.0) != (self.queue_lateness == 1.0):
+            self.queue_lateness = lateness
+            self._changed()
 
     def queue_drain_step_s(self, profile: WorkerProfile, queued_tokens: int, queued_prompts: int) -> float:
         """The decoding batch's step while the prompts queued ahead are prefilled: the batch

@@ -76,6 +76,14 @@ async def _require_api_key(request: Request, call_next: Callable[[Request], Awai
     return await call_next(request)
 
 
+@api.middleware("http")
+async def _stamp_arrival(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+    """Record when the request reached the ingress, before anything else here runs: its TTFT
+    is counted from then, so time spent waiting behind other requests' tokenization counts."""
+    request.state.received_s = time.time()
+    return await call_next(request)
+
+
 @api.exception_handler(HTTPException)
 async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
     """FastAPI's own errors in OpenAI's shape instead of `{"detail": ...}`: an unknown route or
@@ -199,17 +207,34 @@ class OpenAIIngress:
 
     @api.post("/v1/completions")
     async def http_completions(self, body: CompletionRequest, request: Request) -> Any:
-        prepared = await self._admit(self._prepare_completion(body, request_options(request.headers)))
+        options = self._http_options(body, request)
+        prepared = await self._admit(self._prepare_completion(body, options))
         if body.stream:
             return self._sse_response(self._completion_chunks(prepared), prepared.headers())
         return JSONResponse(await self._completion_response(prepared), headers=prepared.headers())
 
     @api.post("/v1/chat/completions")
     async def http_chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
-        prepared = await self._admit(self._prepare_chat(body, request_options(request.headers)))
+        options = self._http_options(body, request)
+        prepared = await self._admit(self._prepare_chat(body, options))
         if body.stream:
             return self._sse_response(self._chat_chunks(prepared), prepared.headers())
         return JSONResponse(await self._chat_response(prepared), headers=prepared.headers())
+
+    def _http_options(self, body: SamplingFields, request: Request) -> RequestOptions:
+        """The request's options, and under admission a 429 at once, before it is tokenized,
+        if it has already waited its whole TTFT SLO in this ingress (a burst queues requests
+        here first: tokenizing and predicting them would only delay the rest)."""
+        options = request_options(request.headers, getattr(request.state, "received_s", None))
+        if self._config.placement.admits and options.received_s is not None:
+            slo_s = (body.slo_ttft_ms or options.slo_ms.get("ttft") or self._config.slo.ttft_ms) / 1e3
+            waited = time.time() - options.received_s
+            if waited > slo_s:
+                retry = max(1, math.ceil(waited))
+                raise OpenAIError(429, f"the server is overloaded: this request waited {waited:.1f} s to be read, past "
+                                  f"its TTFT SLO; retry after {retry} s", code="slo_unattainable",
+                                  headers={"Retry-After": str(retry)})
+        return options
 
     async def predictor_stats(self) -> dict[str, Any]:
         """Output-length prediction error over served requests (for metrics and tests)."""
@@ -267,7 +292,7 @@ class OpenAIIngress:
             # precedence: body field, then header, then the configured default
             slo_ttft_s=(body.slo_ttft_ms or options.slo_ms.get("ttft") or slo.ttft_ms) / 1e3,
             slo_atgt_s=(body.slo_atgt_ms or options.slo_ms.get("atgt") or slo.atgt_ms) / 1e3,
-            arrival_s=time.time(),
+            arrival_s=time.time() if options.received_s is None else options.received_s,
         )
         generate = GenerateRequest(new_id(prefix), list(ids), body.sampling(max_tokens), hints)
         return _Prepared(generate, body, self._model_name, chat, prediction)

@@ -15,13 +15,15 @@ BENCHMARK_HEADER = "x-aladdin-benchmark"
 
 @dataclass(frozen=True)
 class RequestOptions:
-    """What a request's headers ask for: SLO overrides (ms) and the benchmark mark."""
+    """What a request's headers ask for: SLO overrides (ms) and the benchmark mark; and when
+    the ingress received it (wall clock; None: now, for handle calls)."""
 
     slo_ms: dict[str, float] = field(default_factory=dict)
     benchmark: bool = False
+    received_s: float | None = None
 
 
-def request_options(headers: Any) -> RequestOptions:
+def request_options(headers: Any, received_s: float | None = None) -> RequestOptions:
     """Parse x-slo-ttft-ms / x-slo-atgt-ms and x-aladdin-benchmark; 400 on a bad value."""
     slo_ms: dict[str, float] = {}
     for key, name in SLO_HEADERS.items():
@@ -38,4 +40,5 @@ def request_options(headers: Any) -> RequestOptions:
     mark = headers.get(BENCHMARK_HEADER)
     if mark is not None and mark.strip().lower() not in ("1", "true", "0", "false"):
         raise OpenAIError(400, f"header {BENCHMARK_HEADER} must be 1, true, 0 or false", param=BENCHMARK_HEADER)
-    return RequestOptions(slo_ms, benchmark=mark is not None and mark.strip().lower() in ("1", "true"))
+    return RequestOptions(slo_ms, benchmark=mark is not None and mark.strip().lower() in ("1", "true"),
+                          received_s=received_s)

@@ -244,7 +244,8 @@ def test_metrics_reach_prometheus(ray_cluster: Any) -> None:
     def replica_series(samples: list[tuple[str, dict[str, str]]], rid: str) -> set[str]:
         return {name for name, labels in samples if labels.get("replica") == rid}
 
-    worker_names = {m.WORKER_KV_USED.prometheus_name, m.WORKER_RUNNING.prometheus_name, m.WORKER_WAITING.prometheus_name}
+    worker_names = {m.WORKER_KV_USED.prometheus_name, m.WORKER_RUNNING.prometheus_name, m.WORKER_WAITING.prometheus_name,
+                    m.WORKER_CORRECTION.prometheus_name, m.WORKER_TTFT_OFFSET.prometheus_name}
     assert replica_series(samples, keep) == worker_names == replica_series(samples, gone)
     slo_tags = {(labels["slo"], labels["policy"]) for name, labels in samples if name == m.SLO_MISSED.prometheus_name}
     assert {("ttft", "test"), ("atgt", "test"), ("all", "test")} <= slo_tags

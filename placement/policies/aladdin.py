@@ -150,6 +150,10 @@ class AladdinPolicy:
             # same association as feasibility.check: wait + (queued + own)
             ttft_s = np.add(table.queued_prefill_s, alone_s, out=buf.ttft)
             np.add(ttft_s, table.chunked_extra_s(request.input_len), out=ttft_s)
+            if table.late_rows:  # the engine part (all but the overhead) at the queue's pace
+                np.subtract(ttft_s, table.serving_overhead_s, out=ttft_s)
+                np.multiply(ttft_s, table.lateness, out=ttft_s)
+                np.add(ttft_s, table.serving_overhead_s, out=ttft_s)
             np.add(waited_s, ttft_s, out=ttft_s)
             eligible &= np.less_equal(ttft_s, request.slo_ttft_s * budget.ttft_share, out=buf.passed)
         final = request.upper_final_tokens

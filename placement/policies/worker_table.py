@@ -55,6 +55,9 @@ class WorkerTable:
         self.chunk_tokens = np.zeros(n)
         self.step_now_s = np.zeros(n)
         self.chunked_rows = 0
+        # WorkerState.queue_lateness, and how many rows have one other than 1
+        self.lateness = np.ones(n)
+        self.late_rows = 0
         # decode step of residents + 1 over the KV in use at refresh: a lower bound of the next
         # step's time
         self.step_floor_s = np.zeros(n)
@@ -130,6 +133,8 @@ class WorkerTable:
             worker.queued_prefill_tokens, worker.queued_prefill_sq, worker.queued_prefill_count
         )
         self.queued_tokens[row] = worker.queued_prefill_tokens
+        self.late_rows += int(worker.queue_lateness != 1.0) - int(self.lateness[row] != 1.0)
+        self.lateness[row] = worker.queue_lateness
         chunked = worker.token_budget is not None
         self.chunked_rows += int(chunked) - int(self.chunk_tokens[row] > 0)
         self.chunk_tokens[row] = max(1, worker.token_budget - worker.decode_count) if chunked else 0

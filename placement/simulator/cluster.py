@@ -296,6 +296,7 @@ class Cluster:
         finished = engine.complete(self.now_s)
         if self.loop is not None and engine.last_work is not None:
             self.loop.busy(engine.state, engine.last_work.interval(self.profile), self.profile)
+            engine.state.set_queue_lateness(self.loop.queue_lateness(engine.state, self.now_s))
         for record in finished:
             self._unfinished -= 1
             self.lengths.observe(record.request.input_len, record.output_len)
