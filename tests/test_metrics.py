@@ -167,6 +167,17 @@ def test_placement_and_capacity(fake: m._Registry, caplog: pytest.LogCaptureFixt
     ]
 
 
+def test_closed_loop_gauges_and_missed_counter(fake: m._Registry) -> None:
+    m.record_closed_loop(0.8, 0.6, {"ttft": 0, "atgt": 3}, {"a": (1.2, 1.5, 0.04)})
+    assert calls(fake, m.PACKING_SHARE) == [("set", 0.8, {"slo": "ttft"}), ("set", 0.6, {"slo": "atgt"})]
+    assert calls(fake, m.PROMISES_MISSED) == [("inc", 3.0, {"slo": "atgt"})]  # nothing new for ttft
+    assert calls(fake, m.WORKER_CORRECTION) == [("set", 1.2, {"replica": "a", "term": "decode"}),
+                                                 ("set", 1.5, {"replica": "a", "term": "prefill"})]
+    assert calls(fake, m.WORKER_TTFT_OFFSET) == [("set", 0.04, {"replica": "a"})]
+    m.forget_worker("a")
+    assert calls(fake, m.WORKER_TTFT_OFFSET)[-1] == ("set", 0.0, {"replica": "a"})
+
+
 def test_failing_metric_never_raises_and_logs_once(fake: m._Registry, caplog: pytest.LogCaptureFixture) -> None:
     fake.metrics[m.TTFT.name].fail = True
     for _ in range(3):
@@ -219,6 +230,8 @@ def test_metrics_reach_prometheus(ray_cluster: Any) -> None:
             for outcome in metrics.PLACEMENT_OUTCOMES:
                 metrics.record_placement("test", outcome)
             metrics.record_capacity(2, 2, 3, 3)
+            metrics.record_closed_loop(0.8, 0.7, {"ttft": 1, "atgt": 2},
+                                       {keep: (1.2, 1.5, 0.05), gone: (0.9, 1.0, 0.0)})
 
         def forget(self, replica_id: str) -> None:
             from serve_app import metrics
