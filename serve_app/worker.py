@@ -88,7 +88,10 @@ def engine_kwargs(config: AppConfig) -> dict[str, Any]:
         "stream_interval": engine.stream_interval,
         "gpu_memory_utilization": engine.gpu_memory_utilization,
         "seed": engine.seed,
-        "disable_log_stats": False,  # the stat logger feeds WorkerStats
+        # the engine still collects stats for the custom stat logger that feeds WorkerStats
+        # (AsyncLLM turns them on for it); this only drops vLLM's default logging stat logger,
+        # which with iteration details on prints a line per iteration
+        "disable_log_stats": True,
         "enable_log_requests": False,
         # each iteration's work for placement's latency correction (serve_app.engine_stats)
         "enable_logging_iteration_details": True,
@@ -132,9 +135,6 @@ class LLMWorker:
 
         from serve_app.engine_stats import SnapshotLogger
 
-        # vLLM adds its logging stat logger only while its logger reports INFO; with iteration
-        # details on it would print a line per iteration (Prometheus metrics are unaffected)
-        logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
         llm = AsyncLLM.from_engine_args(
             AsyncEngineArgs(**engine_kwargs(self._config)),
             stat_loggers=[partial(SnapshotLogger, snapshot=self._snapshot)],

@@ -19,6 +19,10 @@ from tests.conftest import REPO, serve_run
 
 pytestmark = pytest.mark.serving
 APP = "aladdin"
+# Routing and protocol tests send bursts that must all be served: a TTFT SLO no host misses, so
+# admission (tested in tests/test_overload.py and tests/test_burst.py) sheds none of them on a
+# slow or busy box.
+LENIENT_SLO = {"x-slo-ttft-ms": "60000"}
 
 
 @pytest.fixture(scope="module")
@@ -261,8 +265,8 @@ def test_responses_carry_prediction_and_slo(app):
 def test_per_request_slo_from_header_and_body(app):
     url = f"{app.http}/v1/chat/completions"
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-    by_header = httpx.post(url, json=body, headers={"x-slo-ttft-ms": "300", "x-slo-atgt-ms": "20"}, timeout=60)
-    assert by_header.json()["aladdin"]["slo"] == {"ttft_ms": 300.0, "atgt_ms": 20.0}
+    by_header = httpx.post(url, json=body, headers={"x-slo-ttft-ms": "30000", "x-slo-atgt-ms": "20"}, timeout=60)
+    assert by_header.json()["aladdin"]["slo"] == {"ttft_ms": 30000.0, "atgt_ms": 20.0}
     by_body = httpx.post(url, json={**body, "slo_atgt_ms": 80}, headers={"x-slo-atgt-ms": "20"}, timeout=60)
     assert by_body.json()["aladdin"]["slo"]["atgt_ms"] == 80.0  # the body wins over the header
     bad = httpx.post(url, json=body, headers={"x-slo-ttft-ms": "soon"}, timeout=60)
@@ -309,6 +313,7 @@ def test_vllm_bench_serve_drives_the_app(app, tmp_path):
         "--model", "tiny", "--tokenizer", str(ensure_tiny_model()), "--dataset-name", "random",
         "--random-input-len", "64", "--random-output-len", "16", "--ignore-eos", "--num-prompts", "24",
         "--request-rate", "8", "--seed", "0", "--disable-tqdm", "--save-result",
+        "--header", *(f"{k}={v}" for k, v in LENIENT_SLO.items()),
         "--result-dir", str(tmp_path), "--result-filename", "bench.json",
     ]
     run = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=600)
@@ -351,8 +356,6 @@ def test_aladdin_bench_replays_a_trace(app, tmp_path):
 
 
 def _placement_actor():
-    import ray
-
     from serve_app.placement_actor import find_placement_actor
 
     return find_placement_actor(APP)
@@ -363,7 +366,7 @@ async def _complete_many(http_base: str, n: int, max_tokens: int = 12, spacing_s
         async def one(i: int) -> httpx.Response:
             await asyncio.sleep(i * spacing_s)
             body = {"model": "tiny", "prompt": f"placement {i}", "max_tokens": max_tokens, "ignore_eos": True}
-            return await http.post(f"{http_base}/v1/completions", json=body)
+            return await http.post(f"{http_base}/v1/completions", json=body, headers=LENIENT_SLO)
 
         return await asyncio.gather(*(one(i) for i in range(n)))
 
@@ -477,7 +480,7 @@ async def _mixed_load(http_base: str, n: int, max_tokens: int, spacing_s: float)
             body = {"model": "tiny", "prompt": f"crash {i}", "max_tokens": max_tokens, "ignore_eos": True,
                     "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {})}
             start = time.monotonic()
-            response = await http.post(f"{http_base}/v1/completions", json=body)
+            response = await http.post(f"{http_base}/v1/completions", json=body, headers=LENIENT_SLO)
             return stream, response, time.monotonic() - start
         return await asyncio.gather(*(one(i) for i in range(n)))
 
