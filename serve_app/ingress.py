@@ -227,7 +227,7 @@ class OpenAIIngress:
         here first: tokenizing and predicting them would only delay the rest)."""
         options = request_options(request.headers, getattr(request.state, "received_s", None))
         if self._config.placement.admits and options.received_s is not None:
-            slo_s = (body.slo_ttft_ms or options.slo_ms.get("ttft") or self._config.slo.ttft_ms) / 1e3
+            slo_s = self._slo_s(body, options, "ttft")
             waited = time.time() - options.received_s
             if waited > slo_s:
                 retry = max(1, math.ceil(waited))
@@ -235,6 +235,12 @@ class OpenAIIngress:
                                   f"its TTFT SLO; retry after {retry} s", code="slo_unattainable",
                                   headers={"Retry-After": str(retry)})
         return options
+
+    def _slo_s(self, body: SamplingFields, options: RequestOptions, kind: str) -> float:
+        """The request's `kind` ("ttft" or "atgt") SLO, s: body field, then header, then the
+        configured default."""
+        ms = getattr(body, f"slo_{kind}_ms") or options.slo_ms.get(kind) or getattr(self._config.slo, f"{kind}_ms")
+        return ms / 1e3
 
     async def predictor_stats(self) -> dict[str, Any]:
         """Output-length prediction error over served requests (for metrics and tests)."""
@@ -285,13 +291,11 @@ class OpenAIIngress:
                 code="context_length_exceeded",
             )
         prediction = self._predictor.predict(chat, max_tokens, cap=not options.benchmark)
-        slo = self._config.slo
         hints = PlacementHints(
             predicted_output_mean=prediction.mean,
             predicted_output_p90=prediction.p90,
-            # precedence: body field, then header, then the configured default
-            slo_ttft_s=(body.slo_ttft_ms or options.slo_ms.get("ttft") or slo.ttft_ms) / 1e3,
-            slo_atgt_s=(body.slo_atgt_ms or options.slo_ms.get("atgt") or slo.atgt_ms) / 1e3,
+            slo_ttft_s=self._slo_s(body, options, "ttft"),
+            slo_atgt_s=self._slo_s(body, options, "atgt"),
             arrival_s=time.time() if options.received_s is None else options.received_s,
         )
         generate = GenerateRequest(new_id(prefix), list(ids), body.sampling(max_tokens), hints)
