@@ -59,8 +59,8 @@ class ClosedLoop:
         self.correction = correction if correction is not None else LatencyCorrection()
         self._promises: dict[str, _Promise] = {}
         self._overcommits: dict[str, int] = {}  # worker id -> overcommitted placements taken
-        self.placements = 0  # every placement seen, and those that overcommitted: a scaler's
-        self.overcommitted = 0  # sign that no worker had room (placement.worker_estimate)
+        self.placements = 0  # every placement seen, and those overcommitted for want of room
+        self.overcommitted = 0  # (not `Decision.unfit`): a scaler's sign (placement.worker_estimate)
         self._bases: dict[str, WorkerProfile] = {}  # worker id -> the profile its correction scales
 
     def placed(self, request: Request, worker: WorkerState, decision: Decision, now_s: float) -> None:
@@ -69,7 +69,7 @@ class ClosedLoop:
         worker_id = worker.id
         self.placements += 1
         if not decision.feasible:
-            self.overcommitted += 1
+            self.overcommitted += not decision.unfit
             self._overcommits[worker_id] = self._overcommits.get(worker_id, 0) + 1
         base = self._bases.get(worker_id, worker.profile)
         self._promises.pop(request.id, None)  # placed again (a retried routing): the newest counts
@@ -140,10 +140,14 @@ class ClosedLoop:
         clean = self._overcommits.get(promise.worker_id, 0) == promise.overcommits_seen
         # TTFT: the corrected model's error on this request (what the TTFT share must absorb at
         # the edge), not the SLO's: else a cold start's misses, which the correction has since
-        # learned, would count twice. ATGT: against the budget it was packed to (its latency
-        # depends on what was placed after it, which no prediction at placement holds).
+        # learned, would count twice. The correction takes out the part proportional to the
+        # work (a slow host), so what is left is a delay, carried to the edge as one: a request
+        # predicted at the SLO would have taken the SLO plus it (a 50 ms prediction served in
+        # 120 ms says 70 ms, not that every TTFT is 2.4x). ATGT: against the budget it was
+        # packed to (its latency depends on what was placed after it, which no prediction at
+        # placement holds).
         outcome = Outcome(
-            ttft_ratio=ttft_s / max(predicted, 1e-6) if promise.ttft else None,
+            ttft_ratio=1.0 + (ttft_s - predicted) / promise.slo_ttft_s if promise.ttft else None,
             atgt_ratio=atgt_s / promise.slo_atgt_s if promise.atgt and clean else None,
             ttft_share=1.0, atgt_share=promise.atgt_share,
             ttft_missed=promise.ttft and ttft_s > promise.slo_ttft_s,

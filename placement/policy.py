@@ -17,11 +17,14 @@ class Decision:
     """Where a request goes and what placement promised it. `feasible`: the worker fits it by
     the policy's own test (False with a worker: nothing fitted and it was overcommitted there;
     with None: it waits). `ttft_lost`: no worker could meet its TTFT any more, so only its
-    other SLOs were weighed. Baselines test nothing: any worker they pick is `feasible`."""
+    other SLOs were weighed. `unfit`: nothing fitted though a candidate worker was empty, so
+    no added worker would have fitted it either (a scaler must not read it as demand).
+    Baselines test nothing: any worker they pick is `feasible`."""
 
     worker: WorkerState | None
     feasible: bool
     ttft_lost: bool = False
+    unfit: bool = False
 
 
 class PlacementPolicy(Protocol):

@@ -199,7 +199,7 @@ class AladdinPolicy:
             # pairwise: ttft_over is a scalar when the TTFT is lost (np.maximum.reduce over a
             # list mixing it with arrays raised ValueError)
             chosen = self._least_violating(workers, np.maximum(np.maximum(-kv_left, ttft_over), atgt_over))
-        return Decision(chosen, False, not need_ttft)
+        return Decision(chosen, False, not need_ttft, unfit=any(not w.residents for w in workers))
 
     @staticmethod
     def _stretch(prefill_share: np.ndarray) -> np.ndarray:
