@@ -6,8 +6,9 @@ promise says at which share it would have met its SLO exactly: placed under shar
 `ratio` x its SLO, so (latency growing in proportion to how full its worker was packed) share
 s / ratio would have put it at the SLO itself. (The TTFT, which is predicted per request, is
 given at share 1 as the SLO plus the corrected model's error on it, over the SLO: what a
-request predicted at the edge would have taken; see `placement.closed_loop`.) The share is set to the p-quantile of that over
-the last `window` promises, p the SLO's part of the edge miss rate
+request predicted at the edge would have taken; see `placement.closed_loop`.) The share is
+set to the p-quantile of that over the last `window` promises, p the SLO's part of the edge
+miss rate
 (`placement.packing_budget.edge_miss_rate`, halved between TTFT and ATGT): then a fraction p
 of promises like the recent ones would miss. Nothing is integrated, so a burst of correlated
 misses moves the share only as far as its own share of the window says, and the share comes
