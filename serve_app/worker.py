@@ -213,14 +213,9 @@ class LLMWorker:
         )
 
     async def record_routing_stats(self) -> dict[str, Any]:
-        """Serve calls this periodically; routers read it from the replica's routing stats."""
-        stats = await self.stats()
-        return {
-            "running": stats.running,
-            "waiting": stats.waiting,
-            "kv_blocks_used": stats.kv_blocks_used,
-            "kv_blocks_total": stats.kv_blocks_total,
-        }
+        """Serve calls this periodically; routers read it from the replica's routing stats
+        (the `WorkerStats` fields)."""
+        return dataclasses.asdict(await self.stats())
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's autoscaler reads the placement actor's worker target from here

@@ -184,32 +184,39 @@ def test_handle_api(app):
 
 
 def test_worker_stats_report_engine_load(app):
-    """Per-replica stats: KV blocks, running requests and tokens generated per running request."""
+    """Per-replica stats: KV blocks, running requests and tokens generated per running request.
+
+    Every replica is asked directly (Serve's routing-stats call on each replica actor): through
+    a handle, power-of-two routing sends the stats call to the idle replica, not the busy one."""
+    import ray
     from ray import serve
 
-    worker = serve.get_deployment_handle("LLMWorker", app_name=APP)
-    idle = worker.stats.remote().result()
-    assert idle.kv_blocks_total > 0 and idle.block_size > 0
+    from serve_app.worker_protocol import WorkerStats
 
-    async def watch() -> list:
+    idle = serve.get_deployment_handle("LLMWorker", app_name=APP).stats.remote().result()
+    assert idle.kv_blocks_total > 0 and idle.block_size > 0
+    replicas = [ray.get_actor(a["name"], namespace="serve") for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["namespace"] == "serve" and f"{APP}#LLMWorker#" in a["name"]]
+    assert replicas
+
+    async def watch() -> list[WorkerStats]:
         seen = []
         async with httpx.AsyncClient(timeout=120) as http:
             body = {"model": "tiny", "prompt": "long story", "max_tokens": 1500, "ignore_eos": True}
             task = asyncio.create_task(http.post(f"{app.http}/v1/completions", json=body))
             while not task.done():
-                stats = await worker.stats.remote()
-                if stats.tokens_generated:
-                    seen.append(stats)
+                for stats in await asyncio.gather(*(r.record_routing_stats.remote() for r in replicas)):
+                    if any(0 < n < 1500 for n in stats["tokens_generated"].values()):
+                        seen.append(WorkerStats(**stats))
                 await asyncio.sleep(0.05)
             assert (await task).status_code == 200
         return seen
 
     seen = asyncio.run(watch())
-    assert seen, "no replica ever reported the running request"
-    busy = seen[-1]
-    assert busy.running >= 1 and busy.kv_blocks_used >= 1
-    (generated,) = busy.tokens_generated.values()
-    assert 0 < generated <= 1500
+    assert seen, "no replica ever reported the running request mid-generation"
+    assert len({s.replica_id for s in seen}) == 1, "one replica serves the request"
+    assert any(s.running >= 1 and s.kv_blocks_used >= 1 for s in seen)
+    assert all(len(s.tokens_generated) == 1 for s in seen)
 
 
 def test_concurrent_requests_all_complete(client):
