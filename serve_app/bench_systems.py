@@ -68,6 +68,9 @@ def ray_serve_llm_app(system: str, spec: SystemSpec) -> Any:
         placement_group_config={"bundles": [{"CPU": config.engine.cpus_per_rank}]},
         engine_kwargs=kwargs,
         deployment_config=deployment,
+        # engines alike: this app's run without vLLM's stat logging (`disable_log_stats`),
+        # which Ray Serve LLM's engine metrics would need
+        log_engine_metrics=False,
     )
     return build_openai_app({"llm_configs": [llm]})
 

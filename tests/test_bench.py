@@ -137,3 +137,12 @@ def test_replay_inputs_from_a_run_keep_served_and_refused_requests(tmp_path):
     _, trace = replay_trace(observed, with_refused=True)
     assert len(trace) == 3  # the failed request never reached placement
     assert trace[0].arrival_s == 0.0
+
+
+@pytest.mark.parametrize("system", ["rayllm", "rayllm-prefix"])
+def test_ray_serve_llm_systems_build(system):
+    """The Ray Serve LLM baselines' configs validate against the installed Ray (a config Ray
+    rejects stops `make bench` only after this app's own runs)."""
+    from serve_app.bench_systems import SystemSpec, build_system
+
+    assert build_system(system, SystemSpec()) is not None
