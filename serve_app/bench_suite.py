@@ -18,7 +18,7 @@ from typing import Any
 from serve_app.bench import (
     TraceSlice, load_slice, run_bench, served_requests, slice_dict, write_run,
 )
-from serve_app.bench_systems import APP_POLICIES, SYSTEMS, SystemSpec, build_system
+from serve_app.bench_systems import APP_POLICIES, SYSTEMS, SystemSpec, app_config, build_system
 from serve_app.loadgen import WorkItem
 
 APP_NAME = "bench"
@@ -69,17 +69,20 @@ def _calibrate(run_dirs: list[Path], out: Path, spec: SystemSpec) -> SystemSpec:
     return replace(spec, profile_path=str(path))
 
 
-def _closed_loop(system: str) -> dict[str, Any] | None:
+def _closed_loop(system: str, spec: SystemSpec) -> dict[str, Any] | None:
     """What the app's placement actor has learned so far (budget, latency corrections), kept
-    with each run so `aladdin fidelity` can replay it with the workers as they measured."""
+    with each run so `aladdin fidelity` can replay it with the workers as they measured. The
+    actor is looked up by this system's config: the previous system's actor may still be
+    alive (it exits once idle)."""
     if system != "aladdin":
         return None
     import ray
 
-    from serve_app.placement_actor import find_placement_actor
+    from serve_app.placement_actor import NAMESPACE, placement_actor_name
 
+    name = placement_actor_name(APP_NAME, app_config(system, spec).model_dump(mode="json"))
     try:
-        return ray.get(find_placement_actor(APP_NAME).stats.remote(), timeout=10)["closed_loop"]
+        return ray.get(ray.get_actor(name, namespace=NAMESPACE).stats.remote(), timeout=10)["closed_loop"]
     except Exception as exc:  # the figures are extra: a run without them still counts
         print(f"[{system}] placement actor's closed loop not recorded ({exc!r})", flush=True)
         return None
@@ -129,7 +132,7 @@ def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]
                     run.summary.update(system=system, rate_scale=k, rep=rep, slice=slice_dict(trace_slice),
                                        placement_profile=spec.profile_path if system in APP_POLICIES else None,
                                        placement_atgt_margin=spec.atgt_margin if system in APP_POLICIES else None,
-                                       placement_closed_loop=_closed_loop(system))
+                                       placement_closed_loop=_closed_loop(system, spec))
                     run_dirs.append(out / system / f"x{k:g}" / f"rep{rep}")
                     write_run(run, run_dirs[-1])
                     rows.append(run.summary)
