@@ -14,17 +14,36 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from placement.feasibility import check
-from placement.live import LiveCluster
-from placement.policy import PlacementPolicy
+from placement.policy import Decision, PlacementPolicy
 from placement.queue_order import WaitingQueue, make_queue_order
 from placement.state import Request, WorkerState
+from predictors.latency.profile import WorkerProfile
 
 #: order of the waiting queue (UELLM's SLO-ODBS: TTFT deadline, then shorter replies first)
 DEFAULT_QUEUE_ORDER = "slo-odbs"
 _RATE_WINDOW_S = 10.0  # admissions counted over this long to estimate how fast the queue drains
+
+
+class AdmissionCluster(Protocol):
+    """What admission drives: `placement.live.LiveCluster`, or the simulator's cluster."""
+
+    @property
+    def workers(self) -> Mapping[str, WorkerState]: ...
+
+    def fleet_profile(self) -> WorkerProfile: ...
+
+    def place(self, request: Request, candidates: Sequence[str], now_s: float,
+              policy: PlacementPolicy | None = None) -> Decision: ...
+
+    def place_waiting(self, queue: WaitingQueue, now_s: float,
+                      policy: PlacementPolicy | None = None) -> list[tuple[Request, Decision]]: ...
+
+    def admit(self, worker_id: str, request: Request, now_s: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -54,12 +73,17 @@ class Verdict:
     waited_s: float = 0.0  # since arrival
     queued: bool = False  # it waited in the admission queue
 
+    @property
+    def outcome(self) -> str:
+        """refused, admitted_after_wait or admitted (the placement metric's label)."""
+        return "refused" if self.refused else ("admitted_after_wait" if self.queued else "admitted")
+
 
 class Admission:
-    """Admits, queues or refuses requests over a LiveCluster (see the module docstring)."""
+    """Admits, queues or refuses requests over a cluster (see the module docstring)."""
 
     def __init__(
-        self, cluster: LiveCluster, policy: PlacementPolicy, limits: AdmissionLimits = AdmissionLimits(),
+        self, cluster: AdmissionCluster, policy: PlacementPolicy, limits: AdmissionLimits = AdmissionLimits(),
         order: str = DEFAULT_QUEUE_ORDER,
     ) -> None:
         self.cluster = cluster

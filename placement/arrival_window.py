@@ -70,12 +70,16 @@ class ArrivalWindow:
         return self.started_s is not None and now_s - self.started_s >= self.window_s
 
     def rate_per_s(self, now_s: float) -> float:
-        """Arrivals per second over the window (over the time observed, while not full)."""
+        """Arrivals per second over the window. While it is not full, the arrivals after the
+        first over the time since it (the first only marks when observing began): one arrival
+        says nothing of the rate, and a first heartbeat just after it must not read a burst."""
         self.expire(now_s)
         if not self._arrivals or self.started_s is None:
             return 0.0
-        span = min(self.window_s, now_s - self.started_s)
-        return len(self._arrivals) / max(span, 1e-9)
+        if self.full(now_s):
+            return len(self._arrivals) / self.window_s
+        span = now_s - self.started_s
+        return (len(self._arrivals) - 1) / span if span > 0 else 0.0
 
     def workload(self, now_s: float, slo_ttft_s: float, slo_atgt_s: float,
                  target_attainment: float = DEFAULT_TARGET_ATTAINMENT) -> Workload | None:

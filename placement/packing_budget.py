@@ -56,6 +56,17 @@ class PackingBudget:
         return edge_miss_rate(self.target_attainment) / 2
 
     @classmethod
+    def for_target(cls, target_attainment: float = DEFAULT_TARGET_ATTAINMENT, atgt_margin: float | None = None,
+                   replies: ReplyLengths | None = None) -> PackingBudget:
+        """The budget a cluster packs to: adaptive towards `target_attainment`, or with its
+        ATGT share fixed at `atgt_margin` (an expert override); reply lengths learned from
+        `replies` on (default: the built-in prior)."""
+        replies = ReplyLengths() if replies is None else replies
+        if atgt_margin is None:
+            return cls(replies=replies, target_attainment=target_attainment)
+        return cls.fixed_shares(float(atgt_margin), replies=replies, target_attainment=target_attainment)
+
+    @classmethod
     def fixed_shares(cls, atgt_share: float, ttft_share: float = 1.0, replies: ReplyLengths | None = None,
                      target_attainment: float = DEFAULT_TARGET_ATTAINMENT) -> PackingBudget:
         """A budget the feedback never changes (`placement.atgt_margin` set by an expert)."""

@@ -49,7 +49,7 @@ from predictors.latency.families import ProfileFamily
 from predictors.latency.profile import WorkerProfile, vllm_token_budget
 
 BISECTION_STEPS = 60
-MAX_WORKERS = 1 << 20  # the search's upper end (a workload needing more is not plannable)
+MAX_WORKERS = 1 << 20  # the search's upper end (a workload needing more gets at least this)
 # The rate planned for: the windowed arrival rate this many standard deviations of its
 # variation beyond Poisson's above its mean (2.05: the 98th percentile of a normal; arrivals
 # in the busiest 2 % of windows are beyond a 0.99 target's miss budget in any case).
@@ -299,7 +299,8 @@ def plan_tp(profile: WorkerProfile, workload: Workload, headroom: float, token_b
     def enough(workers: int) -> bool:
         return workers >= least and max(model.pooled_misses(demand, workers)) <= budget
 
-    needed = fewest_meeting(enough, least, MAX_WORKERS)
+    # beyond MAX_WORKERS the answer is "more than any cluster": the caller's maximum bounds it
+    needed = fewest_meeting(enough, least, MAX_WORKERS) or max(least, MAX_WORKERS)
     if needed > least:
         ttft, atgt = model.pooled_misses(demand, needed - 1)
         binding = "ttft" if ttft >= atgt else "stall"

@@ -51,7 +51,7 @@ def ray_serve_llm_app(system: str, spec: SystemSpec) -> Any:
     """Ray Serve LLM's OpenAI app on the same engines as this app's workers."""
     from ray.serve.llm import LLMConfig, build_openai_app
 
-    from serve_app.worker import engine_kwargs
+    from serve_app.vllm_engine import engine_kwargs
 
     config = app_config("aladdin", spec)
     kwargs = engine_kwargs(config)

@@ -13,9 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from placement.admission import AdmissionLimits
-from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT, PackingBudget
-from placement.reply_lengths import ReplyLengths
+from placement.controller import ControllerSettings, ScalingSettings
+from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
 from predictors.latency.families import list_profile_families, load_profile_family
+from predictors.latency.profile import WorkerProfile, vllm_token_budget
 
 GiB = 1 << 30
 
@@ -237,13 +238,6 @@ class PlacementConfig(_Section):
     def uses_actor(self) -> bool:
         return self.policy != "serve-p2c"
 
-    def packing_budget(self) -> PackingBudget:
-        """A fresh Aladdin packing budget as this config sets it (adaptive unless atgt_margin)."""
-        if self.atgt_margin is None:
-            return PackingBudget(target_attainment=self.target_attainment)
-        return PackingBudget.fixed_shares(self.atgt_margin, replies=ReplyLengths(),
-                                          target_attainment=self.target_attainment)
-
     @property
     def admits(self) -> bool:
         """Whether requests go through SLO-aware admission (placement.admission)."""
@@ -299,6 +293,36 @@ class AppConfig(_Section):
         if self.workers.graceful_shutdown_timeout_s is not None:
             return self.workers.graceful_shutdown_timeout_s
         return self.engine.max_model_len * self.slo.atgt_ms / 1e3 * 2 + self.slo.ttft_ms / 1e3
+
+    def placement_profile(self) -> WorkerProfile:
+        """The worker profile placement and the planner use: a fitted JSON or a committed family."""
+        placement = self.placement
+        if placement.profile_path:
+            return WorkerProfile.model_validate_json(Path(placement.profile_path).read_text())
+        return load_profile_family(placement.profile_family).profile(self.engine.tensor_parallel_size)
+
+    def engine_token_budget(self, profile: WorkerProfile) -> int | None:
+        """The workers' tokens per iteration with chunked prefill (vLLM's default for the
+        profile's hardware unless `engine.extra` sets max_num_batched_tokens; the sim engine
+        prefills first: None)."""
+        if self.engine.kind == "sim":
+            return None
+        explicit = self.engine.extra.get("max_num_batched_tokens")
+        return int(explicit) if explicit else vllm_token_budget(profile)
+
+    def controller_settings(self) -> ControllerSettings:
+        """What the placement controller (placement.controller) is configured with."""
+        placement, scaling, profile = self.placement, self.scaling, self.placement_profile()
+        return ControllerSettings(
+            policy=placement.policy, profile=profile, slo_ttft_s=self.slo.ttft_ms / 1000,
+            slo_atgt_s=self.slo.atgt_ms / 1000, heartbeat_s=placement.heartbeat_s, seed=placement.seed,
+            target_attainment=placement.target_attainment,
+            atgt_margin=placement.atgt_margin if placement.policy == "aladdin" else None,
+            admission=AdmissionLimits(placement.max_waiting, placement.max_wait_s) if placement.admits else None,
+            token_budget=self.engine_token_budget(profile),
+            scaling=ScalingSettings(scaling.window_s, scaling.estimate_period_s, scaling.headroom,
+                                    scaling.min_workers, scaling.max_workers),
+        )
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "AppConfig":

@@ -52,6 +52,7 @@ from placement.simulator.worker_engine import EngineOptions, WorkerEngine
 from placement.state import Request, WorkerState
 from placement.traces import LengthMix
 from predictors.latency.profile import KVCacheModel, WorkerProfile
+from serve_app.engine import InvalidRequest
 from serve_app.engine_snapshot import EngineSnapshot
 from serve_app.worker_protocol import GenerateChunk
 
@@ -151,15 +152,18 @@ class SimEngine:
         """Stream the request's output as deltas; the last chunk carries the finish reason.
 
         `sampling` holds SamplingParams keyword arguments; those that do not change the
-        schedule are checked and ignored, unknown ones ignored. Raises ValueError for
-        invalid ones, a prompt that leaves no room in `max_model_len`, or a request id in
-        use; SimEngineDeadError once the engine is dead. Leaving the iteration early (close
+        schedule are checked and ignored, unknown ones ignored. Raises InvalidRequest (a
+        ValueError) for invalid ones or a prompt that leaves no room in `max_model_len`,
+        ValueError for a request id in use; SimEngineDeadError once the engine is dead. Leaving the iteration early (close
         or cancel) removes the request from the batch and frees its KV blocks."""
         if self._dead is not None:
             raise self._dead
         if request_id in self._streams or request_id in self._cancelled:
             raise ValueError(f"request id {request_id!r} is already in use")
-        output_len, finish_reason = self._plan(len(prompt_token_ids), sampling, request_id)
+        try:
+            output_len, finish_reason = self._plan(len(prompt_token_ids), sampling, request_id)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
         stream = self._admit(request_id, len(prompt_token_ids), output_len, finish_reason)
         try:
             while True:

@@ -1,9 +1,8 @@
-"""The worker deployment: each Serve replica owns one vLLM `AsyncLLM` engine.
+"""The worker deployment: each Serve replica owns one engine (serve_app.engine: vLLM's
+`AsyncLLM`, or the `sim` engine), streams its tokens and reports its load.
 
 Tensor parallelism follows Ray Serve LLM's layout: one placement-group bundle per rank,
-STRICT_PACK, the replica actor sitting in bundle 0. On GPUs the engine runs its ranks as Ray
-actors in those bundles (the `ray` executor); on CPU it forks them (`mp`) onto the same node,
-whose cores STRICT_PACK has reserved, and pins each rank to its own cores.
+STRICT_PACK, the replica actor sitting in bundle 0 (serve_app.vllm_engine starts the ranks).
 """
 
 from __future__ import annotations
@@ -11,23 +10,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
-from functools import partial
 from typing import Any
 
-import psutil
 from ray import serve
 
-from predictors.latency.cpu_binding import cpu_rank_binding
 from placement.live import RunningRequest, WorkerReport
 from serve_app.autoscaling import TARGET_METRIC
 from serve_app.config import AppConfig
+from serve_app.engine import InvalidRequest, start_engine
 from serve_app.engine_snapshot import EngineSnapshot
 from serve_app.errors import OpenAIError
-from serve_app.model_source import resolve_model_dir, resolve_tokenizer_dir
-from serve_app.orphan_reaper import start_reaper
 from serve_app.worker_resources import worker_bundles
 from serve_app.worker_protocol import GenerateChunk, GenerateRequest, WorkerStats
 
@@ -71,37 +65,6 @@ def worker_deployment_options(config: AppConfig) -> dict[str, Any]:
     return options
 
 
-def engine_kwargs(config: AppConfig) -> dict[str, Any]:
-    """Keyword arguments for vLLM's AsyncEngineArgs."""
-    engine = config.engine
-    kwargs: dict[str, Any] = {
-        "model": str(resolve_model_dir(config.model)),
-        "tokenizer": str(resolve_tokenizer_dir(config.model)),
-        "served_model_name": [config.model.name],
-        "load_format": config.model.load_format,
-        "tensor_parallel_size": engine.tensor_parallel_size,
-        "distributed_executor_backend": "ray" if engine.accelerator == "gpu" else "mp",
-        "max_model_len": engine.max_model_len,
-        "dtype": engine.dtype,
-        "max_num_seqs": engine.max_num_seqs,
-        "enable_prefix_caching": engine.enable_prefix_caching,
-        "stream_interval": engine.stream_interval,
-        "gpu_memory_utilization": engine.gpu_memory_utilization,
-        "seed": engine.seed,
-        # the engine still collects stats for the custom stat logger that feeds WorkerStats
-        # (AsyncLLM turns them on for it); this only drops vLLM's default logging stat logger,
-        # which with iteration details on prints a line per iteration
-        "disable_log_stats": True,
-        "enable_log_requests": False,
-        # each iteration's work for placement's latency correction (serve_app.engine_stats)
-        "enable_logging_iteration_details": True,
-    }
-    if engine.kv_cache_bytes is not None:
-        kwargs["kv_cache_memory_bytes"] = engine.kv_cache_bytes
-    kwargs.update(engine.extra)
-    return kwargs
-
-
 @serve.deployment(name="LLMWorker")
 class LLMWorker:
     """One engine (vLLM, or `sim`) behind a Serve replica; streams token deltas, reports its
@@ -110,10 +73,7 @@ class LLMWorker:
     async def __init__(self, config: dict[str, Any]) -> None:
         self._config = AppConfig.model_validate(config)
         self._snapshot = EngineSnapshot()
-        if self._config.engine.kind == "sim":
-            self._engine = self._start_sim_engine()
-        else:
-            self._engine = self._start_vllm_engine()
+        self._engine = start_engine(self._config, self._snapshot)
         self._tokens_generated: dict[str, int] = {}
         self._completed = 0
         context = serve.get_replica_context()
@@ -125,35 +85,6 @@ class LLMWorker:
         self._heartbeat: asyncio.Task | None = None
         if self._config.placement.uses_actor:
             self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop(context.app_name))
-
-    def _start_vllm_engine(self) -> Any:
-        engine = self._config.engine
-        if engine.accelerator == "cpu" and engine.tensor_parallel_size > 1:
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_rank_binding(engine.tensor_parallel_size))
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        from serve_app.engine_stats import SnapshotLogger
-
-        llm = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**engine_kwargs(self._config)),
-            stat_loggers=[partial(SnapshotLogger, snapshot=self._snapshot)],
-        )
-        engine_pids = [p.pid for p in psutil.Process().children()]
-        if engine_pids:
-            start_reaper(os.getpid(), engine_pids)
-        return llm
-
-    def _start_sim_engine(self) -> Any:
-        """Tokens on the schedule of the placement profile, no model (see serve_app.sim_engine)."""
-        from serve_app.placement_actor import placement_profile
-        from serve_app.sim_engine import SimEngine
-
-        engine = self._config.engine
-        return SimEngine(
-            placement_profile(self._config), max_num_seqs=engine.max_num_seqs,
-            max_model_len=engine.max_model_len, snapshot=self._snapshot, seed=engine.seed,
-        )
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         """Stream the request's output as deltas; the last chunk carries the finish reason and
@@ -179,24 +110,11 @@ class LLMWorker:
                 del self._finished[:-MAX_UNSENT_FINISHED]
 
     async def _engine_chunks(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
-        if self._config.engine.kind == "sim":
-            try:
-                async for chunk in self._engine.generate(request.prompt_token_ids, request.sampling, request.request_id):
-                    yield chunk
-            except ValueError as exc:  # the sim engine validates the sampling parameters as it starts
-                raise OpenAIError(400, f"invalid sampling parameters: {exc}") from None
-            return
-        from vllm import SamplingParams, TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
-
         try:
-            params = SamplingParams(**request.sampling, output_kind=RequestOutputKind.DELTA)
-        except (ValueError, TypeError) as exc:
+            async for chunk in self._engine.generate(request.prompt_token_ids, request.sampling, request.request_id):
+                yield chunk
+        except InvalidRequest as exc:  # raised before the first chunk
             raise OpenAIError(400, f"invalid sampling parameters: {exc}") from None
-        prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
-        async for output in self._engine.generate(prompt, params, request_id=request.request_id):
-            completion = output.outputs[0]
-            yield GenerateChunk(completion.text, len(completion.token_ids), completion.finish_reason)
 
     async def stats(self) -> WorkerStats:
         """Current load: running/waiting requests, KV blocks, tokens per running request."""

@@ -163,3 +163,18 @@ def test_simulated_admission_is_aladdins_and_not_split_phase():
         run(_overload_scenario(AdmissionLimits()), "jsq", 2)
     with pytest.raises(ValueError, match="admission"):
         run_split(_overload_scenario(AdmissionLimits()), "aladdin", 1, 1)
+
+
+def test_simulated_admission_places_an_unmeetable_request_on_an_idle_worker():
+    """A TTFT SLO below what an idle worker takes: past its deadline at arrival, each request
+    goes to an idle worker if there is one (the simulator's cluster once lacked that call)."""
+    from placement.simulator.scenario import Scenario, run
+    from placement.traces import LengthMix, synthetic
+
+    profile = load_profile_family("tiny-cpu").profile(1)
+    trace = synthetic(20, 0.5, lengths=LengthMix(input_mean=1500, output_mean=20), seed=1)
+    assert profile.ttft_s(1500) > 0.0005
+    scenario = Scenario.fitted(trace, profile, slo_ttft_s=0.0005, slo_atgt_s=0.05, admission=AdmissionLimits())
+    summary = run(scenario, "aladdin", 2).summary
+    assert summary.finished + summary.refused == summary.requests == 20
+    assert summary.finished > summary.refused

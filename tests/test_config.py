@@ -83,7 +83,7 @@ def test_cpu_rank_binding_splits_cores():
 
 
 def test_engine_kwargs_pass_model_settings_through(tmp_path):
-    from serve_app.worker import engine_kwargs
+    from serve_app.vllm_engine import engine_kwargs
 
     (tmp_path / "config.json").write_text("{}")
     cfg = AppConfig.from_args(

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from placement.arrival_window import ArrivalWindow
 from placement.live import LiveCluster, RunningRequest, WorkerReport, with_kv_capacity
+from placement.planner import MAX_WORKERS
 from placement.policies.registry import make_policy
 from placement.worker_estimate import estimate_workers, scale_target
 from predictors.latency.families import load_profile_family
@@ -141,6 +142,27 @@ def test_window_counts_rate_and_uses_true_lengths_once_known() -> None:
     assert 7.0 in set(workload.output_lens)
     assert window.full(10.0) and not window.full(9.0)
     assert window.rate_per_s(100.0) == 0.0 and len(window) == 0
+
+
+def test_a_partial_window_counts_the_arrivals_after_the_first() -> None:
+    """The first arrival starts the observation: one arrival, however recent, is no rate (a
+    heartbeat 1 ms after it once read 1,000 req/s, and at the same instant crashed the planner)."""
+    window = ArrivalWindow(window_s=60.0)
+    window.add("a", 5.0, 100, 50.0)
+    assert window.rate_per_s(5.0) == 0.0 and window.rate_per_s(5.001) == 0.0
+    assert estimate_workers(window, PROFILE, 5.0, 1.0, 0.05).workers == 0
+    window.add("b", 6.0, 100, 50.0)
+    window.add("c", 7.0, 100, 50.0)
+    assert window.rate_per_s(9.0) == pytest.approx(2 / 4.0)
+
+
+def test_a_demand_beyond_the_search_range_is_planned_not_crashed() -> None:
+    window = ArrivalWindow(window_s=60.0)
+    for i in range(2001):  # 1e8 req/s, more than MAX_WORKERS workers take
+        window.add(str(i), i * 1e-8, 500, 200.0)
+    estimate = estimate_workers(window, PROFILE, 2000e-8, 1.0, 0.05)
+    assert estimate.usable and estimate.workers >= MAX_WORKERS
+    assert scale_target(estimate, current=2, min_workers=1, max_workers=8) == 8
 
 
 def test_estimate_grows_with_rate_and_never_shrinks_on_a_partial_window() -> None:

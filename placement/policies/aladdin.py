@@ -50,7 +50,6 @@ from placement.interference import token_interval_s
 from placement.packing_budget import PackingBudget
 from placement.policies.worker_table import WorkerTable
 from placement.policy import Decision
-from placement.reply_lengths import ReplyLengths
 from placement.state import Request, WorkerState
 
 ON_INFEASIBLE = ("wait", "least-violation")
@@ -102,8 +101,7 @@ class AladdinPolicy:
         if budget is not None and atgt_margin is not None:
             raise ValueError("give a budget or an atgt_margin, not both")
         if budget is None:
-            budget = (PackingBudget() if atgt_margin is None
-                      else PackingBudget.fixed_shares(float(atgt_margin), replies=ReplyLengths()))
+            budget = PackingBudget.for_target(atgt_margin=atgt_margin)
         self.on_infeasible = on_infeasible
         self.tight_checks = tight_checks
         self.budget = budget

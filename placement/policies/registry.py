@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from placement.closed_loop import ClosedLoop
+from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT, PackingBudget
 
 from placement.policies.aladdin import AladdinPolicy
 from placement.policies.baselines import (
@@ -13,6 +17,7 @@ from placement.policies.baselines import (
     RoundRobinPolicy,
 )
 from placement.policy import PlacementPolicy
+from placement.reply_lengths import ReplyLengths
 
 _FACTORIES: dict[str, Callable[..., PlacementPolicy]] = {
     "aladdin": lambda seed, **options: AladdinPolicy(**options),
@@ -33,3 +38,36 @@ def make_policy(name: str, seed: int = 0, **options: Any) -> PlacementPolicy:
     except KeyError:
         raise ValueError(f"unknown placement policy {name!r}; valid: {', '.join(POLICY_NAMES)}") from None
     return factory(seed, **options)
+
+
+@dataclass(frozen=True)
+class Policies:
+    """The policy objects one cluster (live or simulated) runs: its placement policy and, for
+    aladdin, the closed loop over its packing budget and the same policy in "wait" mode for
+    SLO-aware admission (None without admission)."""
+
+    policy: PlacementPolicy
+    loop: ClosedLoop | None = None
+    wait_policy: PlacementPolicy | None = None
+
+
+def make_policies(
+    name: str, seed: int = 0, target_attainment: float = DEFAULT_TARGET_ATTAINMENT, atgt_margin: float | None = None,
+    replies: ReplyLengths | None = None, admission: bool = False, **options: Any,
+) -> Policies:
+    """Fresh policy objects for a cluster. Aladdin packs to one budget
+    (`PackingBudget.for_target`) shared by its policy (least violation where nothing fits),
+    admission's wait-mode twin and the closed loop that adapts it; the others have none, and
+    admission is aladdin's alone. `options` go to the policies' constructors."""
+    if name != "aladdin":
+        if admission:
+            raise ValueError("admission is the aladdin policy's (the server admits only under it)")
+        if atgt_margin is not None:
+            raise ValueError("atgt_margin is the aladdin policy's")
+        return Policies(make_policy(name, seed, **options))
+    budget = PackingBudget.for_target(target_attainment, atgt_margin, replies)
+    # a request no worker can take would wait forever under "wait" on a cluster that cannot
+    # grow: placement takes the least-violating worker; only admission waits
+    options = {"on_infeasible": "least-violation", **options, "budget": budget}
+    wait_policy = make_policy(name, seed, **{**options, "on_infeasible": "wait"}) if admission else None
+    return Policies(make_policy(name, seed, **options), ClosedLoop(budget), wait_policy)

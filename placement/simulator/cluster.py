@@ -226,6 +226,10 @@ class Cluster:
         if end is not None:
             self._push(end, _WORKER_DONE, engine, engine.version)
 
+    def run_placement(self, request: Request, decision: Decision) -> None:
+        """Run a placement made for an arrived request (already admitted to its worker)."""
+        self._place(self._records_by_id[request.id], decision)
+
     def _place(self, record: RequestRecord, decision: Decision) -> None:
         """Run a placement the policy made (the request is already admitted to the worker)."""
         worker = decision.worker
@@ -383,8 +387,9 @@ class Cluster:
 
 
 class _AdmissionView:
-    """The part of `LiveCluster` that `Admission` drives (worker ids, the profile, placing one
-    request or the waiting queue), over a simulated cluster: a placement it makes is run."""
+    """The simulated cluster as admission drives it (`placement.admission.AdmissionCluster`):
+    worker ids, the fleet profile, placing one request or the waiting queue; a placement it
+    makes is run."""
 
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
@@ -404,7 +409,7 @@ class _AdmissionView:
         decision = (policy or self._cluster.policy).decide(request, [by_id[c] for c in candidates], now_s)
         if decision.worker is not None:
             decision.worker.admit(request, now_s)
-            self._cluster._place(self._cluster._records_by_id[request.id], decision)
+            self._cluster.run_placement(request, decision)
         return decision
 
     def place_waiting(
@@ -412,5 +417,11 @@ class _AdmissionView:
     ) -> list[tuple[Request, Decision]]:
         placed = queue.place_waiting(policy or self._cluster.policy, self._cluster.workers, now_s)
         for request, decision in placed:
-            self._cluster._place(self._cluster._records_by_id[request.id], decision)
+            self._cluster.run_placement(request, decision)
         return placed
+
+    def admit(self, worker_id: str, request: Request, now_s: float) -> None:
+        """Place `request` on `worker_id` unchecked (it promises nothing), as LiveCluster.admit."""
+        worker = self.workers[worker_id]
+        worker.admit(request, now_s)
+        self._cluster.run_placement(request, Decision(worker, False))

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from placement.admission import AdmissionLimits
-from placement.closed_loop import ClosedLoop
-from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT, PackingBudget
-from placement.policies import make_policy
+from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
+from placement.policies.registry import make_policies
 from placement.queue_order import make_queue_order
 from placement.reply_lengths import ReplyLengths
 from placement.simulator.autoscale import make_autoscaler
@@ -19,11 +18,6 @@ from placement.simulator.length_model import DEFAULT_LENGTH_MODEL, make_length_m
 from placement.simulator.worker_engine import EngineOptions
 from placement.traces import TraceRequest, truncate_to_context
 from predictors.latency.profile import WorkerProfile
-
-# Aladdin places a request whose TTFT is already lost by KV and ATGT alone, but one that no
-# worker could ever take would wait forever under "wait" on a cluster that cannot grow; the
-# simulator's default places it on the least-violating worker instead.
-DEFAULT_ALADDIN_OPTIONS: dict[str, Any] = {"on_infeasible": "least-violation"}
 
 
 @dataclass(frozen=True)
@@ -62,41 +56,27 @@ class Scenario:
         return Scenario.fitted(self.trace, profile, **fields)
 
 
-def packing_budget(scenario: Scenario, atgt_margin: float | None = None) -> PackingBudget:
-    """Aladdin's budget for a run: adaptive (or fixed at `atgt_margin`), its reply lengths seeded
-    with the trace's (as error-aware rebalancing's reference sample is) and then learned."""
-    replies = ReplyLengths.from_lengths(r.output_len for r in scenario.trace)
-    if atgt_margin is None:
-        return PackingBudget(replies=replies, target_attainment=scenario.target_attainment)
-    return PackingBudget.fixed_shares(atgt_margin, replies=replies, target_attainment=scenario.target_attainment)
-
-
 def cluster_parts(scenario: Scenario, policy: str, policy_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `Cluster` arguments a scenario fixes apart from the worker count and autoscaling:
-    fresh policy, queue order, length model and closed-loop objects (they are stateful)."""
-    options = dict(DEFAULT_ALADDIN_OPTIONS) if policy == "aladdin" else {}
-    options.update(policy_options or {})
-    loop = None
-    if policy == "aladdin":
-        budget = packing_budget(scenario, options.pop("atgt_margin", None))
-        options["budget"] = budget
-        loop = ClosedLoop(budget)
-    wait_policy = None
-    if scenario.admission is not None:
-        if policy != "aladdin":
-            raise ValueError("admission is the aladdin policy's (the server admits only under it)")
-        wait_policy = make_policy(policy, seed=scenario.seed, **{**options, "on_infeasible": "wait"})
+    fresh policy, queue order, length model and closed-loop objects (they are stateful), built
+    as the server builds them (`make_policies`); Aladdin's reply lengths are seeded with the
+    trace's, as error-aware rebalancing's reference sample is, and then learned."""
+    options = dict(policy_options or {})
+    replies = ReplyLengths.from_lengths(r.output_len for r in scenario.trace) if policy == "aladdin" else None
+    parts = make_policies(policy, seed=scenario.seed, target_attainment=scenario.target_attainment,
+                          atgt_margin=options.pop("atgt_margin", None), replies=replies,
+                          admission=scenario.admission is not None, **options)
     return {
         "trace": scenario.trace,
         "profile": scenario.profile,
-        "policy": make_policy(policy, seed=scenario.seed, **options),
-        "loop": loop,
+        "policy": parts.policy,
+        "loop": parts.loop,
         "queue_order": make_queue_order(scenario.queue_order),
         "lengths": make_length_model(
             scenario.length_model, seed=scenario.seed, mae_ratio=scenario.mae_ratio, coverage=scenario.coverage
         ),
         "truncated": scenario.truncated,
-        "wait_policy": wait_policy,
+        "wait_policy": parts.wait_policy,
     }
 
 

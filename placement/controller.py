@@ -1,0 +1,336 @@
+"""The placement controller of a live cluster: everything the serving placement actor decides,
+as pure state driven by calls that carry their own clock (`now_s`).
+
+It holds the `LiveCluster` (workers and residents as their reports say), SLO-aware admission
+(aladdin), the closed loop of the SLO model (promises, latency correction, attainment
+feedback: inside the cluster), worker liveness, and the arrival window behind the
+minimal-worker estimate with its scaling log. Every call returns typed results; the Ray adapter
+(`serve_app.placement_actor`) only turns them into futures, metrics and resource requests.
+
+Liveness: a worker is seen when it reports or is a routing candidate; one silent for
+`STALE_HEARTBEATS` heartbeat periods is presumed gone (Serve replaced it) and forgotten with
+its residents; one whose request failed is a suspect, skipped by routing until it reports again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from placement.admission import Admission, AdmissionLimits, Verdict
+from placement.arrival_window import ArrivalWindow
+from placement.live import LiveCluster, RequestTiming, RunningRequest, WorkerReport
+from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
+from placement.policies.registry import make_policies
+from placement.worker_estimate import OverloadWatch, WorkerEstimate, estimate_workers, scale_target
+from predictors.latency.profile import WorkerProfile
+
+# A worker silent for this many heartbeat periods is presumed gone (Serve replaced it).
+STALE_HEARTBEATS = 40
+# Recent decisions kept for `decisions` (request id -> worker id), for inspection and tests.
+RECENT_DECISIONS = 10_000
+SCALING_LOG = 100  # changes of the estimate kept for `stats`
+
+
+@dataclass(frozen=True)
+class ScalingSettings:
+    """How the minimal-worker estimate is made and bounded."""
+
+    window_s: float = 60.0  # sliding window of arrivals the planner sees
+    estimate_period_s: float = 5.0
+    headroom: float = 0.1
+    min_workers: int = 1
+    max_workers: int = 8
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """What the controller is configured with (the serving config's placement part)."""
+
+    policy: str
+    profile: WorkerProfile
+    slo_ttft_s: float
+    slo_atgt_s: float
+    heartbeat_s: float = 0.25
+    seed: int = 0
+    target_attainment: float = DEFAULT_TARGET_ATTAINMENT
+    atgt_margin: float | None = None  # aladdin, expert override of the adaptive budget
+    admission: AdmissionLimits | None = None  # None: no SLO-aware admission
+    token_budget: int | None = None  # the engines' tokens per iteration (chunked prefill)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Where `place` put a request: `worker_id` (None: the policy waits, route as Serve
+    would), and the outcome label (placed, least_violation, waited, admitted)."""
+
+    worker_id: str | None
+    outcome: str
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    """A worker's load as its last report gave it."""
+
+    worker_id: str
+    kv_fraction: float
+    running: int
+    waiting: int
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    """What one heartbeat changed: the worker's load, the workers forgotten, the verdicts of
+    waiting requests it settled, and the estimate (`estimated`: recomputed by this call)."""
+
+    load: WorkerLoad
+    forgotten: list[str]
+    verdicts: list[Verdict]
+    estimate: WorkerEstimate
+    estimated: bool
+    target_workers: int
+    workers_held: int
+    queue_length: int  # requests the workers' engines have not scheduled yet, over all workers
+
+    def reply(self) -> dict[str, Any]:
+        """The worker's answer: the target for Serve's autoscaler and the estimate."""
+        return {"target_workers": self.target_workers, **self.estimate.to_dict()}
+
+
+@dataclass(frozen=True)
+class ClosedLoopSnapshot:
+    """The closed loop as it is now, and the promises missed since the last snapshot."""
+
+    ttft_share: float
+    atgt_share: float
+    new_misses: dict[str, int]
+    corrections: dict[str, tuple[float, float, float]]  # worker id -> decode, prefill, TTFT offset
+
+
+class PlacementController:
+    """See the module docstring."""
+
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        parts = make_policies(settings.policy, seed=settings.seed, target_attainment=settings.target_attainment,
+                              atgt_margin=settings.atgt_margin, admission=settings.admission is not None)
+        self.cluster = LiveCluster(settings.profile, parts.policy, loop=parts.loop, token_budget=settings.token_budget)
+        self.admission: Admission | None = None
+        if parts.wait_policy is not None and settings.admission is not None:
+            self.admission = Admission(self.cluster, parts.wait_policy, settings.admission)
+        self.window = ArrivalWindow(settings.scaling.window_s)
+        self._overload = OverloadWatch()
+        self._estimate: WorkerEstimate | None = None
+        self._estimated_at = -float("inf")
+        self._last_seen: dict[str, float] = {}
+        self._suspects: set[str] = set()  # failed a request and have not reported since
+        self._waiting: dict[str, int] = {}  # worker id -> requests its engine has not scheduled
+        self._decisions: Counter[str] = Counter()  # worker id -> placements
+        self.outcomes: Counter[str] = Counter()
+        self._recent: OrderedDict[str, str] = OrderedDict()
+        self.scaling_log: list[dict[str, Any]] = []  # each change of the estimate or the target
+        self._missed_reported = {"ttft": 0, "atgt": 0}
+
+    # admission (aladdin)
+
+    def admit(self, request: RunningRequest, now_s: float) -> Verdict | None:
+        """Admit `request` at once, refuse it, or queue it (None: its verdict comes from a
+        later `drain` or `heartbeat`). Without admission every request is admitted unplaced."""
+        self.window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean)
+        if self.admission is None:
+            return Verdict(request.request_id)
+        verdict = self.admission.offer(request.to_request(), now_s)
+        return None if verdict is None else self._settle(verdict)
+
+    def drain(self, now_s: float) -> list[Verdict]:
+        """Verdicts on waiting requests at `now_s`: refused past their deadline, or admitted
+        where they fit now."""
+        if self.admission is None:
+            return []
+        return [self._settle(v) for v in self.admission.drain(now_s)]
+
+    def withdraw(self, request_id: str) -> bool:
+        """A waiting request's caller went away: True if it was still waiting."""
+        return self.admission is not None and self.admission.withdraw(request_id)
+
+    @property
+    def admission_waiting(self) -> int:
+        return 0 if self.admission is None else len(self.admission.queue)
+
+    def _settle(self, verdict: Verdict) -> Verdict:
+        self.outcomes[verdict.outcome] += 1
+        if verdict.worker_id is not None:
+            self._note_decision(verdict.request_id, verdict.worker_id)
+        return verdict
+
+    # routing
+
+    def place(self, request: RunningRequest, candidates: list[str], now_s: float) -> Routing:
+        """The worker to run `request` on, among `candidates` (suspects skipped while others
+        remain); the one it was admitted to, when admission placed it."""
+        candidates = [c for c in candidates if c not in self._suspects] or candidates
+        self._seen(candidates, now_s)
+        admitted_to = self.cluster.location(request.request_id)
+        if admitted_to is not None and admitted_to in candidates and self.admission is not None:
+            return Routing(admitted_to, "admitted")  # counted when it was admitted
+        self.window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean)
+        decision = self.cluster.place(request.to_request(), candidates, now_s)
+        if decision.worker is None:
+            routing = Routing(None, "waited")
+        else:  # least violation: nothing was feasible, the policy took the mildest miss
+            routing = Routing(decision.worker.id, "placed" if decision.feasible else "least_violation")
+            self._note_decision(request.request_id, decision.worker.id)
+        self.outcomes[routing.outcome] += 1
+        return routing
+
+    def fallback(self, request: RunningRequest, worker_id: str, now_s: float) -> None:
+        """The router placed `request` on `worker_id` without the controller."""
+        self.outcomes["fallback"] += 1
+        self.window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean)
+        self.cluster.admit(worker_id, request.to_request(), now_s)
+
+    def worker_failed(self, request_id: str) -> str | None:
+        """The worker running `request_id` failed: it is forgotten with its residents and
+        skipped until it reports again. Returns its id (None: the request is unknown)."""
+        worker_id = self.cluster.location(request_id)
+        if worker_id is None:
+            return None
+        self._suspects.add(worker_id)
+        self._forget([worker_id])
+        return worker_id
+
+    def _note_decision(self, request_id: str, worker_id: str) -> None:
+        self._decisions[worker_id] += 1
+        self._recent[request_id] = worker_id
+        if len(self._recent) > RECENT_DECISIONS:
+            self._recent.popitem(last=False)
+
+    # reports
+
+    def heartbeat(self, report: WorkerReport, now_s: float) -> HeartbeatResult:
+        """Apply a worker's report: its residents, liveness, waiting requests that now fit, and
+        the estimate (recomputed once per `estimate_period_s`)."""
+        self._suspects.discard(report.worker_id)  # it is alive after all
+        self._seen([report.worker_id], now_s)
+        for item in report.running:
+            self.window.add(item.request_id, item.arrival_s, item.input_len, item.pred_mean)
+        for request_id, tokens in report.finished:
+            self.window.finish(request_id, tokens)
+        self.cluster.report(report, now_s)
+        worker = self.cluster.workers[report.worker_id]
+        self._waiting[report.worker_id] = report.waiting
+        kv_used = worker.kv_used_tokens if report.kv_used_tokens is None else report.kv_used_tokens
+        load = WorkerLoad(report.worker_id, kv_used / max(1, worker.kv_capacity_tokens),
+                          len(report.running) - report.waiting, report.waiting)
+        horizon = now_s - STALE_HEARTBEATS * self.settings.heartbeat_s
+        forgotten = self._forget([wid for wid, seen in self._last_seen.items() if seen < horizon])
+        verdicts = self.drain(now_s)  # finished requests may have made room for waiting ones
+        estimated = now_s - self._estimated_at >= self.settings.scaling.estimate_period_s or self._estimate is None
+        if estimated:
+            self._estimate_workers(now_s)
+        estimate = self._estimate
+        scaling = self.settings.scaling
+        held = len(self._last_seen)
+        target = scale_target(estimate, held, scaling.min_workers, scaling.max_workers)
+        last = self.scaling_log[-1] if self.scaling_log else None
+        if last is None or (last["estimate_workers"], last["target_workers"]) != (estimate.workers, target):
+            self.scaling_log.append({
+                "time_s": now_s, "estimate_workers": estimate.workers, "target_workers": target,
+                "workers_held": held, "rate_per_s": estimate.rate_per_s,
+                "window_full": estimate.window_full, "reason": estimate.reason,
+            })
+            del self.scaling_log[:-SCALING_LOG]
+        return HeartbeatResult(load, forgotten, verdicts, estimate, estimated, target, held,
+                               sum(self._waiting.values()))
+
+    def observe(self, timings: list[RequestTiming]) -> None:
+        """Finished requests as the ingress measured them: they close placement's loop."""
+        self.cluster.observe(timings)
+
+    def _seen(self, worker_ids: list[str], now_s: float) -> None:
+        for worker_id in worker_ids:
+            self._last_seen[worker_id] = now_s
+
+    def _forget(self, worker_ids: list[str]) -> list[str]:
+        if worker_ids:
+            self.cluster.forget(worker_ids)
+            for worker_id in worker_ids:
+                self._last_seen.pop(worker_id, None)
+                self._waiting.pop(worker_id, None)
+        return worker_ids
+
+    def _estimate_workers(self, now_s: float) -> None:
+        settings, scaling = self.settings, self.settings.scaling
+        budget = None if self.cluster.loop is None else self.cluster.loop.budget
+        in_flight = sum(len(w.residents) for w in self.cluster.workers.values())
+        estimate = estimate_workers(
+            self.window, self.cluster.fleet_profile(), now_s, settings.slo_ttft_s, settings.slo_atgt_s,
+            scaling.headroom,
+            # plan for the ATGT budget the policy packs to, as the simulator's planner scaler does
+            atgt_margin=1.0 if budget is None else budget.atgt_share, in_flight=in_flight,
+            token_budget=self.cluster.token_budget, target_attainment=settings.target_attainment,
+        )
+        if self.cluster.loop is not None:  # placements that found no room say the plan lags
+            floor = self._overload.floor(self.cluster.loop, len(self._last_seen))
+            if floor > estimate.workers and estimate.usable:
+                estimate = replace(estimate, workers=floor, reason="placements found no worker with room")
+        self._estimate, self._estimated_at = estimate, now_s
+
+    # inspection
+
+    def closed_loop_snapshot(self) -> ClosedLoopSnapshot | None:
+        """The closed loop now (None without one), with the misses since the last snapshot."""
+        loop = self.cluster.loop
+        if loop is None:
+            return None
+        misses = loop.feedback.misses
+        new = {slo: misses[slo] - self._missed_reported[slo] for slo in misses}
+        self._missed_reported = dict(misses)
+        return ClosedLoopSnapshot(loop.budget.ttft_share, loop.budget.atgt_share, new, {
+            wid: (c.decode_factor, c.prefill_factor, c.ttft_offset_s) for wid, c in loop.correction.workers.items()
+        })
+
+    def stats(self) -> dict[str, Any]:
+        """What the controller knows: placements per worker, outcomes, residents, the estimate
+        and the closed loop (packing budget, promises missed, each worker's correction)."""
+        loop = self.cluster.loop
+        closed_loop = None if loop is None else {
+            "ttft_share": loop.budget.ttft_share, "atgt_share": loop.budget.atgt_share,
+            "promises_counted": loop.feedback.counted, "promises_missed": dict(loop.feedback.misses),
+            "placements": loop.placements, "overcommitted": loop.overcommitted,
+            "corrections": {wid: {"decode_factor": c.decode_factor, "prefill_factor": c.prefill_factor,
+                                  "ttft_offset_s": c.ttft_offset_s, "intervals": c.intervals}
+                            for wid, c in loop.correction.workers.items()},
+        }
+        profile = self.settings.profile
+        return {
+            "closed_loop": closed_loop,
+            "policy": self.settings.policy,
+            "profile": f"{profile.family} tp{profile.tp}",
+            "decisions": dict(self._decisions),
+            "outcomes": dict(self.outcomes),
+            "residents": {wid: len(w.residents) for wid, w in self.cluster.workers.items()},
+            "admission_waiting": self.admission_waiting,
+            "estimate": None if self._estimate is None else self._estimate.to_dict(),
+            "scaling_log": list(self.scaling_log),
+        }
+
+    def decisions(self, request_ids: list[str]) -> dict[str, str]:
+        """The worker chosen for each of these requests (those still remembered)."""
+        return {rid: self._recent[rid] for rid in request_ids if rid in self._recent}
+
+    def where(self, request_id: str) -> dict[str, Any] | None:
+        """A resident request as placement sees it now (None once finished or unknown)."""
+        worker_id = self.cluster.location(request_id)
+        if worker_id is None:
+            return None
+        worker = self.cluster.workers[worker_id]
+        resident = worker.residents[request_id]
+        decoding = resident.decode_from_step is not None
+        return {
+            "worker": worker_id, "decoding": decoding,
+            "generated": worker.generated(request_id) if decoding else 0,
+            "est_mean": resident.request.est_mean, "est_upper": resident.request.est_upper,
+        }

@@ -1,0 +1,125 @@
+"""The placement controller without Ray: admission verdicts, routing, liveness, the estimate
+and the policy factory the simulator shares."""
+
+from __future__ import annotations
+
+import pytest
+
+from placement.admission import AdmissionLimits
+from placement.controller import STALE_HEARTBEATS, ControllerSettings, PlacementController, ScalingSettings
+from placement.live import RunningRequest, WorkerReport
+from placement.policies.registry import make_policies
+from predictors.latency.families import load_profile_family
+from serve_app.config import AppConfig
+
+PROFILE = load_profile_family("tiny-cpu").profile(1)
+KV_TOKENS = 4096  # two 1000 + 1000-token requests fill a worker
+HEARTBEAT_S = 0.25
+
+
+def _controller(policy: str = "aladdin", admission: bool = True, **scaling: float) -> PlacementController:
+    return PlacementController(ControllerSettings(
+        policy=policy, profile=PROFILE, slo_ttft_s=5.0, slo_atgt_s=0.05, heartbeat_s=HEARTBEAT_S,
+        admission=AdmissionLimits(max_waiting=4) if admission else None, scaling=ScalingSettings(**scaling),
+    ))
+
+
+def _req(i: int, t: float = 0.0, out: float = 1000.0) -> RunningRequest:
+    return RunningRequest(f"r{i}", t, 1000, out, out, 5.0, 0.05)
+
+
+def _report(worker: str, finished: tuple[str, ...] = (), running: tuple[RunningRequest, ...] = ()) -> WorkerReport:
+    return WorkerReport(worker, running=running, finished=tuple((r, 10) for r in finished),
+                        kv_capacity_tokens=KV_TOKENS)
+
+
+def test_admission_queues_then_a_heartbeat_that_frees_room_admits_in_order() -> None:
+    ctl = _controller()
+    ctl.heartbeat(_report("w0"), 0.0)
+    admitted = [ctl.admit(_req(i), 0.0) for i in range(2)]
+    assert [v.worker_id for v in admitted] == ["w0", "w0"] and not any(v.queued for v in admitted)
+    assert ctl.admit(_req(2), 0.0) is None and ctl.admission_waiting == 1
+    result = ctl.heartbeat(_report("w0", finished=("r0",), running=(_req(1),)), 0.5)
+    assert [(v.request_id, v.worker_id, v.queued) for v in result.verdicts] == [("r2", "w0", True)]
+    routing = ctl.place(_req(2), ["w0", "w1"], 0.6)
+    assert (routing.worker_id, routing.outcome) == ("w0", "admitted")
+    assert ctl.stats()["outcomes"] == {"admitted": 2, "admitted_after_wait": 1}
+    assert ctl.decisions(["r0", "r1", "r2"]) == {"r0": "w0", "r1": "w0", "r2": "w0"}
+
+
+def test_a_waiting_request_past_its_deadline_is_refused_by_drain() -> None:
+    ctl = _controller()
+    ctl.heartbeat(_report("w0"), 0.0)
+    for i in range(2):
+        ctl.admit(_req(i), 0.0)
+    assert ctl.admit(_req(2), 0.0) is None
+    assert ctl.drain(1.0) == []  # still time
+    (verdict,) = ctl.drain(6.0)
+    assert verdict.refused and verdict.queued and verdict.outcome == "refused" and verdict.retry_after_s >= 1
+    assert ctl.admission_waiting == 0 and not ctl.withdraw("r2")
+
+
+def test_without_admission_requests_pass_unplaced_and_routing_places_them() -> None:
+    ctl = _controller("jsq", admission=False)
+    verdict = ctl.admit(_req(0), 0.0)
+    assert verdict.worker_id is None and not verdict.refused
+    routing = ctl.place(_req(0), ["w0", "w1"], 0.0)
+    assert routing.outcome == "placed" and ctl.where("r0")["worker"] == routing.worker_id
+    assert ctl.stats()["closed_loop"] is None and ctl.closed_loop_snapshot() is None
+
+
+def test_a_silent_worker_is_forgotten_with_its_residents() -> None:
+    ctl = _controller("jsq", admission=False)
+    ctl.place(_req(0), ["w1"], 0.0)
+    ctl.heartbeat(_report("w1", running=(_req(0),)), 0.0)
+    ctl.heartbeat(_report("w0"), 0.5 * STALE_HEARTBEATS * HEARTBEAT_S)
+    assert ctl.where("r0") is not None
+    result = ctl.heartbeat(_report("w0"), 1.5 * STALE_HEARTBEATS * HEARTBEAT_S)
+    assert result.forgotten == ["w1"] and result.workers_held == 1
+    assert ctl.where("r0") is None and "w1" not in ctl.stats()["residents"]
+
+
+def test_a_failed_worker_is_skipped_until_it_reports_again() -> None:
+    ctl = _controller("rr", admission=False)
+    ctl.place(_req(0), ["w0"], 0.0)
+    assert ctl.worker_failed("r0") == "w0" and ctl.worker_failed("r0") is None
+    assert {ctl.place(_req(i), ["w0", "w1"], 0.1).worker_id for i in range(1, 5)} == {"w1"}
+    assert ctl.place(_req(5), ["w0"], 0.1).worker_id == "w0"  # the only candidate left
+    ctl.heartbeat(_report("w0", running=(_req(5),)), 0.2)
+    assert {ctl.place(_req(i), ["w0", "w1"], 0.3).worker_id for i in range(6, 10)} == {"w0", "w1"}
+
+
+def test_the_estimate_is_recomputed_once_a_period_and_its_changes_logged() -> None:
+    ctl = _controller("jsq", admission=False, estimate_period_s=5.0, window_s=10.0, min_workers=1, max_workers=3)
+    first = ctl.heartbeat(_report("w0"), 0.0)
+    assert first.estimated and first.target_workers == 1 and len(ctl.scaling_log) == 1
+    for i in range(200):  # a heavy load arrives
+        ctl.admit(_req(i, t=i * 0.05), i * 0.05)
+    assert not ctl.heartbeat(_report("w0"), 4.0).estimated  # within the period: the old one
+    later = ctl.heartbeat(_report("w0"), 11.0)
+    assert later.estimated and later.estimate.workers > 1
+    assert later.target_workers == min(3, later.estimate.workers)  # bounded by max_workers
+    assert ctl.scaling_log[-1]["target_workers"] == later.target_workers
+    assert later.reply()["target_workers"] == later.target_workers
+
+
+def test_aladdin_parts_share_one_budget_and_the_baselines_have_none() -> None:
+    parts = make_policies("aladdin", target_attainment=0.95, atgt_margin=0.8, admission=True)
+    budget = parts.loop.budget
+    assert parts.policy.budget is budget and parts.wait_policy.budget is budget
+    assert budget.fixed and budget.atgt_share == 0.8 and budget.target_attainment == 0.95
+    assert parts.policy.on_infeasible == "least-violation" and parts.wait_policy.on_infeasible == "wait"
+    assert make_policies("aladdin").wait_policy is None and not make_policies("aladdin").loop.budget.fixed
+    rr = make_policies("rr")
+    assert rr.loop is None and rr.wait_policy is None
+    with pytest.raises(ValueError, match="admission is the aladdin"):
+        make_policies("jsq", admission=True)
+
+
+def test_the_serving_config_sets_the_controller() -> None:
+    config = AppConfig.from_args({"engine.kind": "sim", "slo.ttft_ms": 800, "placement.policy": "aladdin",
+                                  "placement.max_waiting": 7, "scaling.max_workers": 5})
+    settings = config.controller_settings()
+    assert (settings.policy, settings.slo_ttft_s, settings.token_budget) == ("aladdin", 0.8, None)
+    assert settings.admission == AdmissionLimits(7, None) and settings.scaling.max_workers == 5
+    assert AppConfig.from_args({"placement.policy": "jsq"}).controller_settings().admission is None
