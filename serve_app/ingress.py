@@ -25,7 +25,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from placement.live import RequestTiming
+from placement.live import RequestTiming, RunningRequest
 from predictors.output_length import ChatInput, PastTurn, Prediction
 from serve_app.api_auth import authorized, set_api_keys
 from serve_app.body_limit import BodyLimit, set_max_body_bytes
@@ -44,7 +44,7 @@ from serve_app.openai_protocol import (
     now,
 )
 from serve_app.tiny_model import CHAT_TEMPLATE
-from serve_app.worker_protocol import GenerateChunk, GenerateRequest, PlacementHints
+from serve_app.worker_protocol import GenerateChunk, GenerateRequest
 
 logger = logging.getLogger("ray.serve")
 HEALTH_PROBE_TIMEOUT_S = 5.0
@@ -130,10 +130,10 @@ class _Prepared:
 
     def extension(self) -> dict[str, Any]:
         """The `aladdin` field of responses: the prediction and the SLOs applied."""
-        hints = self.generate.hints
+        placed = self.generate.placement
         return {
             "predicted_output_tokens": {"mean": round(self.prediction.mean, 1), "p90": round(self.prediction.p90, 1)},
-            "slo": {"ttft_ms": hints.slo_ttft_s * 1e3, "atgt_ms": hints.slo_atgt_s * 1e3},
+            "slo": {"ttft_ms": placed.slo_ttft_s * 1e3, "atgt_ms": placed.slo_atgt_s * 1e3},
             "worker": self.worker,
         }
 
@@ -291,14 +291,14 @@ class OpenAIIngress:
                 code="context_length_exceeded",
             )
         prediction = self._predictor.predict(chat, max_tokens, cap=not options.benchmark)
-        hints = PlacementHints(
-            predicted_output_mean=prediction.mean,
-            predicted_output_p90=prediction.p90,
-            slo_ttft_s=self._slo_s(body, options, "ttft"),
-            slo_atgt_s=self._slo_s(body, options, "atgt"),
+        request_id = new_id(prefix)
+        placed = RunningRequest(
+            request_id=request_id,
             arrival_s=time.time() if options.received_s is None else options.received_s,
+            input_len=len(ids), pred_mean=prediction.mean, pred_upper=prediction.p90,
+            slo_ttft_s=self._slo_s(body, options, "ttft"), slo_atgt_s=self._slo_s(body, options, "atgt"),
         )
-        generate = GenerateRequest(new_id(prefix), list(ids), body.sampling(max_tokens), hints)
+        generate = GenerateRequest(request_id, list(ids), body.sampling(max_tokens), placed)
         return _Prepared(generate, body, self._model_name, chat, prediction)
 
     def _prepare_completion(self, body: CompletionRequest, options: RequestOptions = RequestOptions()) -> _Prepared:
@@ -341,16 +341,16 @@ class OpenAIIngress:
         placement = self._config.placement
         if not placement.admits:
             return prepared
-        hints = prepared.generate.hints
+        placed = prepared.generate.placement
         # the actor answers by the request's admission deadline; past that it is unreachable
-        longest_wait_s = min(hints.slo_ttft_s, placement.max_wait_s or hints.slo_ttft_s)
+        longest_wait_s = min(placed.slo_ttft_s, placement.max_wait_s or placed.slo_ttft_s)
         try:
             if self._placement_actor is None:
                 from serve_app.placement_actor import get_placement_actor
 
                 self._placement_actor = get_placement_actor(
                     serve.get_replica_context().app_name, self._config.model_dump(mode="json"))
-            verdict = await asyncio.wait_for(self._placement_actor.admit.remote(prepared.generate.placement_view()),
+            verdict = await asyncio.wait_for(self._placement_actor.admit.remote(placed),
                                              timeout=placement.actor_timeout_s)
             if verdict is None:  # it waits: the actor answers when it leaves the queue
                 verdict = await asyncio.wait_for(
@@ -425,15 +425,15 @@ class OpenAIIngress:
 
     def _record_latency(self, prepared: _Prepared, first_s: float, last_s: float, tokens: int, finish: str | None) -> None:
         """TTFT, ATGT and SLO outcome of a finished request, as the client saw them here."""
-        hints = prepared.generate.hints
+        placed = prepared.generate.placement
         natural = finish == "stop" and not prepared.body.ignore_eos  # else the length says nothing
         atgt = (last_s - first_s) / (tokens - 1) if tokens > 1 else None
         if self._policy == "aladdin":
-            self._report_timing(RequestTiming(prepared.generate.request_id, first_s - hints.arrival_s, atgt or 0.0, tokens))
+            self._report_timing(RequestTiming(prepared.generate.request_id, first_s - placed.arrival_s, atgt or 0.0, tokens))
         record_request(
-            ttft_s=first_s - hints.arrival_s,
+            ttft_s=first_s - placed.arrival_s,
             atgt_s=atgt,
-            slo_ttft_s=hints.slo_ttft_s, slo_atgt_s=hints.slo_atgt_s,
+            slo_ttft_s=placed.slo_ttft_s, slo_atgt_s=placed.slo_atgt_s,
             predicted_tokens=prepared.prediction.mean if natural else None,
             actual_tokens=tokens, policy=self._policy,
         )

@@ -126,13 +126,13 @@ OUTPUT_TOKENS = MetricSpec(
     ("kind",),
 )
 WORKER_KV_USED = MetricSpec(
-    "aladdin_worker_kv_used_fraction", "gauge", "Fraction of a worker's KV-cache blocks in use.", ("replica",),
+    "aladdin_worker_kv_used_fraction", "gauge", "Fraction of a worker's KV-cache blocks in use.", ("worker",),
 )
 WORKER_RUNNING = MetricSpec(
-    "aladdin_worker_running_requests", "gauge", "Requests a worker's engine is running.", ("replica",),
+    "aladdin_worker_running_requests", "gauge", "Requests a worker's engine is running.", ("worker",),
 )
 WORKER_WAITING = MetricSpec(
-    "aladdin_worker_waiting_requests", "gauge", "Requests waiting in a worker's engine queue.", ("replica",),
+    "aladdin_worker_waiting_requests", "gauge", "Requests waiting in a worker's engine queue.", ("worker",),
 )
 QUEUE_LENGTH = MetricSpec(
     "aladdin_queue_length", "gauge", "Requests waiting in the placement queue (not yet on a worker).",
@@ -161,11 +161,11 @@ PROMISES_MISSED = MetricSpec(
 )
 WORKER_CORRECTION = MetricSpec(
     "aladdin_worker_latency_factor", "gauge",
-    "A worker's measured over profiled time (term=decode|prefill), from its busy intervals.", ("replica", "term"),
+    "A worker's measured over profiled time (term=decode|prefill), from its busy intervals.", ("worker", "term"),
 )
 WORKER_TTFT_OFFSET = MetricSpec(
     "aladdin_worker_ttft_offset_seconds", "gauge",
-    "Serving-path latency added to a worker's TTFT model from measured TTFTs, seconds.", ("replica",),
+    "Serving-path latency added to a worker's TTFT model from measured TTFTs, seconds.", ("worker",),
 )
 WORKERS_HELD = MetricSpec("aladdin_workers_held", "gauge", "Workers currently held (running or starting).")
 GPUS_HELD = MetricSpec("aladdin_gpus_held", "gauge", "GPUs currently held by workers.")
@@ -379,22 +379,22 @@ def record_request(
             _inc(reg, OUTPUT_TOKENS, {"kind": "actual"}, actual_tokens)
 
 
-def record_worker(replica_id: str, kv_used_fraction: float, running: int, waiting: int) -> None:
+def record_worker(worker_id: str, kv_used_fraction: float, running: int, waiting: int) -> None:
     """Set a worker's KV use (0..1), running and waiting request counts.
 
-    The values stay exported (re-set in the background) until `forget_worker(replica_id)`;
+    The values stay exported (re-set in the background) until `forget_worker(worker_id)`;
     call that when the replica goes away, or its series would outlive it.
     """
     reg = _get_registry()
     if reg is None:
         return
-    tags = {"replica": str(replica_id)}
+    tags = {"worker": str(worker_id)}
     _set(reg, WORKER_KV_USED, kv_used_fraction, tags)
     _set(reg, WORKER_RUNNING, running, tags)
     _set(reg, WORKER_WAITING, waiting, tags)
 
 
-def forget_worker(replica_id: str) -> None:
+def forget_worker(worker_id: str) -> None:
     """Drop a replica's gauges: exported as 0 once, then no longer refreshed, so Ray's
     metrics agent removes the series within about two export intervals (20 s by default).
 
@@ -404,8 +404,8 @@ def forget_worker(replica_id: str) -> None:
     reg = _get_registry()
     if reg is None:
         return
-    rid = str(replica_id)
-    reg.drop_gauges(lambda _name, tags: tags.get("replica") == rid)
+    rid = str(worker_id)
+    reg.drop_gauges(lambda _name, tags: tags.get("worker") == rid)
 
 
 def record_queue_length(n: int) -> None:
@@ -458,10 +458,10 @@ def record_closed_loop(
     for slo, n in missed.items():
         if n > 0:
             _inc(reg, PROMISES_MISSED, {"slo": slo}, n)
-    for replica, (decode, prefill, offset) in corrections.items():
-        _set(reg, WORKER_CORRECTION, decode, {"replica": replica, "term": "decode"})
-        _set(reg, WORKER_CORRECTION, prefill, {"replica": replica, "term": "prefill"})
-        _set(reg, WORKER_TTFT_OFFSET, offset, {"replica": replica})
+    for worker, (decode, prefill, offset) in corrections.items():
+        _set(reg, WORKER_CORRECTION, decode, {"worker": worker, "term": "decode"})
+        _set(reg, WORKER_CORRECTION, prefill, {"worker": worker, "term": "prefill"})
+        _set(reg, WORKER_TTFT_OFFSET, offset, {"worker": worker})
 
 
 __all__ = [

@@ -162,10 +162,10 @@ class PlacementActor:
             record_placement(self._policy, routing.outcome)
         return routing.worker_id
 
-    async def fallback(self, request: RunningRequest, replica_id: str) -> None:
+    async def fallback(self, request: RunningRequest, worker_id: str) -> None:
         """The router placed `request` without the actor (it did not answer in time)."""
         self._last_call = time.monotonic()
-        self._controller.fallback(request, replica_id, time.time())
+        self._controller.fallback(request, worker_id, time.time())
 
     async def worker_failed(self, request_id: str) -> str | None:
         """The worker running `request_id` failed (the ingress saw its call die): forget it and

@@ -62,7 +62,7 @@ class PlacementRouter(PowerOfTwoChoicesRequestRouter):
     ) -> list[list[RunningReplica]]:
         ranked = await super().choose_replicas(candidate_replicas, pending_request)
         request = _generate_request(pending_request)
-        item = None if request is None else request.placement_view()
+        item = None if request is None else request.placement
         if item is None or not candidate_replicas:
             return ranked
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
@@ -88,9 +88,9 @@ class PlacementRouter(PowerOfTwoChoicesRequestRouter):
             self._tell_fallback(item, ranked[0][0].replica_id.unique_id)
         return ranked
 
-    def _tell_fallback(self, item: RunningRequest, replica_id: str) -> None:
+    def _tell_fallback(self, item: RunningRequest, worker_id: str) -> None:
         try:
-            self._placement_actor().fallback.remote(item, replica_id)
+            self._placement_actor().fallback.remote(item, worker_id)
         except Exception:  # the worker's next heartbeat reports it anyway
             pass
 

@@ -77,7 +77,7 @@ class LLMWorker:
         self._tokens_generated: dict[str, int] = {}
         self._completed = 0
         context = serve.get_replica_context()
-        self._replica_id = context.replica_id.unique_id
+        self._worker_id = context.replica_id.unique_id
         # placement bookkeeping, reported to the placement actor in batched heartbeats
         self._running: dict[str, RunningRequest] = {}
         self._finished: list[tuple[str, int]] = []
@@ -91,7 +91,7 @@ class LLMWorker:
         this replica's id."""
         rid = request.request_id
         self._tokens_generated[rid] = 0
-        view = request.placement_view()
+        view = request.placement
         if view is not None:
             self._running[rid] = view
         try:
@@ -100,7 +100,7 @@ class LLMWorker:
                     self._running[rid] = view = dataclasses.replace(view, first_token_s=time.time())
                 self._tokens_generated[rid] += chunk.num_tokens
                 if chunk.finish_reason:
-                    chunk = dataclasses.replace(chunk, worker=self._replica_id)
+                    chunk = dataclasses.replace(chunk, worker=self._worker_id)
                 yield chunk
             self._completed += 1
         finally:
@@ -120,7 +120,7 @@ class LLMWorker:
         """Current load: running/waiting requests, KV blocks, tokens per running request."""
         snap = self._snapshot
         return WorkerStats(
-            replica_id=self._replica_id,
+            worker_id=self._worker_id,
             running=snap.running,
             waiting=snap.waiting,
             kv_blocks_used=round(snap.kv_usage * snap.kv_blocks_total),
@@ -147,7 +147,7 @@ class LLMWorker:
         generated = self._tokens_generated
         work = snap.take_work()
         return WorkerReport(
-            worker_id=self._replica_id,
+            worker_id=self._worker_id,
             running=tuple(dataclasses.replace(r, generated=generated.get(rid, 0)) for rid, r in self._running.items()),
             finished=tuple(self._finished),
             kv_capacity_tokens=(snap.kv_blocks_total * snap.block_size) or None,

@@ -141,15 +141,15 @@ def test_worker_gauges_refresh_and_forget(fake: m._Registry) -> None:
     m.record_worker("b", 0.75, 4, 0)
     m.record_queue_length(7)
     kv = fake.metrics[m.WORKER_KV_USED.name]
-    assert kv.calls == [("set", 0.25, {"replica": "a"}), ("set", 0.75, {"replica": "b"})]
+    assert kv.calls == [("set", 0.25, {"worker": "a"}), ("set", 0.75, {"worker": "b"})]
     m.forget_worker("a")
-    assert kv.calls[-1] == ("set", 0.0, {"replica": "a"})
+    assert kv.calls[-1] == ("set", 0.0, {"worker": "a"})
     for spec in (m.WORKER_KV_USED, m.WORKER_RUNNING, m.WORKER_WAITING):
         fake.metrics[spec.name].calls.clear()
     fake.metrics[m.QUEUE_LENGTH.name].calls.clear()
     fake.refresh()  # only b's series and the queue length stay alive
-    assert kv.calls == [("set", 0.75, {"replica": "b"})]
-    assert fake.metrics[m.WORKER_RUNNING.name].calls == [("set", 4.0, {"replica": "b"})]
+    assert kv.calls == [("set", 0.75, {"worker": "b"})]
+    assert fake.metrics[m.WORKER_RUNNING.name].calls == [("set", 4.0, {"worker": "b"})]
     assert fake.metrics[m.QUEUE_LENGTH.name].calls == [("set", 7.0, {})]
 
 
@@ -171,11 +171,11 @@ def test_closed_loop_gauges_and_missed_counter(fake: m._Registry) -> None:
     m.record_closed_loop(0.8, 0.6, {"ttft": 0, "atgt": 3}, {"a": (1.2, 1.5, 0.04)})
     assert calls(fake, m.PACKING_SHARE) == [("set", 0.8, {"slo": "ttft"}), ("set", 0.6, {"slo": "atgt"})]
     assert calls(fake, m.PROMISES_MISSED) == [("inc", 3.0, {"slo": "atgt"})]  # nothing new for ttft
-    assert calls(fake, m.WORKER_CORRECTION) == [("set", 1.2, {"replica": "a", "term": "decode"}),
-                                                 ("set", 1.5, {"replica": "a", "term": "prefill"})]
-    assert calls(fake, m.WORKER_TTFT_OFFSET) == [("set", 0.04, {"replica": "a"})]
+    assert calls(fake, m.WORKER_CORRECTION) == [("set", 1.2, {"worker": "a", "term": "decode"}),
+                                                 ("set", 1.5, {"worker": "a", "term": "prefill"})]
+    assert calls(fake, m.WORKER_TTFT_OFFSET) == [("set", 0.04, {"worker": "a"})]
     m.forget_worker("a")
-    assert calls(fake, m.WORKER_TTFT_OFFSET)[-1] == ("set", 0.0, {"replica": "a"})
+    assert calls(fake, m.WORKER_TTFT_OFFSET)[-1] == ("set", 0.0, {"worker": "a"})
 
 
 def test_failing_metric_never_raises_and_logs_once(fake: m._Registry, caplog: pytest.LogCaptureFixture) -> None:
@@ -233,10 +233,10 @@ def test_metrics_reach_prometheus(ray_cluster: Any) -> None:
             metrics.record_closed_loop(0.8, 0.7, {"ttft": 1, "atgt": 2},
                                        {keep: (1.2, 1.5, 0.05), gone: (0.9, 1.0, 0.0)})
 
-        def forget(self, replica_id: str) -> None:
+        def forget(self, worker_id: str) -> None:
             from serve_app import metrics
 
-            metrics.forget_worker(replica_id)
+            metrics.forget_worker(worker_id)
 
     keep, gone = f"keep-{uuid.uuid4().hex[:8]}", f"gone-{uuid.uuid4().hex[:8]}"
     recorder = Recorder.remote()
@@ -254,12 +254,12 @@ def test_metrics_reach_prometheus(ray_cluster: Any) -> None:
     missing = wanted - {name for name, _ in samples}
     assert not missing, f"not exported after {APPEAR_DEADLINE_S} s: {sorted(missing)}"
 
-    def replica_series(samples: list[tuple[str, dict[str, str]]], rid: str) -> set[str]:
-        return {name for name, labels in samples if labels.get("replica") == rid}
+    def worker_series(samples: list[tuple[str, dict[str, str]]], rid: str) -> set[str]:
+        return {name for name, labels in samples if labels.get("worker") == rid}
 
     worker_names = {m.WORKER_KV_USED.prometheus_name, m.WORKER_RUNNING.prometheus_name, m.WORKER_WAITING.prometheus_name,
                     m.WORKER_CORRECTION.prometheus_name, m.WORKER_TTFT_OFFSET.prometheus_name}
-    assert replica_series(samples, keep) == worker_names == replica_series(samples, gone)
+    assert worker_series(samples, keep) == worker_names == worker_series(samples, gone)
     slo_tags = {(labels["slo"], labels["policy"]) for name, labels in samples if name == m.SLO_MISSED.prometheus_name}
     assert {("ttft", "test"), ("atgt", "test"), ("all", "test")} <= slo_tags
 
@@ -268,9 +268,9 @@ def test_metrics_reach_prometheus(ray_cluster: Any) -> None:
     deadline = time.monotonic() + FORGET_DEADLINE_S
     while time.monotonic() < deadline:
         samples = scrape(url)
-        if not replica_series(samples, gone):
+        if not worker_series(samples, gone):
             break
         time.sleep(2)
-    assert not replica_series(samples, gone), f"{gone}'s gauges still exported after {FORGET_DEADLINE_S} s"
-    assert replica_series(samples, keep) == worker_names
+    assert not worker_series(samples, gone), f"{gone}'s gauges still exported after {FORGET_DEADLINE_S} s"
+    assert worker_series(samples, keep) == worker_names
     ray.kill(recorder)

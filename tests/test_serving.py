@@ -214,7 +214,7 @@ def test_worker_stats_report_engine_load(app):
 
     seen = asyncio.run(watch())
     assert seen, "no replica ever reported the running request mid-generation"
-    assert len({s.replica_id for s in seen}) == 1, "one replica serves the request"
+    assert len({s.worker_id for s in seen}) == 1, "one replica serves the request"
     assert any(s.running >= 1 and s.kv_blocks_used >= 1 for s in seen)
     assert all(len(s.tokens_generated) == 1 for s in seen)
 
