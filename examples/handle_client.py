@@ -17,7 +17,7 @@ class Summarizer:
 
     async def __call__(self, request: Request) -> dict:
         text = (await request.body()).decode()
-        # Same request schema as POST /v1/completions; errors arrive as serve_app.errors.OpenAIError.
+        # Same request schema as POST /v1/completions; errors arrive as serve_app.http.errors.OpenAIError.
         response = await self._llm.create_completion.remote(
             {"prompt": f"Summarize: {text}\nSummary:", "max_tokens": 24}
         )

@@ -60,7 +60,7 @@ class ClosedLoop:
         self._promises: dict[str, _Promise] = {}
         self._overcommits: dict[str, int] = {}  # worker id -> overcommitted placements taken
         self.placements = 0  # every placement seen, and those overcommitted for want of room
-        self.overcommitted = 0  # (not `Decision.unfit`): a scaler's sign (placement.worker_estimate)
+        self.overcommitted = 0  # (not `Decision.unfit`): a scaler's sign (placement.planning.worker_estimate)
         self._bases: dict[str, WorkerProfile] = {}  # worker id -> the profile its correction scales
 
     def placed(self, request: Request, worker: WorkerState, decision: Decision, now_s: float) -> None:

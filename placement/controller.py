@@ -5,7 +5,7 @@ It holds the `LiveCluster` (workers and residents as their reports say), SLO-awa
 (aladdin), the closed loop of the SLO model (promises, latency correction, attainment
 feedback: inside the cluster), worker liveness, and the arrival window behind the
 minimal-worker estimate with its scaling log. Every call returns typed results; the Ray adapter
-(`serve_app.placement_actor`) only turns them into futures, metrics and resource requests.
+(`serve_app.scheduler.placement_actor`) only turns them into futures, metrics and resource requests.
 
 Liveness: a worker is seen when it reports or is a routing candidate; one silent for
 `STALE_HEARTBEATS` heartbeat periods is presumed gone (Serve replaced it) and forgotten with
@@ -19,11 +19,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from placement.admission import Admission, AdmissionLimits, Verdict
-from placement.arrival_window import ArrivalWindow
+from placement.planning.arrival_window import ArrivalWindow
 from placement.live import LiveCluster, RequestTiming, RunningRequest, WorkerReport
 from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
 from placement.policies.registry import make_policies
-from placement.worker_estimate import OverloadWatch, WorkerEstimate, estimate_workers, scale_target
+from placement.planning.worker_estimate import OverloadWatch, WorkerEstimate, estimate_workers, scale_target
 from predictors.latency.profile import WorkerProfile
 
 # A worker silent for this many heartbeat periods is presumed gone (Serve replaced it).

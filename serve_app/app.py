@@ -9,8 +9,8 @@ from ray.serve import Application
 from ray.serve.exceptions import RayServeException
 
 from serve_app.config import AppConfig, ConfigError
-from serve_app.ingress import OpenAIIngress
-from serve_app.worker import LLMWorker, worker_deployment_options
+from serve_app.http.ingress import OpenAIIngress
+from serve_app.worker.worker import LLMWorker, worker_deployment_options
 
 
 def build_app_from_config(config: AppConfig) -> Application:

@@ -40,7 +40,7 @@ def _running_workers() -> int:
 def _actor_stats() -> dict:
     import ray
 
-    from serve_app.placement_actor import find_placement_actor
+    from serve_app.scheduler.placement_actor import find_placement_actor
 
     return ray.get(find_placement_actor(APP).stats.remote())
 

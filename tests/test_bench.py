@@ -10,9 +10,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from placement.traces import TraceRequest
-from serve_app.bench import CONTEXT_MARGIN_TOKENS, BenchRun, TraceSlice, bench_headers, load_slice, write_run
-from serve_app.loadgen import RequestResult, WorkItem, summarize
-from serve_app.trace_prompts import BLOCK_TOKENS, trace_workload
+from serve_app.tools.bench import CONTEXT_MARGIN_TOKENS, BenchRun, TraceSlice, bench_headers, load_slice, write_run
+from serve_app.tools.loadgen import RequestResult, WorkItem, summarize
+from serve_app.tools.trace_prompts import BLOCK_TOKENS, trace_workload
 
 
 
@@ -105,7 +105,7 @@ def _suite_run(system, k, rep, attainment, goodput):
 
 
 def test_report_tables_and_goals():
-    from serve_app.bench_report import goals, runs_table
+    from serve_app.tools.bench_report import goals, runs_table
 
     runs = [_suite_run("rayllm", 1, r, a, 2.0) for r, a in enumerate((0.95, 0.93, 0.91))]
     runs += [_suite_run("aladdin", 1, r, a, 2.0) for r, a in enumerate((1.0, 0.99, 1.0))]
@@ -122,8 +122,8 @@ def test_report_tables_and_goals():
 def test_replay_inputs_from_a_run_keep_served_and_refused_requests(tmp_path):
     from dataclasses import replace
 
-    from placement.fidelity import replay_trace
-    from serve_app.bench import observed_requests
+    from placement.evaluation.fidelity import replay_trace
+    from serve_app.tools.bench import observed_requests
 
     workload = [WorkItem(p, 10, 0.1 * i, 5 + i) for i, p in enumerate("abcd")]
     served = [replace(_result(), worker=w, sent_s=0.1 * i, prompt_tokens=5 + i) for i, w in enumerate(("w0", "w1"))]
@@ -143,6 +143,6 @@ def test_replay_inputs_from_a_run_keep_served_and_refused_requests(tmp_path):
 def test_ray_serve_llm_systems_build(system):
     """The Ray Serve LLM baselines' configs validate against the installed Ray (a config Ray
     rejects stops `make bench` only after this app's own runs)."""
-    from serve_app.bench_systems import SystemSpec, build_system
+    from serve_app.tools.bench_systems import SystemSpec, build_system
 
     assert build_system(system, SystemSpec()) is not None

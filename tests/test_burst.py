@@ -53,7 +53,7 @@ async def _burst(url: str, sizes: list[tuple[int, int]]) -> list[tuple[int, str 
 def test_burst_ends_served_or_refused_and_the_loop_measured_it(burst_app):
     import ray
 
-    from serve_app.placement_actor import find_placement_actor
+    from serve_app.scheduler.placement_actor import find_placement_actor
 
     rng = random.Random(0)
     warm = asyncio.run(_burst(burst_app, [(rng.randint(20, 500), rng.randint(8, 40)) for _ in range(6)]))

@@ -202,7 +202,7 @@ class Observer:
         import ray
         from ray import serve
 
-        from serve_app.placement_actor import find_placement_actor
+        from serve_app.scheduler.placement_actor import find_placement_actor
 
         s: dict[str, Any] = {"t": round(time.monotonic() - self.t0, 1)}
         try:
@@ -285,7 +285,7 @@ def _placement_actor_info(nodes: dict[str, dict]) -> dict[str, Any]:
     """Where the placement actor lives (head or a GPU node) and how often it was restarted."""
     import ray
 
-    prefix = f"placement:{APP}:"  # serve_app.placement_actor.placement_actor_name, any config digest
+    prefix = f"placement:{APP}:"  # serve_app.scheduler.placement_actor.placement_actor_name, any config digest
     mine = [a for a in ray._private.state.actors().values() if (a.get("Name") or "").startswith(prefix)]
     if not mine:
         return {"actor_restarts": None, "actor_on": None}

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from serve_app.config import AppConfig
 from predictors.latency.cpu_binding import cpu_rank_binding
-from serve_app.worker import worker_deployment_options
+from serve_app.worker.worker import worker_deployment_options
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -83,7 +83,7 @@ def test_cpu_rank_binding_splits_cores():
 
 
 def test_engine_kwargs_pass_model_settings_through(tmp_path):
-    from serve_app.vllm_engine import engine_kwargs
+    from serve_app.worker.vllm_engine import engine_kwargs
 
     (tmp_path / "config.json").write_text("{}")
     cfg = AppConfig.from_args(
@@ -104,10 +104,10 @@ def test_model_path_must_be_a_local_checkpoint(tmp_path):
 
 
 def test_worker_options_carry_router_and_autoscaling() -> None:
-    from serve_app.worker import worker_deployment_options
+    from serve_app.worker.worker import worker_deployment_options
 
     default = worker_deployment_options(AppConfig())
-    assert default["request_router_config"]["request_router_class"] == "serve_app.placement_router:PlacementRouter"
+    assert default["request_router_config"]["request_router_class"] == "serve_app.scheduler.placement_router:PlacementRouter"
     assert "autoscaling_config" not in default and default["num_replicas"] == 2
     native = worker_deployment_options(AppConfig.from_args({"placement.policy": "serve-p2c"}))
     assert "request_router_config" not in native
@@ -115,7 +115,7 @@ def test_worker_options_carry_router_and_autoscaling() -> None:
     auto = scaled["autoscaling_config"]
     assert scaled["num_replicas"] == "auto"
     assert (auto["min_replicas"], auto["max_replicas"], auto["initial_replicas"]) == (1, 4, 2)
-    assert auto["policy"]["policy_function"] == "serve_app.autoscaling:aladdin_autoscaling_policy"
+    assert auto["policy"]["policy_function"] == "serve_app.scheduler.autoscaling:aladdin_autoscaling_policy"
 
 
 def test_graceful_shutdown_defaults_to_the_longest_decode() -> None:
@@ -128,9 +128,9 @@ def test_graceful_shutdown_defaults_to_the_longest_decode() -> None:
 def test_node_scaler_advisory_never_calls_the_cluster(caplog) -> None:
     import logging
 
-    from placement.worker_estimate import WorkerEstimate
-    from serve_app.node_scaler import NodeScaler
-    from serve_app.worker_resources import worker_node_bundle
+    from placement.planning.worker_estimate import WorkerEstimate
+    from serve_app.scheduler.node_scaler import NodeScaler
+    from serve_app.worker.worker_resources import worker_node_bundle
 
     config = AppConfig.from_args({
         "engine": {"accelerator": "gpu", "tensor_parallel_size": 2, "kv_cache_gib": None, "cpus_per_rank": 2},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from placement.fidelity import ObservedRequest, simulate_observed
+from placement.evaluation.fidelity import ObservedRequest, simulate_observed
 from placement.simulator.scenario import Scenario, run
 from placement.simulator.worker_engine import EngineOptions
 from placement.traces import synthetic, LengthMix
@@ -117,7 +117,7 @@ def test_served_fit_without_idle_workers_bounds_the_overhead_from_the_least_queu
 
 
 def test_replay_on_the_corrections_the_run_recorded_undoes_a_wrong_profile(profile, simulated):
-    from placement.fidelity import corrected_timing
+    from placement.evaluation.fidelity import corrected_timing
 
     trace, records = simulated
     observed = [ObservedRequest(r.request.arrival_s, t.input_len, t.output_len, True, r.ttft_s, r.atgt_s)

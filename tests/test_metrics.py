@@ -244,21 +244,22 @@ def test_metrics_reach_prometheus(ray_cluster: Any) -> None:
     url = prometheus_url()
     wanted = {name for spec in m.METRICS for name in spec.prometheus_series}
 
-    deadline = time.monotonic() + APPEAR_DEADLINE_S
-    samples: list[tuple[str, dict[str, str]]] = []
-    while time.monotonic() < deadline:
-        samples = scrape(url)
-        if wanted <= {name for name, _ in samples}:
-            break
-        time.sleep(1)
-    missing = wanted - {name for name, _ in samples}
-    assert not missing, f"not exported after {APPEAR_DEADLINE_S} s: {sorted(missing)}"
 
     def worker_series(samples: list[tuple[str, dict[str, str]]], rid: str) -> set[str]:
         return {name for name, labels in samples if labels.get("worker") == rid}
 
     worker_names = {m.WORKER_KV_USED.prometheus_name, m.WORKER_RUNNING.prometheus_name, m.WORKER_WAITING.prometheus_name,
                     m.WORKER_CORRECTION.prometheus_name, m.WORKER_TTFT_OFFSET.prometheus_name}
+    # wait for this recorder's own series: earlier tests' workers may already export every name
+    deadline = time.monotonic() + APPEAR_DEADLINE_S
+    samples: list[tuple[str, dict[str, str]]] = []
+    while time.monotonic() < deadline:
+        samples = scrape(url)
+        if wanted <= {name for name, _ in samples} and worker_series(samples, keep) == worker_names == worker_series(samples, gone):
+            break
+        time.sleep(1)
+    missing = wanted - {name for name, _ in samples}
+    assert not missing, f"not exported after {APPEAR_DEADLINE_S} s: {sorted(missing)}"
     assert worker_series(samples, keep) == worker_names == worker_series(samples, gone)
     slo_tags = {(labels["slo"], labels["policy"]) for name, labels in samples if name == m.SLO_MISSED.prometheus_name}
     assert {("ttft", "test"), ("atgt", "test"), ("all", "test")} <= slo_tags

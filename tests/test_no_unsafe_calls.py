@@ -86,7 +86,7 @@ AsyncEngineArgs(**{"model": path, "trust_remote_code": True})
     ])
     safe = """
 yaml.safe_load(text); yaml.load(text, Loader=yaml.SafeLoader); yaml.load(text, Loader=CSafeLoader)
-subprocess.Popen([sys.executable, "-m", "serve_app.orphan_reaper", str(pid)])
+subprocess.Popen([sys.executable, "-m", "serve_app.worker.orphan_reaper", str(pid)])
 torch.load(path, weights_only=True); lgb.Booster(model_str=text); json.loads(text)
 model.eval(); AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 """

@@ -1,8 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from serve_app.errors import OpenAIError, from_validation_errors
-from serve_app.openai_protocol import ChatCompletionRequest, CompletionRequest
+from serve_app.http.errors import OpenAIError, from_validation_errors
+from serve_app.http.openai_protocol import ChatCompletionRequest, CompletionRequest
 
 
 def test_prompt_batch_of_one_is_unwrapped():

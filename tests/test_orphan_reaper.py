@@ -4,7 +4,7 @@ import time
 
 import psutil
 
-from serve_app.orphan_reaper import start_reaper
+from serve_app.worker.orphan_reaper import start_reaper
 
 
 def _spawn(code: str) -> subprocess.Popen:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.cli import build_parser
-from serve_app.length_predictor import resolve_tokenizer_dir
+from serve_app.tools.cli import build_parser
+from serve_app.prediction.length_predictor import resolve_tokenizer_dir
 
 
 def test_unknown_tokenizer_is_a_clear_error(tmp_path) -> None:

@@ -63,7 +63,7 @@ def test_burst_is_admitted_bounded_and_refused_with_retry_after(overload_app):
     assert [r.status_code for r, _ in after] == [200, 200]
     import ray
 
-    from serve_app.placement_actor import find_placement_actor
+    from serve_app.scheduler.placement_actor import find_placement_actor
 
     stats = ray.get(find_placement_actor(APP).stats.remote())
     assert stats["admission_waiting"] == 0

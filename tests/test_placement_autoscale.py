@@ -186,7 +186,7 @@ def test_make_autoscaler_rejects_unknown_modes():
 
 
 def test_overcommits_beyond_the_edge_rate_raise_the_floor_by_their_share():
-    from placement.worker_estimate import overload_floor
+    from placement.planning.worker_estimate import overload_floor
 
     assert overload_floor(10, 1000, 1, 0.99) == 0  # 0.1 %: within the edge miss rate, no floor
     assert overload_floor(10, 1000, 100, 0.99) == 11  # 10 % found no room: 10 % more workers

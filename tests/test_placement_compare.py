@@ -1,4 +1,4 @@
-"""`placement.compare` and `aladdin compare`: the GPU-count search, the JSON, the plot."""
+"""`placement.evaluation.compare` and `aladdin compare`: the GPU-count search, the JSON, the plot."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.compare import AUTOSCALED, AutoscaledResult, Comparison, PolicyResult, compare, fewest_meeting
+from placement.evaluation.compare import AUTOSCALED, AutoscaledResult, Comparison, PolicyResult, compare, fewest_meeting
 from placement.simulator.scenario import Scenario
 from placement.traces import synthetic
 from predictors.latency import load_profile_family
@@ -112,7 +112,7 @@ def test_same_seed_same_result(comparison):
 
 
 def test_cli_writes_json_and_a_png(tmp_path, capsys):
-    from serve_app.cli import main
+    from serve_app.tools.cli import main
 
     trace = tmp_path / "t.jsonl"
     trace.write_text(

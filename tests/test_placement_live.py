@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.arrival_window import ArrivalWindow
+from placement.planning.arrival_window import ArrivalWindow
 from placement.live import LiveCluster, RunningRequest, WorkerReport, with_kv_capacity
-from placement.planner import MAX_WORKERS
+from placement.planning.planner import MAX_WORKERS
 from placement.policies.registry import make_policy
-from placement.worker_estimate import estimate_workers, scale_target
+from placement.planning.worker_estimate import estimate_workers, scale_target
 from predictors.latency.families import load_profile_family
 
 PROFILE = load_profile_family("llama-2-7b-a100").profile(1)
@@ -195,8 +195,8 @@ def test_no_arrivals_estimates_zero_and_min_workers_bounds_it() -> None:
 def test_in_flight_floor_counts_a_prompt_heavy_backlog_by_what_a_worker_clears() -> None:
     """Long prompts, short replies: few residents per worker, but a worker clears rate x
     TTFT SLO requests of backlog in time, so 9 queued requests are not 9 workers."""
-    from placement.worker_estimate import plan_workers
-    from placement.planner import Workload
+    from placement.planning.worker_estimate import plan_workers
+    from placement.planning.planner import Workload
 
     workload = Workload(1.0, np.array([4000.0]), np.array([8.0]), 1.0, 0.05)
     option, idle = plan_workers(PROFILE, workload, 0.1, 1.0, in_flight=0)

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.planner import Workload, _WorkerModel, plan
+from placement.planning.planner import Workload, _WorkerModel, plan
 from predictors.latency import load_profile_family
-from serve_app.cli import main
+from serve_app.tools.cli import main
 
 FAMILY = load_profile_family("llama-2-7b-a100")
 RNG = np.random.default_rng(0)
@@ -82,7 +82,7 @@ def test_plan_command_prints_the_choice_and_reasoning(tmp_path, capsys):
 
 
 def test_erlang_c_matches_known_values():
-    from placement.planner import erlang_c
+    from placement.planning.planner import erlang_c
 
     assert erlang_c(1, 0.6) == pytest.approx(0.6)  # M/M/1: an arrival waits with probability rho
     assert erlang_c(2, 1.0) == pytest.approx(1 / 3)

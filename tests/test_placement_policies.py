@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.bench import build_cluster, decision_loop
+from placement.evaluation.bench import build_cluster, decision_loop
 from placement.feasibility import check
 from placement.policies import POLICY_NAMES, AladdinPolicy, make_policy
 from placement.packing_budget import PackingBudget
@@ -294,7 +294,7 @@ def _bench_choices(
     workers: int, inflight: int, decisions: int, seed: int, saturate: bool = False, share: float | None = None,
     **options,
 ):
-    """The ids Aladdin chooses ("-" for none) in `placement.bench`'s loop on its seeded state.
+    """The ids Aladdin chooses ("-" for none) in `placement.evaluation.bench`'s loop on its seeded state.
     Every 37th request arrived 2 s ago (its TTFT is lost). `saturate`: every third worker gets
     a profile with half the KV blocks (several profiles) and the first three a burst of long
     prompts (prefill share >= 1). `share`: a fixed ATGT share without the stall test (the

@@ -184,7 +184,7 @@ def test_bucket_lengths_learn_per_prompt_bucket():
 def test_planner_worker_count_is_confirmed_within_one_worker(rate, slo_ttft_s, slo_atgt_s):
     """On a steady Poisson stream the planner's fewest workers (no headroom) are those at which
     a load balancer (jsq) reaches the target in the simulator, within one worker."""
-    from placement.planner import Workload, plan_tp
+    from placement.planning.planner import Workload, plan_tp
     from placement.simulator.scenario import Scenario, run
     from placement.traces import LengthMix
 
@@ -205,7 +205,7 @@ def test_planner_worker_count_is_confirmed_within_one_worker(rate, slo_ttft_s, s
 
 
 def test_simulate_json_is_the_same_under_the_same_seed(tmp_path, capsys):
-    from serve_app.cli import main
+    from serve_app.tools.cli import main
 
     trace = tmp_path / "t.jsonl"
     trace.write_text(

@@ -4,9 +4,9 @@ import pytest
 
 from predictors.output_length import BucketMeanPredictor, ChatInput
 from serve_app.config import PredictorConfig
-from serve_app.request_options import request_options
-from serve_app.errors import OpenAIError
-from serve_app.request_predictor import RequestPredictor
+from serve_app.http.request_options import request_options
+from serve_app.http.errors import OpenAIError
+from serve_app.prediction.request_predictor import RequestPredictor
 
 
 @pytest.fixture()

@@ -165,7 +165,7 @@ def test_openai_client_raises_typed_errors(client):
 def test_handle_api(app):
     from ray import serve
 
-    from serve_app.errors import OpenAIError
+    from serve_app.http.errors import OpenAIError
 
     handle = serve.get_app_handle(APP)
     out = handle.create_completion.remote({"prompt": "abc", "max_tokens": 6, "ignore_eos": True}).result()
@@ -191,7 +191,7 @@ def test_worker_stats_report_engine_load(app):
     import ray
     from ray import serve
 
-    from serve_app.worker_protocol import WorkerStats
+    from serve_app.worker.worker_protocol import WorkerStats
 
     idle = serve.get_deployment_handle("LLMWorker", app_name=APP).stats.remote().result()
     assert idle.kv_blocks_total > 0 and idle.block_size > 0
@@ -347,7 +347,7 @@ def test_aladdin_bench_replays_a_trace(app, tmp_path):
                                          "hash_ids": [i % 2]}) + "\n" for i in range(12)))
     out = tmp_path / "out"
     run = subprocess.run(
-        [sys.executable, "-m", "serve_app.cli", "bench", "--url", app.http, "--trace", str(trace), "--rate-scale", "2",
+        [sys.executable, "-m", "serve_app.tools.cli", "bench", "--url", app.http, "--trace", str(trace), "--rate-scale", "2",
          "--duration", "10", "--slo-ttft-ms", "10000", "--slo-atgt-ms", "2000", "--json", "--no-progress",
          "--out", str(out)],
         capture_output=True, text=True, timeout=600,
@@ -363,7 +363,7 @@ def test_aladdin_bench_replays_a_trace(app, tmp_path):
 
 
 def _placement_actor():
-    from serve_app.placement_actor import find_placement_actor
+    from serve_app.scheduler.placement_actor import find_placement_actor
 
     return find_placement_actor(APP)
 

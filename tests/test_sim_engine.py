@@ -19,9 +19,9 @@ from placement.simulator.metrics import RequestRecord
 from placement.simulator.worker_engine import EngineOptions, WorkerEngine
 from placement.state import Request, WorkerState
 from predictors.latency.families import load_profile_family
-from serve_app.engine_snapshot import EngineSnapshot as Snapshot
-from serve_app.sim_engine import TOKEN_TEXT, SimEngine, SimEngineDeadError
-from serve_app.worker_protocol import GenerateChunk
+from serve_app.worker.engine_snapshot import EngineSnapshot as Snapshot
+from serve_app.worker.sim_engine import TOKEN_TEXT, SimEngine, SimEngineDeadError
+from serve_app.worker.worker_protocol import GenerateChunk
 
 TINY = load_profile_family("tiny-cpu").profile(1)
 A100 = load_profile_family("llama-2-7b-a100").profile(1)
@@ -371,7 +371,7 @@ def test_shutdown_ends_streams_and_health() -> None:
 
 def test_imports_neither_vllm_nor_torch() -> None:
     code = (
-        "import sys, serve_app.sim_engine; "
+        "import sys, serve_app.worker.sim_engine; "
         "bad = [m for m in ('vllm', 'torch', 'ray') if m in sys.modules]; "
         "assert not bad, bad"
     )

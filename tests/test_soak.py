@@ -2,7 +2,7 @@
 
 import json
 
-from serve_app.soak import SoakResult, stream_error_message
+from serve_app.tools.soak import SoakResult, stream_error_message
 
 
 def test_stream_error_message_reads_only_error_events() -> None:

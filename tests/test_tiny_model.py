@@ -2,7 +2,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from serve_app.cli import main
+from serve_app.tools.cli import main
 from serve_app.tiny_model import MARKER, ensure_tiny_model
 
 

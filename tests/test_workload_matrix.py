@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.compare_matrix import Cell, CellResult, geometric_mean, run_cell, summary, table_rows
+from placement.evaluation.compare_matrix import Cell, CellResult, geometric_mean, run_cell, summary, table_rows
 from placement.traces import load_trace
-from placement.workloads import PRESETS, lengths_by_median, preset
-from serve_app.cli import main
+from placement.evaluation.workloads import PRESETS, lengths_by_median, preset
+from serve_app.tools.cli import main
 
 STATED = {"prompt-heavy": (2000, 20), "long-replies": (300, 600)}
 

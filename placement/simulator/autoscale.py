@@ -1,7 +1,7 @@
 """Autoscaling loops the simulator can run every tick.
 
 - `PlannerScaler` (Aladdin's heartbeat): the arrival rate and lengths of the last window go to
-  the minimal-GPU planner (`placement.planner`) at the ATGT budget the placement policy packs
+  the minimal-GPU planner (`placement.planning.planner`) at the ATGT budget the placement policy packs
   to; its worker count for this TP, raised to hold the requests now in flight and, when
   placements since the last tick found no worker with room, by that share (`overload_floor`),
   is the target.
@@ -26,10 +26,10 @@ import numpy as np
 
 from placement.closed_loop import ClosedLoop
 from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
-from placement.planner import Workload
+from placement.planning.planner import Workload
 from placement.simulator.cluster import ClusterView
 from placement.simulator.metrics import RequestRecord
-from placement.worker_estimate import OverloadWatch, plan_workers
+from placement.planning.worker_estimate import OverloadWatch, plan_workers
 
 AUTOSCALE_MODES = ("planner", "queue-length")
 # Target ongoing requests per replica of the queue-length rule. Serve's generic default, 2, is

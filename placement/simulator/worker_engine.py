@@ -19,7 +19,7 @@ at the next step boundary (`interrupt`).
 The engine does not own the clock: `start_next(now)` starts the next piece of work and
 returns when it ends; the cluster calls `complete(now)` at that time.
 
-The serving sim engine (serve_app/sim_engine.py) drives this same scheduler on a real clock:
+The serving sim engine (serve_app/worker/sim_engine.py) drives this same scheduler on a real clock:
 it caps decode runs at one step (`max_steps_per_run`) so that every iteration ends in
 `complete`, where it streams that iteration's tokens, reads `load()` for the worker's stats
 and drops requests whose client went away (`cancel`). The simulator uses none of these.

@@ -1,0 +1,1 @@
+"""Evaluation: policy comparison, the workload matrix, decision-time bench, simulator fidelity."""

@@ -1,0 +1,1 @@
+"""Capacity planning: the minimal-GPU planner, the worker estimate, the arrival window."""

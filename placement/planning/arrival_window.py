@@ -1,0 +1,99 @@
+"""The recent demand a scaler plans for: a sliding window of arrivals and their lengths.
+
+Each arrival is counted with its prompt length and its output length: the true one once the
+request finished, the predicted mean until then (a window of finished requests alone would see
+only the short ones early on). `workload` turns the window into the planner's `Workload`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
+from placement.planning.planner import Workload
+
+
+@dataclass
+class _Arrival:
+    arrival_s: float
+    input_len: int
+    output_len: float  # predicted mean until the request finishes, then the true length
+
+
+@dataclass
+class ArrivalWindow:
+    """Arrivals of the last `window_s` seconds (see the module docstring)."""
+
+    window_s: float = 60.0
+    started_s: float | None = None  # when the window began observing
+    _arrivals: deque[_Arrival] = field(default_factory=deque)
+    _by_id: dict[str, _Arrival] = field(default_factory=dict)
+    _ids: deque[str] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0:
+            raise ValueError("window_s must be > 0")
+
+    def add(self, request_id: str, arrival_s: float, input_len: int, predicted_output: float) -> None:
+        """Count an arrival (idempotent per request id)."""
+        if request_id in self._by_id:
+            return
+        if self.started_s is None:
+            self.started_s = arrival_s
+        item = _Arrival(arrival_s, input_len, predicted_output)
+        self._arrivals.append(item)
+        self._ids.append(request_id)
+        self._by_id[request_id] = item
+
+    def finish(self, request_id: str, output_len: int) -> None:
+        """The request ended with `output_len` tokens; use that instead of its prediction."""
+        item = self._by_id.get(request_id)
+        if item is not None and output_len > 0:
+            item.output_len = float(output_len)
+
+    def expire(self, now_s: float) -> None:
+        """Forget arrivals older than the window."""
+        horizon = now_s - self.window_s
+        while self._arrivals and self._arrivals[0].arrival_s < horizon:
+            self._arrivals.popleft()
+            self._by_id.pop(self._ids.popleft(), None)
+
+    def __len__(self) -> int:
+        return len(self._arrivals)
+
+    def full(self, now_s: float) -> bool:
+        """True once the window has observed a whole `window_s`: before that, a low rate may
+        only mean it has not looked long enough, so scaling down must wait."""
+        return self.started_s is not None and now_s - self.started_s >= self.window_s
+
+    def rate_per_s(self, now_s: float) -> float:
+        """Arrivals per second over the window. While it is not full, the arrivals after the
+        first over the time since it (the first only marks when observing began): one arrival
+        says nothing of the rate, and a first heartbeat just after it must not read a burst."""
+        self.expire(now_s)
+        if not self._arrivals or self.started_s is None:
+            return 0.0
+        if self.full(now_s):
+            return len(self._arrivals) / self.window_s
+        span = now_s - self.started_s
+        return (len(self._arrivals) - 1) / span if span > 0 else 0.0
+
+    def workload(self, now_s: float, slo_ttft_s: float, slo_atgt_s: float,
+                 target_attainment: float = DEFAULT_TARGET_ATTAINMENT) -> Workload | None:
+        """The planner's view of the window (with the arrival times: how steady the rate is);
+        None when it holds no arrival."""
+        rate = self.rate_per_s(now_s)
+        if rate <= 0:
+            return None
+        return Workload(
+            rate_per_s=rate,
+            input_lens=np.fromiter((a.input_len for a in self._arrivals), dtype=float, count=len(self._arrivals)),
+            output_lens=np.fromiter((a.output_len for a in self._arrivals), dtype=float, count=len(self._arrivals)),
+            slo_ttft_s=slo_ttft_s,
+            slo_atgt_s=slo_atgt_s,
+            target_attainment=target_attainment,
+            arrival_s=np.fromiter((a.arrival_s for a in self._arrivals), dtype=float, count=len(self._arrivals)),
+        )

@@ -1,0 +1,1 @@
+"""Placement in Serve: the placement actor, request router, autoscaling policy, node scaler."""

@@ -1,0 +1,233 @@
+"""The placement actor: one named Ray actor per application, the thin Ray adapter of a
+`placement.controller.PlacementController` (all decisions are the controller's).
+
+- `admit` is called by the ingress before it sends a request (policy aladdin, with
+  `placement.admission`): it answers at once with a worker where the request fits, a refusal,
+  or "wait"; then `admission` answers once the request leaves the SLO-ODBS queue, admitted or
+  refused because its TTFT SLO is lost (placement.admission; the ingress answers 429 with
+  Retry-After).
+- `place` is called by the worker deployment's request router (serve_app.scheduler.placement_router) for
+  every request and returns the replica to use (the admitted worker, when there is one).
+- `heartbeat` is called by every worker on a short period with a batched `WorkerReport`
+  (tokens generated per running request, completions, KV capacity). The actor's state is
+  rebuilt from these alone, so a restarted actor (max_restarts=-1) converges within one
+  heartbeat period, and requests placed by the router's fallback are accounted for too.
+- Every `scaling.estimate_period_s` the actor turns its sliding window of arrivals into the
+  planner's minimal-worker estimate; workers hand it to Serve's autoscaler
+  (serve_app.scheduler.autoscaling) and, if configured, the node plugin asks the Ray cluster autoscaler
+  for matching resources (serve_app.scheduler.node_scaler).
+
+The actor is detached (it must outlive whichever process created it first: any ingress or
+worker may) and exits by itself after `IDLE_EXIT_S` without calls, so a deleted application
+does not leave it behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import ray
+
+from placement.admission import Verdict
+from placement.controller import HeartbeatResult, PlacementController
+from placement.live import RequestTiming, RunningRequest, WorkerReport
+from serve_app.config import AppConfig
+from serve_app.metrics import (
+    forget_worker,
+    record_capacity,
+    record_closed_loop,
+    record_placement,
+    record_queue_length,
+    record_worker,
+)
+from serve_app.scheduler.node_scaler import NodeScaler
+
+logger = logging.getLogger("ray.serve")
+
+NAMESPACE = "aladdin"
+IDLE_EXIT_S = 300.0
+
+
+def placement_actor_name(app_name: str, config: dict[str, Any]) -> str:
+    """`placement:<app>:<digest of its config>`. A redeployed application whose config changed
+    (another policy or profile) gets a fresh actor; the old one exits once idle. Without the
+    digest the new deployment would keep talking to the old actor and its old policy."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{_name_prefix(app_name)}{digest}"
+
+
+def _name_prefix(app_name: str) -> str:
+    return f"placement:{app_name or 'default'}:"
+
+
+def find_placement_actor(app_name: str) -> ray.actor.ActorHandle:
+    """The live placement actor of `app_name`, for inspection (stats, decisions) by callers that
+    do not hold the app's config. LookupError unless exactly one is alive."""
+    prefix = _name_prefix(app_name)
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == NAMESPACE and a["name"].startswith(prefix)]
+    if len(names) != 1:
+        raise LookupError(f"expected one placement actor for app {app_name!r}, found {names}")
+    return ray.get_actor(names[0], namespace=NAMESPACE)
+
+
+def get_placement_actor(app_name: str, config: dict[str, Any]) -> ray.actor.ActorHandle:
+    """The application's placement actor, created on first use (by any caller)."""
+    return PlacementActor.options(
+        name=placement_actor_name(app_name, config), namespace=NAMESPACE, get_if_exists=True,
+        lifetime="detached", max_restarts=-1, num_cpus=0, max_concurrency=1000,
+        # on the head node, outside any caller's placement group: created from inside a worker
+        # replica it would otherwise be captured by that replica's group (Serve sets
+        # capture_child_tasks) and die, unrestartable, when that replica or its GPU node goes
+        resources={"node:__internal_head__": 0.001}, scheduling_strategy="DEFAULT",
+        # a few calls per request: with task events on, Ray's GCS would keep up to 100,000 of
+        # them for its dashboard (~130 MB) and grow through a long run; Serve's own actors are
+        # created the same way (RAY_SERVE_ENABLE_TASK_EVENTS)
+        enable_task_events=False,
+    ).remote(config)
+
+
+@ray.remote
+class PlacementActor:
+    """Ray adapter of a `PlacementController` (see the module docstring): wall-clock time, the
+    futures of waiting requests, metrics, the node plugin and the idle exit."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._config = AppConfig.model_validate(config)
+        self._controller = PlacementController(self._config.controller_settings())
+        self._policy = self._config.placement.policy
+        self._node_scaler = NodeScaler(self._config)
+        self._logged_estimate: int | None = None
+        self._admitting: dict[str, asyncio.Future] = {}  # waiting request id -> its verdict
+        self._drain_task: asyncio.Task | None = None
+        self._last_call = time.monotonic()
+        self._idle_task = asyncio.get_event_loop().create_task(self._exit_when_idle())
+        profile = self._controller.settings.profile
+        logger.info("placement actor up: policy %s, profile %s tp%d", self._policy, profile.family, profile.tp)
+
+    async def admit(self, request: RunningRequest) -> dict[str, Any] | None:
+        """Admit `request` (see the module docstring): {"worker_id", "refused", "reason",
+        "retry_after_s", ...}, or None when it waits: the caller then awaits `admission`.
+        Answering at once keeps the caller's deadline for this call short (a dead or
+        restarting actor is noticed within placement.actor_timeout_s)."""
+        self._last_call = time.monotonic()
+        verdict = self._controller.admit(request, time.time())
+        if verdict is None:
+            self._admitting[request.request_id] = asyncio.get_running_loop().create_future()
+            if self._drain_task is None or self._drain_task.done():
+                self._drain_task = asyncio.get_running_loop().create_task(self._drain_while_waiting())
+            return None
+        return self._settled(verdict)
+
+    async def admission(self, request_id: str) -> dict[str, Any]:
+        """The verdict on a waiting request, once there is one. An unknown id (the actor
+        restarted and lost its queue) is admitted without a choice of worker."""
+        self._last_call = time.monotonic()
+        future = self._admitting.get(request_id)
+        if future is None:
+            return asdict(Verdict(request_id))
+        try:
+            return asdict(await asyncio.shield(future))
+        except asyncio.CancelledError:  # the caller went away: do not admit it later
+            if self._controller.withdraw(request_id):
+                self._admitting.pop(request_id, None)
+            raise
+
+    def _settled(self, verdict: Verdict) -> dict[str, Any]:
+        if self._controller.admission is not None:
+            record_placement(self._policy, verdict.outcome)
+        future = self._admitting.pop(verdict.request_id, None)
+        if future is not None and not future.done():
+            future.set_result(verdict)
+        return asdict(verdict)
+
+    async def _drain_while_waiting(self) -> None:
+        # heartbeats drain too; this catches deadlines between them
+        while self._controller.admission_waiting:
+            await asyncio.sleep(self._config.placement.heartbeat_s / 2)
+            for verdict in self._controller.drain(time.time()):
+                self._settled(verdict)
+
+    async def place(self, request: RunningRequest, candidates: list[str]) -> str | None:
+        """The replica (unique id) to run `request` on, among `candidates`."""
+        self._last_call = time.monotonic()
+        routing = self._controller.place(request, candidates, time.time())
+        if routing.outcome != "admitted":
+            record_placement(self._policy, routing.outcome)
+        return routing.worker_id
+
+    async def fallback(self, request: RunningRequest, worker_id: str) -> None:
+        """The router placed `request` without the actor (it did not answer in time)."""
+        self._last_call = time.monotonic()
+        self._controller.fallback(request, worker_id, time.time())
+
+    async def worker_failed(self, request_id: str) -> str | None:
+        """The worker running `request_id` failed (the ingress saw its call die): forget it and
+        its residents, and place nothing there until it reports again. Returns its id."""
+        worker_id = self._controller.worker_failed(request_id)
+        if worker_id is not None:
+            logger.warning("placement: worker %s failed a request; not placing there until it reports again",
+                           worker_id)
+            forget_worker(worker_id)
+        return worker_id
+
+    async def heartbeat(self, report: WorkerReport) -> dict[str, Any]:
+        """Apply a worker's report; returns the current estimate (for Serve's autoscaler)."""
+        self._last_call = time.monotonic()
+        result = self._controller.heartbeat(report, time.time())
+        load = result.load
+        record_worker(load.worker_id, load.kv_fraction, load.running, load.waiting)
+        if result.forgotten:
+            logger.info("placement: forgetting replicas gone silent: %s", result.forgotten)
+            for worker_id in result.forgotten:
+                forget_worker(worker_id)
+        for verdict in result.verdicts:
+            self._settled(verdict)
+        if result.estimated:
+            self._estimated(result)
+        return result.reply()
+
+    def _estimated(self, result: HeartbeatResult) -> None:
+        estimate, held = result.estimate, result.workers_held
+        if estimate.workers != self._logged_estimate:
+            logger.info("placement: minimal-worker estimate %d (x tp%d = %d GPUs) at %.3g req/s: %s",
+                        estimate.workers, estimate.tp, estimate.gpus, estimate.rate_per_s, estimate.reason)
+            self._logged_estimate = estimate.workers
+        record_capacity(estimate.workers, estimate.gpus, held, held * estimate.tp)
+        snapshot = self._controller.closed_loop_snapshot()
+        if snapshot is not None:
+            record_closed_loop(snapshot.ttft_share, snapshot.atgt_share, snapshot.new_misses, snapshot.corrections)
+        record_queue_length(result.queue_length)
+        if self._config.scaling.enabled:
+            self._node_scaler.apply(estimate, held)
+
+    async def observe(self, timings: list[RequestTiming]) -> None:
+        """Finished requests as the ingress measured them: they close placement's loop."""
+        self._last_call = time.monotonic()
+        self._controller.observe(timings)
+
+    async def stats(self) -> dict[str, Any]:
+        """What the actor knows (PlacementController.stats) and the node plugin's request."""
+        return {**self._controller.stats(), "node_request": self._node_scaler.requested}
+
+    async def decisions(self, request_ids: list[str]) -> dict[str, str]:
+        """The replica the actor chose for each of these requests (those it remembers)."""
+        return self._controller.decisions(request_ids)
+
+    async def where(self, request_id: str) -> dict[str, Any] | None:
+        """A resident request as placement sees it now (None once finished or unknown)."""
+        return self._controller.where(request_id)
+
+    async def _exit_when_idle(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_EXIT_S / 10)
+            if time.monotonic() - self._last_call > IDLE_EXIT_S:
+                logger.info("placement actor idle for %.0f s: exiting", IDLE_EXIT_S)
+                self._node_scaler.release()
+                ray.actor.exit_actor()

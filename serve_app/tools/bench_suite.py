@@ -1,0 +1,156 @@
+"""`make bench`: the same trace slice against every system of serve_app.tools.bench_systems, at
+several loads, on one local Ray cluster, one system deployed at a time.
+
+Per system: deploy, warm up (a few requests, not scored), replay the slice at each rate scale
+(`reps` times for the systems named in `repeat`), delete. Every run lands in
+OUT/<system>/x<rate>/rep<n>/ (results.json, requests.csv, latency.png); the table of all runs
+in OUT/suite.json and OUT/comparison.png.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from serve_app.tools.bench import (
+    TraceSlice, load_slice, run_bench, served_requests, slice_dict, write_run,
+)
+from serve_app.tools.bench_systems import APP_POLICIES, SYSTEMS, SystemSpec, app_config, build_system
+from serve_app.tools.loadgen import WorkItem
+
+APP_NAME = "bench"
+
+
+@dataclass(frozen=True)
+class SuiteOptions:
+    trace: str | None
+    rate_scales: tuple[float, ...]
+    duration_s: float
+    systems: tuple[str, ...] = SYSTEMS
+    repeat: tuple[str, ...] = ("aladdin", "rayllm")
+    reps: int = 3
+    spec: SystemSpec = field(default_factory=SystemSpec)
+    start_s: float = 0.0  # offset into the unscaled trace: every rate replays the same requests first
+    port: int = 8100
+    seed: int = 0
+    warmup_requests: int = 6
+    # this app's system whose runs calibrate a served profile for the app's later systems
+    # (placement then predicts what clients measure; see predictors.latency.served_fit)
+    calibrate: str | None = None
+
+
+def _warm_up(url: str, model: str, workload: list[WorkItem], n: int, spec: SystemSpec) -> None:
+    """A few short requests so first-call costs (compilation, connections) are not scored."""
+    warm = [WorkItem(w.prompt, min(w.max_tokens, 16), i * 0.2, w.input_len) for i, w in enumerate(workload[:n])]
+    run_bench(url, warm, model=model, slo_ttft_ms=spec.slo_ttft_ms, slo_atgt_ms=spec.slo_atgt_ms, progress=False)
+
+
+def _calibrate(run_dirs: list[Path], out: Path, spec: SystemSpec) -> SystemSpec:
+    """`spec` with a served profile fitted on `run_dirs`, the offline start of placement's
+    latency model (the placement actor corrects it online). A fit the runs cannot support
+    leaves `spec` on its engine profile, with a warning, rather than stopping the suite."""
+    from predictors.latency.families import load_profile_family
+    from predictors.latency.served_fit import fit_served_profile
+
+    try:
+        profile = fit_served_profile(served_requests(run_dirs), load_profile_family("tiny-cpu").profile(1),
+                                     source=f"served fit on {len(run_dirs)} bench runs")
+    except ValueError as exc:
+        print(f"served-profile fit skipped ({exc}); later systems keep the engine profile", flush=True)
+        return spec
+    path = profile.save(out / "served-profile.json")
+    print(f"served profile {path}: decode {profile.decode.d0_s * 1e3:.2f} ms + {profile.decode.d1_s_per_seq * 1e3:.3f}"
+          f" ms/seq (held-out MAPE {profile.fit.decode_mape_pct:.0f}%), serving overhead "
+          f"{profile.serving_overhead_s * 1e3:.1f} ms + {profile.serving_overhead_per_request_s * 1e3:.2f} ms per request "
+          f"in flight (TTFT MAPE {profile.fit.prefill_mape_pct:.0f}%)", flush=True)
+    return replace(spec, profile_path=str(path))
+
+
+def _closed_loop(system: str, spec: SystemSpec) -> dict[str, Any] | None:
+    """What the app's placement actor has learned so far (budget, latency corrections), kept
+    with each run so `aladdin fidelity` can replay it with the workers as they measured. The
+    actor is looked up by this system's config: the previous system's actor may still be
+    alive (it exits once idle)."""
+    if system != "aladdin":
+        return None
+    import ray
+
+    from serve_app.scheduler.placement_actor import NAMESPACE, placement_actor_name
+
+    name = placement_actor_name(APP_NAME, app_config(system, spec).model_dump(mode="json"))
+    try:
+        return ray.get(ray.get_actor(name, namespace=NAMESPACE).stats.remote(), timeout=10)["closed_loop"]
+    except Exception as exc:  # the figures are extra: a run without them still counts
+        print(f"[{system}] placement actor's closed loop not recorded ({exc!r})", flush=True)
+        return None
+
+
+def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]]:
+    """Run every system at every rate; return one summary row per run (also in suite.json)."""
+    import ray
+    from ray import serve
+    from transformers import AutoTokenizer
+
+    from serve_app.config import ModelConfig
+    from serve_app.model_source import resolve_tokenizer_dir
+    from serve_app.tools.trace_prompts import trace_workload
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_tokenizer_dir(ModelConfig())))
+    model = ModelConfig().name
+    workloads: dict[float, tuple[TraceSlice, list[WorkItem]]] = {}
+    for k in options.rate_scales:
+        trace_slice = TraceSlice(trace=options.trace, rate_scale=k, start_s=options.start_s / k,
+                                 duration_s=options.duration_s, seed=options.seed)
+        trace, _ = load_slice(trace_slice)
+        workloads[k] = (trace_slice, trace_workload(trace, tokenizer, seed=options.seed))
+    if options.calibrate and (options.calibrate not in APP_POLICIES or options.systems[0] != options.calibrate):
+        raise ValueError("the calibrating system must be one of this app's policies and run first")
+    url = f"http://127.0.0.1:{options.port}"
+    rows: list[dict[str, Any]] = []
+    spec = options.spec
+    ray.init(address="local", num_cpus=16, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": options.port})
+        for system in options.systems:
+            t0 = time.perf_counter()
+            print(f"[{system}] deploying {spec.workers} engines ...", flush=True)
+            serve.run(build_system(system, spec), name=APP_NAME, route_prefix="/")
+            _warm_up(url, model, workloads[options.rate_scales[0]][1], options.warmup_requests, spec)
+            print(f"[{system}] ready in {time.perf_counter() - t0:.0f} s", flush=True)
+            reps = options.reps if system in options.repeat else 1
+            run_dirs = []
+            for k in options.rate_scales:
+                trace_slice, workload = workloads[k]
+                for rep in range(reps):
+                    run = run_bench(url, workload, model=model, slo_ttft_ms=spec.slo_ttft_ms,
+                                    slo_atgt_ms=spec.slo_atgt_ms, label=f"{system} x{k:g} rep{rep}")
+                    run.summary.update(system=system, rate_scale=k, rep=rep, slice=slice_dict(trace_slice),
+                                       placement_profile=spec.profile_path if system in APP_POLICIES else None,
+                                       placement_atgt_margin=spec.atgt_margin if system in APP_POLICIES else None,
+                                       placement_closed_loop=_closed_loop(system, spec))
+                    run_dirs.append(out / system / f"x{k:g}" / f"rep{rep}")
+                    write_run(run, run_dirs[-1])
+                    rows.append(run.summary)
+                    s = run.summary
+                    print(f"[{system}] x{k:g} rep{rep}: {s['offered_rate_per_s']:.2f} req/s offered, "
+                          f"attainment {s['attainment']:.3f}, goodput {s['goodput_per_s']:.2f}/s, "
+                          f"TTFT p50/p99 {s['ttft_ms_p50']:.0f}/{s['ttft_ms_p99']:.0f} ms, "
+                          f"ATGT p50/p99 {s['atgt_ms_p50']:.1f}/{s['atgt_ms_p99']:.1f} ms, "
+                          f"{s['failed']} failed", flush=True)
+                    (out / "suite.json").write_text(json.dumps(
+                        {"options": asdict(options), "runs": rows}, indent=1, default=str))
+            serve.delete(APP_NAME)
+            if system == options.calibrate:
+                spec = _calibrate(run_dirs, out, spec)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    from serve_app.tools.bench_plot import plot_comparison
+
+    plot_comparison(rows, out / "comparison.png")
+    return rows

@@ -1,0 +1,1 @@
+"""The worker deployment and the engines behind it (vLLM, sim)."""
