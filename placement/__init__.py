@@ -1,3 +1,6 @@
-"""Pure placement algorithms: request/worker state, feasibility, the Aladdin policy and
-baselines, queue orderings, error-aware rebalancing, the minimal-GPU planner and the
-trace-driven simulator. No Ray, no vLLM imports."""
+"""Pure placement (no Ray, no vLLM imports). The core at the top: request/worker state,
+feasibility and interference, the policies (`policies/`), admission, queue orderings,
+error-aware rebalancing, the closed loop, and the `PlacementController` the serving actor
+adapts; `planning/` (the minimal-GPU planner and the worker estimate); evaluation in
+`simulator/` (trace-driven, running the core's code) and `evaluation/` (compare, workload
+matrix, decision bench, fidelity)."""

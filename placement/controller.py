@@ -151,6 +151,12 @@ class PlacementController:
             return []
         return [self._settle(v) for v in self.admission.drain(now_s)]
 
+    def unknown_admission(self, request_id: str) -> Verdict:
+        """The verdict on a request asked about that is not waiting here (the controller was
+        rebuilt and lost its queue): admitted without a choice of worker, as at a cold start,
+        so a restart never refuses what it cannot judge."""
+        return Verdict(request_id)
+
     def withdraw(self, request_id: str) -> bool:
         """A waiting request's caller went away: True if it was still waiting."""
         return self.admission is not None and self.admission.withdraw(request_id)
@@ -330,7 +336,7 @@ class PlacementController:
         resident = worker.residents[request_id]
         decoding = resident.decode_from_step is not None
         return {
-            "worker": worker_id, "decoding": decoding,
+            "worker_id": worker_id, "decoding": decoding,
             "generated": worker.generated(request_id) if decoding else 0,
             "est_mean": resident.request.est_mean, "est_upper": resident.request.est_upper,
         }

@@ -89,11 +89,6 @@ class Fit:
         return (self.atgt_slo_s - self.atgt_s) / self.atgt_slo_s
 
     @property
-    def best_fit_score(self) -> float:
-        """Sum of the normalized leftovers: the smaller, the tighter the packing."""
-        return self.kv_leftover + self.atgt_leftover
-
-    @property
     def violation(self) -> float:
         """The largest normalized shortfall over the three constraints (0 when feasible)."""
         ttft_over = (self.ttft_s - self.ttft_slo_s) / self.ttft_slo_s

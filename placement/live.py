@@ -1,7 +1,7 @@
 """Placement state of a live cluster, kept from what its workers report.
 
-The serving placement actor holds one `LiveCluster`. It runs the same policy objects as the
-simulator over `WorkerState`s, but the truth about each worker comes from the worker itself:
+The placement controller (placement.controller, behind the serving actor) holds one
+`LiveCluster`. It runs the same policy objects as the simulator over `WorkerState`s, but the truth about each worker comes from the worker itself:
 every heartbeat (`WorkerReport`) lists the requests the worker is running with the tokens each
 has generated, and the ones that finished. From that the cluster
 - admits requests it did not place (placed by the router's fallback, or known before a restart

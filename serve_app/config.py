@@ -15,6 +15,7 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from placement.admission import AdmissionLimits
 from placement.controller import ControllerSettings, ScalingSettings
 from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
+from placement.policies.registry import is_slo_aware
 from predictors.latency.families import list_profile_families, load_profile_family
 from predictors.latency.profile import WorkerProfile, vllm_token_budget
 
@@ -241,7 +242,12 @@ class PlacementConfig(_Section):
     @property
     def admits(self) -> bool:
         """Whether requests go through SLO-aware admission (placement.admission)."""
-        return self.admission and self.policy == "aladdin"
+        return self.admission and self.slo_aware
+
+    @property
+    def slo_aware(self) -> bool:
+        """Whether the policy promises SLOs, so finished requests' latencies close its loop."""
+        return is_slo_aware(self.policy)
 
 
 class ScalingConfig(_Section):
@@ -317,7 +323,7 @@ class AppConfig(_Section):
             policy=placement.policy, profile=profile, slo_ttft_s=self.slo.ttft_ms / 1000,
             slo_atgt_s=self.slo.atgt_ms / 1000, heartbeat_s=placement.heartbeat_s, seed=placement.seed,
             target_attainment=placement.target_attainment,
-            atgt_margin=placement.atgt_margin if placement.policy == "aladdin" else None,
+            atgt_margin=placement.atgt_margin if placement.slo_aware else None,
             admission=AdmissionLimits(placement.max_waiting, placement.max_wait_s) if placement.admits else None,
             token_budget=self.engine_token_budget(profile),
             scaling=ScalingSettings(scaling.window_s, scaling.estimate_period_s, scaling.headroom,

@@ -67,7 +67,7 @@ def test_single_row_path_matches_batch_path(trained) -> None:
     point, p90 = predictor.predict_rows(rows.x.astype(np.float64), rows.first_turn)
     single = [predictor.predict_input(e.request) for e in test]
     np.testing.assert_allclose([s.mean for s in single], point, rtol=1e-9)
-    np.testing.assert_allclose([s.p90 for s in single], p90, rtol=1e-9)
+    np.testing.assert_allclose([s.upper for s in single], p90, rtol=1e-9)
 
 
 def test_artifact_json_round_trip(trained, tmp_path) -> None:
@@ -86,8 +86,8 @@ def test_artifact_json_round_trip(trained, tmp_path) -> None:
 def test_predictions_are_non_negative_and_p90_not_below_mean(trained, prompt, tokens, history) -> None:
     predictor = GbmPredictor.from_artifact(trained[0])
     prediction = predictor.predict(prompt, tokens, history)
-    assert 0 <= prediction.mean <= prediction.p90
-    assert np.isfinite(prediction.p90)
+    assert 0 <= prediction.mean <= prediction.upper
+    assert np.isfinite(prediction.upper)
 
 
 def test_missing_artifact_warns_and_falls_back(tmp_path) -> None:

@@ -3,11 +3,14 @@ and the policy factory the simulator shares."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from placement.admission import AdmissionLimits
 from placement.controller import STALE_HEARTBEATS, ControllerSettings, PlacementController, ScalingSettings
-from placement.live import RunningRequest, WorkerReport
+from placement.latency_correction import EngineWork
+from placement.live import RequestTiming, RunningRequest, WorkerReport
 from placement.policies.registry import make_policies
 from predictors.latency.families import load_profile_family
 from serve_app.config import AppConfig
@@ -64,7 +67,7 @@ def test_without_admission_requests_pass_unplaced_and_routing_places_them() -> N
     verdict = ctl.admit(_req(0), 0.0)
     assert verdict.worker_id is None and not verdict.refused
     routing = ctl.place(_req(0), ["w0", "w1"], 0.0)
-    assert routing.outcome == "placed" and ctl.where("r0")["worker"] == routing.worker_id
+    assert routing.outcome == "placed" and ctl.where("r0")["worker_id"] == routing.worker_id
     assert ctl.stats()["closed_loop"] is None and ctl.closed_loop_snapshot() is None
 
 
@@ -123,3 +126,53 @@ def test_the_serving_config_sets_the_controller() -> None:
     assert (settings.policy, settings.slo_ttft_s, settings.token_budget) == ("aladdin", 0.8, None)
     assert settings.admission == AdmissionLimits(7, None) and settings.scaling.max_workers == 5
     assert AppConfig.from_args({"placement.policy": "jsq"}).controller_settings().admission is None
+
+
+def test_engine_work_in_heartbeats_corrects_the_worker_and_the_fleet_profile() -> None:
+    ctl = _controller()
+    # the engine took twice as long as the profile says for the same decode work
+    work = EngineWork(decode_iterations=100, decode_sequences=400, decode_context_tokens=400_000)
+    base = ctl.cluster.fleet_profile()
+    predicted = work.interval(base).decode_model_s
+    for i in range(40):
+        ctl.heartbeat(WorkerReport("w0", kv_capacity_tokens=KV_TOKENS,
+                                   work=replace(work, busy_s=2 * predicted)), 0.25 * i)
+    decode, _, _ = ctl.closed_loop_snapshot().corrections["w0"]
+    assert decode == pytest.approx(2.0, rel=0.1)
+    assert ctl.stats()["closed_loop"]["corrections"]["w0"]["intervals"] > 0
+    assert ctl.cluster.fleet_profile().decode.d0_s > base.decode.d0_s
+
+
+def test_observed_timings_count_promises_and_the_snapshot_reports_new_misses_once() -> None:
+    ctl = _controller()
+    ctl.heartbeat(_report("w0"), 0.0)
+    for i in range(2):
+        assert ctl.admit(_req(i, out=10.0), 0.0).worker_id == "w0"
+    ctl.heartbeat(_report("w0", running=tuple(replace(_req(i, out=10.0), generated=1, first_token_s=0.1)
+                                              for i in range(2))), 0.2)
+    # r0 met both SLOs; r1 took 3x its ATGT SLO
+    ctl.observe([RequestTiming("r0", 0.1, 0.01, 10), RequestTiming("r1", 0.1, 0.15, 10)])
+    stats = ctl.stats()["closed_loop"]
+    assert stats["promises_counted"] == 2 and stats["promises_missed"] == {"ttft": 0, "atgt": 1}
+    assert ctl.closed_loop_snapshot().new_misses == {"ttft": 0, "atgt": 1}
+    assert ctl.closed_loop_snapshot().new_misses == {"ttft": 0, "atgt": 0}  # reported once
+
+
+def test_a_fallback_placement_is_recorded_as_an_overcommit() -> None:
+    ctl = _controller()
+    ctl.heartbeat(_report("w0"), 0.0)
+    ctl.fallback(_req(0), "w0", 0.1)
+    assert ctl.where("r0")["worker_id"] == "w0"
+    stats = ctl.stats()
+    assert stats["outcomes"]["fallback"] == 1 and stats["closed_loop"]["overcommitted"] == 1
+
+
+def test_a_withdrawn_waiting_request_is_never_admitted() -> None:
+    ctl = _controller()
+    ctl.heartbeat(_report("w0"), 0.0)
+    for i in range(2):
+        ctl.admit(_req(i), 0.0)
+    assert ctl.admit(_req(2), 0.0) is None
+    assert ctl.withdraw("r2") and ctl.admission_waiting == 0
+    result = ctl.heartbeat(_report("w0", finished=("r0", "r1")), 0.5)
+    assert result.verdicts == [] and ctl.where("r2") is None

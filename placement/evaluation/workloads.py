@@ -18,7 +18,7 @@ seconds: 10-20 minutes of arrivals.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from placement.traces import LengthMix, TraceRequest, synthetic
 
@@ -49,9 +49,6 @@ class SyntheticWorkload:
         n = requests if requests is not None else int(rate * (self.duration_s if duration_s is None else duration_s))
         return synthetic(n, rate, arrival=self.arrival, cv=self.arrival_cv, lengths=self.lengths,
                          seed=self.seed if seed is None else seed)
-
-    def with_seed(self, seed: int) -> SyntheticWorkload:
-        return replace(self, seed=seed)
 
 
 PRESETS: dict[str, SyntheticWorkload] = {

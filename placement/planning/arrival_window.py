@@ -37,13 +37,13 @@ class ArrivalWindow:
         if self.window_s <= 0:
             raise ValueError("window_s must be > 0")
 
-    def add(self, request_id: str, arrival_s: float, input_len: int, predicted_output: float) -> None:
+    def add(self, request_id: str, arrival_s: float, input_len: int, pred_mean: float) -> None:
         """Count an arrival (idempotent per request id)."""
         if request_id in self._by_id:
             return
         if self.started_s is None:
             self.started_s = arrival_s
-        item = _Arrival(arrival_s, input_len, predicted_output)
+        item = _Arrival(arrival_s, input_len, pred_mean)
         self._arrivals.append(item)
         self._ids.append(request_id)
         self._by_id[request_id] = item

@@ -1,6 +1,6 @@
 """The heartbeat's minimal-worker estimate and the worker count a scaler should ask for.
 
-`plan_workers` is the one rule the simulator's planner scaler and the serving placement actor
+`plan_workers` is the one rule the simulator's planner scaler and the placement controller
 share: the planner's workers for a workload at the ATGT budget the policy packs to, raised to
 hold the requests in flight (a backlog left by a burst or a warm-up would otherwise be served
 at the steady-state count).

@@ -1,4 +1,5 @@
-"""Placement policies: Aladdin's best fit and the baselines, created by name with `make_policy`."""
+"""Placement policies: Aladdin's best fit and the baselines, created by name with `make_policy`;
+`make_policies` builds what one cluster (live or simulated) runs, Aladdin's closed loop included."""
 
 from placement.policies.aladdin import AladdinPolicy
 from placement.policies.baselines import (
@@ -7,7 +8,7 @@ from placement.policies.baselines import (
     PowerOfTwoPolicy,
     RoundRobinPolicy,
 )
-from placement.policies.registry import POLICY_NAMES, make_policy
+from placement.policies.registry import POLICY_NAMES, Policies, is_slo_aware, make_policies, make_policy
 
 __all__ = [
     "POLICY_NAMES",
@@ -15,6 +16,9 @@ __all__ = [
     "JoinShortestQueuePolicy",
     "LeastKVLoadPolicy",
     "PowerOfTwoPolicy",
+    "Policies",
     "RoundRobinPolicy",
+    "is_slo_aware",
+    "make_policies",
     "make_policy",
 ]

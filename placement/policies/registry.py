@@ -28,6 +28,14 @@ _FACTORIES: dict[str, Callable[..., PlacementPolicy]] = {
 }
 
 POLICY_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+# the policies that promise each request its SLOs: they pack to a budget the closed loop adapts,
+# and only they can admit (the others place whatever comes)
+SLO_AWARE: frozenset[str] = frozenset({"aladdin"})
+
+
+def is_slo_aware(name: str) -> bool:
+    """Whether policy `name` promises SLOs (closed loop, packing budget, admission)."""
+    return name in SLO_AWARE
 
 
 def make_policy(name: str, seed: int = 0, **options: Any) -> PlacementPolicy:
@@ -59,7 +67,7 @@ def make_policies(
     (`PackingBudget.for_target`) shared by its policy (least violation where nothing fits),
     admission's wait-mode twin and the closed loop that adapts it; the others have none, and
     admission is aladdin's alone. `options` go to the policies' constructors."""
-    if name != "aladdin":
+    if not is_slo_aware(name):
         if admission:
             raise ValueError("admission is the aladdin policy's (the server admits only under it)")
         if atgt_margin is not None:

@@ -6,7 +6,8 @@ gets its predicted lengths from the length model and the placement policy (the p
 object) picks a worker or leaves it waiting in the central queue (`WaitingQueue`, ordered by
 the queue order), which is offered to the policy again whenever a request finishes and at
 scaling ticks. With `SimConfig.admission` the server's own `Admission` decides instead: it
-admits, queues (SLO-ODBS, bounded) or refuses, exactly as the placement actor does. Before each placement every worker in a decode run is brought up to date, so
+admits, queues (SLO-ODBS, bounded) or refuses, exactly as the placement controller does.
+Before each placement every worker in a decode run is brought up to date, so
 the policy reads the batch as it is at that moment.
 """
 

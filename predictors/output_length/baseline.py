@@ -31,7 +31,7 @@ class BucketMeans(BaseModel):
 
     def lookup(self, input_tokens: int) -> Prediction:
         bucket = min(log2_bucket(input_tokens), len(self.means) - 1)
-        return Prediction(mean=self.means[bucket], p90=self.p90s[bucket])
+        return Prediction(mean=self.means[bucket], upper=self.p90s[bucket])
 
 
 def fit_bucket_means(input_tokens: Sequence[int], reply_tokens: Sequence[float]) -> BucketMeans:

@@ -70,7 +70,7 @@ class OnlineCorrector:
             return ErrorSummary(n=0, mae=0.0, mean_signed_error=0.0, p90_coverage=0.0)
         actual = np.array([r.actual_tokens for r in records], dtype=np.float64)
         point = np.array([r.prediction.mean for r in records])
-        p90 = np.array([r.prediction.p90 for r in records])
+        p90 = np.array([r.prediction.upper for r in records])
         return ErrorSummary(
             n=len(records),
             mae=float(np.abs(point - actual).mean()),
@@ -90,7 +90,7 @@ class OnlineCorrector:
             return self.predictor
         actual = np.array([r.actual_tokens for r in records], dtype=np.float64)
         point = np.array([r.prediction.mean for r in records])
-        p90 = np.array([r.prediction.p90 for r in records])
+        p90 = np.array([r.prediction.upper for r in records])
         first = np.array([r.first_turn for r in records])
         with self._lock:
             self._records.clear()

@@ -7,16 +7,17 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Prediction:
-    """Predicted output length in tokens: a point estimate and a calibrated 90th percentile.
+    """Predicted output length in tokens: a point estimate and an upper estimate.
 
     `mean` is the point estimate the placement policy plans with (fitted for absolute error on
-    log length, so it sits near the conditional median); `p90` is never below it.
+    log length, so it sits near the conditional median); `upper` is the calibrated 90th
+    percentile, never below it (placement reserves KV for it: `RunningRequest.pred_upper`).
     """
 
     mean: float
-    p90: float
+    upper: float
 
     def __post_init__(self) -> None:
         mean = max(float(self.mean), 0.0)
         object.__setattr__(self, "mean", mean)
-        object.__setattr__(self, "p90", max(float(self.p90), mean))
+        object.__setattr__(self, "upper", max(float(self.upper), mean))

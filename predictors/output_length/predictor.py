@@ -54,7 +54,7 @@ class BucketMeanPredictor:
         raw = table.lookup(request.input_tokens)
         return Prediction(
             mean=raw.mean * self.calibration.mean_scale,
-            p90=raw.p90 * self.calibration.p90_scale(first),
+            upper=raw.upper * self.calibration.p90_scale(first),
         )
 
     def predict(self, prompt: str, token_ids: Sequence[int] | int, history: Sequence[PastTurn] = ()) -> Prediction:
@@ -104,7 +104,7 @@ class GbmPredictor:
         mean = math.expm1(self._single_mean.predict(row))
         p90 = math.expm1(self._single_p90.predict(row))
         c = self.calibration
-        return Prediction(mean=mean * c.mean_scale, p90=p90 * c.p90_scale(not request.history))
+        return Prediction(mean=mean * c.mean_scale, upper=p90 * c.p90_scale(not request.history))
 
     def predict(self, prompt: str, token_ids: Sequence[int] | int, history: Sequence[PastTurn] = ()) -> Prediction:
         return self.predict_input(chat_input(prompt, token_ids, history))

@@ -126,21 +126,21 @@ class _Prepared:
         self.chat = chat
         self.prediction = prediction
         self.prompt_tokens = len(generate.prompt_token_ids)
-        self.worker: str | None = None  # the replica that served it, once known
+        self.worker_id: str | None = None  # the worker that served it, once known
 
     def extension(self) -> dict[str, Any]:
         """The `aladdin` field of responses: the prediction and the SLOs applied."""
         placed = self.generate.placement
         return {
-            "predicted_output_tokens": {"mean": round(self.prediction.mean, 1), "p90": round(self.prediction.p90, 1)},
+            "predicted_output_tokens": {"mean": round(self.prediction.mean, 1), "p90": round(self.prediction.upper, 1)},
             "slo": {"ttft_ms": placed.slo_ttft_s * 1e3, "atgt_ms": placed.slo_atgt_s * 1e3},
-            "worker": self.worker,
+            "worker": self.worker_id,
         }
 
     def headers(self) -> dict[str, str]:
         return {
             "x-aladdin-predicted-output-tokens": f"{self.prediction.mean:.1f}",
-            "x-aladdin-predicted-output-tokens-p90": f"{self.prediction.p90:.1f}",
+            "x-aladdin-predicted-output-tokens-p90": f"{self.prediction.upper:.1f}",
         }
 
 
@@ -295,7 +295,7 @@ class OpenAIIngress:
         placed = RunningRequest(
             request_id=request_id,
             arrival_s=time.time() if options.received_s is None else options.received_s,
-            input_len=len(ids), pred_mean=prediction.mean, pred_upper=prediction.p90,
+            input_len=len(ids), pred_mean=prediction.mean, pred_upper=prediction.upper,
             slo_ttft_s=self._slo_s(body, options, "ttft"), slo_atgt_s=self._slo_s(body, options, "atgt"),
         )
         generate = GenerateRequest(request_id, list(ids), body.sampling(max_tokens), placed)
@@ -364,10 +364,10 @@ class OpenAIIngress:
                 logger.warning("admission unavailable (%r); requests go ahead unadmitted (logged once)", exc)
                 self._admission_failed_logged = True
             return prepared
-        if verdict["refused"]:
-            retry = max(1, math.ceil(verdict["retry_after_s"]))
+        if verdict.refused:
+            retry = max(1, math.ceil(verdict.retry_after_s))
             raise OpenAIError(
-                429, f"the server cannot start this request within its TTFT SLO ({verdict['reason']}); "
+                429, f"the server cannot start this request within its TTFT SLO ({verdict.reason}); "
                 f"retry after {retry} s", code="slo_unattainable", headers={"Retry-After": str(retry)},
             )
         return prepared
@@ -389,7 +389,7 @@ class OpenAIIngress:
                         first_s = first_s or last_s
                     tokens += chunk.num_tokens
                     finish = chunk.finish_reason or finish
-                    prepared.worker = chunk.worker or prepared.worker
+                    prepared.worker_id = chunk.worker_id or prepared.worker_id
                     yield chunk
                 break
             except OpenAIError:
@@ -428,7 +428,7 @@ class OpenAIIngress:
         placed = prepared.generate.placement
         natural = finish == "stop" and not prepared.body.ignore_eos  # else the length says nothing
         atgt = (last_s - first_s) / (tokens - 1) if tokens > 1 else None
-        if self._policy == "aladdin":
+        if self._config.placement.slo_aware:
             self._report_timing(RequestTiming(prepared.generate.request_id, first_s - placed.arrival_s, atgt or 0.0, tokens))
         record_request(
             ttft_s=first_s - placed.arrival_s,

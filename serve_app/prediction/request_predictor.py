@@ -47,7 +47,7 @@ class RequestPredictor:
         raw = self._corrector.predictor.predict_input(chat)
         if not cap:
             return raw
-        return Prediction(mean=min(raw.mean, max_tokens), p90=min(raw.p90, max_tokens))
+        return Prediction(mean=min(raw.mean, max_tokens), upper=min(raw.upper, max_tokens))
 
     def record(self, chat: ChatInput, prediction: Prediction, actual_tokens: int, finish_reason: str | None,
                ignore_eos: bool) -> bool:

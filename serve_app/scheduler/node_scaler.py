@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 
-from placement.planning.worker_estimate import WorkerEstimate, scale_target
 from serve_app.config import AppConfig
 from serve_app.worker.worker_resources import worker_node_bundle
 
@@ -23,17 +22,14 @@ class NodeScaler:
 
     def __init__(self, config: AppConfig) -> None:
         self.mode = config.scaling.node_scaling
-        self.min_workers = config.scaling.min_workers
-        self.max_workers = config.scaling.max_workers
         self.bundle = worker_node_bundle(config)
         self.requested: int | None = None  # workers' worth of resources asked for
 
-    def apply(self, estimate: WorkerEstimate, held: int) -> None:
-        """Ask for the workers the estimate needs (never below `held` until the estimate's
-        window is full), if that changed."""
+    def apply(self, target: int) -> None:
+        """Ask for `target` workers' worth of resources (the placement controller's scaling
+        target), if that changed."""
         if self.mode == "off":
             return
-        target = scale_target(estimate, held, self.min_workers, self.max_workers)
         if target == self.requested:
             return
         if self.mode == "advisory":

@@ -7,7 +7,7 @@
   refused because its TTFT SLO is lost (placement.admission; the ingress answers 429 with
   Retry-After).
 - `place` is called by the worker deployment's request router (serve_app.scheduler.placement_router) for
-  every request and returns the replica to use (the admitted worker, when there is one).
+  every request and returns the worker to use (the admitted one, when there is one).
 - `heartbeat` is called by every worker on a short period with a batched `WorkerReport`
   (tokens generated per running request, completions, KV capacity). The actor's state is
   rebuilt from these alone, so a restarted actor (max_restarts=-1) converges within one
@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict
 from typing import Any
 
 import ray
@@ -111,9 +110,9 @@ class PlacementActor:
         profile = self._controller.settings.profile
         logger.info("placement actor up: policy %s, profile %s tp%d", self._policy, profile.family, profile.tp)
 
-    async def admit(self, request: RunningRequest) -> dict[str, Any] | None:
-        """Admit `request` (see the module docstring): {"worker_id", "refused", "reason",
-        "retry_after_s", ...}, or None when it waits: the caller then awaits `admission`.
+    async def admit(self, request: RunningRequest) -> Verdict | None:
+        """Admit `request` (see the module docstring): its verdict, or None when it waits: the
+        caller then awaits `admission`.
         Answering at once keeps the caller's deadline for this call short (a dead or
         restarting actor is noticed within placement.actor_timeout_s)."""
         self._last_call = time.monotonic()
@@ -125,27 +124,26 @@ class PlacementActor:
             return None
         return self._settled(verdict)
 
-    async def admission(self, request_id: str) -> dict[str, Any]:
-        """The verdict on a waiting request, once there is one. An unknown id (the actor
-        restarted and lost its queue) is admitted without a choice of worker."""
+    async def admission(self, request_id: str) -> Verdict:
+        """The verdict on a waiting request, once there is one."""
         self._last_call = time.monotonic()
         future = self._admitting.get(request_id)
         if future is None:
-            return asdict(Verdict(request_id))
+            return self._controller.unknown_admission(request_id)
         try:
-            return asdict(await asyncio.shield(future))
+            return await asyncio.shield(future)
         except asyncio.CancelledError:  # the caller went away: do not admit it later
             if self._controller.withdraw(request_id):
                 self._admitting.pop(request_id, None)
             raise
 
-    def _settled(self, verdict: Verdict) -> dict[str, Any]:
+    def _settled(self, verdict: Verdict) -> Verdict:
         if self._controller.admission is not None:
             record_placement(self._policy, verdict.outcome)
         future = self._admitting.pop(verdict.request_id, None)
         if future is not None and not future.done():
             future.set_result(verdict)
-        return asdict(verdict)
+        return verdict
 
     async def _drain_while_waiting(self) -> None:
         # heartbeats drain too; this catches deadlines between them
@@ -155,7 +153,7 @@ class PlacementActor:
                 self._settled(verdict)
 
     async def place(self, request: RunningRequest, candidates: list[str]) -> str | None:
-        """The replica (unique id) to run `request` on, among `candidates`."""
+        """The worker (its replica's unique id) to run `request` on, among `candidates`."""
         self._last_call = time.monotonic()
         routing = self._controller.place(request, candidates, time.time())
         if routing.outcome != "admitted":
@@ -184,7 +182,7 @@ class PlacementActor:
         load = result.load
         record_worker(load.worker_id, load.kv_fraction, load.running, load.waiting)
         if result.forgotten:
-            logger.info("placement: forgetting replicas gone silent: %s", result.forgotten)
+            logger.info("placement: forgetting workers gone silent: %s", result.forgotten)
             for worker_id in result.forgotten:
                 forget_worker(worker_id)
         for verdict in result.verdicts:
@@ -205,7 +203,7 @@ class PlacementActor:
             record_closed_loop(snapshot.ttft_share, snapshot.atgt_share, snapshot.new_misses, snapshot.corrections)
         record_queue_length(result.queue_length)
         if self._config.scaling.enabled:
-            self._node_scaler.apply(estimate, held)
+            self._node_scaler.apply(result.target_workers)
 
     async def observe(self, timings: list[RequestTiming]) -> None:
         """Finished requests as the ingress measured them: they close placement's loop."""
@@ -217,7 +215,7 @@ class PlacementActor:
         return {**self._controller.stats(), "node_request": self._node_scaler.requested}
 
     async def decisions(self, request_ids: list[str]) -> dict[str, str]:
-        """The replica the actor chose for each of these requests (those it remembers)."""
+        """The worker the actor chose for each of these requests (those it remembers)."""
         return self._controller.decisions(request_ids)
 
     async def where(self, request_id: str) -> dict[str, Any] | None:

@@ -47,7 +47,6 @@ class PlacementRouter(PowerOfTwoChoicesRequestRouter):
         self._policy = parsed.placement.policy
         self._timeout_s = parsed.placement.actor_timeout_s
         self._actor: ray.actor.ActorHandle | None = None
-        self.fallbacks = 0
         self._fallback_logged = False
 
     def _placement_actor(self) -> ray.actor.ActorHandle:
@@ -76,7 +75,6 @@ class PlacementRouter(PowerOfTwoChoicesRequestRouter):
         return [[replica]] if replica is not None else ranked
 
     def _fall_back(self, item: RunningRequest, ranked: list[list[RunningReplica]], exc: BaseException) -> list[list[RunningReplica]]:
-        self.fallbacks += 1
         record_placement(self._policy, "fallback")
         if not self._fallback_logged:
             logger.warning("placement actor did not answer (%r); falling back to power-of-two choices "

@@ -17,7 +17,9 @@ class InvalidRequest(ValueError):
 
 
 class Engine(Protocol):
-    """What a worker needs of its engine."""
+    """What a worker needs of its engine. Its stats are not a method: the engine keeps the
+    worker's `EngineSnapshot` (given to `start_engine`) current as it runs, so reading them
+    never waits on the engine."""
 
     def generate(self, prompt_token_ids: list[int], sampling: dict[str, Any],
                  request_id: str) -> AsyncIterator[GenerateChunk]:

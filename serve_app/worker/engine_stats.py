@@ -3,7 +3,7 @@ up the work of its iterations for placement's latency correction.
 
 vLLM 0.32 reports each iteration's details (`SchedulerStats.iteration_details`: prompt-chunk
 requests and tokens, decoding requests, the iteration's elapsed time in the engine core) when
-`enable_logging_iteration_details` is on (serve_app.worker.worker turns it on, and keeps vLLM's own
+`enable_logging_iteration_details` is on (serve_app.worker.vllm_engine turns it on, and keeps vLLM's own
 logging stat logger, which would print every iteration, off). The profile's models are linear
 in prompts, tokens, squared tokens, sequences and context tokens, so the sums are all the
 correction needs. Two figures are estimated: the squared prompt tokens as if the iteration's

@@ -100,7 +100,7 @@ class LLMWorker:
                     self._running[rid] = view = dataclasses.replace(view, first_token_s=time.time())
                 self._tokens_generated[rid] += chunk.num_tokens
                 if chunk.finish_reason:
-                    chunk = dataclasses.replace(chunk, worker=self._worker_id)
+                    chunk = dataclasses.replace(chunk, worker_id=self._worker_id)
                 yield chunk
             self._completed += 1
         finally:

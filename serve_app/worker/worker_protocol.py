@@ -27,7 +27,7 @@ class GenerateChunk:
     text: str
     num_tokens: int
     finish_reason: str | None = None
-    worker: str | None = None  # the serving worker's id, on the last chunk
+    worker_id: str | None = None  # the serving worker's id, on the last chunk
 
 
 @dataclass

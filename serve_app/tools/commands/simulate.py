@@ -36,8 +36,8 @@ def add_aladdin_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-infeasible", choices=("wait", "least-violation"),
                    help="aladdin: when no worker fits (simulator default: least-violation)")
     p.add_argument("--atgt-margin", type=float,
-                   help="aladdin: share of the ATGT SLO best fit packs a worker to, in (0, 1] "
-                        "(default: placement.policies.aladdin.DEFAULT_ATGT_MARGIN)")
+                   help="aladdin: a fixed share of the ATGT SLO best fit packs a worker to, in (0, 1] "
+                        "(an expert override; default: the share adapts to the target attainment)")
 
 
 def aladdin_options(args: argparse.Namespace) -> dict | None:
