@@ -8,7 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.evaluation.compare import AUTOSCALED, AutoscaledResult, Comparison, PolicyResult, compare, fewest_meeting
+from placement.evaluation.compare import (
+    AUTOSCALED,
+    QUEUE_TARGET_GRID,
+    AutoscaledResult,
+    Comparison,
+    PolicyResult,
+    compare,
+    fewest_meeting,
+    run_autoscaled,
+)
+from placement.simulator.autoscale import DEFAULT_TARGET_ONGOING_REQUESTS
 from placement.simulator.scenario import Scenario
 from placement.traces import synthetic
 from predictors.latency import load_profile_family
@@ -53,8 +63,9 @@ def test_json_shape(comparison):
     assert {out["policies"][p]["tp"] for p in ("aladdin", "rr", "jsq", "p2c")} == {out["planner"]["tp"]}
     assert set(out["ratios"]) == {
         "aladdin_vs_p2c_default", "aladdin_vs_best_same_tp", "autoscaled_gpu_hours_aladdin_vs_queue_length",
+        "autoscaled_gpu_hours_aladdin_vs_queue_length_default",
     }
-    assert {(p, r["scaler"]) for p, r in out["autoscaled"].items()} == set(AUTOSCALED)
+    assert {(p, r["scaler"]) for p, r in out["autoscaled"].items()} == {*AUTOSCALED, ("p2c-at-target", "queue-length")}
     for r in out["autoscaled"].values():
         assert r["gpu_hours"] > 0 and 0 <= r["attainment"] <= 1 and "timeline" not in r
 
@@ -76,8 +87,27 @@ def test_ratios_come_from_min_gpus(comparison):
     best = min(p[n].min_gpus for n in ("rr", "jsq", "p2c"))
     assert ratios["aladdin_vs_best_same_tp"] == p["aladdin"].min_gpus / best
     scaled = comparison.autoscaled
-    gpu_hours = scaled["aladdin"].gpu_hours / scaled["p2c"].gpu_hours
-    assert ratios["autoscaled_gpu_hours_aladdin_vs_queue_length"] == gpu_hours
+    assert ratios["autoscaled_gpu_hours_aladdin_vs_queue_length_default"] == scaled["aladdin"].gpu_hours / scaled["p2c"].gpu_hours
+    tuned = scaled["p2c-at-target"]
+    expected = scaled["aladdin"].gpu_hours / tuned.gpu_hours if tuned.attainment >= comparison.target else None
+    assert ratios["autoscaled_gpu_hours_aladdin_vs_queue_length"] == expected
+
+
+def test_the_tuned_queue_length_rule_is_its_cheapest_setting_that_meets_the_target(comparison):
+    scaled = comparison.autoscaled
+    default, tuned = scaled["p2c"], scaled["p2c-at-target"]
+    assert default.target_ongoing_requests == DEFAULT_TARGET_ONGOING_REQUESTS and tuned.scaler == "queue-length"
+    grid = sorted(set(QUEUE_TARGET_GRID) | {DEFAULT_TARGET_ONGOING_REQUESTS})
+    assert tuned.target_ongoing_requests in grid
+    if tuned.attainment >= comparison.target:
+        larger = [g for g in grid if g > tuned.target_ongoing_requests]
+        if larger:  # the next cheaper setting misses the target
+            at_tp = _scenario().with_profile(FAMILY.profile(tuned.tp))
+            cheaper = run_autoscaled(at_tp, "p2c", "queue-length", tuned.start_workers, 64 // tuned.tp,
+                                     scaler_options={"target_ongoing_requests": larger[0]})
+            assert cheaper.attainment < comparison.target
+    else:
+        assert tuned.target_ongoing_requests == grid[0]
 
 
 def test_ratios_are_none_when_a_policy_never_reaches_the_target():
@@ -88,21 +118,26 @@ def test_ratios_are_none_when_a_policy_never_reaches_the_target():
     assert ratios == {"aladdin_vs_p2c_default": None, "aladdin_vs_best_same_tp": 2.0}
 
 
-def test_autoscaled_goal_needs_equal_or_better_attainment():
+def test_autoscaled_goal_compares_runs_that_meet_the_target():
     results = {name: PolicyResult(name, 1, 4, 0.99) for name in POLICIES}
     results["p2c-default"] = PolicyResult("p2c-default", 4, 8, 0.995)
+    name = "autoscaled_gpu_hours_aladdin_vs_queue_length"
 
     def scaled(policy: str, gpu_hours: float, attainment: float) -> AutoscaledResult:
         return AutoscaledResult(policy, "s", 1, 2, gpu_hours, attainment, 4, 100.0)
 
-    cheaper_but_worse = Comparison(0.99, 1, 4, results, {"aladdin": scaled("aladdin", 1.0, 0.98),
-                                                         "p2c": scaled("p2c", 2.0, 0.999)})
-    goals = cheaper_but_worse.goals()
-    assert goals == {"aladdin_vs_p2c_default": True, "aladdin_vs_best_same_tp": False,
-                     "autoscaled_gpu_hours_aladdin_vs_queue_length": False}
-    cheaper_and_better = Comparison(0.99, 1, 4, results, {"aladdin": scaled("aladdin", 1.0, 0.999),
-                                                          "p2c": scaled("p2c", 2.0, 0.98)})
-    assert cheaper_and_better.goals()["autoscaled_gpu_hours_aladdin_vs_queue_length"] is True
+    def runs(aladdin: tuple[float, float], tuned: tuple[float, float]) -> Comparison:
+        return Comparison(0.99, 1, 4, results, {"aladdin": scaled("aladdin", *aladdin), "p2c": scaled("p2c", 1.0, 0.9),
+                                                "p2c-at-target": scaled("p2c-at-target", *tuned)})
+
+    cheaper_but_missing = runs((1.0, 0.98), (2.0, 0.999))
+    assert cheaper_but_missing.goals() == {"aladdin_vs_p2c_default": True, "aladdin_vs_best_same_tp": False, name: False}
+    assert runs((1.0, 0.999), (2.0, 0.995)).goals()[name] is True
+    assert runs((1.5, 0.999), (2.0, 0.995)).goals()[name] is False  # 0.75 > 0.7
+    # the rule never met the target at any setting: Aladdin's run meeting it is the goal
+    never = runs((3.0, 0.995), (9.0, 0.95))
+    assert never.ratios()[name] is None and never.goals()[name] is True
+    assert runs((3.0, 0.985), (9.0, 0.95)).goals()[name] is False
     results["p2c-default"] = PolicyResult("p2c-default", 4, None, None)
     assert Comparison(0.99, 1, 4, results).goals()["aladdin_vs_p2c_default"] is None
 
