@@ -3,7 +3,8 @@ fit the same prefill/decode models the engine profiler fits.
 
 Sources (read from a data folder; nothing is copied into the project):
 - vidur_profiles/compute/<gpu>/meta-llama/<model>/mlp.csv: per-layer non-attention ops
-  (norms, QKV/O projections, rope, MLP, residual add) and the embedding, by batch tokens and TP.
+  (norms, QKV/O projections, rope, MLP, residual add) and the embedding, by batch tokens and TP
+  (Llama-2 to 4,096 tokens on A100 and H100; Meta-Llama-3 to 32,768 tokens, A100 only).
 - aiconfigurator_perf/<gpu>_sxm/attention/vllm/0.14.0: vLLM prefill ("context") and decode
   ("generation") attention per layer, by batch, length and per-GPU heads.
 - vidur_profiles/network/<gpu>_dgx/all_reduce.csv: the tensor-parallel all-reduce (2 per layer).
@@ -56,6 +57,7 @@ class ModelShape:
     head_dim: int
     num_params: int
     max_model_len: int
+    gpus: tuple[str, ...] = ("a100", "h100")  # GPU kinds vidur timed this model's linear ops on
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,15 @@ LLAMA_2 = (
     ModelShape("llama-2-7b", "meta-llama/Llama-2-7b-hf", 32, 4096, 32, 32, 128, 6_738_415_616, 4096),
     ModelShape("llama-2-70b", "meta-llama/Llama-2-70b-hf", 80, 8192, 64, 8, 128, 68_976_648_192, 4096),
 )
+# Llama 3.1 has Llama 3's layer shapes (only RoPE scaling and the context length differ), so
+# vidur's Meta-Llama-3 tables time its linear ops. vidur has no Llama-3 tables on H100.
+LLAMA_3_1 = (
+    ModelShape("llama-3.1-8b", "meta-llama/Meta-Llama-3-8B", 32, 4096, 32, 8, 128, 8_030_261_248, 131072, ("a100",)),
+    ModelShape(
+        "llama-3.1-70b", "meta-llama/Meta-Llama-3-70B", 80, 8192, 64, 8, 128, 70_553_706_496, 131072, ("a100",)
+    ),
+)
+MODELS = LLAMA_2 + LLAMA_3_1
 GPUS = (
     GpuSpec("a100", "NVIDIA A100-SXM4-80GB (DGX A100, NVSwitch)", 80 * GIB, "a100", "a100_dgx", "a100_sxm"),
     GpuSpec("h100", "NVIDIA H100-SXM 80GB HBM3 (DGX H100, NVSwitch)", 80 * GIB, "h100", "h100_dgx", "h100_sxm"),
@@ -157,6 +168,11 @@ class ContextAttention:
         mine = [r for r in rows if int(r["num_heads"]) == q and int(r["num_key_value_heads"]) == kv and r["batch_size"] == "1"]
         self._table = _median_by_key([(float(r["isl"]), float(r["latency"])) for r in mine])
 
+    @property
+    def longest_prompt(self) -> int:
+        """The longest prompt the table timed; longer ones are extrapolated."""
+        return int(self._table[0][-1])
+
     def sequence_s(self, length: int) -> float:
         # Beyond the grid, attention grows with the square of the length.
         xs, ys = self._table
@@ -181,6 +197,21 @@ class GenerationAttention:
         values = np.log([float(r["latency"]) for r in mine])
         self._inside = LinearNDInterpolator(points, values)
         self._nearest = NearestNDInterpolator(points, values)
+        # The timed region: a row at `step` holds step + 1 tokens per request after the new one.
+        self.longest_context = max(int(r["step"]) + 1 for r in mine)
+        self._largest_batch = max(int(r["batch_size"]) for r in mine)
+        self._most_tokens = max(int(r["batch_size"]) * (int(r["step"]) + 1) for r in mine)
+
+    def covers(self, batch_size: int, context_per_request: int) -> bool:
+        """Whether the table timed this batch and context (the kernel was not run past the
+        GPU's memory, so large batches stop at shorter contexts); outside it, `batch_s`
+        returns the nearest timed point, which underestimates."""
+        batch = batch_size * self._batch_scale
+        return (
+            batch <= self._largest_batch
+            and context_per_request <= self.longest_context
+            and batch * context_per_request <= self._most_tokens
+        )
 
     def batch_s(self, batch_size: int, context_per_request: float) -> float:
         point = (math.log(batch_size * self._batch_scale), math.log(max(context_per_request, 1.0)))
@@ -228,37 +259,58 @@ def gpu_kv_model(model: ModelShape, gpu: GpuSpec, tp: int) -> KVCacheModel:
     return KVCacheModel(block_size=BLOCK_SIZE, num_blocks=blocks, bytes_per_token=per_token)
 
 
-def prefill_grid(max_model_len: int) -> list[tuple[int, ...]]:
-    """Uniform batches (lengths 16..max_model_len, 1..64 prompts, <= 32768 tokens, the span of
-    the splitwise runs) plus mixed-length batches that separate sum(l^2) from sum(l)."""
-    lengths = [n for n in (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192) if n <= max_model_len]
-    grid = [(n,) * b for n in lengths for b in (1, 2, 4, 8, 16, 32, 64) if n * b <= 32768]
-    grid += [(max_model_len, 128), (max_model_len // 2,) + (64,) * 16, (2048, 512, 512, 128, 128, 128)]
+def prefill_grid(longest_prompt: int, capacity_tokens: int) -> list[tuple[int, ...]]:
+    """Uniform batches (lengths 16..longest_prompt, 1..64 prompts, <= 32768 tokens, the span of
+    the splitwise runs and of vidur's Llama-3 tables) plus mixed-length batches that separate
+    sum(l^2) from sum(l); no batch holds more tokens than the KV cache."""
+    lengths = [n for n in (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384) if n <= longest_prompt]
+    grid = [(n,) * b for n in lengths for b in (1, 2, 4, 8, 16, 32, 64) if n * b <= min(32768, capacity_tokens)]
+    grid += [(longest_prompt, 128), (longest_prompt // 2,) + (64,) * 16, (2048, 512, 512, 128, 128, 128)]
     return grid
 
 
-def decode_grid(capacity_tokens: int) -> list[tuple[int, int]]:
-    """(batch size, total context tokens) pairs that fit in the KV cache."""
+def decode_grid(capacity_tokens: int, max_model_len: int, generation: GenerationAttention) -> list[tuple[int, int]]:
+    """(batch size, total context tokens) pairs that fit in the KV cache and that the decode
+    attention table timed."""
     return [
         (b, b * c)
-        for c in (128, 512, 1024, 2048, 4096)
+        for c in (128, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
         for b in (1, 2, 4, 8, 16, 32, 64, 128, 256)
-        if b * c <= capacity_tokens
+        if c <= max_model_len and b * c <= capacity_tokens and generation.covers(b, c)
     ]
+
+
+def _reach_note(max_model_len: int, prefill: list[PrefillSample], decode: list[DecodeSample]) -> str:
+    """Say where the fit extrapolates, when the context is longer than the data reached."""
+    longest_prompt = max(max(s.input_lens) for s in prefill)
+    longest_context = max(s.context_tokens // s.batch_size for s in decode)
+    if max_model_len <= min(longest_prompt, longest_context):
+        return ""
+    return (
+        f" Fitted on prompts <= {longest_prompt} tokens (the context-attention table) and decode contexts "
+        f"<= {longest_context} tokens per request (the generation-attention table); longer ones, up to "
+        f"max_model_len {max_model_len}, extrapolate the fit."
+    )
 
 
 def compose_profile(data_dir: Path, model: ModelShape, gpu: GpuSpec, tp: int) -> WorkerProfile:
     """Fit one worker profile to iteration times composed from the operator tables."""
     worker = ComposedWorker(data_dir, model, gpu, tp)
     kv = gpu_kv_model(model, gpu, tp)
-    prefill = [PrefillSample(lens, worker.prefill_s(lens)) for lens in prefill_grid(model.max_model_len)]
-    decode = [DecodeSample(b, ctx, worker.decode_step_s(b, ctx)) for b, ctx in decode_grid(kv.capacity_tokens)]
+    # vLLM refuses a context longer than the KV cache holds.
+    max_model_len = min(model.max_model_len, kv.capacity_tokens)
+    longest_prompt = min(max_model_len, worker.context.longest_prompt)
+    prefill = [PrefillSample(lens, worker.prefill_s(lens)) for lens in prefill_grid(longest_prompt, kv.capacity_tokens)]
+    decode = [
+        DecodeSample(b, ctx, worker.decode_step_s(b, ctx))
+        for b, ctx in decode_grid(kv.capacity_tokens, max_model_len, worker.generation)
+    ]
     fitted = fit_latency(prefill, decode)
     return WorkerProfile(
         model=model.name,
         hardware=gpu.name,
         tp=tp,
-        max_model_len=model.max_model_len,
+        max_model_len=max_model_len,
         source=(
             "aladdin profile --from-ops: vidur_profiles (microsoft/vidur 7d47513, MIT) per-layer linear ops, "
             f"embedding and {gpu.vidur_network} all-reduce; aiconfigurator_perf (ai-dynamo/aiconfigurator 095f58a, "
@@ -267,7 +319,7 @@ def compose_profile(data_dir: Path, model: ModelShape, gpu: GpuSpec, tp: int) ->
         notes=(
             f"{gpu.description}. Fit MAPE is against the composed operator times on held-out grid points; "
             "LM head, sampler and CPU overheads are not in the data. KV: 80 GiB x 0.9 x tp - 2 bytes/param "
-            "- 2 GiB/GPU activation reserve, block 16."
+            "- 2 GiB/GPU activation reserve, block 16." + _reach_note(max_model_len, prefill, decode)
         ),
         prefill=fitted.prefill,
         decode=fitted.decode,
@@ -277,9 +329,9 @@ def compose_profile(data_dir: Path, model: ModelShape, gpu: GpuSpec, tp: int) ->
 
 
 def build_gpu_profiles(data_dir: Path) -> Iterator[WorkerProfile]:
-    """Every Llama-2 size x GPU x TP the data covers whose weights fit in GPU memory."""
-    for model in LLAMA_2:
-        for gpu in GPUS:
+    """Every model x GPU x TP the data covers whose weights fit in GPU memory."""
+    for model in MODELS:
+        for gpu in (g for g in GPUS if g.name in model.gpus):
             for tp in TP_DEGREES:
                 if model.num_kv_heads % tp or model.num_heads % tp:
                     continue
