@@ -72,6 +72,8 @@ class ClosedLoop:
             self.overcommitted += not decision.unfit
             self._overcommits[worker_id] = self._overcommits.get(worker_id, 0) + 1
         base = self._bases.get(worker_id, worker.profile)
+        resident = worker.residents.get(request.id)
+        cached = 0 if resident is None else resident.cached_tokens  # the part of its prompt cached there
         self._promises.pop(request.id, None)  # placed again (a retried routing): the newest counts
         if len(self._promises) >= MAX_PROMISES:
             del self._promises[next(iter(self._promises))]
@@ -83,9 +85,11 @@ class ClosedLoop:
             waited_s=now_s - request.arrival_s,
             # the TTFT check's own formula without the serving path: the prefill queued ahead
             # of it, then its own
-            engine_ttft_s=worker.model_ttft_s(request.input_len, base, queued_itself=True) - base.serving_overhead_s,
+            engine_ttft_s=(worker.model_ttft_s(request.input_len, base, queued_itself=True, cached_tokens=cached)
+                           - base.serving_overhead_s),
             arrival_s=request.arrival_s,
-            model_ttft_s=now_s - request.arrival_s + worker.model_ttft_s(request.input_len, queued_itself=True),
+            model_ttft_s=now_s - request.arrival_s + worker.model_ttft_s(request.input_len, queued_itself=True,
+                                                                         cached_tokens=cached),
         )
 
     def busy(self, worker: WorkerState, interval: BusyInterval, base: WorkerProfile) -> None:

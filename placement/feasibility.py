@@ -10,7 +10,9 @@ now; rebalancing raises its estimate). At step t the worker holds
 
 which grows between finishes, so its peak is at one of the finish points t = r_k. The decode
 step at t runs the n(t) = |{i : r_i >= t}| alive requests over usage(t) context tokens; it is
-largest at a finish point too (n(t) only shrinks with t, the step time grows with both).
+largest at a finish point too (n(t) only shrinks with t, the step time grows with both). With
+prefix caching a request's blocks another resident already holds take no KV of their own:
+the KV peak subtracts each alive request's discount d_i (the decode step still reads them).
 
 A worker is feasible for request q under a `PackingBudget` (shares of the SLOs best fit packs
 to, adapted from measured attainment; 1 = the SLOs themselves) when
@@ -25,6 +27,7 @@ to, adapted from measured attainment; 1 = the SLOs themselves) when
   (d) TTFT:  (now - q.arrival) + ttft_s(q.input_len, queued prefill ahead of it) <= ttft_share
              x q.slo_ttft. Prefills have priority, so q waits for the prompts queued before it
              and at most the decode step running when it arrives (not counted: <= the ATGT SLO).
+             Its own prefill skips what the worker's prefix cache holds (`WorkerState.prefix_hit`).
 All latencies come from the worker's `WorkerProfile`.
 """
 
@@ -95,8 +98,9 @@ class Fit:
         return max(0.0, -self.kv_leftover, -self.atgt_leftover, ttft_over)
 
 
-def lifetimes(worker: WorkerState, new: Request | None = None) -> list[tuple[int, int]]:
-    """(remaining steps, current KV tokens) of every resident, plus `new` (not yet placed)."""
+def lifetimes(worker: WorkerState, new: Request | None = None, new_discount: int = 0) -> list[tuple[int, int, int]]:
+    """(remaining steps, current context tokens, KV discount) of every resident, plus `new`
+    (not yet placed; `new_discount`: its tokens residents' blocks hold here)."""
     steps = worker.steps
     out = []
     append = out.append
@@ -105,15 +109,16 @@ def lifetimes(worker: WorkerState, new: Request | None = None) -> list[tuple[int
         size = resident.request.input_len + (0 if start is None else steps - start)
         # counted_final_tokens is input + upper output tokens, kept in step by set_estimate
         remaining = resident.counted_final_tokens - size
-        append((remaining if remaining > 0 else 0, size))
+        append((remaining if remaining > 0 else 0, size, resident.kv_discount_tokens))
     if new is not None:
-        append((new.upper_output_tokens, new.input_len))
+        append((new.upper_output_tokens, new.input_len, new_discount))
     return out
 
 
-def project(worker: WorkerState, new: Request | None = None) -> Projection:
-    """Peak KV use and peak decode-step time from now until every resident (and `new`) ends."""
-    items = lifetimes(worker, new)
+def project(worker: WorkerState, new: Request | None = None, new_discount: int = 0) -> Projection:
+    """Peak KV use and peak decode-step time from now until every resident (and `new`, whose
+    blocks residents hold for `new_discount` of its tokens) ends."""
+    items = lifetimes(worker, new, new_discount)
     if not items:
         return Projection(0, 0.0)
     items.sort(reverse=True)
@@ -121,15 +126,17 @@ def project(worker: WorkerState, new: Request | None = None) -> Projection:
     points: list[tuple[int, int]] = []  # (alive count, usage) at each distinct finish point
     alive = 0
     held = 0
+    shared = 0
     peak_kv = 0
-    for k, (t, size) in enumerate(items):
+    for k, (t, size, discount) in enumerate(items):
         alive += 1
         held += size
+        shared += discount
         if k + 1 == len(items) or items[k + 1][0] != t:
             usage = held + alive * t
             points.append((alive, usage))
-            if usage > peak_kv:
-                peak_kv = usage
+            if usage - shared > peak_kv:
+                peak_kv = usage - shared
     # only a point whose usage beats every earlier one (in time) can be the slowest step, since
     # earlier points run at least as many requests
     step_s = worker.profile.decode_step_s
@@ -157,14 +164,14 @@ def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float,
         return 0.0
     share = budget.atgt_share
     steps = worker.steps
-    prefill_s = worker.profile.prefill_time_s
+    prefill_s = worker.profile.prefill.uncached_time_s
     # the queued prompts in admission order, and the prefill time queued after each of them
     queued = [r for r in worker.residents.values() if r.decode_from_step is None]
     behind = [0.0] * len(queued)
     pending = 0.0
     for i in range(len(queued) - 1, -1, -1):
         behind[i] = pending
-        pending += prefill_s([queued[i].request.input_len])
+        pending += prefill_s(queued[i].request.input_len, queued[i].cached_tokens)
     total = 0.0
     for i, resident in enumerate(queued):
         request = resident.request
@@ -196,12 +203,12 @@ def check(worker: WorkerState, request: Request, now_s: float, budget: PackingBu
     TTFT within `budget.ttft_share` x its SLO, and the request's prefill expected to break at
     most `budget.stall_risk` of the residents' ATGT SLOs."""
     budget = budget or NO_MARGIN
-    projection = project(worker, request)
+    cached, discount = worker.prefix_hit(request)
+    projection = project(worker, request, discount)
     atgt_slo = min(worker.min_slo_atgt_s, request.slo_atgt_s) * budget.atgt_share
-    profile = worker.profile
-    ttft = (now_s - request.arrival_s) + worker.ttft_s(request.input_len)
+    ttft = (now_s - request.arrival_s) + worker.ttft_s(request.input_len, cached_tokens=cached)
     capacity = worker.kv_capacity_tokens
-    own_prefill_s = profile.prefill_time_s([request.input_len])
+    own_prefill_s = worker.prefill_s(request, cached)
     prefill_share = worker.prefill_share(now_s, own_prefill_s)
     atgt = token_interval_s(projection.peak_step_s, prefill_share)
     breaks = stall_risk(worker, own_prefill_s, projection.peak_step_s, now_s, budget)

@@ -13,6 +13,7 @@ import math
 import weakref
 from dataclasses import dataclass, field
 
+from placement.prefix_cache import Prefix, PrefixCache, hit_tokens
 from predictors.latency.profile import WorkerProfile
 
 # Time constant of a worker's prefill-load estimate. Short, so the estimate follows bursts of
@@ -28,6 +29,7 @@ class Request:
     `pred_mean` and `pred_upper` (the p90) are the predictor's output lengths at arrival;
     error-aware rebalancing may later raise `est_upper` / `est_mean` for a request that
     outlives its prediction. `output_len` is the true length, known only to the simulator.
+    `prefix` names the prompt's whole leading blocks for prefix caching (None: not tracked).
     """
 
     id: str
@@ -38,12 +40,15 @@ class Request:
     slo_ttft_s: float
     slo_atgt_s: float
     output_len: int | None = None
+    prefix: Prefix | None = None
     est_mean: float = field(init=False)
     est_upper: float = field(init=False)
 
     def __post_init__(self) -> None:
         if self.input_len < 1:
             raise ValueError("input_len must be >= 1")
+        if self.prefix is not None:
+            self.prefix = self.prefix.whole(self.input_len)
         if not 0 < self.pred_mean <= self.pred_upper:
             raise ValueError("need 0 < pred_mean <= pred_upper")
         self.est_mean = self.pred_mean
@@ -72,9 +77,18 @@ class Resident:
     request: Request
     decode_from_step: int | None = None
     decode_started_s: float = 0.0
-    # the request's upper_final_tokens as counted in WorkerState.kv_final_tokens, so removal
-    # subtracts what admission added even if the estimate changed in between
+    # the request's upper_final_tokens as counted in WorkerState.final_context_tokens, so
+    # removal subtracts what admission added even if the estimate changed in between
     counted_final_tokens: int = 0
+    # prompt tokens its prefill skips (the prefix cache holds them), and tokens of its KV
+    # another resident's blocks hold (not counted against the capacity for it again)
+    cached_tokens: int = 0
+    kv_discount_tokens: int = 0
+
+    @property
+    def counted_kv_final_tokens(self) -> int:
+        """What it adds to `WorkerState.kv_final_tokens`: its final size less the shared part."""
+        return self.counted_final_tokens - self.kv_discount_tokens
 
 
 def _upper_end_step(resident: Resident) -> int:
@@ -105,18 +119,27 @@ class WorkerState:
     queue_lateness: float = 1.0
     steps: int = 0  # decode steps this worker has run
     residents: dict[str, Resident] = field(default_factory=dict)
-    # prefill work placed but not yet run: sum(l), sum(l^2), count
+    # prefill work placed but not yet run: sum(l - cached), sum(l^2 - cached^2), count
     queued_prefill_tokens: int = 0
     queued_prefill_sq: int = 0
     queued_prefill_count: int = 0
+    # whole prompts of the requests still queued (their KV is allocated at prefill)
+    queued_prompt_tokens: int = 0
     # decoding requests: count and sum of (input_len - decode_from_step); context tokens of
     # the batch = decode_context_base + decode_count * steps
     decode_count: int = 0
     decode_context_base: int = 0
-    # sum over residents of upper_final_tokens: an upper bound of the projected KV peak while
-    # no resident has outlived its upper estimate (step-independent, so it needs no update on
-    # advance)
+    # sum over residents of upper_final_tokens less their KV discounts: an upper bound of the
+    # projected KV peak while no resident has outlived its upper estimate (step-independent,
+    # so it needs no update on advance)
     kv_final_tokens: int = 0
+    # the same without the discounts: the context the decoding batch reads at those sizes
+    final_context_tokens: int = 0
+    # sum over residents of kv_discount_tokens
+    kv_discount_tokens: int = 0
+    # what placement believes this worker's engine has cached (None: prefix caching not
+    # modelled, every prompt is prefilled in full)
+    prefix_cache: PrefixCache | None = None
     # exponentially decayed sum (time constant PREFILL_WINDOW_S) of the prefill seconds of the
     # requests admitted, as of prefill_load_at_s; see prefill_share
     prefill_load_s: float = 0.0
@@ -176,38 +199,44 @@ class WorkerState:
     @property
     def kv_used_tokens(self) -> int:
         """KV tokens in use now: the decoding batch's context plus the prompts of queued
-        requests (their KV is allocated at prefill; counted from admission)."""
-        return self.context_tokens + self.queued_prefill_tokens
+        requests (their KV is allocated at prefill; counted from admission), blocks shared
+        between residents once."""
+        return self.context_tokens + self.queued_prompt_tokens - self.kv_discount_tokens
 
     @property
     def context_tokens(self) -> int:
         """Tokens in the KV cache of the decoding batch (prompts plus generated tokens)."""
         return self.decode_context_base + self.decode_count * self.steps
 
-    def ttft_s(self, input_len: int, profile: WorkerProfile | None = None, queued_itself: bool = False) -> float:
-        """The TTFT a request of `input_len` tokens sees here from now (`WorkerProfile.ttft_s`
-        over the prefill queued ahead of it, with the engine's chunking, the engine part scaled
-        by the queue's measured lateness), by `profile` (default this worker's).
-        `queued_itself`: the request is already admitted, the last in the queue."""
-        ttft = self.model_ttft_s(input_len, profile, queued_itself)
+    def ttft_s(self, input_len: int, profile: WorkerProfile | None = None, queued_itself: bool = False,
+               cached_tokens: int = 0) -> float:
+        """The TTFT a request of `input_len` tokens, `cached_tokens` of them in the prefix
+        cache, sees here from now (`WorkerProfile.ttft_s` over the prefill queued ahead of it,
+        with the engine's chunking, the engine part scaled by the queue's measured lateness), by
+        `profile` (default this worker's). `queued_itself`: the request is already admitted,
+        the last in the queue."""
+        ttft = self.model_ttft_s(input_len, profile, queued_itself, cached_tokens)
         if self.queue_lateness == 1.0:
             return ttft
         overhead = (profile or self.profile).serving_overhead_s
         return (ttft - overhead) * self.queue_lateness + overhead
 
-    def model_ttft_s(self, input_len: int, profile: WorkerProfile | None = None, queued_itself: bool = False) -> float:
+    def model_ttft_s(self, input_len: int, profile: WorkerProfile | None = None, queued_itself: bool = False,
+                     cached_tokens: int = 0) -> float:
         """`ttft_s` by the profile alone, without the queue's measured lateness."""
         profile = profile or self.profile
         tokens, squares, count = self.queued_prefill_tokens, self.queued_prefill_sq, self.queued_prefill_count
         if queued_itself:
-            tokens, squares, count = tokens - input_len, squares - input_len * input_len, count - 1
+            tokens -= input_len - cached_tokens
+            squares -= input_len * input_len - cached_tokens * cached_tokens
+            count -= 1
         if self.token_budget is None:
-            return profile.ttft_s(input_len, tokens, squares, count)
+            return profile.ttft_s(input_len, tokens, squares, count, cached_tokens=cached_tokens)
         # decoding requests take one token of each iteration's budget; the prompts ahead join
         # the decoding batch as they complete, so the step is taken halfway through them
         return profile.ttft_s(
             input_len, tokens, squares, count, chunk_tokens=self.token_budget - self.decode_count,
-            step_s=self.queue_drain_step_s(profile, tokens, count),
+            step_s=self.queue_drain_step_s(profile, tokens, count), cached_tokens=cached_tokens,
         )
 
     def set_queue_lateness(self, lateness: float) -> None:
@@ -244,24 +273,49 @@ class WorkerState:
         start = self.residents[request_id].decode_from_step
         return 0 if start is None else self.steps - start
 
+    def prefix_hit(self, request: Request) -> tuple[int, int]:
+        """(prompt tokens its prefill would skip here, tokens of its KV that residents' blocks
+        already hold), by this worker's prefix cache; (0, 0) without one."""
+        cache, prefix = self.prefix_cache, request.prefix
+        if cache is None or prefix is None:
+            return 0, 0
+        matched = cache.match(prefix)
+        if not matched:
+            return 0, 0
+        return hit_tokens(matched, prefix.block_tokens, request.input_len), cache.held_tokens(prefix, matched)
+
+    def prefill_s(self, request: Request, cached_tokens: int = 0) -> float:
+        """Its own prefill here, of the tokens the prefix cache does not hold."""
+        return self.profile.prefill.uncached_time_s(request.input_len, cached_tokens)
+
     def admit(self, request: Request, now_s: float | None = None) -> None:
         """Place a request here at `now_s` (default: its arrival); its prefill is queued and
-        counted in the prefill load."""
+        counted in the prefill load. With a prefix cache, the part of its prompt cached here
+        is neither prefilled nor counted twice in KV, and its blocks are cached from now on."""
         if request.id in self.residents:
             raise ValueError(f"request {request.id} is already on worker {self.id}")
         now_s = request.arrival_s if now_s is None else now_s
-        prefill_s = self.profile.prefill_time_s([request.input_len])
+        cached, discount = self.prefix_hit(request)
+        prefill_s = self.prefill_s(request, cached)
         if now_s >= self.prefill_load_at_s:
             self.prefill_load_s = self.prefill_load_s * decay(now_s - self.prefill_load_at_s) + prefill_s
             self.prefill_load_at_s = now_s
         else:  # admitted before the last update: its contribution has decayed since
             self.prefill_load_s += prefill_s * decay(self.prefill_load_at_s - now_s)
         final = request.upper_final_tokens
-        self.residents[request.id] = Resident(request, counted_final_tokens=final)
-        self.queued_prefill_tokens += request.input_len
-        self.queued_prefill_sq += request.input_len * request.input_len
+        n = request.input_len
+        self.residents[request.id] = Resident(request, counted_final_tokens=final, cached_tokens=cached,
+                                              kv_discount_tokens=discount)
+        self.queued_prefill_tokens += n - cached
+        self.queued_prefill_sq += n * n - cached * cached
         self.queued_prefill_count += 1
-        self.kv_final_tokens += final
+        self.queued_prompt_tokens += n
+        self.kv_final_tokens += final - discount
+        self.final_context_tokens += final
+        self.kv_discount_tokens += discount
+        if self.prefix_cache is not None and request.prefix is not None:
+            self.prefix_cache.acquire(request.id, request.prefix)
+            self._trim_prefix_cache()
         slo = request.slo_atgt_s
         self.slo_atgt_counts[slo] = self.slo_atgt_counts.get(slo, 0) + 1
         if self._min_slo_atgt_s is not None and slo < self._min_slo_atgt_s:
@@ -274,10 +328,11 @@ class WorkerState:
         if resident.decode_from_step is not None:
             raise ValueError(f"request {request_id} is already decoding")
         resident.decode_started_s = now_s
-        n = resident.request.input_len
-        self.queued_prefill_tokens -= n
-        self.queued_prefill_sq -= n * n
+        n, cached = resident.request.input_len, resident.cached_tokens
+        self.queued_prefill_tokens -= n - cached
+        self.queued_prefill_sq -= n * n - cached * cached
         self.queued_prefill_count -= 1
+        self.queued_prompt_tokens -= n
         resident.decode_from_step = self.steps
         self.decode_count += 1
         self.decode_context_base += n - self.steps
@@ -290,21 +345,38 @@ class WorkerState:
         if steps < 0:
             raise ValueError("steps must be >= 0")
         self.steps += steps
+        if self.prefix_cache is not None:
+            self._trim_prefix_cache()
+
+    def _trim_prefix_cache(self) -> None:
+        """Evict cached blocks no resident holds beyond the KV the residents leave free."""
+        self.prefix_cache.trim(self.kv_capacity_tokens - self.kv_used_tokens)
 
     def remove(self, request_id: str) -> Request:
         """The request finished (or was cancelled): free its slot."""
         resident = self.residents.pop(request_id)
-        n = resident.request.input_len
+        n, cached = resident.request.input_len, resident.cached_tokens
         if resident.decode_from_step is None:
-            self.queued_prefill_tokens -= n
-            self.queued_prefill_sq -= n * n
+            self.queued_prefill_tokens -= n - cached
+            self.queued_prefill_sq -= n * n - cached * cached
             self.queued_prefill_count -= 1
+            self.queued_prompt_tokens -= n
         else:
             self.decode_count -= 1
             self.decode_context_base -= n - resident.decode_from_step
             if _upper_end_step(resident) == self._min_upper_end_step:
                 self._min_upper_end_step = None
-        self.kv_final_tokens -= resident.counted_final_tokens
+        self.kv_final_tokens -= resident.counted_kv_final_tokens
+        self.final_context_tokens -= resident.counted_final_tokens
+        self.kv_discount_tokens -= resident.kv_discount_tokens
+        prefix = resident.request.prefix
+        if self.prefix_cache is not None and prefix is not None:
+            # blocks it owned that others hold now count for the next holder
+            for heir, tokens in self.prefix_cache.release(request_id, prefix).items():
+                self.residents[heir].kv_discount_tokens -= tokens
+                self.kv_discount_tokens -= tokens
+                self.kv_final_tokens += tokens
+            self._trim_prefix_cache()
         slo = resident.request.slo_atgt_s
         left = self.slo_atgt_counts[slo] - 1
         if left:
@@ -329,6 +401,7 @@ class WorkerState:
         if resident.decode_from_step is not None and _upper_end_step(resident) == self._min_upper_end_step:
             self._min_upper_end_step = None
         self.kv_final_tokens += final - resident.counted_final_tokens
+        self.final_context_tokens += final - resident.counted_final_tokens
         resident.counted_final_tokens = final
         if self._min_upper_end_step is not None and resident.decode_from_step is not None:
             self._min_upper_end_step = min(self._min_upper_end_step, _upper_end_step(resident))

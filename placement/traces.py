@@ -15,15 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
+from placement.prefix_cache import Prefix
+
 ARRIVAL_KINDS = ("poisson", "gamma")
+# tokens of one prefix block named by a Mooncake trace's hash_ids (the format's definition)
+MOONCAKE_BLOCK_TOKENS = 512
 
 
 @dataclass(frozen=True, slots=True)
 class TraceRequest:
     """One request of a trace: when it arrives and its true prompt and reply lengths (tokens).
 
-    `hash_ids` are Mooncake's prefix-block ids (empty for other traces); the simulator does not
-    model prefix caching, they are kept so a later model can.
+    `hash_ids` are Mooncake's prefix-block ids, one per `MOONCAKE_BLOCK_TOKENS` of the prompt
+    (empty for other traces): equal ids are equal prefixes, which the simulator's prefix cache
+    reuses (`placement.prefix_cache`).
     """
 
     arrival_s: float
@@ -41,6 +46,13 @@ class LengthMix:
     input_cv: float = 1.0
     output_mean: float = 211.0
     output_cv: float = 1.0
+
+
+def trace_prefix(request: TraceRequest) -> Prefix | None:
+    """The request's prefix blocks as a prefix cache names them (None without hash_ids)."""
+    if not request.hash_ids:
+        return None
+    return Prefix(MOONCAKE_BLOCK_TOKENS, request.hash_ids).whole(request.input_len)
 
 
 def _starting_at_zero(requests: list[TraceRequest]) -> list[TraceRequest]:

@@ -2,7 +2,10 @@
 
 Policies compared: `aladdin`, and `rr`, `jsq`, `p2c` at the tensor-parallel degree the planner
 chose for the whole trace; `p2c-default` is power-of-two choices with one TP-4 worker per
-4-GPU node, what a Ray Serve user gets by giving each replica a whole node. For each, the
+4-GPU node, what a Ray Serve user gets by giving each replica a whole node. With prefix caching
+(`EngineOptions.prefix_caching`) also `prefix-affinity` (Ray Serve LLM's prefix-aware router's
+rule) and `aladdin-no-prefix` (Aladdin placing as if nothing were cached, on the same caching
+engines), and the ratio of Aladdin to the best of those two and jsq. For each, the
 worker count is searched outward from the planner's estimate for that TP (galloping, then
 bisection; attainment is taken as non-decreasing in workers, under which the answer is the
 same as a search from one worker) and every simulated point is kept for the plot.
@@ -26,12 +29,18 @@ from typing import Any
 import numpy as np
 
 from placement.planning.planner import Plan, Workload, fewest_meeting, plan
+from placement.prefix_cache import unbounded_hits
 from placement.simulator.autoscale import DEFAULT_TARGET_ONGOING_REQUESTS
 from placement.simulator.scenario import Scenario, run
+from placement.traces import trace_prefix
 from predictors.latency.families import ProfileFamily
 
 DEFAULT_TP = 4  # one worker per 4-GPU node
 SAME_TP_BASELINES = ("rr", "jsq", "p2c")
+# compared too when the engines cache prefixes, with the policy and options each runs
+PREFIX_PEERS = {"prefix-affinity": ("prefix-affinity", {}), "aladdin-no-prefix": ("aladdin", {"prefix_aware": False})}
+# what prefix-aware Aladdin is measured against on such a workload (issue 15's goal)
+PREFIX_GOAL_PEERS = ("prefix-affinity", "aladdin-no-prefix", "jsq")
 # (policy, autoscaler) pairs of the autoscaled comparison: Aladdin's heartbeat, Serve's rule
 AUTOSCALED = (("aladdin", "planner"), ("p2c", "queue-length"))
 # targets of ongoing requests per replica the queue-length rule is tried with, searched outward
@@ -42,6 +51,7 @@ GOALS = {
     "aladdin_vs_p2c_default": 0.5,
     "aladdin_vs_best_same_tp": 0.85,
     "autoscaled_gpu_hours_aladdin_vs_queue_length": 0.7,
+    "aladdin_vs_best_prefix_peer": 0.8,
 }
 
 
@@ -105,11 +115,15 @@ class Comparison:
         autoscaled, Aladdin's GPU-hours over p2c's under the queue-length rule."""
         aladdin = self.policies["aladdin"].min_gpus
         default = self.policies["p2c-default"].min_gpus
-        same_tp = [self.policies[p].min_gpus for p in SAME_TP_BASELINES if self.policies[p].min_gpus]
+        baselines = (*SAME_TP_BASELINES, "prefix-affinity")
+        same_tp = [self.policies[p].min_gpus for p in baselines if p in self.policies and self.policies[p].min_gpus]
         out: dict[str, float | None] = {
             "aladdin_vs_p2c_default": aladdin / default if aladdin and default else None,
             "aladdin_vs_best_same_tp": aladdin / min(same_tp) if aladdin and same_tp else None,
         }
+        if "prefix-affinity" in self.policies:
+            peers = [self.policies[p].min_gpus for p in PREFIX_GOAL_PEERS if self.policies[p].min_gpus]
+            out["aladdin_vs_best_prefix_peer"] = aladdin / min(peers) if aladdin and peers else None
         aladdin_scaled = self.autoscaled.get("aladdin")
         if aladdin_scaled is not None and "p2c" in self.autoscaled:
             out["autoscaled_gpu_hours_aladdin_vs_queue_length_default"] = (
@@ -143,9 +157,10 @@ class Comparison:
 
 def min_workers(
     scenario: Scenario, policy: str, target: float, max_workers: int, start: int = 1,
-    policy_options: dict[str, Any] | None = None,
+    policy_options: dict[str, Any] | None = None, label: str | None = None,
 ) -> PolicyResult:
-    """Search the fewest workers whose attainment reaches `target`, starting at `start` workers."""
+    """Search the fewest workers whose attainment reaches `target`, starting at `start` workers
+    (`label`: the result's name, default the policy's)."""
     tp = scenario.profile.tp
     seen: dict[int, float] = {}
 
@@ -156,7 +171,7 @@ def min_workers(
 
     best = fewest_meeting(meets, start, max_workers)
     curve = sorted((w * tp, a) for w, a in seen.items())
-    return PolicyResult(policy, tp, best * tp if best else None, seen[best] if best else None, curve)
+    return PolicyResult(label or policy, tp, best * tp if best else None, seen[best] if best else None, curve)
 
 
 def run_autoscaled(
@@ -218,6 +233,10 @@ def queue_length_at_target(
 def _workload(base: Scenario) -> Workload:
     trace = base.trace
     duration = max(trace[-1].arrival_s, 1e-9)
+    cached = None
+    if base.engine.prefix_caching:
+        # what caches holding every earlier prompt would give: the hit rate affinity aims at
+        cached = np.array(unbounded_hits((trace_prefix(r), r.input_len) for r in trace))
     return Workload(
         rate_per_s=len(trace) / duration,
         input_lens=np.array([r.input_len for r in trace]),
@@ -226,6 +245,7 @@ def _workload(base: Scenario) -> Workload:
         slo_atgt_s=base.slo_atgt_s,
         target_attainment=base.target_attainment,
         arrival_s=np.array([r.arrival_s for r in trace]),
+        cached_lens=cached,
     )
 
 
@@ -261,6 +281,11 @@ def compare(
         name: min_workers(at_tp, name, target, max_at_tp, chosen.needed_workers, options.get(name))
         for name in ("aladdin", *SAME_TP_BASELINES)
     }
+    if base.engine.prefix_caching:
+        for name, (policy, peer_options) in PREFIX_PEERS.items():
+            if policy == "aladdin":
+                peer_options = {**(aladdin_options or {}), **peer_options}
+            results[name] = min_workers(at_tp, policy, target, max_at_tp, chosen.needed_workers, peer_options, name)
     default = min_workers(
         base.with_profile(family.profile(DEFAULT_TP)), "p2c", target, max_gpus // DEFAULT_TP,
         _planned_workers(planned, DEFAULT_TP),

@@ -4,7 +4,8 @@ sustains within the SLOs, then the workers and GPUs the workload needs; the chea
 Per-worker model (a closed-form queueing estimate, not a simulation), for one worker taking a
 Poisson stream at rate lam of requests with the workload's prompt lengths l and reply lengths L,
 packed to the ATGT budget b (the SLO, or the share of it the policy packs to):
-- prefill: each prompt is one prefill of S = prefill_time_s([l]); the prefills use a share
+- prefill: each prompt is one prefill of S = prefill_time_s([l]) (with prefix caching, of the
+  part h a cache is expected to hold: the tokens l - h attending over l); the prefills use a share
   rho = lam E[S] of the worker's time (must stay < 1). With chunked prefill (a token budget B
   per iteration) a prompt also waits the decoding batch's step in each of its ceil(l / B)
   iterations: its TTFT service is S' = S + ceil(l / B) x step.
@@ -67,6 +68,8 @@ class Workload:
     slo_atgt_s: float
     target_attainment: float = DEFAULT_TARGET_ATTAINMENT
     arrival_s: np.ndarray | None = None  # arrival times, when known: how steady the rate is
+    # prompt tokens each request is expected to take from a prefix cache (None: none)
+    cached_lens: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.rate_per_s <= 0 or self.slo_ttft_s <= 0 or self.slo_atgt_s <= 0:
@@ -163,10 +166,12 @@ class _WorkerModel:
         self.workload = workload
         inputs = np.asarray(workload.input_lens, dtype=float)
         outputs = np.maximum(np.asarray(workload.output_lens, dtype=float), 1.0)
-        self.prefill_s = np.array([profile.prefill_time_s([int(n)]) for n in inputs])
+        cached = np.zeros(len(inputs), dtype=int) if workload.cached_lens is None else workload.cached_lens
+        # a prompt's prefill computes what the prefix cache does not hold
+        self.prefill_s = np.array([profile.prefill.uncached_time_s(int(n), int(c)) for n, c in zip(inputs, cached)])
         self.prefill_mean_s = float(self.prefill_s.mean())
         # the decode steps each prompt's TTFT waits for: one per chunked iteration
-        self.iterations = np.ceil(inputs / token_budget) if token_budget else np.zeros_like(inputs)
+        self.iterations = np.ceil((inputs - cached) / token_budget) if token_budget else np.zeros_like(inputs)
         # the stalls a prompt's prefill makes: one per chunked iteration (one without chunking)
         self.stalls_per_prompt = float(np.maximum(self.iterations, 1.0).mean())
         self.output_mean = float(outputs.mean())

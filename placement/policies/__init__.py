@@ -6,6 +6,7 @@ from placement.policies.baselines import (
     JoinShortestQueuePolicy,
     LeastKVLoadPolicy,
     PowerOfTwoPolicy,
+    PrefixAffinityPolicy,
     RoundRobinPolicy,
 )
 from placement.policies.registry import POLICY_NAMES, Policies, is_slo_aware, make_policies, make_policy
@@ -17,6 +18,7 @@ __all__ = [
     "LeastKVLoadPolicy",
     "PowerOfTwoPolicy",
     "Policies",
+    "PrefixAffinityPolicy",
     "RoundRobinPolicy",
     "is_slo_aware",
     "make_policies",

@@ -30,6 +30,12 @@ their upper estimates) decides whether the busiest workers miss, however many wo
 are; the shares follow the attainment measured on finished requests
 (`placement.attainment_feedback`) instead of a constant tuned on one trace.
 
+Prefix cache (workers that keep one, `WorkerState.prefix_cache`): each row's prefill, TTFT and
+the newcomer's KV count only what that worker's cache does not hold, and the ranking puts the
+workers holding the longest cached prefix first, best fit among equals: the prefill a hit
+skips is work no worker does, which packing cannot save, and the checks above keep the hit
+from costing an SLO (affinity only among feasible workers).
+
 A request whose TTFT can no longer be met on any worker (wait so far + its own prefill over
 the SLO) is placed by KV and ATGT alone: waiting cannot help it, and it should still be served
 within its ATGT. When nothing fits, `on_infeasible="wait"` returns None (the caller queues the request and
@@ -63,6 +69,20 @@ MAX_EXACT_CHECKS = 64
 ROUNDING_SLACK = 1e-9
 
 
+def _at(values: np.ndarray | int, row: int) -> int:
+    """A per-row integer column's value at `row` (a scalar stands for every row)."""
+    return values if isinstance(values, int) else int(values[row])
+
+
+def _longest_hit_first(score: np.ndarray, cached: np.ndarray) -> np.ndarray:
+    """A ranking key (smallest first) ordering rows by most cached prompt tokens, then by
+    `score`: each row's position in that order."""
+    order = np.lexsort((score, -cached))
+    rank = np.empty_like(score)
+    rank[order] = np.arange(len(order), dtype=float)
+    return rank
+
+
 class _Scratch:
     """Arrays a decision writes into (numpy `out=`), reused so a decision allocates little."""
 
@@ -90,10 +110,12 @@ class AladdinPolicy:
 
     def __init__(
         self, on_infeasible: str = "wait", tight_checks: int = 0, atgt_margin: float | None = None,
-        budget: PackingBudget | None = None,
+        budget: PackingBudget | None = None, prefix_aware: bool = True,
     ) -> None:
         """`budget` is shared with whoever adapts it (default: a fresh adaptive one);
-        `atgt_margin` fixes its ATGT share instead (an expert override, in (0, 1])."""
+        `atgt_margin` fixes its ATGT share instead (an expert override, in (0, 1]).
+        `prefix_aware`: the cluster keeps a prefix cache per worker for it to read (where the
+        engines cache prefixes); False places as if no prompt were ever cached."""
         if on_infeasible not in ON_INFEASIBLE:
             raise ValueError(f"on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}")
         if tight_checks < 0:
@@ -104,6 +126,7 @@ class AladdinPolicy:
             budget = PackingBudget.for_target(atgt_margin=atgt_margin)
         self.on_infeasible = on_infeasible
         self.tight_checks = tight_checks
+        self.uses_prefix_cache = prefix_aware
         self.budget = budget
         self.table = WorkerTable()
         self._scratch = _Scratch(0)
@@ -127,7 +150,9 @@ class AladdinPolicy:
         if self._scratch.size != n:
             self._scratch = _Scratch(n)
         buf = self._scratch
-        own_prefill_s = table.prefill_s(request.input_len, out=buf.own_prefill)
+        hits = table.prefix_hits(request, workers)
+        cached, discount = (0, 0) if hits is None else hits
+        own_prefill_s = table.prefill_s(request.input_len, cached, out=buf.own_prefill)
         # its TTFT with nothing queued: own prefill plus the serving path's fixed latency
         alone_s = np.add(own_prefill_s, table.serving_overhead_s, out=buf.alone)
         waited_s = now_s - request.arrival_s
@@ -143,20 +168,20 @@ class AladdinPolicy:
         step_floor = np.multiply(table.step_floor_s, stretch, out=buf.step_floor)
         eligible = np.less_equal(step_floor, atgt_slo * (1 + ROUNDING_SLACK), out=buf.eligible)
         # KV in use + the new prompt within capacity, as free KV (exact integers in float64)
-        eligible &= np.greater_equal(table.kv_free_ceiling, request.input_len, out=buf.passed)
+        eligible &= np.greater_equal(table.kv_free_ceiling, request.input_len - discount, out=buf.passed)
+        # same association as feasibility.check: wait + (queued + own)
+        ttft_s = np.add(table.queued_prefill_s, alone_s, out=buf.ttft)
+        np.add(ttft_s, table.chunked_extra_s(request.input_len - cached), out=ttft_s)
+        if table.late_rows:  # the engine part (all but the overhead) at the queue's pace
+            np.subtract(ttft_s, table.serving_overhead_s, out=ttft_s)
+            np.multiply(ttft_s, table.lateness, out=ttft_s)
+            np.add(ttft_s, table.serving_overhead_s, out=ttft_s)
+        np.add(waited_s, ttft_s, out=ttft_s)
         if need_ttft:
-            # same association as feasibility.check: wait + (queued + own)
-            ttft_s = np.add(table.queued_prefill_s, alone_s, out=buf.ttft)
-            np.add(ttft_s, table.chunked_extra_s(request.input_len), out=ttft_s)
-            if table.late_rows:  # the engine part (all but the overhead) at the queue's pace
-                np.subtract(ttft_s, table.serving_overhead_s, out=ttft_s)
-                np.multiply(ttft_s, table.lateness, out=ttft_s)
-                np.add(ttft_s, table.serving_overhead_s, out=ttft_s)
-            np.add(waited_s, ttft_s, out=ttft_s)
             eligible &= np.less_equal(ttft_s, request.slo_ttft_s * budget.ttft_share, out=buf.passed)
         final = request.upper_final_tokens
         # (capacity - (kv_final + final)) / capacity, the integer part exact either way
-        kv_left = np.subtract(table.kv_free_final, final, out=buf.kv_left)
+        kv_left = np.subtract(table.kv_free_final, final - discount, out=buf.kv_left)
         np.divide(kv_left, table.capacity, out=kv_left)
         # bound of the time between tokens with the newcomer: the step of everyone at their
         # final sizes, stretched by the prefills
@@ -172,10 +197,11 @@ class AladdinPolicy:
         self._exact_left = MAX_EXACT_CHECKS
         find = functools.partial(
             self._first_feasible, workers=workers, request=request, final=final, now_s=now_s,
-            need_ttft=need_ttft, own_prefill_s=own_prefill_s,
+            need_ttft=need_ttft, own_prefill_s=own_prefill_s, cached=cached,
         )
+        rank = score if hits is None else _longest_hit_first(score, cached)
         if self.tight_checks:
-            chosen = find(np.where(eligible & ~safe, score, math.inf), limit=self.tight_checks)
+            chosen = find(np.where(eligible & ~safe, rank, math.inf), limit=self.tight_checks)
             if chosen is not None:
                 return Decision(chosen, True, not need_ttft)
         # KV-safe workers within the ATGT bound first: unless a resident is overdue they are
@@ -183,11 +209,11 @@ class AladdinPolicy:
         # tight ones, so None means nothing is feasible (each group built only when reached)
         bounded = np.less_equal(atgt_bound, atgt_slo, out=buf.bounded)
         bounded &= safe
-        chosen = find(np.where(bounded, score, math.inf), limit=n, atgt_slo=atgt_slo)
+        chosen = find(np.where(bounded, rank, math.inf), limit=n, atgt_slo=atgt_slo)
         if chosen is None:
-            chosen = find(np.where(safe & ~bounded, score, math.inf), limit=n, atgt_slo=atgt_slo)
+            chosen = find(np.where(safe & ~bounded, rank, math.inf), limit=n, atgt_slo=atgt_slo)
         if chosen is None:
-            chosen = find(np.where(eligible & ~safe, score, math.inf), limit=n)
+            chosen = find(np.where(eligible & ~safe, rank, math.inf), limit=n)
         if chosen is not None:
             return Decision(chosen, True, not need_ttft)
         if self.on_infeasible == "least-violation":
@@ -196,7 +222,7 @@ class AladdinPolicy:
             atgt_over = (step_floor - atgt_slo) / atgt_slo
             # pairwise: ttft_over is a scalar when the TTFT is lost (np.maximum.reduce over a
             # list mixing it with arrays raised ValueError)
-            chosen = self._least_violating(workers, np.maximum(np.maximum(-kv_left, ttft_over), atgt_over))
+            chosen = self._least_violating(workers, np.maximum(np.maximum(-kv_left, ttft_over), atgt_over), ttft_s)
         return Decision(chosen, False, not need_ttft, unfit=any(not w.residents for w in workers))
 
     @staticmethod
@@ -220,13 +246,15 @@ class AladdinPolicy:
         now_s: float,
         need_ttft: bool,
         own_prefill_s: np.ndarray,
+        cached: np.ndarray | int,
         limit: int,
         atgt_slo: np.ndarray | None = None,
     ) -> WorkerState | None:
         """The first worker in `key` order (inf = skip) that is feasible (TTFT aside unless
         `need_ttft`), trying at most `limit`. With `atgt_slo` given the rows are KV-safe and
         passed the TTFT filter, so they may be accepted on the bounds alone. `final` is the
-        request's upper final size, `own_prefill_s` its prefill time on each row's worker."""
+        request's upper final size, `own_prefill_s` its prefill time on each row's worker, `cached`
+        its prompt tokens cached there."""
         budget = self.budget
         for _ in range(limit):
             row = int(key.argmin())
@@ -240,11 +268,13 @@ class AladdinPolicy:
                 # the same prefill share and stretch as check(), over a step bound >= its peak
                 own_s = float(own_prefill_s[row])
                 share = worker.prefill_share(now_s, own_s)
-                step_bound = worker.profile.decode_step_s(len(worker.residents) + 1, worker.kv_final_tokens + final)
+                step_bound = worker.profile.decode_step_s(len(worker.residents) + 1,
+                                                          worker.final_context_tokens + final)
                 # with chunked prefill the filter's TTFT read the decode step at the row's last
                 # refresh, which has grown since: only the exact TTFT proves it
                 ttft_ok = (not need_ttft or worker.token_budget is None
-                           or now_s - request.arrival_s + worker.ttft_s(request.input_len)
+                           or now_s - request.arrival_s
+                           + worker.ttft_s(request.input_len, cached_tokens=_at(cached, row))
                            <= request.slo_ttft_s * budget.ttft_share)
                 # a resident the stall can touch at all makes the risk depend on the step: then
                 # the exact check decides (at the bound, none is: that does not depend on it)
@@ -259,10 +289,15 @@ class AladdinPolicy:
                 return worker
         return None
 
-    def _least_violating(self, workers: Sequence[WorkerState], violation: np.ndarray) -> WorkerState | None:
-        """The accepting worker with the smallest estimated violation (None if none accepts)."""
+    def _least_violating(
+        self, workers: Sequence[WorkerState], violation: np.ndarray, ttft_s: np.ndarray
+    ) -> WorkerState | None:
+        """The accepting worker with the smallest estimated violation, the earliest first token
+        among equals (a prompt whose prefill alone outlasts the prefill window violates the
+        ATGT bound by inf on every worker: the first row would take them all); None if none
+        accepts."""
         accepting = np.fromiter((w.accepting for w in workers), dtype=bool, count=len(workers))
         if not accepting.any():
             return None
-        violation = np.where(accepting, violation, np.inf)
-        return workers[int(np.argmin(violation))]
+        order = np.lexsort((ttft_s, violation, ~accepting))
+        return workers[int(order[0])]

@@ -14,6 +14,7 @@ from placement.policies.baselines import (
     JoinShortestQueuePolicy,
     LeastKVLoadPolicy,
     PowerOfTwoPolicy,
+    PrefixAffinityPolicy,
     RoundRobinPolicy,
 )
 from placement.policy import PlacementPolicy
@@ -25,6 +26,7 @@ _FACTORIES: dict[str, Callable[..., PlacementPolicy]] = {
     "jsq": lambda seed, **options: JoinShortestQueuePolicy(**options),
     "p2c": lambda seed, **options: PowerOfTwoPolicy(seed=seed, **options),
     "least-kv": lambda seed, **options: LeastKVLoadPolicy(**options),
+    "prefix-affinity": lambda seed, **options: PrefixAffinityPolicy(seed=seed, **options),
 }
 
 POLICY_NAMES: tuple[str, ...] = tuple(_FACTORIES)
@@ -39,7 +41,7 @@ def is_slo_aware(name: str) -> bool:
 
 
 def make_policy(name: str, seed: int = 0, **options: Any) -> PlacementPolicy:
-    """A new policy object: `aladdin`, `rr`, `jsq`, `p2c` or `least-kv`. `seed` drives the
+    """A new policy object: `aladdin`, `rr`, `jsq`, `p2c`, `least-kv` or `prefix-affinity`. `seed` drives the
     randomized ones; `options` go to the policy's constructor (e.g. `on_infeasible` for aladdin)."""
     try:
         factory = _FACTORIES[name]

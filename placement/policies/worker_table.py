@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from placement.state import PREFILL_WINDOW_S, ChangeLog, WorkerState, decay
+from placement.state import PREFILL_WINDOW_S, ChangeLog, Request, WorkerState, decay
 from predictors.latency.profile import chunked_extra_s, prefill_seconds
 
 # Rebase the epoch once the loads referred to it have grown by e^REBASE_AFTER_WINDOWS, long
@@ -61,13 +61,15 @@ class WorkerTable:
         # decode step of residents + 1 over the KV in use at refresh: a lower bound of the next
         # step's time
         self.step_floor_s = np.zeros(n)
-        # decode step of residents + 1 at their final sizes (kv_final_tokens): an upper bound
-        # without the newcomer's tokens
+        # decode step of residents + 1 at their final sizes (final_context_tokens): an upper
+        # bound without the newcomer's tokens
         self.step_bound_s = np.zeros(n)
         # how much step_bound_s grows per context token (the step is affine in context tokens),
         # so the bound with a newcomer's final tokens is one multiply-add away
         self.step_bound_per_token_s = np.zeros(n)
         self.min_slo_atgt_s = np.full(n, math.inf)
+        # rows whose worker keeps a prefix cache (placement's belief of its engine's)
+        self.cached_rows = 0
         # the worker's decayed prefill load (WorkerState.prefill_load_s) as of epoch_s
         self.prefill_load_at_epoch_s = np.zeros(n)
 
@@ -109,6 +111,7 @@ class WorkerTable:
             for row, worker in enumerate(self.workers):
                 worker.watch(self._log)
                 self._refresh(row, worker)
+            self.cached_rows = sum(w.prefix_cache is not None for w in self.workers)
             return
         changed = {id(w): w for w in self._log}
         self._log.clear()
@@ -120,9 +123,10 @@ class WorkerTable:
         step_s = profile.decode.step_s  # what profile.decode_step_s calls, one call fewer
         used = worker.kv_used_tokens
         kv_final = worker.kv_final_tokens
+        final_context = worker.final_context_tokens
         capacity = worker.kv_capacity_tokens
         batch = len(worker.residents) + 1
-        step_bound = step_s(batch, kv_final)
+        step_bound = step_s(batch, final_context)
         p = profile.prefill
         self.prefill_coefficients[:, row] = (p.c0_s, p.cp_s_per_prompt, p.c1_s_per_token, p.c2_s_per_token_sq)
         self.serving_overhead_s[row] = profile.serving_overhead_s
@@ -145,7 +149,7 @@ class WorkerTable:
         ) if chunked else 0.0
         self.step_floor_s[row] = step_s(batch, used)
         self.step_bound_s[row] = step_bound
-        self.step_bound_per_token_s[row] = step_s(batch, kv_final + 1) - step_bound
+        self.step_bound_per_token_s[row] = step_s(batch, final_context + 1) - step_bound
         self.min_slo_atgt_s[row] = worker.min_slo_atgt_s
         self._rebase_before(worker.prefill_load_at_s)
         self.prefill_load_at_epoch_s[row] = worker.prefill_load_s * decay(self.epoch_s - worker.prefill_load_at_s)
@@ -159,7 +163,25 @@ class WorkerTable:
                                 self.chunk_tokens, self.step_now_s)
         return np.where(self.chunk_tokens > 0, extra, 0.0)
 
-    def prefill_s(self, input_len: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Every row's prefill time of one prompt of `input_len` tokens (the profile's formula)."""
+    def prefill_s(
+        self, input_len: int, cached_tokens: np.ndarray | int = 0, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Every row's prefill time of one prompt of `input_len` tokens, `cached_tokens` of them
+        (per row) in its prefix cache (the profile's formula, `PrefillModel.uncached_time_s`)."""
         c0, cp, c1, c2 = self.prefill_coefficients
-        return np.add(prefill_seconds(c0, cp, c1, c2, input_len, input_len * input_len, 1), 0.0, out=out)
+        if isinstance(cached_tokens, int) and cached_tokens == 0:
+            return np.add(prefill_seconds(c0, cp, c1, c2, input_len, input_len * input_len, 1), 0.0, out=out)
+        squares = input_len * input_len - np.square(cached_tokens)
+        return np.add(prefill_seconds(c0, cp, c1, c2, input_len - cached_tokens, squares, 1), 0.0, out=out)
+
+    def prefix_hits(self, request: Request, workers: Sequence[WorkerState]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per row of `workers` (the list last synced), `WorkerState.prefix_hit(request)`: the
+        prompt tokens cached there and the tokens of its KV residents' blocks hold; None when
+        no row has a hit (or no worker keeps a cache)."""
+        if not self.cached_rows or request.prefix is None:
+            return None
+        hits = [w.prefix_hit(request) for w in workers]
+        if not any(cached for cached, _ in hits):
+            return None
+        cached, discount = np.array(hits, dtype=float).T
+        return cached, discount

@@ -27,9 +27,10 @@ from placement.queue_order import WaitingQueue
 from placement.rebalance import SurvivalEstimator
 from placement.simulator.length_model import LengthModel
 from placement.simulator.metrics import RequestRecord, Summary, summarize
+from placement.prefix_cache import PrefixCache
 from placement.simulator.worker_engine import EngineOptions, WorkerEngine
 from placement.state import Request, WorkerState
-from placement.traces import TraceRequest
+from placement.traces import TraceRequest, trace_prefix
 from predictors.latency.profile import WorkerProfile
 
 _WORKER_DONE, _WORKER_READY, _TICK = 0, 1, 2
@@ -177,9 +178,16 @@ class Cluster:
 
     # ---- workers ---------------------------------------------------------------------
 
+    @property
+    def prefix_aware(self) -> bool:
+        """Whether placement models each worker's prefix cache: the engines cache prefixes and
+        the policy reads hits (`uses_prefix_cache`)."""
+        return self.config.engine.prefix_caching and getattr(self.policy, "uses_prefix_cache", False)
+
     def _start_worker(self, warmup_s: float) -> _Worker:
         budget = self.config.engine.chunk_budget(self.config.timing_profile or self.profile)
-        state = WorkerState(id=f"w{next(self._names)}", profile=self.profile, token_budget=budget)
+        state = WorkerState(id=f"w{next(self._names)}", profile=self.profile, token_budget=budget,
+                            prefix_cache=PrefixCache() if self.prefix_aware else None)
         engine = WorkerEngine(state, self.config.engine, self._estimator, timing_profile=self.config.timing_profile)
         return self._add_worker(engine, warmup_s)
 
@@ -234,6 +242,8 @@ class Cluster:
     def _place(self, record: RequestRecord, decision: Decision) -> None:
         """Run a placement the policy made (the request is already admitted to the worker)."""
         worker = decision.worker
+        resident = worker.residents.get(record.request.id)
+        record.predicted_cached_tokens = 0 if resident is None else resident.cached_tokens
         if self.loop is not None:
             self.loop.placed(record.request, worker, decision, self.now_s)
         engine = self._by_id[worker.id].engine
@@ -269,6 +279,7 @@ class Cluster:
             slo_ttft_s=self.config.slo_ttft_s,
             slo_atgt_s=self.config.slo_atgt_s,
             output_len=item.output_len,
+            prefix=trace_prefix(item) if self.config.engine.prefix_caching else None,
         )
         overhead_s = self.profile.serving_overhead_at_s(self._unfinished)
         record = RequestRecord(request, item.output_len, overhead_s=overhead_s)
@@ -384,6 +395,7 @@ class Cluster:
             gpu_seconds=self._gpu_seconds(self._all),
             workers_peak=max((g for _, g in self._timeline), default=0) // self.profile.tp,
             gpu_timeline=self._timeline,
+            prefix_caching=self.config.engine.prefix_caching,
         )
 
 

@@ -35,6 +35,10 @@ class RequestRecord:
     # shifts what a client sees, not the engine's schedule
     overhead_s: float = 0.0
     refused: bool = False  # turned away by admission (never finishes; counts as missed)
+    # prefix caching: prompt tokens its first prefill took from the engine's cache, and what
+    # placement expected of the worker it chose
+    cached_tokens: int = 0
+    predicted_cached_tokens: int = 0
 
     @property
     def ttft_s(self) -> float:
@@ -70,6 +74,10 @@ class Summary:
     workers_peak: int
     gpu_timeline: list[tuple[float, int]] = field(default_factory=list)  # (time, GPUs held)
     refused: int = 0  # requests admission turned away
+    # prefix caching: prompt tokens served from the engines' caches over all prompt tokens of
+    # finished requests, and what placement expected (None without prefix caching)
+    prefix_hit_rate: float | None = None
+    predicted_prefix_hit_rate: float | None = None
 
     def to_dict(self, timeline: bool = False) -> dict:
         out = asdict(self)
@@ -89,9 +97,11 @@ def summarize(
     gpu_seconds: float,
     workers_peak: int,
     gpu_timeline: list[tuple[float, int]],
+    prefix_caching: bool = False,
 ) -> Summary:
     """Attainment, TTFT/ATGT percentiles and counters over finished requests."""
     done = [r for r in records if not math.isnan(r.finish_s)]
+    prompt_tokens = sum(r.request.input_len for r in done)
     ttft = np.array([r.ttft_s for r in done])
     atgt = np.array([r.atgt_s for r in done if r.output_len > 1])
     met = sum(1 for r in done if r.slos_met)
@@ -110,4 +120,7 @@ def summarize(
         workers_peak=workers_peak,
         gpu_timeline=gpu_timeline,
         refused=sum(1 for r in records if r.refused),
+        prefix_hit_rate=sum(r.cached_tokens for r in done) / prompt_tokens if prefix_caching and done else None,
+        predicted_prefix_hit_rate=(sum(r.predicted_cached_tokens for r in done) / prompt_tokens
+                                   if prefix_caching and done else None),
     )

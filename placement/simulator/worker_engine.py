@@ -10,6 +10,12 @@ at the front, to prefill its prompt plus the tokens it had generated).
 With chunked prefill (vLLM's v1 default) every iteration runs the decoding batch's step and
 spends what is left of the token budget on prompt chunks, oldest first.
 
+With prefix caching (`EngineOptions.prefix_caching`, vLLM's automatic prefix caching) the
+engine keeps a `PrefixCache` of its blocks: a prompt's leading blocks found there are not
+computed (its prefill starts after them) and, while another running request holds them, take
+no free blocks; blocks are cached as chunks complete them and stay cached after their last
+holder leaves, evicted least recently used first when an allocation needs the space.
+
 Between two changes of the batch, decode steps are not simulated one by one: the batch is
 fixed, every member gains a token per step and the decode step time is affine in context
 tokens (the profile's form), so the time of k steps is an arithmetic series and the engine
@@ -33,6 +39,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from placement.latency_correction import EngineWork
+from placement.prefix_cache import PrefixCache, hit_tokens
 from placement.rebalance import SurvivalEstimator, on_progress
 from placement.simulator.kv_blocks import LockstepBlocks
 from placement.simulator.metrics import RequestRecord
@@ -57,6 +64,9 @@ class EngineOptions:
     # Longest run of decode steps started at once; None: up to the next completion or KV
     # overflow. 1 makes each decode step its own iteration, for a caller that acts per step.
     max_steps_per_run: int | None = None
+    # vLLM's automatic prefix caching (on by default in vLLM; off here unless asked, so runs
+    # without it reproduce the earlier results)
+    prefix_caching: bool = False
 
     def token_budget(self, profile: WorkerProfile) -> int:
         if self.max_batched_tokens is not None:
@@ -143,6 +153,8 @@ class WorkerEngine:
         self._overrun_heap: list[tuple[int, str]] = []  # (step a resident passes est_mean, id)
         self._prefilled: dict[str, int] = {}  # chunked prefill: prompt tokens computed so far
         self._reserved_blocks = 0  # chunked prefill: blocks of prompts partly computed
+        self.cache = PrefixCache() if options.prefix_caching else None
+        self._cached: dict[str, int] = {}  # prompt tokens the current prefill of each request skips
         self._mode = _IDLE
         self._start_s = 0.0
         self._began_s = 0.0  # start of the current work (sync moves _start_s, not this)
@@ -188,9 +200,10 @@ class WorkerEngine:
         if self._mode != _IDLE:
             raise RuntimeError("cancel while busy")
         if request_id in self.running:
-            del self.running[request_id]
+            record = self.running.pop(request_id)
             del self._finish_step[request_id]  # its finish-heap entry is now stale
             self.blocks.remove(self._block_keys.pop(request_id))
+            self._release(record)
         elif not (self._drop_queued(self.waiting, request_id) or self._drop_queued(self.transferred, request_id)):
             return False
         self.state.remove(request_id)
@@ -203,6 +216,7 @@ class WorkerEngine:
                 if self._prefilled.pop(request_id, None) is not None:
                     # a prompt partly computed (chunked prefill) held all of its blocks
                     self._reserved_blocks -= self.profile.kv.blocks_for(self._prompt(record))
+                self._release(record)
                 return True
         return False
 
@@ -211,7 +225,7 @@ class WorkerEngine:
         partial = len(self._prefilled)  # scheduled chunks, still in `waiting` until complete
         stepping = self._mode in (_DECODE, _MIXED) and self._steps > 0
         blocks = self.blocks.blocks_at(self.state.steps + (1 if stepping else 0)) + self._reserved_blocks
-        blocks += sum(self.profile.kv.blocks_for(self._prompt(r)) for r in self._batch)
+        blocks += sum(self.profile.kv.blocks_for(self._prompt(r)) for r in self._batch) - self._shared_blocks()
         return EngineLoad(
             running=len(self.running) + len(self._batch) + partial,
             waiting=len(self.waiting) - partial + len(self.transferred),
@@ -312,6 +326,7 @@ class WorkerEngine:
             record = self.running.pop(rid)
             del self._finish_step[rid]
             self.blocks.remove(self._block_keys.pop(rid))
+            self._release(record)
             self.state.remove(rid)
             record.produced = record.output_len
             record.finish_s = now
@@ -323,12 +338,19 @@ class WorkerEngine:
         record.produced += 1
         if math.isnan(record.first_token_s):
             record.first_token_s = now
+        cached = self._cached.pop(rid, 0)
+        if record.preemptions == 0:
+            record.cached_tokens = cached
+        if self.cache is not None and record.request.prefix is not None:
+            self.cache.acquire(rid, record.request.prefix)  # its whole prompt is computed now
         if record.produced >= record.output_len:
+            self._release(record)
             self.state.remove(rid)
             record.finish_s = now
             finished.append(record)
             return
         if self.hand_off:
+            self._release(record)
             self.state.remove(rid)  # its KV leaves with it (see docs/simulator.md)
             self.handoffs.append(record)
             return
@@ -361,10 +383,13 @@ class WorkerEngine:
             return self._start_mixed(now)
         batch = self._take_prefill_batch()
         if batch:
-            prompts = [self._prompt(r) for r in batch]
-            self._work = EngineWork(prefill_iterations=1, prefill_prompts=len(prompts), prefill_tokens=sum(prompts),
-                                    prefill_squared_tokens=sum(n * n for n in prompts))
-            return self._begin(now, _PREFILL, self.profile.prefill_time_s(prompts), batch)
+            # each prompt computed after its cached prefix, attending over all of it
+            sizes = [(self._prompt(r), self._cached.get(r.request.id, 0)) for r in batch]
+            tokens = sum(n - c for n, c in sizes)
+            squares = sum(n * n - c * c for n, c in sizes)
+            self._work = EngineWork(prefill_iterations=1, prefill_prompts=len(sizes), prefill_tokens=tokens,
+                                    prefill_squared_tokens=squares)
+            return self._begin(now, _PREFILL, self.profile.prefill.time_from_sums(tokens, squares, len(sizes)), batch)
         if not self.running:
             return None
         k = self._steps_before_overflow()
@@ -396,7 +421,40 @@ class WorkerEngine:
     def _free_blocks(self) -> int:
         return (
             self.num_blocks - self.blocks.blocks_at(self.state.steps) - self._reserved_blocks - self._watermark_blocks
+            + self._shared_blocks()
         )
+
+    def _shared_blocks(self) -> int:
+        """Blocks the per-request counts above count more than once (held by several requests)."""
+        return 0 if self.cache is None else self.cache.shared_excess_tokens // self.block_size
+
+    def _lookup(self, record: RequestRecord, prompt: int) -> tuple[int, int]:
+        """(prompt tokens the cache holds, blocks of them running requests hold) for a prompt
+        about to be scheduled: the first are not computed, the second need no free block."""
+        prefix = record.request.prefix
+        if self.cache is None or prefix is None:
+            return 0, 0
+        matched = self.cache.match(prefix)
+        if not matched:
+            return 0, 0
+        return hit_tokens(matched, prefix.block_tokens, prompt), self.cache.held_tokens(prefix, matched) // self.block_size
+
+    def _claim(self, record: RequestRecord, cached: int, free_after: int) -> None:
+        """The prompt is scheduled with `cached` tokens from the cache: it holds those blocks,
+        and cached blocks no one holds give way to its new ones (`free_after` blocks left)."""
+        self._cached[record.request.id] = cached
+        if self.cache is None:
+            return
+        if cached:
+            prefix = record.request.prefix
+            self.cache.acquire(record.request.id, prefix, -(-cached // prefix.block_tokens))
+        self.cache.trim(free_after * self.block_size)
+
+    def _release(self, record: RequestRecord) -> None:
+        """The request's blocks are freed (it finished, left or was preempted); cached ones stay."""
+        self._cached.pop(record.request.id, None)
+        if self.cache is not None and record.request.prefix is not None:
+            self.cache.release(record.request.id, record.request.prefix)
 
     def _take_prefill_batch(self) -> list[RequestRecord]:
         free = self._free_blocks()
@@ -405,12 +463,14 @@ class WorkerEngine:
         batch: list[RequestRecord] = []
         for record in self.waiting:
             n = self._prompt(record)
-            need = self.profile.kv.blocks_for(n)
-            if len(batch) >= seats or (batch and n > budget) or need > free:
+            cached, held = self._lookup(record, n)
+            need = self.profile.kv.blocks_for(n) - held
+            if len(batch) >= seats or (batch and n - cached > budget) or need > free:
                 break
             batch.append(record)
-            budget -= n
+            budget -= n - cached
             free -= need
+            self._claim(record, cached, free)
         for _ in batch:
             self.waiting.popleft()
         return batch
@@ -427,14 +487,15 @@ class WorkerEngine:
         s = self.state.steps
         k = self._next_finish_step() - s
         blocks = self.blocks
+        room = self.num_blocks + self._shared_blocks()  # shared blocks are counted per member
         now_blocks = blocks.blocks_at(s)
         # each member gains at most ceil(k / block_size) blocks in k steps
-        if now_blocks + blocks.count * -(-k // self.block_size) <= self.num_blocks:
+        if now_blocks + blocks.count * -(-k // self.block_size) <= room:
             return k
         lo, hi = 0, k  # blocks_at(s + lo) fits; find the largest such lo
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if blocks.blocks_at(s + mid) <= self.num_blocks:
+            if blocks.blocks_at(s + mid) <= room:
                 lo = mid
             else:
                 hi = mid - 1
@@ -448,6 +509,7 @@ class WorkerEngine:
         self.preemptions += 1
         del self._finish_step[rid]
         self.blocks.remove(self._block_keys.pop(rid))
+        self._release(record)
         self.state.remove(rid)
         self.state.admit(record.request, now)  # it will be prefilled again
         self.waiting.appendleft(record)
@@ -496,14 +558,17 @@ class WorkerEngine:
                 break
             rid = record.request.id
             prompt = self._prompt(record)
-            computed = self._prefilled.get(rid, 0)
-            if computed == 0:
-                # the whole prompt's blocks are taken when its first chunk is scheduled
-                need = self.profile.kv.blocks_for(prompt)
+            computed = self._prefilled.get(rid)
+            if computed is None:
+                # the whole prompt's blocks are taken when its first chunk is scheduled, but
+                # for those running requests hold; its cached prefix is not computed
+                computed, held = self._lookup(record, prompt)
+                need = self.profile.kv.blocks_for(prompt) - held
                 if need > free:
                     break
                 free -= need
-                self._reserved_blocks += need
+                self._reserved_blocks += need + held
+                self._claim(record, computed, free)
             take = min(budget, prompt - computed)
             budget -= take
             chunks += 1
@@ -517,6 +582,9 @@ class WorkerEngine:
                 done.append(record)
             else:
                 self._prefilled[rid] = computed + take
+                if self.cache is not None and record.request.prefix is not None:
+                    # the blocks this chunk completed are cached for later prompts
+                    self.cache.acquire(rid, record.request.prefix, (computed + take) // record.request.prefix.block_tokens)
         if not self.running and not chunks:
             return None
         for _ in done:

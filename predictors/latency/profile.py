@@ -58,6 +58,12 @@ class PrefillModel(_Frozen):
             total_tokens, total_squared_tokens, prompts,
         )
 
+    def uncached_time_s(self, input_len: int, cached_tokens: int = 0) -> float:
+        """Prefill time of one prompt whose first `cached_tokens` come from the prefix cache:
+        its other tokens are computed, attending over the whole prompt (the squared term grows
+        from cached^2 to input^2, as for a chunk after the ones before it)."""
+        return self.time_from_sums(input_len - cached_tokens, input_len * input_len - cached_tokens * cached_tokens)
+
     def time_s(self, input_lens: Sequence[int]) -> float:
         """Prefill time of one batch holding prompts of these lengths."""
         total = 0
@@ -151,19 +157,20 @@ class WorkerProfile(_Frozen):
 
     def ttft_s(
         self, input_len: int, queued_tokens: int = 0, queued_squared_tokens: int = 0, queued_prompts: int = 1,
-        *, chunk_tokens: int | None = None, step_s: float = 0.0,
+        *, chunk_tokens: int | None = None, step_s: float = 0.0, cached_tokens: int = 0,
     ) -> float:
         """TTFT a new request would see: the prefill queued ahead of it, run as one batch
-        (given by sum(l), sum(l^2) and the number of its prompts), then its own prefill, plus
-        the serving path's fixed latency. With chunked prefill (`chunk_tokens` prompt tokens per
-        iteration beside the decoding batch, whose step takes `step_s`), the prompts take
-        `chunked_iterations` iterations, each paying the prefill's fixed cost and the step."""
+        (given by sum(l), sum(l^2) and the number of its prompts), then its own prefill (of
+        the tokens the prefix cache does not hold, `cached_tokens`), plus the serving path's
+        fixed latency. With chunked prefill (`chunk_tokens` prompt tokens per iteration beside
+        the decoding batch, whose step takes `step_s`), the prompts take `chunked_iterations`
+        iterations, each paying the prefill's fixed cost and the step."""
         ttft = self.prefill.time_from_sums(
             queued_tokens, queued_squared_tokens, queued_prompts
-        ) + (self.prefill.time_from_sums(input_len, input_len * input_len) + self.serving_overhead_s)
+        ) + (self.prefill.uncached_time_s(input_len, cached_tokens) + self.serving_overhead_s)
         if chunk_tokens is None:
             return ttft
-        return ttft + chunked_extra_s(self.prefill.c0_s, queued_tokens, input_len, chunk_tokens, step_s)
+        return ttft + chunked_extra_s(self.prefill.c0_s, queued_tokens, input_len - cached_tokens, chunk_tokens, step_s)
 
     def serving_overhead_at_s(self, in_flight: int) -> float:
         """The serving path's latency outside the engine with `in_flight` other requests in the

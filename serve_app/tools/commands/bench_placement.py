@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1000)
     p.add_argument("--inflight", type=int, default=50_000, help="requests resident over all workers")
     p.add_argument("--decisions", type=int, default=5000, help="timed decisions")
-    p.add_argument("--policy", default="aladdin", help="aladdin, rr, jsq, p2c or least-kv")
+    p.add_argument("--policy", default="aladdin", help="aladdin, rr, jsq, p2c, least-kv or prefix-affinity")
     p.add_argument("--profile-family", default="llama-2-7b-a100")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

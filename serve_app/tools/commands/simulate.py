@@ -27,6 +27,9 @@ def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--warmup-s", type=float, default=0.0, help="delay before an added worker serves")
     p.add_argument("--no-rebalance", action="store_true", help="turn error-aware rebalancing off")
+    p.add_argument("--prefix-cache", action="store_true",
+                   help="engines cache prompt prefixes (vLLM's prefix caching, from a Mooncake trace's hash_ids) "
+                        "and Aladdin places by what each worker's cache holds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -63,6 +66,7 @@ def build_scenario(args: argparse.Namespace, tp: int):
         max_num_seqs=args.max_num_seqs,
         max_batched_tokens=args.max_batched_tokens,
         chunked_prefill=not args.no_chunked_prefill,
+        prefix_caching=args.prefix_cache,
     )
     return Scenario.fitted(
         trace,
@@ -130,7 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_scenario_arguments(p)
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of every worker")
     p.add_argument("--workers", type=int, default=1, help="workers (the start count when autoscaling)")
-    p.add_argument("--policy", default="aladdin", help="aladdin, rr, jsq, p2c, least-kv")
+    p.add_argument("--policy", default="aladdin", help="aladdin, rr, jsq, p2c, least-kv, prefix-affinity")
     add_aladdin_arguments(p)
     p.add_argument("--admission", action="store_true",
                    help="aladdin: the server's SLO-aware admission (wait while nothing fits, refuse once the "
