@@ -10,7 +10,9 @@ so far); when the request finishes (`finished`: its measured TTFT, ATGT and leng
   promised and, for the ATGT, only if its worker took no overcommitted placement (least
   violation, a fallback) while it was there: those break residents' promises, not the model's.
 Workers' busy intervals (`busy`) go to `LatencyCorrection`, and the worker is then read
-through its corrected profile.
+through its corrected profile. With prefix caching the prompt tokens placement expected the
+worker's cache to hold are compared with what the engine reported it took from it
+(`prefix_hits`, per worker): how good placement's picture of each cache is.
 
 Pure state with no clock: the live placement controller drives it with what the ingress and
 the workers measured, the simulator with simulated requests, so both adapt the same way.
@@ -48,6 +50,18 @@ class _Promise:
     engine_ttft_s: float
     arrival_s: float
     model_ttft_s: float  # the TTFT the worker's corrected profile predicted, from arrival
+    input_len: int
+    cached_tokens: int  # of its prompt, expected from the worker's prefix cache
+
+
+@dataclass(slots=True)
+class PrefixHits:
+    """Prompt tokens of finished requests on one worker, those placement expected its prefix
+    cache to hold, and those its engine reported taking from the cache."""
+
+    prompt_tokens: int = 0
+    predicted_tokens: int = 0
+    engine_tokens: int = 0
 
 
 class ClosedLoop:
@@ -62,6 +76,7 @@ class ClosedLoop:
         self.placements = 0  # every placement seen, and those overcommitted for want of room
         self.overcommitted = 0  # (not `Decision.unfit`): a scaler's sign (placement.planning.worker_estimate)
         self._bases: dict[str, WorkerProfile] = {}  # worker id -> the profile its correction scales
+        self.prefix_hits: dict[str, PrefixHits] = {}  # worker id -> its requests' prefix-cache hits
 
     def placed(self, request: Request, worker: WorkerState, decision: Decision, now_s: float) -> None:
         """`request` was placed (and admitted) on `worker` at `now_s` by `decision` (or without
@@ -90,6 +105,7 @@ class ClosedLoop:
             arrival_s=request.arrival_s,
             model_ttft_s=now_s - request.arrival_s + worker.model_ttft_s(request.input_len, queued_itself=True,
                                                                          cached_tokens=cached),
+            input_len=request.input_len, cached_tokens=cached,
         )
 
     def busy(self, worker: WorkerState, interval: BusyInterval, base: WorkerProfile) -> None:
@@ -126,12 +142,19 @@ class ClosedLoop:
             return self.correction.profile_for(worker_id, base)
         return self.correction.fleet_profile(base)
 
-    def finished(self, request_id: str, ttft_s: float, atgt_s: float, output_tokens: int) -> Outcome | None:
-        """A placed request ended with these measurements; returns the outcome fed back (None
-        for a request this loop did not see placed)."""
+    def finished(self, request_id: str, ttft_s: float, atgt_s: float, output_tokens: int,
+                 cached_tokens: int | None = None) -> Outcome | None:
+        """A placed request ended with these measurements (`cached_tokens`: of its prompt, what
+        the engine took from its prefix cache, when it says); returns the outcome fed back
+        (None for a request this loop did not see placed)."""
         promise = self._promises.pop(request_id, None)
         if promise is None:
             return None
+        if cached_tokens is not None:
+            hits = self.prefix_hits.setdefault(promise.worker_id, PrefixHits())
+            hits.prompt_tokens += promise.input_len
+            hits.predicted_tokens += promise.cached_tokens
+            hits.engine_tokens += cached_tokens
         if self.budget.replies is not None:
             self.budget.replies.observe(promise.predicted_mean, output_tokens)
         worker = self.correction.of(promise.worker_id)
@@ -167,4 +190,5 @@ class ClosedLoop:
         """A worker is gone: its counter and correction go (its requests are dropped one by one)."""
         self._overcommits.pop(worker_id, None)
         self._bases.pop(worker_id, None)
+        self.prefix_hits.pop(worker_id, None)
         self.correction.forget(worker_id)

@@ -15,10 +15,11 @@ its residents; one whose request failed is a suspect, skipped by routing until i
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from placement.admission import Admission, AdmissionLimits, Verdict
+from placement.closed_loop import PrefixHits
 from placement.planning.arrival_window import ArrivalWindow
 from placement.live import LiveCluster, RequestTiming, RunningRequest, WorkerReport
 from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
@@ -58,6 +59,7 @@ class ControllerSettings:
     atgt_margin: float | None = None  # aladdin, expert override of the adaptive budget
     admission: AdmissionLimits | None = None  # None: no SLO-aware admission
     token_budget: int | None = None  # the engines' tokens per iteration (chunked prefill)
+    prefix_caching: bool = False  # the engines cache prefixes and placement models each cache
     scaling: ScalingSettings = field(default_factory=ScalingSettings)
 
 
@@ -107,6 +109,9 @@ class ClosedLoopSnapshot:
     atgt_share: float
     new_misses: dict[str, int]
     corrections: dict[str, tuple[float, float, float]]  # worker id -> decode, prefill, TTFT offset
+    # prefix caching, per worker: prompt tokens of the requests finished since the last
+    # snapshot, those placement expected the cache to hold, those the engine took from it
+    new_prefix_hits: dict[str, PrefixHits] = field(default_factory=dict)
 
 
 class PlacementController:
@@ -116,7 +121,8 @@ class PlacementController:
         self.settings = settings
         parts = make_policies(settings.policy, seed=settings.seed, target_attainment=settings.target_attainment,
                               atgt_margin=settings.atgt_margin, admission=settings.admission is not None)
-        self.cluster = LiveCluster(settings.profile, parts.policy, loop=parts.loop, token_budget=settings.token_budget)
+        self.cluster = LiveCluster(settings.profile, parts.policy, loop=parts.loop, token_budget=settings.token_budget,
+                                   prefix_caching=settings.prefix_caching)
         self.admission: Admission | None = None
         if parts.wait_policy is not None and settings.admission is not None:
             self.admission = Admission(self.cluster, parts.wait_policy, settings.admission)
@@ -132,6 +138,7 @@ class PlacementController:
         self._recent: OrderedDict[str, str] = OrderedDict()
         self.scaling_log: list[dict[str, Any]] = []  # each change of the estimate or the target
         self._missed_reported = {"ttft": 0, "atgt": 0}
+        self._prefix_reported: dict[str, PrefixHits] = {}
 
     # admission (aladdin)
 
@@ -208,6 +215,9 @@ class PlacementController:
         return worker_id
 
     def _note_decision(self, request_id: str, worker_id: str) -> None:
+        resident = self.cluster.workers[worker_id].residents.get(request_id)
+        if resident is not None and resident.cached_tokens:
+            self.window.cached(request_id, resident.cached_tokens)
         self._decisions[worker_id] += 1
         self._recent[request_id] = worker_id
         if len(self._recent) > RECENT_DECISIONS:
@@ -265,6 +275,7 @@ class PlacementController:
             for worker_id in worker_ids:
                 self._last_seen.pop(worker_id, None)
                 self._waiting.pop(worker_id, None)
+                self._prefix_reported.pop(worker_id, None)
         return worker_ids
 
     def _estimate_workers(self, now_s: float) -> None:
@@ -294,9 +305,17 @@ class PlacementController:
         misses = loop.feedback.misses
         new = {slo: misses[slo] - self._missed_reported[slo] for slo in misses}
         self._missed_reported = dict(misses)
+        new_hits = {}
+        for wid, hits in loop.prefix_hits.items():
+            seen = self._prefix_reported.get(wid, PrefixHits())
+            if hits.prompt_tokens > seen.prompt_tokens:
+                new_hits[wid] = PrefixHits(hits.prompt_tokens - seen.prompt_tokens,
+                                           hits.predicted_tokens - seen.predicted_tokens,
+                                           hits.engine_tokens - seen.engine_tokens)
+                self._prefix_reported[wid] = replace(hits)
         return ClosedLoopSnapshot(loop.budget.ttft_share, loop.budget.atgt_share, new, {
             wid: (c.decode_factor, c.prefill_factor, c.ttft_offset_s) for wid, c in loop.correction.workers.items()
-        })
+        }, new_hits)
 
     def stats(self) -> dict[str, Any]:
         """What the controller knows: placements per worker, outcomes, residents, the estimate
@@ -306,6 +325,7 @@ class PlacementController:
             "ttft_share": loop.budget.ttft_share, "atgt_share": loop.budget.atgt_share,
             "promises_counted": loop.feedback.counted, "promises_missed": dict(loop.feedback.misses),
             "placements": loop.placements, "overcommitted": loop.overcommitted,
+            "prefix_hits": {wid: asdict(h) for wid, h in loop.prefix_hits.items()},
             "corrections": {wid: {"decode_factor": c.decode_factor, "prefill_factor": c.prefill_factor,
                                   "ttft_offset_s": c.ttft_offset_s, "intervals": c.intervals}
                             for wid, c in loop.correction.workers.items()},

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from placement.closed_loop import ClosedLoop
 from placement.latency_correction import EngineWork
 from placement.policy import Decision, PlacementPolicy
+from placement.prefix_cache import Prefix, PrefixCache
 from placement.queue_order import WaitingQueue
 from placement.rebalance import SurvivalEstimator, rebalance
 from placement.state import Request, WorkerState
@@ -51,12 +52,13 @@ class RunningRequest:
     slo_atgt_s: float
     generated: int = 0
     first_token_s: float | None = None  # wall clock of its first token, once it has one
+    prefix: Prefix | None = None  # its prompt's blocks at the engine's block size, when modelled
 
     def to_request(self) -> Request:
         return Request(
             id=self.request_id, arrival_s=self.arrival_s, input_len=max(1, self.input_len),
             pred_mean=max(self.pred_mean, 1e-9), pred_upper=max(self.pred_upper, self.pred_mean, 1e-9),
-            slo_ttft_s=self.slo_ttft_s, slo_atgt_s=self.slo_atgt_s,
+            slo_ttft_s=self.slo_ttft_s, slo_atgt_s=self.slo_atgt_s, prefix=self.prefix,
         )
 
 
@@ -68,6 +70,7 @@ class RequestTiming:
     ttft_s: float
     atgt_s: float
     output_tokens: int
+    cached_tokens: int | None = None  # of its prompt, what the engine took from its prefix cache
 
 
 @dataclass(frozen=True)
@@ -102,15 +105,19 @@ class LiveCluster:
         pending_grace_s: float = PENDING_GRACE_S,
         loop: ClosedLoop | None = None,
         token_budget: int | None = None,
+        prefix_caching: bool = False,
     ) -> None:
         """`token_budget`: the engines' tokens per iteration with chunked prefill (None:
-        prefill-first), which placement's TTFT model needs."""
+        prefill-first), which placement's TTFT model needs. `prefix_caching`: the engines cache
+        prompt prefixes and placement keeps its picture of each worker's cache (kept from the
+        prompts placed there, evicted at the engine's reported KV capacity)."""
         self.profile = profile
         self.policy = policy
         self.estimator = estimator or SurvivalEstimator()
         self.pending_grace_s = pending_grace_s
         self.loop = loop
         self.token_budget = token_budget
+        self.prefix_caching = prefix_caching
         self.workers: dict[str, WorkerState] = {}
         self._where: dict[str, str] = {}  # request id -> worker id
         self._placed_at: dict[str, float] = {}  # request id -> time placed, until first reported
@@ -121,7 +128,8 @@ class LiveCluster:
         """The worker's state, created (with the default profile) on first mention."""
         state = self.workers.get(worker_id)
         if state is None:
-            state = self.workers[worker_id] = WorkerState(worker_id, self.profile, token_budget=self.token_budget)
+            state = self.workers[worker_id] = WorkerState(worker_id, self.profile, token_budget=self.token_budget,
+                                                          prefix_cache=self._new_prefix_cache())
         return state
 
     def fleet_profile(self) -> WorkerProfile:
@@ -166,7 +174,7 @@ class LiveCluster:
         if self.loop is None:
             return
         for t in timings:
-            self.loop.finished(t.request_id, t.ttft_s, t.atgt_s, t.output_tokens)
+            self.loop.finished(t.request_id, t.ttft_s, t.atgt_s, t.output_tokens, t.cached_tokens)
 
     def report(self, report: WorkerReport, now_s: float) -> None:
         """Apply one heartbeat of a worker (see the module docstring)."""
@@ -201,6 +209,9 @@ class LiveCluster:
             if report.work is not None and report.work.busy_s > 0:
                 self.loop.busy(worker, report.work.interval(base), base)
             self.loop.refresh(worker, base, now_s)
+
+    def _new_prefix_cache(self) -> PrefixCache | None:
+        return PrefixCache() if self.prefix_caching else None
 
     def _base(self, worker: WorkerState) -> WorkerProfile:
         """The profile a worker's correction scales: the default one at its engine's KV size."""
@@ -246,7 +257,10 @@ class LiveCluster:
         if self._base(worker) is profile:
             return worker
         self._bases[worker.id] = profile
-        fresh = WorkerState(worker.id, profile, accepting=worker.accepting, token_budget=self.token_budget)
+        # the cache picture starts again from the residents' prompts (a rare event: a first
+        # report, or an engine restarted with another KV size)
+        fresh = WorkerState(worker.id, profile, accepting=worker.accepting, token_budget=self.token_budget,
+                            prefix_cache=self._new_prefix_cache())
         for request_id, resident in worker.residents.items():
             fresh.admit(resident.request, self._placed_at.get(request_id, resident.request.arrival_s))
             if resident.decode_from_step is not None:

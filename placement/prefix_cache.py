@@ -17,7 +17,7 @@ per-request count (placement's) keeps each shared block with exactly one holder.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -162,3 +162,15 @@ def unbounded_hits(prompts: Iterable[tuple[Prefix | None, int]]) -> list[int]:
         hits.append(hit_tokens(matched, prefix.block_tokens, input_len))
         seen.update(prefix.hashes)
     return hits
+
+
+def prefix_of(token_ids: Sequence[int], block_tokens: int) -> Prefix:
+    """The prefix blocks of a prompt's token ids at `block_tokens` a block: each whole block
+    named by a hash of the one before it and its own tokens (ints and tuples of ints hash the
+    same in every process, so the ingress and an engine agree)."""
+    hashes = []
+    parent = 0
+    for start in range(0, len(token_ids) - block_tokens + 1, block_tokens):
+        parent = hash((parent, tuple(token_ids[start:start + block_tokens])))
+        hashes.append(parent)
+    return Prefix(block_tokens, tuple(hashes))

@@ -307,6 +307,23 @@ class AppConfig(_Section):
             return WorkerProfile.model_validate_json(Path(placement.profile_path).read_text())
         return load_profile_family(placement.profile_family).profile(self.engine.tensor_parallel_size)
 
+    def engine_block_size(self) -> int:
+        """Tokens per KV block of the workers' engines: `engine.extra.block_size`, else the sim
+        engine's profile's, else vLLM's default for the accelerator (128 on CPU, 16 on GPU;
+        vllm/platforms). Prompts are hashed for placement's prefix caches at this size."""
+        explicit = self.engine.extra.get("block_size")
+        if explicit:
+            return int(explicit)
+        if self.engine.kind == "sim":
+            return self.placement_profile().kv.block_size
+        return 128 if self.engine.accelerator == "cpu" else 16
+
+    @property
+    def models_prefix_cache(self) -> bool:
+        """Whether placement models each worker's prefix cache: the engines cache prefixes
+        (`engine.enable_prefix_caching`, vLLM's default) and the policy reads hits."""
+        return self.engine.enable_prefix_caching and self.placement.slo_aware
+
     def engine_token_budget(self, profile: WorkerProfile) -> int | None:
         """The workers' tokens per iteration with chunked prefill (vLLM's default for the
         profile's hardware unless `engine.extra` sets max_num_batched_tokens; the sim engine
@@ -326,6 +343,7 @@ class AppConfig(_Section):
             atgt_margin=placement.atgt_margin if placement.slo_aware else None,
             admission=AdmissionLimits(placement.max_waiting, placement.max_wait_s) if placement.admits else None,
             token_budget=self.engine_token_budget(profile),
+            prefix_caching=self.models_prefix_cache,
             scaling=ScalingSettings(scaling.window_s, scaling.estimate_period_s, scaling.headroom,
                                     scaling.min_workers, scaling.max_workers),
         )

@@ -167,6 +167,12 @@ WORKER_TTFT_OFFSET = MetricSpec(
     "aladdin_worker_ttft_offset_seconds", "gauge",
     "Serving-path latency added to a worker's TTFT model from measured TTFTs, seconds.", ("worker",),
 )
+PREFIX_TOKENS = MetricSpec(
+    "aladdin_prefix_tokens", "counter",
+    "Prompt tokens of finished requests per worker, kind=prompt (all), predicted_hit (placement expected the "
+    "worker's prefix cache to hold them), engine_hit (vLLM reported taking them from its cache); the rates' "
+    "ratios are the predicted and the engine's prefix hit rates.", ("worker", "kind"),
+)
 WORKERS_HELD = MetricSpec("aladdin_workers_held", "gauge", "Workers currently held (running or starting).")
 GPUS_HELD = MetricSpec("aladdin_gpus_held", "gauge", "GPUs currently held by workers.")
 
@@ -175,7 +181,7 @@ METRICS: tuple[MetricSpec, ...] = (
     TTFT, ATGT, SLO_MET, SLO_MISSED, LENGTH_ERROR, LENGTH_RELATIVE_ERROR, OUTPUT_TOKENS,
     WORKER_KV_USED, WORKER_RUNNING, WORKER_WAITING, QUEUE_LENGTH, PLACEMENT_DECISIONS,
     MIN_WORKERS_ESTIMATE, MIN_GPUS_ESTIMATE, WORKERS_HELD, GPUS_HELD,
-    PACKING_SHARE, PROMISES_MISSED, WORKER_CORRECTION, WORKER_TTFT_OFFSET,
+    PACKING_SHARE, PROMISES_MISSED, WORKER_CORRECTION, WORKER_TTFT_OFFSET, PREFIX_TOKENS,
 )
 
 # ---- per-process registry ---------------------------------------------------------------
@@ -447,12 +453,18 @@ def record_capacity(estimate_workers: float, estimate_gpus: float, workers_held:
 def record_closed_loop(
     ttft_share: float, atgt_share: float, missed: dict[str, int],
     corrections: dict[str, tuple[float, float, float]],
+    prefix_tokens: dict[str, tuple[int, int, int]] | None = None,
 ) -> None:
     """Set the packing budget's shares, count promises missed since the last call (`missed`:
-    per SLO), and set each worker's correction (decode factor, prefill factor, TTFT offset s)."""
+    per SLO), set each worker's correction (decode factor, prefill factor, TTFT offset s), and
+    count each worker's prefix tokens since the last call (prompt, predicted hit, engine hit)."""
     reg = _get_registry()
     if reg is None:
         return
+    for worker, counts in (prefix_tokens or {}).items():
+        for kind, n in zip(("prompt", "predicted_hit", "engine_hit"), counts):
+            if n > 0:
+                _inc(reg, PREFIX_TOKENS, {"worker": worker, "kind": kind}, n)
     _set(reg, PACKING_SHARE, ttft_share, {"slo": "ttft"})
     _set(reg, PACKING_SHARE, atgt_share, {"slo": "atgt"})
     for slo, n in missed.items():

@@ -176,6 +176,10 @@ def test_closed_loop_gauges_and_missed_counter(fake: m._Registry) -> None:
     assert calls(fake, m.WORKER_TTFT_OFFSET) == [("set", 0.04, {"worker": "a"})]
     m.forget_worker("a")
     assert calls(fake, m.WORKER_TTFT_OFFSET)[-1] == ("set", 0.0, {"worker": "a"})
+    m.record_closed_loop(0.8, 0.6, {}, {}, {"a": (1000, 600, 512)})
+    assert calls(fake, m.PREFIX_TOKENS) == [("inc", 1000.0, {"worker": "a", "kind": "prompt"}),
+                                            ("inc", 600.0, {"worker": "a", "kind": "predicted_hit"}),
+                                            ("inc", 512.0, {"worker": "a", "kind": "engine_hit"})]
 
 
 def test_failing_metric_never_raises_and_logs_once(fake: m._Registry, caplog: pytest.LogCaptureFixture) -> None:
@@ -231,7 +235,9 @@ def test_metrics_reach_prometheus(ray_cluster: Any) -> None:
                 metrics.record_placement("test", outcome)
             metrics.record_capacity(2, 2, 3, 3)
             metrics.record_closed_loop(0.8, 0.7, {"ttft": 1, "atgt": 2},
-                                       {keep: (1.2, 1.5, 0.05), gone: (0.9, 1.0, 0.0)})
+                                       {keep: (1.2, 1.5, 0.05), gone: (0.9, 1.0, 0.0)},
+                                       # counters never expire: under a worker of their own
+                                       {f"prefix-{keep}": (1000, 600, 512)})
 
         def forget(self, worker_id: str) -> None:
             from serve_app import metrics

@@ -2,7 +2,8 @@
 
 Each arrival is counted with its prompt length and its output length: the true one once the
 request finished, the predicted mean until then (a window of finished requests alone would see
-only the short ones early on). `workload` turns the window into the planner's `Workload`.
+only the short ones early on), and the part of its prompt placement expected the worker's
+prefix cache to hold. `workload` turns the window into the planner's `Workload`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class _Arrival:
     arrival_s: float
     input_len: int
     output_len: float  # predicted mean until the request finishes, then the true length
+    cached_tokens: int = 0  # of its prompt, expected from its worker's prefix cache
 
 
 @dataclass
@@ -47,6 +49,12 @@ class ArrivalWindow:
         self._arrivals.append(item)
         self._ids.append(request_id)
         self._by_id[request_id] = item
+
+    def cached(self, request_id: str, tokens: int) -> None:
+        """Placement expects `tokens` of the request's prompt from its worker's prefix cache."""
+        item = self._by_id.get(request_id)
+        if item is not None:
+            item.cached_tokens = tokens
 
     def finish(self, request_id: str, output_len: int) -> None:
         """The request ended with `output_len` tokens; use that instead of its prediction."""
@@ -96,4 +104,5 @@ class ArrivalWindow:
             slo_atgt_s=slo_atgt_s,
             target_attainment=target_attainment,
             arrival_s=np.fromiter((a.arrival_s for a in self._arrivals), dtype=float, count=len(self._arrivals)),
+            cached_lens=np.fromiter((a.cached_tokens for a in self._arrivals), dtype=int, count=len(self._arrivals)),
         )

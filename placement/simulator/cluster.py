@@ -317,7 +317,8 @@ class Cluster:
             self._unfinished -= 1
             self.lengths.observe(record.request.input_len, record.output_len)
             if self.loop is not None:
-                self.loop.finished(record.request.id, record.ttft_s, record.atgt_s, record.output_len)
+                self.loop.finished(record.request.id, record.ttft_s, record.atgt_s, record.output_len,
+                                   record.cached_tokens if self.config.engine.prefix_caching else None)
         if finished:
             self._offer_waiting()
         if engine.idle:

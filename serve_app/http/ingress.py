@@ -26,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from placement.live import RequestTiming, RunningRequest
+from placement.prefix_cache import prefix_of
 from predictors.output_length import ChatInput, PastTurn, Prediction
 from serve_app.http.api_auth import authorized, set_api_keys
 from serve_app.http.body_limit import BodyLimit, set_max_body_bytes
@@ -127,6 +128,7 @@ class _Prepared:
         self.prediction = prediction
         self.prompt_tokens = len(generate.prompt_token_ids)
         self.worker_id: str | None = None  # the worker that served it, once known
+        self.cached_tokens: int | None = None  # of its prompt, from the engine's prefix cache (last chunk)
 
     def extension(self) -> dict[str, Any]:
         """The `aladdin` field of responses: the prediction and the SLOs applied."""
@@ -165,6 +167,8 @@ class OpenAIIngress:
         self._timings_task: asyncio.Task | None = None
         set_api_keys(self._config.ingress.resolved_api_keys(os.environ))
         set_max_body_bytes(self._config.ingress.max_body_bytes)
+        # prompts are hashed into blocks for placement's prefix caches, at the engines' block size
+        self._prefix_block = self._config.engine_block_size() if self._config.models_prefix_cache else None
         self._model_name = self._config.model.name
         self._max_model_len = self._config.engine.max_model_len
         tokenizer_dir = resolve_tokenizer_dir(self._config.model)
@@ -297,6 +301,7 @@ class OpenAIIngress:
             arrival_s=time.time() if options.received_s is None else options.received_s,
             input_len=len(ids), pred_mean=prediction.mean, pred_upper=prediction.upper,
             slo_ttft_s=self._slo_s(body, options, "ttft"), slo_atgt_s=self._slo_s(body, options, "atgt"),
+            prefix=None if self._prefix_block is None else prefix_of(ids, self._prefix_block),
         )
         generate = GenerateRequest(request_id, list(ids), body.sampling(max_tokens), placed)
         return _Prepared(generate, body, self._model_name, chat, prediction)
@@ -390,6 +395,8 @@ class OpenAIIngress:
                     tokens += chunk.num_tokens
                     finish = chunk.finish_reason or finish
                     prepared.worker_id = chunk.worker_id or prepared.worker_id
+                    if chunk.cached_tokens is not None:
+                        prepared.cached_tokens = chunk.cached_tokens
                     yield chunk
                 break
             except OpenAIError:
@@ -429,7 +436,8 @@ class OpenAIIngress:
         natural = finish == "stop" and not prepared.body.ignore_eos  # else the length says nothing
         atgt = (last_s - first_s) / (tokens - 1) if tokens > 1 else None
         if self._config.placement.slo_aware:
-            self._report_timing(RequestTiming(prepared.generate.request_id, first_s - placed.arrival_s, atgt or 0.0, tokens))
+            self._report_timing(RequestTiming(prepared.generate.request_id, first_s - placed.arrival_s, atgt or 0.0,
+                                              tokens, prepared.cached_tokens))
         record_request(
             ttft_s=first_s - placed.arrival_s,
             atgt_s=atgt,

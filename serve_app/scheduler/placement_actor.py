@@ -200,7 +200,9 @@ class PlacementActor:
         record_capacity(estimate.workers, estimate.gpus, held, held * estimate.tp)
         snapshot = self._controller.closed_loop_snapshot()
         if snapshot is not None:
-            record_closed_loop(snapshot.ttft_share, snapshot.atgt_share, snapshot.new_misses, snapshot.corrections)
+            record_closed_loop(snapshot.ttft_share, snapshot.atgt_share, snapshot.new_misses, snapshot.corrections, {
+                wid: (h.prompt_tokens, h.predicted_tokens, h.engine_tokens)
+                for wid, h in snapshot.new_prefix_hits.items()})
         record_queue_length(result.queue_length)
         if self._config.scaling.enabled:
             self._node_scaler.apply(result.target_workers)

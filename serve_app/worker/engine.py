@@ -44,7 +44,8 @@ def start_engine(config: AppConfig, snapshot: EngineSnapshot) -> Engine:
 
         engine = config.engine
         return SimEngine(config.placement_profile(), max_num_seqs=engine.max_num_seqs,
-                         max_model_len=engine.max_model_len, snapshot=snapshot, seed=engine.seed)
+                         max_model_len=engine.max_model_len, snapshot=snapshot, seed=engine.seed,
+                         prefix_caching=engine.enable_prefix_caching)
     from serve_app.worker.vllm_engine import VllmEngine
 
     return VllmEngine(config, snapshot)

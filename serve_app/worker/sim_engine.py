@@ -49,6 +49,7 @@ from typing import Any
 
 from placement.simulator.metrics import RequestRecord
 from placement.simulator.worker_engine import EngineOptions, WorkerEngine
+from placement.prefix_cache import Prefix, prefix_of
 from placement.state import Request, WorkerState
 from placement.traces import LengthMix
 from predictors.latency.profile import KVCacheModel, WorkerProfile
@@ -77,6 +78,7 @@ class _Stream:
     taken: int = 0  # tokens handed to the consumer
     done: bool = False
     error: SimEngineDeadError | None = None
+    cached_tokens: int = 0  # of its prompt, taken from the prefix cache (known once done)
 
 
 class SimEngine:
@@ -94,6 +96,7 @@ class SimEngine:
         block_size: int | None = None,
         chunked_prefill: bool = False,
         max_num_batched_tokens: int | None = None,
+        prefix_caching: bool = False,
         output_lengths: LengthMix = LengthMix(),
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
@@ -101,7 +104,8 @@ class SimEngine:
         """`profile` times prefills and decode steps. KV capacity (tokens) and block size
         default to the profile's; a capacity is rounded down to whole blocks. The vLLM
         scheduler settings are `max_num_seqs`, `max_model_len`, `chunked_prefill` and
-        `max_num_batched_tokens` (None: the simulator's default budget). `output_lengths`
+        `max_num_batched_tokens` (None: the simulator's default budget), and `prefix_caching`
+        (the simulator's model of vLLM's, prompts hashed at the block size). `output_lengths`
         gives the natural-length distribution (its output mean and cv). `sleep(seconds)` must
         wait until `clock()` has advanced by `seconds`."""
         if max_num_seqs < 1 or max_model_len < 2:
@@ -119,6 +123,7 @@ class SimEngine:
             max_batched_tokens=max_num_batched_tokens,
             chunked_prefill=chunked_prefill,
             max_steps_per_run=1,
+            prefix_caching=prefix_caching,
         )
         self._engine = WorkerEngine(WorkerState(id="sim", profile=profile), options)
         # vLLM refuses to start when one max_model_len request cannot fit its KV cache
@@ -164,7 +169,8 @@ class SimEngine:
             output_len, finish_reason = self._plan(len(prompt_token_ids), sampling, request_id)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-        stream = self._admit(request_id, len(prompt_token_ids), output_len, finish_reason)
+        prefix = prefix_of(prompt_token_ids, self._engine.block_size) if self._engine.cache is not None else None
+        stream = self._admit(request_id, len(prompt_token_ids), output_len, finish_reason, prefix)
         try:
             while True:
                 await stream.ready.wait()
@@ -173,7 +179,8 @@ class SimEngine:
                     raise stream.error
                 new, stream.taken = stream.produced - stream.taken, stream.produced
                 done = stream.done  # read before yielding: the engine moves on meanwhile
-                yield GenerateChunk(TOKEN_TEXT * new, new, stream.finish_reason if done else None)
+                yield GenerateChunk(TOKEN_TEXT * new, new, stream.finish_reason if done else None,
+                                    cached_tokens=stream.cached_tokens if done else None)
                 if done:
                     return
         finally:
@@ -219,7 +226,8 @@ class SimEngine:
         # vLLM checks for the end of sequence before the length limit
         return (natural, "stop") if natural <= limit else (limit, "length")
 
-    def _admit(self, request_id: str, prompt_len: int, output_len: int, finish_reason: str) -> _Stream:
+    def _admit(self, request_id: str, prompt_len: int, output_len: int, finish_reason: str,
+               prefix: Prefix | None) -> _Stream:
         now = self._clock()
         # placement fields are unused here: no estimator, and the engine reads true lengths
         request = Request(
@@ -231,6 +239,7 @@ class SimEngine:
             slo_ttft_s=math.inf,
             slo_atgt_s=math.inf,
             output_len=output_len,
+            prefix=prefix,
         )
         self._engine.state.admit(request, now)
         self._engine.enqueue(RequestRecord(request, output_len))
@@ -274,6 +283,7 @@ class SimEngine:
             stream = self._streams.pop(record.request.id, None)
             if stream is not None:
                 stream.produced = record.produced
+                stream.cached_tokens = record.cached_tokens
                 stream.done = True
                 stream.ready.set()
         for rid, record in self._engine.running.items():

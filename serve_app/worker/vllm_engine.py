@@ -87,7 +87,8 @@ class VllmEngine:
         prompt = TokensPrompt(prompt_token_ids=prompt_token_ids)
         async for output in self._llm.generate(prompt, params, request_id=request_id):
             completion = output.outputs[0]
-            yield GenerateChunk(completion.text, len(completion.token_ids), completion.finish_reason)
+            cached = output.num_cached_tokens if completion.finish_reason else None
+            yield GenerateChunk(completion.text, len(completion.token_ids), completion.finish_reason, cached_tokens=cached)
 
     async def check_health(self) -> None:
         await self._llm.check_health()

@@ -28,6 +28,7 @@ class GenerateChunk:
     num_tokens: int
     finish_reason: str | None = None
     worker_id: str | None = None  # the serving worker's id, on the last chunk
+    cached_tokens: int | None = None  # prompt tokens the engine took from its prefix cache (last chunk)
 
 
 @dataclass
