@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from placement.closed_loop import ClosedLoop
 from placement.latency_correction import EngineWork
 from placement.policy import Decision, PlacementPolicy
-from placement.prefix_cache import Prefix, PrefixCache
+from placement.prefix_cache import Prefix, PrefixCache, PrefixDirectory
 from placement.queue_order import WaitingQueue
 from placement.rebalance import SurvivalEstimator, rebalance
 from placement.state import Request, WorkerState
@@ -118,6 +118,7 @@ class LiveCluster:
         self.loop = loop
         self.token_budget = token_budget
         self.prefix_caching = prefix_caching
+        self._prefix_directory = PrefixDirectory()
         self.workers: dict[str, WorkerState] = {}
         self._where: dict[str, str] = {}  # request id -> worker id
         self._placed_at: dict[str, float] = {}  # request id -> time placed, until first reported
@@ -211,7 +212,7 @@ class LiveCluster:
             self.loop.refresh(worker, base, now_s)
 
     def _new_prefix_cache(self) -> PrefixCache | None:
-        return PrefixCache() if self.prefix_caching else None
+        return PrefixCache(self._prefix_directory) if self.prefix_caching else None
 
     def _base(self, worker: WorkerState) -> WorkerProfile:
         """The profile a worker's correction scales: the default one at its engine's KV size."""
@@ -224,6 +225,8 @@ class LiveCluster:
             self._bases.pop(worker_id, None)
             if worker is None:
                 continue
+            if worker.prefix_cache is not None:
+                worker.prefix_cache.detach()
             for request_id in worker.residents:
                 self._where.pop(request_id, None)
                 self._placed_at.pop(request_id, None)
@@ -259,6 +262,8 @@ class LiveCluster:
         self._bases[worker.id] = profile
         # the cache picture starts again from the residents' prompts (a rare event: a first
         # report, or an engine restarted with another KV size)
+        if worker.prefix_cache is not None:
+            worker.prefix_cache.detach()
         fresh = WorkerState(worker.id, profile, accepting=worker.accepting, token_budget=self.token_budget,
                             prefix_cache=self._new_prefix_cache())
         for request_id, resident in worker.residents.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.prefix_cache import Prefix, PrefixCache, hit_tokens
+from placement.prefix_cache import Prefix, PrefixCache, PrefixDirectory, hit_tokens
 
 BT = 16
 
@@ -76,3 +76,17 @@ def test_counts_match_a_recount_and_each_held_block_has_one_owner(ops):
         assert cache.shared_excess_tokens == sum(BT * len(p.hashes) for p in live.values()) - distinct
         assert sum(owned.values()) == distinct
         assert all(cache.match(_prefix(h)) == 1 for h in holders)  # held blocks are never evicted
+
+
+def test_the_directory_knows_which_caches_hold_a_first_block():
+    directory = PrefixDirectory()
+    a, b = PrefixCache(directory), PrefixCache(directory)
+    a.acquire("x", _prefix(1, 2))
+    b.acquire("y", _prefix(1, 3))  # not a chain: 1 begins both prompts
+    b.acquire("z", _prefix(7))
+    assert directory.caches(1) == {a, b} and directory.caches(2) == set() and directory.caches(7) == {b}
+    a.release("x", _prefix(1, 2))
+    a.trim(0)
+    assert directory.caches(1) == {b}
+    b.detach()
+    assert directory.caches(1) == set() and directory.caches(7) == set()

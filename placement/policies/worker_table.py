@@ -70,6 +70,8 @@ class WorkerTable:
         self.min_slo_atgt_s = np.full(n, math.inf)
         # rows whose worker keeps a prefix cache (placement's belief of its engine's)
         self.cached_rows = 0
+        self._cache_rows: dict[int, int] = {}  # id(worker's prefix cache) -> row
+        self._directory = None  # the caches' PrefixDirectory, if they share one
         # the worker's decayed prefill load (WorkerState.prefill_load_s) as of epoch_s
         self.prefill_load_at_epoch_s = np.zeros(n)
 
@@ -111,7 +113,11 @@ class WorkerTable:
             for row, worker in enumerate(self.workers):
                 worker.watch(self._log)
                 self._refresh(row, worker)
-            self.cached_rows = sum(w.prefix_cache is not None for w in self.workers)
+            caches = [w.prefix_cache for w in self.workers if w.prefix_cache is not None]
+            self.cached_rows = len(caches)
+            self._cache_rows = {id(w.prefix_cache): row for row, w in enumerate(self.workers)
+                                if w.prefix_cache is not None}
+            self._directory = caches[0].directory if caches else None
             return
         changed = {id(w): w for w in self._log}
         self._log.clear()
@@ -178,10 +184,17 @@ class WorkerTable:
         """Per row of `workers` (the list last synced), `WorkerState.prefix_hit(request)`: the
         prompt tokens cached there and the tokens of its KV residents' blocks hold; None when
         no row has a hit (or no worker keeps a cache)."""
-        if not self.cached_rows or request.prefix is None:
+        prefix = request.prefix
+        if not self.cached_rows or prefix is None or not prefix.hashes:
             return None
-        hits = [w.prefix_hit(request) for w in workers]
-        if not any(cached for cached, _ in hits):
+        if self._directory is None:
+            rows = range(len(workers))
+        else:  # only the workers whose cache holds its first block can have a hit
+            rows = [r for r in (self._cache_rows.get(id(c)) for c in self._directory.caches(prefix.hashes[0]))
+                    if r is not None]
+        cached, discount = np.zeros(len(workers)), np.zeros(len(workers))
+        for row in rows:
+            cached[row], discount[row] = workers[row].prefix_hit(request)
+        if not cached.any():
             return None
-        cached, discount = np.array(hits, dtype=float).T
         return cached, discount

@@ -27,7 +27,7 @@ from placement.queue_order import WaitingQueue
 from placement.rebalance import SurvivalEstimator
 from placement.simulator.length_model import LengthModel
 from placement.simulator.metrics import RequestRecord, Summary, summarize
-from placement.prefix_cache import PrefixCache
+from placement.prefix_cache import PrefixCache, PrefixDirectory
 from placement.simulator.worker_engine import EngineOptions, WorkerEngine
 from placement.state import Request, WorkerState
 from placement.traces import TraceRequest, trace_prefix
@@ -129,6 +129,7 @@ class Cluster:
         self._estimator = (
             SurvivalEstimator(r.output_len for r in self.trace) if self.config.rebalance else None
         )
+        self._prefix_directory = PrefixDirectory()  # placement's caches' first blocks
         self._admission: Admission | None = None
         if self.config.admission is not None:
             if self.wait_policy is None:
@@ -187,7 +188,7 @@ class Cluster:
     def _start_worker(self, warmup_s: float) -> _Worker:
         budget = self.config.engine.chunk_budget(self.config.timing_profile or self.profile)
         state = WorkerState(id=f"w{next(self._names)}", profile=self.profile, token_budget=budget,
-                            prefix_cache=PrefixCache() if self.prefix_aware else None)
+                            prefix_cache=PrefixCache(self._prefix_directory) if self.prefix_aware else None)
         engine = WorkerEngine(state, self.config.engine, self._estimator, timing_profile=self.config.timing_profile)
         return self._add_worker(engine, warmup_s)
 
