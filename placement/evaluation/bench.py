@@ -10,6 +10,10 @@ the ATGT SLO, which sets the workers' prefill load); 2% still wait for their pre
 Loop: a new request arrives, the policy chooses (timed, nothing else is), the request is
 admitted where chosen, one random resident finishes elsewhere and a random worker advances a
 few decode steps, so the state keeps changing as in serving.
+
+With `prefix_share` > 0 every worker keeps placement's prefix cache (one directory for the
+cluster) and requests belong to conversations: that share of them continues an earlier
+conversation, whose prompt blocks (16 tokens, the GPU engines' block size) it shares.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 
 from placement.policy import PlacementPolicy
 from placement.policies import make_policy
+from placement.prefix_cache import Prefix, PrefixCache, PrefixDirectory
 from placement.state import Request, WorkerState
 from predictors.latency import load_profile_family
 
@@ -37,6 +42,7 @@ QUEUED_FRACTION = 0.02
 # every worker, in the `engine_time` loop
 PREFILL_AFTER = 30
 DECODE_EVERY = 10
+PREFIX_BLOCK_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -59,11 +65,13 @@ class BenchResult:
 class _Arrivals:
     """ShareGPT-like requests with noisy predictions (deterministic under a seed)."""
 
-    def __init__(self, seed: int, slo_ttft_s: float, slo_atgt_s: float, max_len: int) -> None:
+    def __init__(self, seed: int, slo_ttft_s: float, slo_atgt_s: float, max_len: int,
+                 prefix_share: float = 0.0) -> None:
         self.rng = random.Random(seed)
         self.count = 0
         self.slo = (slo_ttft_s, slo_atgt_s)
         self.max_len = max_len
+        self.prefix_share = prefix_share
 
     def _lognormal(self, mean: float, cv: float) -> float:
         sigma2 = math.log1p(cv * cv)
@@ -78,22 +86,32 @@ class _Arrivals:
         request = Request(
             id=f"q{self.count}", arrival_s=now_s, input_len=input_len, pred_mean=mean,
             pred_upper=mean * UPPER_OVER_MEAN, slo_ttft_s=self.slo[0], slo_atgt_s=self.slo[1],
+            prefix=self._prefix(input_len) if self.prefix_share else None,
         )
         return request, output_len
+
+    def _prefix(self, input_len: int) -> Prefix:
+        """Blocks of a new conversation, or (with probability `prefix_share`) of an earlier one."""
+        continues = self.count > 1 and self.rng.random() < self.prefix_share
+        conversation = self.rng.randrange(1, self.count) if continues else self.count
+        blocks = input_len // PREFIX_BLOCK_TOKENS
+        return Prefix(PREFIX_BLOCK_TOKENS, tuple(hash((conversation, i)) for i in range(blocks)))
 
 
 def build_cluster(
     workers: int, inflight: int, family: str = "llama-2-7b-a100", tp: int = 1, seed: int = 0,
-    slo_ttft_s: float = 1.0, slo_atgt_s: float = 0.05,
+    slo_ttft_s: float = 1.0, slo_atgt_s: float = 0.05, prefix_share: float = 0.0,
 ) -> tuple[list[WorkerState], _Arrivals]:
     """The benchmark's starting state and the arrival stream that continues it."""
     profile = load_profile_family(family).profile(tp)
-    arrivals = _Arrivals(seed, slo_ttft_s, slo_atgt_s, profile.max_model_len)
+    arrivals = _Arrivals(seed, slo_ttft_s, slo_atgt_s, profile.max_model_len, prefix_share)
+    directory = PrefixDirectory() if prefix_share else None
     shares = np.random.default_rng(seed).gamma(2.0, 1.0, workers)
     counts = np.random.default_rng(seed + 1).multinomial(inflight, shares / shares.sum())
     cluster = []
     for w, count in enumerate(counts):
-        worker = WorkerState(id=f"w{w}", profile=profile)
+        worker = WorkerState(id=f"w{w}", profile=profile,
+                             prefix_cache=PrefixCache(directory) if directory is not None else None)
         generated = {}
         for _ in range(count):
             request, output_len = arrivals.next(0.0)
@@ -165,10 +183,10 @@ def decision_loop(
 
 def run(
     policy_name: str = "aladdin", workers: int = 1000, inflight: int = 50_000, decisions: int = 5000,
-    warmup: int = 200, seed: int = 0, family: str = "llama-2-7b-a100", tp: int = 1,
+    warmup: int = 200, seed: int = 0, family: str = "llama-2-7b-a100", tp: int = 1, prefix_share: float = 0.0,
 ) -> BenchResult:
     """Time `decisions` calls of the policy's `choose` (after `warmup` untimed ones)."""
-    cluster, arrivals = build_cluster(workers, inflight, family, tp, seed)
+    cluster, arrivals = build_cluster(workers, inflight, family, tp, seed, prefix_share=prefix_share)
     policy = make_policy(policy_name, seed=seed)
     timings = []
     placed = 0

@@ -11,7 +11,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     result = run(
         policy_name=args.policy, workers=args.workers, inflight=args.inflight, decisions=args.decisions,
-        seed=args.seed, family=args.profile_family, tp=args.tp,
+        seed=args.seed, family=args.profile_family, tp=args.tp, prefix_share=args.prefix_share,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -32,5 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile-family", default="llama-2-7b-a100")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prefix-share", type=float, default=0.0,
+                   help="workers keep prefix caches and this share of requests continues an earlier conversation")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
