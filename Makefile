@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
 CONSTRAINTS := constraints-cpu.txt
 
-.PHONY: setup test test-fast demo bench soak capacity constraints clean
+.PHONY: setup test test-fast demo bench bench-prefix soak capacity constraints clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,18 @@ bench: setup
 		--runs $(BENCH_OUT)/aladdin/*/rep* $(BENCH_OUT)/jsq/*/rep* $(BENCH_OUT)/rr/*/rep* \
 		--out $(BENCH_OUT)/fidelity.json
 	$(BIN)/aladdin bench-report $(BENCH_OUT) | tee $(BENCH_OUT)/report.md
+
+# Prefix-heavy: the Mooncake synthetic trace (multi-turn; 64 % of its prompt blocks repeat an
+# earlier prompt's prefix), prompts kept up to 8k tokens, against Ray Serve LLM's prefix-aware
+# router (BENCHMARKS.md, "Prefix cache").
+BENCH_PREFIX_TRACE ?= ../shared/data/mooncake_fast25/synthetic_trace.jsonl
+BENCH_PREFIX_OUT   ?= bench-prefix-results
+BENCH_PREFIX_ARGS  ?= --start 0 --duration 60 --rate-scales 0.25,0.5,1 --max-model-len 8192 --slo-ttft-ms 2000 \
+	--slo-atgt-ms 20 --workers 2 --reps 1 --systems aladdin,rayllm-prefix,rayllm,jsq
+
+bench-prefix: setup
+	$(BIN)/aladdin bench-suite --trace $(BENCH_PREFIX_TRACE) $(BENCH_PREFIX_ARGS) --out $(BENCH_PREFIX_OUT)
+	$(BIN)/aladdin bench-report $(BENCH_PREFIX_OUT) | tee $(BENCH_PREFIX_OUT)/report.md
 
 # compare over the workload matrix (Azure conv, Mooncake, three synthetic presets) x 7B/70B A100
 # x rate x1/x4: fewest GPUs per policy at 0.99, the planner, Aladdin at 2x its minimum

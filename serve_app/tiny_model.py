@@ -38,7 +38,8 @@ class TinyModelSpec:
     intermediate_size: int = 256
     num_layers: int = 2
     num_heads: int = 2
-    max_position_embeddings: int = 4096
+    # rotary positions take no weights: a long limit lets a bench keep long prompts' prefixes
+    max_position_embeddings: int = 16384
     tokenizer_conversations: int = 3000
     seed: int = 0
 

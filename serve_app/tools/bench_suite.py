@@ -105,7 +105,8 @@ def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]
     workloads: dict[float, tuple[TraceSlice, list[WorkItem]]] = {}
     for k in options.rate_scales:
         trace_slice = TraceSlice(trace=options.trace, rate_scale=k, start_s=options.start_s / k,
-                                 duration_s=options.duration_s, seed=options.seed)
+                                 duration_s=options.duration_s, max_model_len=options.spec.max_model_len,
+                                 seed=options.seed)
         trace, _ = load_slice(trace_slice)
         workloads[k] = (trace_slice, trace_workload(trace, tokenizer, seed=options.seed))
     if options.calibrate and (options.calibrate not in APP_POLICIES or options.systems[0] != options.calibrate):

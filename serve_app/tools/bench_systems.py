@@ -27,6 +27,8 @@ class SystemSpec:
     slo_atgt_ms: float = 50.0
     profile_path: str | None = None  # placement profile for this app (None: the tiny-cpu family)
     stream_interval: int = 8  # vLLM engine argument (this app's default), given to every system's engines
+    max_model_len: int = 2048  # vLLM engine argument, every system's (long prompts keep their prefixes)
+    kv_cache_gib: float = 0.5  # KV cache per engine, every system's
     atgt_margin: float | None = None  # aladdin: a fixed packing margin (None: the adaptive budget)
 
 
@@ -39,6 +41,8 @@ def app_config(system: str, spec: SystemSpec) -> AppConfig:
         "slo.atgt_ms": spec.slo_atgt_ms,
         "scaling.enabled": False,
         "engine.stream_interval": spec.stream_interval,
+        "engine.max_model_len": spec.max_model_len,
+        "engine.kv_cache_gib": spec.kv_cache_gib,
     }
     if spec.profile_path:
         overrides["placement.profile_path"] = spec.profile_path

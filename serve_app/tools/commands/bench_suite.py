@@ -26,7 +26,8 @@ def _run(args: argparse.Namespace) -> int:
         repeat=args.repeat, reps=args.reps, calibrate=args.calibrate, start_s=args.start, port=args.port, seed=args.seed,
         spec=SystemSpec(workers=args.workers, slo_ttft_ms=args.slo_ttft_ms, slo_atgt_ms=args.slo_atgt_ms,
                         profile_path=args.profile, stream_interval=args.stream_interval,
-                        atgt_margin=args.atgt_margin),
+                        atgt_margin=args.atgt_margin, max_model_len=args.max_model_len,
+                        kv_cache_gib=args.kv_cache_gib),
     )
     rows = run_suite(options, args.out)
     return 0 if rows else 1
@@ -50,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "for the app's later systems")
     p.add_argument("--profile", help="placement profile JSON for this app (default: the tiny-cpu family)")
     p.add_argument("--stream-interval", type=int, default=8, help="vLLM stream_interval for every system's engines")
+    p.add_argument("--max-model-len", type=int, default=2048,
+                   help="every system's engines; prompts longer than it are cut (keep long prefixes with more)")
+    p.add_argument("--kv-cache-gib", type=float, default=0.5, help="KV cache per engine, every system's")
     p.add_argument("--atgt-margin", type=float, help="aladdin: a fixed packing margin, an expert override of the adaptive budget (placement.atgt_margin)")
     p.add_argument("--port", type=int, default=8100, help="HTTP port of the benchmark's Serve proxy")
     p.add_argument("--seed", type=int, default=0)
