@@ -16,6 +16,7 @@ per-request count (placement's) keeps each shared block with exactly one holder.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -186,23 +187,21 @@ class PrefixCache:
         return evicted
 
 
-def unbounded_hits(prompts: Iterable[tuple[Prefix | None, int]]) -> list[int]:
+def pooled_hits(prompts: Iterable[tuple[Prefix | None, int]], capacity_tokens: float = math.inf) -> list[int]:
     """Prompt tokens each of these prompts (prefix, input length; in arrival order) would take
-    from one cache that held every earlier prompt: the most any placement on caches of any size
-    can reuse, the yardstick of a hit rate."""
-    seen: set[int] = set()
+    from one cache of `capacity_tokens` holding the earlier ones (LRU, as `PrefixCache`). With
+    no bound, the most any placement can reuse (the yardstick of a hit rate); with the room a
+    cluster's caches have together, about what perfect affinity gets from them."""
+    cache = PrefixCache()
     hits = []
     for prefix, input_len in prompts:
         if prefix is None:
             hits.append(0)
             continue
-        matched = 0
-        for h in prefix.hashes:
-            if h not in seen:
-                break
-            matched += 1
-        hits.append(hit_tokens(matched, prefix.block_tokens, input_len))
-        seen.update(prefix.hashes)
+        hits.append(hit_tokens(cache.match(prefix), prefix.block_tokens, input_len))
+        cache.acquire("", prefix)
+        cache.release("", prefix)
+        cache.trim(capacity_tokens)
     return hits
 
 

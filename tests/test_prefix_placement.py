@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from placement.policies import AladdinPolicy, PrefixAffinityPolicy
-from placement.prefix_cache import Prefix, PrefixCache, unbounded_hits
+from placement.prefix_cache import Prefix, PrefixCache, pooled_hits
 from placement.queue_order import make_queue_order
 from placement.simulator import Cluster, EngineOptions, SimConfig, make_length_model
 from placement.policies import make_policy
@@ -131,7 +131,10 @@ def test_prefix_affinity_follows_the_routers_rule():
     assert {balanced.choose(_request(f"d{i}", _prefix(1, 2, 3), 3 * BT), [w0, w1], 0.0).id for i in range(20)} == {"w1"}
 
 
-def test_unbounded_hits_reuse_every_earlier_prompt():
+def test_pooled_hits_reuse_earlier_prompts_within_the_room():
     prompts = [(_prefix(1, 2), 2 * BT + 5), (_prefix(1, 2, 3), 3 * BT), (None, 50), (_prefix(1, 2, 3), 3 * BT)]
-    assert unbounded_hits(prompts) == [0, 2 * BT, 0, 3 * BT - 1]
+    assert pooled_hits(prompts) == [0, 2 * BT, 0, 3 * BT - 1]
+    # room for two blocks: the third prompt's tail block goes first, then its head survives
+    assert pooled_hits(prompts, 2 * BT) == [0, 2 * BT, 0, 2 * BT]
+    assert pooled_hits(prompts, 0) == [0, 0, 0, 0]
     assert trace_prefix(TraceRequest(0.0, 2 * BT + 10, 5, (4, 5, 6))) == Prefix(BT, (4, 5))

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from placement.planning.planner import Plan, Workload, fewest_meeting, plan
-from placement.prefix_cache import unbounded_hits
 from placement.simulator.autoscale import DEFAULT_TARGET_ONGOING_REQUESTS
 from placement.simulator.scenario import Scenario, run
 from placement.traces import trace_prefix
@@ -233,10 +232,8 @@ def queue_length_at_target(
 def _workload(base: Scenario) -> Workload:
     trace = base.trace
     duration = max(trace[-1].arrival_s, 1e-9)
-    cached = None
-    if base.engine.prefix_caching:
-        # what caches holding every earlier prompt would give: the hit rate affinity aims at
-        cached = np.array(unbounded_hits((trace_prefix(r), r.input_len) for r in trace))
+    # the planner works out the hits its planned workers' caches can give
+    prefixes = tuple(trace_prefix(r) for r in trace) if base.engine.prefix_caching else None
     return Workload(
         rate_per_s=len(trace) / duration,
         input_lens=np.array([r.input_len for r in trace]),
@@ -245,7 +242,7 @@ def _workload(base: Scenario) -> Workload:
         slo_atgt_s=base.slo_atgt_s,
         target_attainment=base.target_attainment,
         arrival_s=np.array([r.arrival_s for r in trace]),
-        cached_lens=cached,
+        prefixes=prefixes,
     )
 
 

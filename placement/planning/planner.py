@@ -40,12 +40,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from placement.interference import stall_breaking_lengths, token_interval_s
 from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
+from placement.prefix_cache import Prefix, pooled_hits
 from predictors.latency.families import ProfileFamily
 from predictors.latency.profile import WorkerProfile, vllm_token_budget
 
@@ -55,6 +56,8 @@ MAX_WORKERS = 1 << 20  # the search's upper end (a workload needing more gets at
 # variation beyond Poisson's above its mean (2.05: the 98th percentile of a normal; arrivals
 # in the busiest 2 % of windows are beyond a 0.99 target's miss budget in any case).
 PEAK_Z = 2.05
+# rounds of the prefix-hit fixed point (workers -> their caches' room -> hits -> workers)
+PREFIX_ROUNDS = 6
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,10 @@ class Workload:
     slo_atgt_s: float
     target_attainment: float = DEFAULT_TARGET_ATTAINMENT
     arrival_s: np.ndarray | None = None  # arrival times, when known: how steady the rate is
-    # prompt tokens each request is expected to take from a prefix cache (None: none)
+    # prompt tokens each request is expected to take from a prefix cache (None: none), or the
+    # prompts' prefixes, from which the planner works them out for the caches it plans
     cached_lens: np.ndarray | None = None
+    prefixes: tuple[Prefix | None, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.rate_per_s <= 0 or self.slo_ttft_s <= 0 or self.slo_atgt_s <= 0:
@@ -288,7 +293,26 @@ def erlang_c(servers: int, offered: float) -> float:
 def plan_tp(profile: WorkerProfile, workload: Workload, headroom: float, token_budget: int | None = None) -> TPOption:
     """The option for one profile: the fewest workers that take the workload within the SLOs,
     with `headroom` on top. `token_budget`: the engine's tokens per iteration with chunked
-    prefill (None: prefill-first)."""
+    prefill (None: prefill-first). With the prompts' prefixes, the hits are those of one cache
+    as large as the planned workers' KV left free by their residents (what affinity can reuse
+    at best), found by iterating: fewer workers hold less, so they hit less and need more."""
+    if workload.prefixes is None:
+        return _plan_tp(profile, workload, headroom, token_budget)
+    prompts = list(zip(workload.prefixes, (int(n) for n in workload.input_lens)))
+    room = math.inf
+    seen: set[float] = set()
+    while room not in seen and len(seen) < PREFIX_ROUNDS:
+        seen.add(room)
+        cached = np.array(pooled_hits(prompts, room))
+        option = _plan_tp(profile, replace(workload, cached_lens=cached, prefixes=None), headroom, token_budget)
+        if not option.usable or option.at_max_rate is None:
+            return option
+        free = max(0.0, profile.kv.capacity_tokens - option.at_max_rate.kv_tokens)
+        room = option.needed_workers * free
+    return option
+
+
+def _plan_tp(profile: WorkerProfile, workload: Workload, headroom: float, token_budget: int | None) -> TPOption:
     capacity = profile.kv.capacity_tokens
     if capacity == 0:
         return TPOption(profile.tp, False, "no KV cache", capacity)
