@@ -73,3 +73,37 @@ def test_burst_ends_served_or_refused_and_the_loop_measured_it(burst_app):
     loop = stats["closed_loop"]
     assert loop["promises_counted"] > 0
     assert len(loop["corrections"]) == 2 and all(c["intervals"] > 0 for c in loop["corrections"].values())
+
+
+def test_a_repeated_prefix_goes_where_it_is_cached_and_the_engine_confirms_the_hit(burst_app):
+    """Prefix caching through the serving path: the ingress hashes the prompt, placement sends
+    a prompt extending an earlier one to the worker holding it, and the (sim) engine's own
+    cache reports the same hit placement predicted."""
+    import time
+
+    import ray
+
+    from serve_app.scheduler.placement_actor import find_placement_actor
+
+    actor = find_placement_actor(APP)
+
+    def hits() -> dict[str, dict[str, int]]:
+        return ray.get(actor.stats.remote())["closed_loop"]["prefix_hits"]
+
+    before = hits()
+    base = " ".join(f"p{i}" for i in range(600))
+    with httpx.Client(timeout=120) as http:
+        first, second = (http.post(f"{burst_app}/v1/completions", json={
+            "model": "tiny", "prompt": prompt, "max_tokens": 4, "ignore_eos": True}) for prompt in (base, base + " and more"))
+    assert first.status_code == second.status_code == 200, (first.text, second.text)
+    worker = first.json()["aladdin"]["worker"]
+    assert second.json()["aladdin"]["worker"] == worker
+    deadline = time.monotonic() + 60  # the ingress sends finished requests' timings in batches
+    while time.monotonic() < deadline:
+        now, was = hits().get(worker, {}), before.get(worker, {})
+        gained = {k: now.get(k, 0) - was.get(k, 0) for k in ("prompt_tokens", "predicted_tokens", "engine_tokens")}
+        if gained["prompt_tokens"] >= 2 * 600:
+            break
+        time.sleep(1)
+    assert gained["engine_tokens"] >= 600, gained  # most of the shared prompt came from the cache
+    assert gained["predicted_tokens"] == gained["engine_tokens"], gained

@@ -117,3 +117,31 @@ def test_short_replies_behind_long_prompts_need_workers_for_their_prefill_stalls
     option = plan(FAMILY, workload).options[0]
     mean_field_rate, _, _ = model.max_rate()
     assert option.binding in ("stall", "ttft") and option.needed_workers > np.ceil(20.0 / mean_field_rate)
+
+
+def test_cached_prefixes_lower_the_plan_and_a_finite_cache_less_than_an_unbounded_one():
+    from dataclasses import replace
+
+    from placement.planning.planner import plan_tp
+    from placement.prefix_cache import Prefix, pooled_hits
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    # conversations of growing prompts: each turn repeats the last one's blocks and adds two
+    conversations = rng.integers(0, 150, n)
+    turns: dict[int, int] = {}
+    prefixes, inputs = [], []
+    for c in conversations:
+        turns[c] = turns.get(c, 0) + 1
+        blocks = 2 * turns[c]
+        prefixes.append(Prefix(512, tuple(hash((int(c), i)) for i in range(blocks))))
+        inputs.append(512 * blocks + 100)
+    inputs = np.minimum(np.array(inputs), 3900)
+    prefixes = [p.whole(int(l)) for p, l in zip(prefixes, inputs)]
+    base = Workload(rate_per_s=40.0, input_lens=inputs, output_lens=np.full(n, 50), slo_ttft_s=1.0, slo_atgt_s=0.05)
+    profile = FAMILY.profile(1)
+    cold = plan_tp(profile, base, 0.0)
+    unbounded = plan_tp(profile, replace(base, cached_lens=np.array(pooled_hits(zip(prefixes, map(int, inputs))))), 0.0)
+    planned = plan_tp(profile, replace(base, prefixes=tuple(prefixes)), 0.0)
+    assert unbounded.needed_workers < cold.needed_workers
+    assert unbounded.needed_workers <= planned.needed_workers <= cold.needed_workers
