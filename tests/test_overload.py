@@ -36,14 +36,17 @@ def overload_app(ray_cluster):
 
 
 async def _burst(url: str, n: int, max_tokens: int) -> list[tuple[httpx.Response, float]]:
-    prompt = " ".join(f"word{i}" for i in range(380))  # ~1,000 tokens with the tiny tokenizer
     async with httpx.AsyncClient(timeout=120) as http:
-        async def one() -> tuple[httpx.Response, float]:
+        async def one(k: int) -> tuple[httpx.Response, float]:
+            # ~1,000 tokens with the tiny tokenizer; each prompt its own from the first word (a
+            # block's hash names all before it), so prefix caching shares nothing and two of
+            # them fill the KV cache
+            prompt = f"request{k} " + " ".join(f"word{i}" for i in range(380))
             start = time.perf_counter()
             body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
             response = await http.post(f"{url}/v1/completions", json=body)
             return response, time.perf_counter() - start
-        return await asyncio.gather(*(one() for _ in range(n)))
+        return await asyncio.gather(*(one(k) for k in range(n)))
 
 
 def test_burst_is_admitted_bounded_and_refused_with_retry_after(overload_app):
