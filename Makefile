@@ -54,7 +54,7 @@ bench: setup
 # router (BENCHMARKS.md, "Prefix cache").
 BENCH_PREFIX_TRACE ?= ../shared/data/mooncake_fast25/synthetic_trace.jsonl
 BENCH_PREFIX_OUT   ?= bench-prefix-results
-BENCH_PREFIX_ARGS  ?= --start 0 --duration 60 --rate-scales 0.25,0.5,1 --max-model-len 8192 --slo-ttft-ms 2000 \
+BENCH_PREFIX_ARGS  ?= --start 0 --duration 90 --rate-scales 0.1,0.2,0.4,0.8 --max-model-len 8192 --slo-ttft-ms 2000 \
 	--slo-atgt-ms 20 --workers 2 --reps 1 --systems aladdin,rayllm-prefix,rayllm,jsq
 
 bench-prefix: setup
