@@ -119,6 +119,25 @@ def test_report_tables_and_goals():
     assert "x3:" in lines[2] and "2.00x" in lines[2]
 
 
+def test_prefix_report_goals_and_hits_per_run():
+    from serve_app.tools.bench_report import prefix_goals, prefix_hits_table
+
+    runs = [{**_suite_run("rayllm-prefix", 1, 0, 0.95, 2.0), "ttft_ms_p50": 100.0},
+            {**_suite_run("aladdin", 1, 0, 0.99, 2.0), "ttft_ms_p50": 60.0},
+            _suite_run("rayllm-prefix", 2, 0, 0.5, 1.0), _suite_run("aladdin", 2, 0, 0.8, 1.6)]
+    # the actor's counts are cumulative over the deployment: the second run's are the difference
+    runs[1]["placement_closed_loop"] = {"prefix_hits": {"w": {"prompt_tokens": 1000, "predicted_tokens": 400,
+                                                              "engine_tokens": 500}}}
+    runs[3]["placement_closed_loop"] = {"prefix_hits": {"w": {"prompt_tokens": 3000, "predicted_tokens": 1400,
+                                                              "engine_tokens": 1500}}}
+    lines = prefix_goals(runs)
+    assert lines[0].endswith("x1; TTFT p50 60 vs 100 ms = 0.60x (goal <= 0.7x: met)")
+    assert lines[1] == "x2: goodput aladdin 1.60 vs rayllm-prefix 1.00 req/s = 1.60x (goal >= 1.3x: met)"
+    table = prefix_hits_table(runs)
+    assert "| x1 rep0 | 1000 | 400 | 500 | 0.800 |" in table and "| x2 rep0 | 2000 | 1000 | 1000 | 1.000 |" in table
+    assert prefix_hits_table(runs[:1]) is None
+
+
 def test_replay_inputs_from_a_run_keep_served_and_refused_requests(tmp_path):
     from dataclasses import replace
 

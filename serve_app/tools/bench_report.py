@@ -1,7 +1,9 @@
-"""Markdown tables of a `make bench` result folder (suite.json, fidelity.json), with the issue's
-goals evaluated from the numbers: at the highest load where Ray Serve LLM's default router
-still meets 90% of SLOs, Aladdin's attainment; beyond it, Aladdin's goodput over Ray Serve
-LLM's."""
+"""Markdown tables of a `make bench` result folder (suite.json, fidelity.json), with the goals
+evaluated from the numbers: at the highest load where Ray Serve LLM's default router still
+meets 90% of SLOs, Aladdin's attainment; beyond it, Aladdin's goodput over Ray Serve LLM's.
+With Ray Serve LLM's prefix-aware router among the systems (`make bench-prefix`): Aladdin's
+TTFT p50 against its at the highest load where both meet 90%, goodput beyond, and the prefix
+hits Aladdin's placement predicted against those the engines reported."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 REFERENCE = "rayllm"  # Ray Serve LLM, default router
+PREFIX_REFERENCE = "rayllm-prefix"  # Ray Serve LLM, PrefixCacheAffinityRouter
 OURS = "aladdin"
 
 
@@ -79,6 +82,58 @@ def goals(runs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def prefix_goals(runs: list[dict[str, Any]]) -> list[str]:
+    """Against the prefix-aware router: TTFT p50 at the highest load where both meet 90% of
+    SLOs (goal <= 0.7x), goodput at the loads beyond (goal >= 1.3x)."""
+    groups = _group(runs)
+
+    def mean(system: str, k: float, key: str) -> float | None:
+        values = [r[key] for r in groups.get((system, k), []) if r.get(key) is not None]
+        return statistics.fmean(values) if values else None
+
+    loads = sorted({k for s, k in groups if s == PREFIX_REFERENCE})
+    both = [k for k in loads if min(mean(OURS, k, "attainment") or 0, mean(PREFIX_REFERENCE, k, "attainment") or 0) >= 0.9]
+    out = []
+    if both:
+        k = max(both)
+        ours, ref = mean(OURS, k, "ttft_ms_p50"), mean(PREFIX_REFERENCE, k, "ttft_ms_p50")
+        out.append(f"highest load where {OURS} and {PREFIX_REFERENCE} both meet >= 90% of SLOs: x{k:g}; TTFT p50 "
+                   f"{ours:.0f} vs {ref:.0f} ms = {ours / ref:.2f}x (goal <= 0.7x: {'met' if ours <= 0.7 * ref else 'not met'})")
+    else:
+        out.append(f"{OURS} and {PREFIX_REFERENCE} both met 90% of SLOs at no load measured")
+    for k in loads:
+        if both and k <= max(both):
+            continue
+        ours, ref = mean(OURS, k, "goodput_per_s"), mean(PREFIX_REFERENCE, k, "goodput_per_s")
+        if ours is None or ref is None:
+            continue
+        ratio = ours / ref if ref > 0 else float("inf")
+        out.append(f"x{k:g}: goodput {OURS} {ours:.2f} vs {PREFIX_REFERENCE} {ref:.2f} req/s = {ratio:.2f}x "
+                   f"(goal >= 1.3x: {'met' if ratio >= 1.3 else 'not met'})")
+    return out
+
+
+def prefix_hits_table(runs: list[dict[str, Any]]) -> str | None:
+    """Per Aladdin run, the prompt tokens of its measured requests and the prefix hits
+    placement predicted against those the engines reported (the placement actor's counts are
+    cumulative over a deployment: each run's are the difference from the one before)."""
+    lines = ["| run | prompt tokens | predicted hits | engine hits | predicted / engine |", "|---|---|---|---|---|"]
+    previous: dict[str, dict[str, int]] = {}
+    rows = 0
+    for run in runs:
+        hits = (run.get("placement_closed_loop") or {}).get("prefix_hits")
+        if run["system"] != OURS or not hits:
+            continue
+        totals = {key: sum(h[key] - previous.get(w, {}).get(key, 0) for w, h in hits.items())
+                  for key in ("prompt_tokens", "predicted_tokens", "engine_tokens")}
+        previous = hits
+        ratio = totals["predicted_tokens"] / totals["engine_tokens"] if totals["engine_tokens"] else float("nan")
+        lines.append(f"| x{run['rate_scale']:g} rep{run['rep']} | {totals['prompt_tokens']} | "
+                     f"{totals['predicted_tokens']} | {totals['engine_tokens']} | {ratio:.3f} |")
+        rows += 1
+    return "\n".join(lines) if rows else None
+
+
 def fidelity_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| run | policy | offered req/s | requests (replayed) | TTFT median rel. error | "
              "ATGT median rel. error | attainment real / sim (gap, points) |",
@@ -99,6 +154,11 @@ def report(out_dir: str | Path) -> str:
     runs = json.loads((out / "suite.json").read_text())["runs"]
     parts = ["### Runs", "", runs_table(runs), "", "### Goals", ""]
     parts += [f"- {line}" for line in goals(runs)]
+    if any(r["system"] == PREFIX_REFERENCE for r in runs):
+        parts += [f"- {line}" for line in prefix_goals(runs)]
+    hits = prefix_hits_table(runs)
+    if hits:
+        parts += ["", "### Prefix cache: predicted vs engine-reported hits", "", hits]
     fidelity = out / "fidelity.json"
     if fidelity.exists():
         parts += ["", "### Simulator fidelity", "", fidelity_table(json.loads(fidelity.read_text()))]
