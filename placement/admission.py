@@ -20,6 +20,7 @@ from typing import Protocol
 
 from placement.feasibility import check
 from placement.policy import Decision, PlacementPolicy
+from placement.prefix_cache import hit_tokens
 from placement.queue_order import WaitingQueue, make_queue_order
 from placement.state import Request, WorkerState
 from predictors.latency.profile import WorkerProfile
@@ -93,8 +94,10 @@ class Admission:
         self._admitted_at: deque[float] = deque()
 
     def deadline_s(self, request: Request) -> float:
-        """The last moment `request` can start and still meet its TTFT SLO (by the profile)."""
-        last = request.ttft_deadline_s - self.cluster.fleet_profile().ttft_s(request.input_len)
+        """The last moment `request` can start and still meet its TTFT SLO (by the profile, its
+        prefill skipping the longest prefix a worker's cache holds)."""
+        cached = self._best_cached_tokens(request)
+        last = request.ttft_deadline_s - self.cluster.fleet_profile().ttft_s(request.input_len, cached_tokens=cached)
         if self.limits.max_wait_s is not None:
             last = min(last, request.arrival_s + self.limits.max_wait_s)
         return last
@@ -120,6 +123,18 @@ class Admission:
             return self._refused(request, f"{len(self.queue)} requests are already waiting", now_s)
         self.queue.push(request, now_s)
         return None
+
+    def _best_cached_tokens(self, request: Request) -> int:
+        """Prompt tokens of `request` the best-placed worker's prefix cache holds (0 without
+        prefix caching), found through the caches' directory."""
+        prefix = request.prefix
+        if prefix is None or not prefix.hashes:
+            return 0
+        cache = next((w.prefix_cache for w in self.cluster.workers.values() if w.prefix_cache is not None), None)
+        if cache is None or cache.directory is None:
+            return 0
+        best = max((c.match(prefix) for c in cache.directory.caches(prefix.hashes[0])), default=0)
+        return hit_tokens(best, prefix.block_tokens, request.input_len)
 
     def _idle_worker(self) -> str | None:
         """An accepting worker with nothing placed on it, if any: a request refused by the model

@@ -138,3 +138,20 @@ def test_pooled_hits_reuse_earlier_prompts_within_the_room():
     assert pooled_hits(prompts, 2 * BT) == [0, 2 * BT, 0, 2 * BT]
     assert pooled_hits(prompts, 0) == [0, 0, 0, 0]
     assert trace_prefix(TraceRequest(0.0, 2 * BT + 10, 5, (4, 5, 6))) == Prefix(BT, (4, 5))
+
+
+def test_admission_gives_a_cached_prompt_the_deadline_of_its_shorter_prefill():
+    from placement.admission import Admission, AdmissionLimits
+    from placement.live import LiveCluster
+    from placement.policies import make_policies
+
+    parts = make_policies("aladdin", admission=True)
+    cluster = LiveCluster(PROFILE, parts.policy, loop=parts.loop, prefix_caching=True)
+    admission = Admission(cluster, parts.wait_policy, AdmissionLimits())
+    long_prompt = 40 * BT
+    holder = cluster.worker("w0")
+    holder.admit(_request("a", _prefix(*range(40)), long_prompt), now_s=0.0)
+    cluster.worker("w1")
+    again = _request("b", _prefix(*range(40), 99), long_prompt + BT)
+    fresh = _request("c", _prefix(*range(200, 241)), long_prompt + BT)
+    assert admission.deadline_s(again) - admission.deadline_s(fresh) > 0.5 * PROFILE.prefill_time_s([long_prompt])

@@ -6,9 +6,15 @@ requests and tokens, decoding requests, the iteration's elapsed time in the engi
 `enable_logging_iteration_details` is on (serve_app.worker.vllm_engine turns it on, and keeps vLLM's own
 logging stat logger, which would print every iteration, off). The profile's models are linear
 in prompts, tokens, squared tokens, sequences and context tokens, so the sums are all the
-correction needs. Two figures are estimated: the squared prompt tokens as if the iteration's
-chunk tokens were split evenly over its chunks (a lower bound), and the decoding batch's
-context as the KV cache in use (it also holds the chunks being prefilled)."""
+correction needs. The squared prompt tokens are not in the details (a chunk's attention work
+depends on how much of its prompt came before it, which they do not say): the engine adds
+each prompt's whole L^2 - cached^2 when its first token comes out
+(`serve_app.worker.vllm_engine`). Taking each iteration's chunk tokens squared instead
+counted a long prompt's attention work as if each chunk were a prompt of its own (for 8k
+prompts in 2k chunks a quarter of it), so the prefill correction factor grew to cover it and
+over-predicted long prompts (BENCHMARKS.md, "Prefix cache", real engines). The decoding
+batch's context is estimated as the KV cache in use (it also holds the chunks being
+prefilled)."""
 
 from __future__ import annotations
 
@@ -27,7 +33,6 @@ def iteration_work(details: SchedulerIterationDetails, kv_tokens: float) -> Engi
     return EngineWork(
         busy_s=details.elapsed_ms / 1000,
         prefill_iterations=1 if chunks else 0, prefill_prompts=chunks, prefill_tokens=chunk_tokens,
-        prefill_squared_tokens=chunk_tokens * chunk_tokens / chunks if chunks else 0.0,
         decode_iterations=1 if decoding else 0, decode_sequences=decoding,
         decode_context_tokens=round(kv_tokens) if decoding else 0,
     )

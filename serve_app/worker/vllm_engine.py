@@ -18,6 +18,7 @@ import psutil
 from predictors.latency.cpu_binding import cpu_rank_binding
 from serve_app.config import AppConfig
 from serve_app.worker.engine import InvalidRequest
+from placement.latency_correction import EngineWork
 from serve_app.worker.engine_snapshot import EngineSnapshot
 from serve_app.model_source import resolve_model_dir, resolve_tokenizer_dir
 from serve_app.worker.orphan_reaper import start_reaper
@@ -67,6 +68,7 @@ class VllmEngine:
 
         from serve_app.worker.engine_stats import SnapshotLogger
 
+        self._snapshot = snapshot
         self._llm = AsyncLLM.from_engine_args(
             AsyncEngineArgs(**engine_kwargs(config)), stat_loggers=[partial(SnapshotLogger, snapshot=snapshot)],
         )
@@ -85,8 +87,14 @@ class VllmEngine:
         except (ValueError, TypeError) as exc:
             raise InvalidRequest(str(exc)) from None
         prompt = TokensPrompt(prompt_token_ids=prompt_token_ids)
+        prefilled = False
         async for output in self._llm.generate(prompt, params, request_id=request_id):
             completion = output.outputs[0]
+            if not prefilled:
+                # its prefill's attention work, for the latency correction (engine_stats)
+                prefilled = True
+                n, cached = len(prompt_token_ids), output.num_cached_tokens or 0
+                self._snapshot.work += EngineWork(prefill_squared_tokens=float(n * n - cached * cached))
             cached = output.num_cached_tokens if completion.finish_reason else None
             yield GenerateChunk(completion.text, len(completion.token_ids), completion.finish_reason, cached_tokens=cached)
 
