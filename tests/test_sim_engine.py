@@ -376,3 +376,22 @@ def test_imports_neither_vllm_nor_torch() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_prefill_progress_hands_chunk_tokens_out_in_scheduling_order():
+    from serve_app.worker.engine_snapshot import PrefillProgress
+
+    progress = PrefillProgress()
+    progress.add("long", 8192)
+    progress.add("short", 100)
+    # a 2048-token budget: all of it goes to the oldest prompt, chunk after chunk
+    assert progress.chunks(1, 2048) == 2048**2
+    assert progress.chunks(1, 2048) == 4096**2 - 2048**2
+    # its last 4096 tokens, then the next prompt's first 100 in one iteration
+    assert progress.chunks(2, 4196) == (8192**2 - 4096**2) + 100**2
+    progress.done("long")
+    progress.done("short")
+    assert progress.chunks(1, 10) == 0.0  # nothing tracked (a recompute): no work counted
+    # in all, a prompt's chunks add up to its L^2, whatever the chunk size
+    progress.add("p", 5000)
+    assert sum(progress.chunks(1, t) for t in (1000, 1000, 3000)) == 5000**2

@@ -2,9 +2,44 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from placement.latency_correction import EngineWork
+
+
+class PrefillProgress:
+    """The prompts an engine is prefilling, in the order vLLM's scheduler gives them chunks
+    (oldest first: a prompt partly computed is running and goes before the waiting ones), and
+    how far each has got. An iteration's chunk tokens, handed out in that order, say how much
+    attention work its chunks did ((c + t)^2 - c^2 for t tokens after c computed), which vLLM's
+    iteration details do not. A prompt's cached prefix is not known until its first token, so
+    its chunks are counted from 0: a little low for a prompt with a long cached prefix."""
+
+    def __init__(self) -> None:
+        self._prompts: OrderedDict[str, list[int]] = OrderedDict()  # id -> [prompt tokens, computed]
+
+    def add(self, request_id: str, prompt_tokens: int) -> None:
+        self._prompts[request_id] = [prompt_tokens, 0]
+
+    def done(self, request_id: str) -> None:
+        """Its prefill is over (its first token came out) or it left."""
+        self._prompts.pop(request_id, None)
+
+    def chunks(self, requests: int, tokens: int) -> float:
+        """An iteration gave `tokens` prompt tokens to its first `requests` prompts: their
+        squared-token work."""
+        squared = 0.0
+        for i, progress in enumerate(list(self._prompts.values())[:requests]):
+            length, computed = progress
+            last = i == requests - 1
+            take = tokens if last else min(tokens, max(length - computed, 0))
+            squared += (computed + take) ** 2 - computed**2
+            progress[1] = computed + take
+            tokens -= take
+            if tokens <= 0:
+                break
+        return squared
 
 
 @dataclass
@@ -18,6 +53,7 @@ class EngineSnapshot:
     kv_blocks_total: int = 0
     block_size: int = 0
     work: EngineWork = field(default_factory=EngineWork)
+    prefilling: PrefillProgress = field(default_factory=PrefillProgress)
 
     def take_work(self) -> EngineWork:
         """The work accumulated so far, and start again from none."""

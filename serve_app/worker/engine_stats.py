@@ -7,14 +7,15 @@ requests and tokens, decoding requests, the iteration's elapsed time in the engi
 logging stat logger, which would print every iteration, off). The profile's models are linear
 in prompts, tokens, squared tokens, sequences and context tokens, so the sums are all the
 correction needs. The squared prompt tokens are not in the details (a chunk's attention work
-depends on how much of its prompt came before it, which they do not say): the engine adds
-each prompt's whole L^2 - cached^2 when its first token comes out
-(`serve_app.worker.vllm_engine`). Taking each iteration's chunk tokens squared instead
-counted a long prompt's attention work as if each chunk were a prompt of its own (for 8k
-prompts in 2k chunks a quarter of it), so the prefill correction factor grew to cover it and
-over-predicted long prompts (BENCHMARKS.md, "Prefix cache", real engines). The decoding
-batch's context is estimated as the KV cache in use (it also holds the chunks being
-prefilled)."""
+depends on how much of its prompt came before it, which they do not say): the chunk tokens
+are handed to the prompts being prefilled in the scheduler's order
+(`engine_snapshot.PrefillProgress`). Squaring each iteration's chunk tokens instead counted
+a long prompt's attention work as if each chunk were a prompt of its own (an 8k prompt in 2k
+chunks at a quarter), and the prefill correction factor grew to 7-13x to cover it; adding a
+prompt's whole L^2 when its first token came out put that work in a later report than the
+iterations that did it, and the decode factor grew instead (BENCHMARKS.md, "Prefix cache",
+real engines). The decoding batch's context is estimated as the KV cache in use (it also
+holds the chunks being prefilled)."""
 
 from __future__ import annotations
 
@@ -23,16 +24,17 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, SchedulerIterationDetails, SchedulerStats
 
 from placement.latency_correction import EngineWork
-from serve_app.worker.engine_snapshot import EngineSnapshot
+from serve_app.worker.engine_snapshot import EngineSnapshot, PrefillProgress
 
 
-def iteration_work(details: SchedulerIterationDetails, kv_tokens: float) -> EngineWork:
+def iteration_work(details: SchedulerIterationDetails, kv_tokens: float, prefilling: PrefillProgress) -> EngineWork:
     """One iteration's work (see the module docstring)."""
     chunks, chunk_tokens = details.num_ctx_requests, details.num_ctx_tokens
     decoding = details.num_generation_requests
     return EngineWork(
         busy_s=details.elapsed_ms / 1000,
         prefill_iterations=1 if chunks else 0, prefill_prompts=chunks, prefill_tokens=chunk_tokens,
+        prefill_squared_tokens=prefilling.chunks(chunks, chunk_tokens) if chunks else 0.0,
         decode_iterations=1 if decoding else 0, decode_sequences=decoding,
         decode_context_tokens=round(kv_tokens) if decoding else 0,
     )
@@ -59,7 +61,8 @@ class SnapshotLogger(StatLoggerBase):
             snap.kv_usage = scheduler_stats.kv_cache_usage
             details = scheduler_stats.iteration_details
             if details is not None and not details.is_dummy and details.elapsed_ms > 0:
-                snap.work += iteration_work(details, scheduler_stats.kv_cache_usage * snap.kv_blocks_total * snap.block_size)
+                kv_tokens = scheduler_stats.kv_cache_usage * snap.kv_blocks_total * snap.block_size
+                snap.work += iteration_work(details, kv_tokens, snap.prefilling)
 
     def log_engine_initialized(self) -> None:
         cache = self._config.cache_config

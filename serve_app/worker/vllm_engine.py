@@ -18,7 +18,6 @@ import psutil
 from predictors.latency.cpu_binding import cpu_rank_binding
 from serve_app.config import AppConfig
 from serve_app.worker.engine import InvalidRequest
-from placement.latency_correction import EngineWork
 from serve_app.worker.engine_snapshot import EngineSnapshot
 from serve_app.model_source import resolve_model_dir, resolve_tokenizer_dir
 from serve_app.worker.orphan_reaper import start_reaper
@@ -68,7 +67,7 @@ class VllmEngine:
 
         from serve_app.worker.engine_stats import SnapshotLogger
 
-        self._snapshot = snapshot
+        self._snapshot = snapshot  # the stat logger keeps it current; generate tracks prefills in it
         self._llm = AsyncLLM.from_engine_args(
             AsyncEngineArgs(**engine_kwargs(config)), stat_loggers=[partial(SnapshotLogger, snapshot=snapshot)],
         )
@@ -87,16 +86,18 @@ class VllmEngine:
         except (ValueError, TypeError) as exc:
             raise InvalidRequest(str(exc)) from None
         prompt = TokensPrompt(prompt_token_ids=prompt_token_ids)
-        prefilled = False
-        async for output in self._llm.generate(prompt, params, request_id=request_id):
-            completion = output.outputs[0]
-            if not prefilled:
-                # its prefill's attention work, for the latency correction (engine_stats)
-                prefilled = True
-                n, cached = len(prompt_token_ids), output.num_cached_tokens or 0
-                self._snapshot.work += EngineWork(prefill_squared_tokens=float(n * n - cached * cached))
-            cached = output.num_cached_tokens if completion.finish_reason else None
-            yield GenerateChunk(completion.text, len(completion.token_ids), completion.finish_reason, cached_tokens=cached)
+        # its chunks' attention work is counted as the engine schedules them (engine_stats)
+        prefilling = self._snapshot.prefilling
+        prefilling.add(request_id, len(prompt_token_ids))
+        try:
+            async for output in self._llm.generate(prompt, params, request_id=request_id):
+                prefilling.done(request_id)
+                completion = output.outputs[0]
+                cached = output.num_cached_tokens if completion.finish_reason else None
+                yield GenerateChunk(completion.text, len(completion.token_ids), completion.finish_reason,
+                                    cached_tokens=cached)
+        finally:
+            prefilling.done(request_id)
 
     async def check_health(self) -> None:
         await self._llm.check_health()
