@@ -5,8 +5,8 @@ instead of queueing it forever (llm-d's SLO admitter; Aladdin's "wait when infea
 
 "Fits" is the placement policy's own test, run with `on_infeasible="wait"`: KV, ATGT with the
 newcomer, and TTFT. Only what waiting can fix is waited for: a request that would miss its SLOs
-even on an idle worker (an SLO tighter than the hardware allows) is placed at once by the
-cluster's own policy (least violation). Pure state, no clock or Ray: the placement controller
+even on an idle worker by the hardware's profile (an SLO tighter than the hardware allows) is
+placed at once by the cluster's own policy (least violation). Pure state, no clock or Ray: the placement controller
 (placement.controller) and the simulator drive it.
 """
 
@@ -37,6 +37,8 @@ class AdmissionCluster(Protocol):
     def workers(self) -> Mapping[str, WorkerState]: ...
 
     def fleet_profile(self) -> WorkerProfile: ...
+
+    def base_profile(self) -> WorkerProfile: ...
 
     def place(self, request: Request, candidates: Sequence[str], now_s: float,
               policy: PlacementPolicy | None = None) -> Decision: ...
@@ -143,7 +145,11 @@ class Admission:
         return next((w.id for w in self.cluster.workers.values() if w.accepting and not w.residents), None)
 
     def _fits_alone(self, request: Request, now_s: float) -> bool:
-        idle = WorkerState("idle", self.cluster.fleet_profile())
+        # The hardware's profile, not the closed loop's: corrections are learned on loaded
+        # workers, and under overload they grew past what an idle worker does (a decode factor
+        # of 7.5 where idle engines decoded at 1-2x), so every request "missed even alone", went
+        # ahead unqueued, and the overload fed itself (BENCHMARKS.md, "Prefix cache", run 4)
+        idle = WorkerState("idle", self.cluster.base_profile())
         return check(idle, request, now_s, self.policy.budget).feasible_apart_from_ttft
 
     def drain(self, now_s: float) -> list[Verdict]:

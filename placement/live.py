@@ -137,6 +137,10 @@ class LiveCluster:
         """The default profile as the workers' corrections put it (for planning and admission)."""
         return self.profile if self.loop is None else self.loop.correction.fleet_profile(self.profile)
 
+    def base_profile(self) -> WorkerProfile:
+        """The default profile before any correction: what the hardware does idle."""
+        return self.profile
+
     def place(
         self, request: Request, candidates: Sequence[str], now_s: float, policy: PlacementPolicy | None = None
     ) -> Decision:

@@ -143,6 +143,21 @@ def test_engine_work_in_heartbeats_corrects_the_worker_and_the_fleet_profile() -
     assert ctl.cluster.fleet_profile().decode.d0_s > base.decode.d0_s
 
 
+def test_a_correction_learned_under_load_does_not_wave_requests_past_admission() -> None:
+    """A decode factor learned on loaded workers says every worker, even an idle one, misses a
+    20 ms ATGT that the hardware's profile meets (~2 ms a token): the request waits for room
+    instead of going ahead at once as if no worker could ever serve it."""
+    ctl = _controller()
+    work = EngineWork(decode_iterations=100, decode_sequences=400, decode_context_tokens=400_000)
+    predicted = work.interval(ctl.cluster.fleet_profile()).decode_model_s
+    for i in range(80):
+        ctl.heartbeat(WorkerReport("w0", kv_capacity_tokens=KV_TOKENS, work=replace(work, busy_s=30 * predicted)),
+                      0.25 * i)
+    assert ctl.closed_loop_snapshot().corrections["w0"][0] > 15
+    tight = RunningRequest("tight", 20.0, 1000, 100, 100, 5.0, 0.02)
+    assert ctl.admit(tight, 20.0) is None and ctl.admission_waiting == 1
+
+
 def test_observed_timings_count_promises_and_the_snapshot_reports_new_misses_once() -> None:
     ctl = _controller()
     ctl.heartbeat(_report("w0"), 0.0)

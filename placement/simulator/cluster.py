@@ -413,6 +413,9 @@ class _AdmissionView:
         loop = self._cluster.loop
         return self._cluster.profile if loop is None else loop.correction.fleet_profile(self._cluster.profile)
 
+    def base_profile(self) -> WorkerProfile:
+        return self._cluster.profile
+
     @property
     def workers(self) -> dict[str, WorkerState]:
         return {w.id: w for w in self._cluster.workers}

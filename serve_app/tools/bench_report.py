@@ -16,10 +16,11 @@ from typing import Any
 REFERENCE = "rayllm"  # Ray Serve LLM, default router
 PREFIX_REFERENCE = "rayllm-prefix"  # Ray Serve LLM, PrefixCacheAffinityRouter
 OURS = "aladdin"
+Groups = dict[tuple[str, float], list[dict[str, Any]]]  # (system, load) -> its runs
 
 
-def _group(runs: list[dict[str, Any]]) -> dict[tuple[str, float], list[dict[str, Any]]]:
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+def _group(runs: list[dict[str, Any]]) -> Groups:
+    groups: Groups = defaultdict(list)
     for run in runs:
         groups[(run["system"], run["rate_scale"])].append(run)
     return groups
@@ -50,67 +51,60 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _mean(groups: Groups, system: str, k: float, key: str) -> float | None:
+    values = [r[key] for r in groups.get((system, k), []) if r.get(key) is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _goodput_beyond(groups: Groups, loads: list[float], below: list[float], reference: str) -> list[str]:
+    """Aladdin's goodput against `reference`'s at each load past those in `below` (goal >= 1.3x)."""
+    out = []
+    for k in loads:
+        if below and k <= max(below):
+            continue
+        ours, ref = _mean(groups, OURS, k, "goodput_per_s"), _mean(groups, reference, k, "goodput_per_s")
+        if ours is None or ref is None:
+            continue
+        ratio = ours / ref if ref > 0 else float("inf")
+        out.append(f"x{k:g}: goodput {OURS} {ours:.2f} vs {reference} {ref:.2f} req/s = {ratio:.2f}x "
+                   f"(goal >= 1.3x: {'met' if ratio >= 1.3 else 'not met'})")
+    return out
+
+
 def goals(runs: list[dict[str, Any]]) -> list[str]:
     """The issue's two goals, evaluated on mean attainment and goodput per load."""
     groups = _group(runs)
-
-    def mean(system: str, k: float, key: str) -> float | None:
-        values = [r[key] for r in groups.get((system, k), []) if r.get(key) is not None]
-        return statistics.fmean(values) if values else None
-
     loads = sorted({k for _, k in groups})
-    ok_loads = [k for k in loads if (a := mean(REFERENCE, k, "attainment")) is not None and a >= 0.9]
+    ok_loads = [k for k in loads if (a := _mean(groups, REFERENCE, k, "attainment")) is not None and a >= 0.9]
     out = []
     if ok_loads:
         k = max(ok_loads)
-        ours = mean(OURS, k, "attainment")
+        ours = _mean(groups, OURS, k, "attainment")
         out.append(f"highest load where {REFERENCE} meets >= 90% of SLOs: x{k:g} ({REFERENCE} "
-                   f"{mean(REFERENCE, k, 'attainment'):.3f}); {OURS} there: "
+                   f"{_mean(groups, REFERENCE, k, 'attainment'):.3f}); {OURS} there: "
                    f"{'-' if ours is None else f'{ours:.3f}'} (goal >= 0.99: "
                    f"{'met' if ours is not None and ours >= 0.99 else 'not met'})")
     else:
         out.append(f"{REFERENCE} met 90% of SLOs at no load measured")
-    for k in loads:
-        if ok_loads and k <= max(ok_loads):
-            continue
-        ours, ref = mean(OURS, k, "goodput_per_s"), mean(REFERENCE, k, "goodput_per_s")
-        if ours is None or ref is None:
-            continue
-        ratio = ours / ref if ref > 0 else float("inf")
-        out.append(f"x{k:g}: goodput {OURS} {ours:.2f} vs {REFERENCE} {ref:.2f} req/s = {ratio:.2f}x "
-                   f"(goal >= 1.3x: {'met' if ratio >= 1.3 else 'not met'})")
-    return out
+    return out + _goodput_beyond(groups, loads, ok_loads, REFERENCE)
 
 
 def prefix_goals(runs: list[dict[str, Any]]) -> list[str]:
     """Against the prefix-aware router: TTFT p50 at the highest load where both meet 90% of
     SLOs (goal <= 0.7x), goodput at the loads beyond (goal >= 1.3x)."""
     groups = _group(runs)
-
-    def mean(system: str, k: float, key: str) -> float | None:
-        values = [r[key] for r in groups.get((system, k), []) if r.get(key) is not None]
-        return statistics.fmean(values) if values else None
-
     loads = sorted({k for s, k in groups if s == PREFIX_REFERENCE})
-    both = [k for k in loads if min(mean(OURS, k, "attainment") or 0, mean(PREFIX_REFERENCE, k, "attainment") or 0) >= 0.9]
+    both = [k for k in loads
+            if min(_mean(groups, OURS, k, "attainment") or 0, _mean(groups, PREFIX_REFERENCE, k, "attainment") or 0) >= 0.9]
     out = []
     if both:
         k = max(both)
-        ours, ref = mean(OURS, k, "ttft_ms_p50"), mean(PREFIX_REFERENCE, k, "ttft_ms_p50")
+        ours, ref = _mean(groups, OURS, k, "ttft_ms_p50"), _mean(groups, PREFIX_REFERENCE, k, "ttft_ms_p50")
         out.append(f"highest load where {OURS} and {PREFIX_REFERENCE} both meet >= 90% of SLOs: x{k:g}; TTFT p50 "
                    f"{ours:.0f} vs {ref:.0f} ms = {ours / ref:.2f}x (goal <= 0.7x: {'met' if ours <= 0.7 * ref else 'not met'})")
     else:
         out.append(f"{OURS} and {PREFIX_REFERENCE} both met 90% of SLOs at no load measured")
-    for k in loads:
-        if both and k <= max(both):
-            continue
-        ours, ref = mean(OURS, k, "goodput_per_s"), mean(PREFIX_REFERENCE, k, "goodput_per_s")
-        if ours is None or ref is None:
-            continue
-        ratio = ours / ref if ref > 0 else float("inf")
-        out.append(f"x{k:g}: goodput {OURS} {ours:.2f} vs {PREFIX_REFERENCE} {ref:.2f} req/s = {ratio:.2f}x "
-                   f"(goal >= 1.3x: {'met' if ratio >= 1.3 else 'not met'})")
-    return out
+    return out + _goodput_beyond(groups, loads, both, PREFIX_REFERENCE)
 
 
 def prefix_hits_table(runs: list[dict[str, Any]]) -> str | None:
