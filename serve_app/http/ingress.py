@@ -14,6 +14,7 @@ import os
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -375,6 +376,7 @@ class OpenAIIngress:
                 429, f"the server cannot start this request within its TTFT SLO ({verdict.reason}); "
                 f"retry after {retry} s", code="slo_unattainable", headers={"Retry-After": str(retry)},
             )
+        prepared.generate = replace(prepared.generate, admitted_to=verdict.worker_id)
         return prepared
 
     # ---- generation ---------------------------------------------------------------------
@@ -408,6 +410,8 @@ class OpenAIIngress:
                 request_id = prepared.generate.request_id
                 self._report_worker_failure(request_id)
                 if tokens == 0 and attempt < WORKER_ATTEMPTS:
+                    # placement forgot that worker: the retry goes where the actor says now
+                    prepared.generate = replace(prepared.generate, admitted_to=None)
                     logger.warning("request %s: worker failed before its first token (%r); retrying on another "
                                    "worker (attempt %d of %d)", request_id, exc, attempt + 1, WORKER_ATTEMPTS)
                     continue

@@ -3,9 +3,10 @@ actor chose for it.
 
 It subclasses Serve's `PowerOfTwoChoicesRequestRouter` (the base Ray Serve LLM's prefix-aware
 router uses too): `choose_replicas` first runs the power-of-two step, which keeps the router's
-locality and backoff state right and is the fallback, then asks the placement actor. Serve's
-FIFO matching is replaced by exact matching, so the replica chosen for a request is bound to
-that request and not handed to whichever request is oldest.
+locality and backoff state right and is the fallback, then asks the placement actor, unless
+admission already placed the request on one of the candidates (one actor call per request, not
+two). Serve's FIFO matching is replaced by exact matching, so the replica chosen for a request
+is bound to that request and not handed to whichever request is oldest.
 
 If the actor does not answer within `placement.actor_timeout_s` (restarting, overloaded), the
 power-of-two choice is used, the actor is told where the request went (so its state stays
@@ -65,6 +66,9 @@ class PlacementRouter(PowerOfTwoChoicesRequestRouter):
         if item is None or not candidate_replicas:
             return ranked
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        admitted = by_id.get(request.admitted_to) if request.admitted_to else None
+        if admitted is not None:  # admission placed it: the actor would answer the same
+            return [[admitted]]
         try:
             chosen = await asyncio.wait_for(
                 self._placement_actor().place.remote(item, list(by_id)), timeout=self._timeout_s

@@ -18,6 +18,8 @@ class GenerateRequest:
     prompt_token_ids: list[int]
     sampling: dict[str, Any]
     placement: RunningRequest | None = None
+    # the worker admission placed it on: the router takes it without asking the actor again
+    admitted_to: str | None = None
 
 
 @dataclass(frozen=True)
