@@ -18,6 +18,7 @@ from typing import Any
 from serve_app.tools.bench import (
     TraceSlice, load_slice, run_bench, served_requests, slice_dict, write_run,
 )
+from serve_app.tools.bench_report import OURS, PREFIX_REFERENCE, REFERENCE
 from serve_app.tools.bench_systems import APP_POLICIES, SYSTEMS, SystemSpec, app_config, build_system
 from serve_app.tools.loadgen import WorkItem
 
@@ -30,7 +31,7 @@ class SuiteOptions:
     rate_scales: tuple[float, ...]
     duration_s: float
     systems: tuple[str, ...] = SYSTEMS
-    repeat: tuple[str, ...] = ("aladdin", "rayllm")
+    repeat: tuple[str, ...] = (OURS, REFERENCE, PREFIX_REFERENCE)  # the systems the goals compare
     reps: int = 3
     spec: SystemSpec = field(default_factory=SystemSpec)
     start_s: float = 0.0  # offset into the unscaled trace: every rate replays the same requests first
