@@ -174,6 +174,21 @@ def scale_rate(trace: list[TraceRequest], k: float) -> list[TraceRequest]:
     return [replace(r, arrival_s=r.arrival_s / k) for r in trace]
 
 
+def sample_prefix_groups(trace: list[TraceRequest], share: float, seed: int = 0) -> list[TraceRequest]:
+    """A `share` of the trace's prefix groups, whole (requests whose first prefix block is the
+    same: a conversation, or prompts behind one system prompt), chosen by `seed`, arrival times
+    unchanged. Thinning a trace this way keeps its prefix reuse; thinning requests or stretching
+    time to lower the rate loses it (later turns leave the window). Needs `hash_ids` (Mooncake)."""
+    if not 0 < share <= 1:
+        raise ValueError("share must be in (0, 1]")
+    groups = sorted({r.hash_ids[0] for r in trace if r.hash_ids})
+    if not groups:
+        raise ValueError("sampling prefix groups needs a trace with prefix hashes (Mooncake hash_ids)")
+    rng = np.random.default_rng(seed)
+    keep = set(rng.choice(groups, size=max(1, round(share * len(groups))), replace=False).tolist())
+    return [r for r in trace if r.hash_ids and r.hash_ids[0] in keep]
+
+
 def truncate_to_context(trace: list[TraceRequest], max_model_len: int) -> tuple[list[TraceRequest], int]:
     """Fit every request into `max_model_len` tokens; returns the trace and how many changed.
 

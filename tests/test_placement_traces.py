@@ -100,3 +100,21 @@ def test_truncation_fits_the_context_and_counts_changes(lengths, max_len):
             assert after.output_len == before.output_len
         if before.input_len >= 1 and before.output_len >= 1 and before.input_len + before.output_len <= max_len:
             assert after == before
+
+
+def test_sampling_prefix_groups_keeps_whole_groups_and_their_reuse():
+    from placement.traces import TraceRequest, sample_prefix_groups
+
+    # 20 groups of 3 turns each, interleaved in time; each turn extends the one before
+    trace = sorted((TraceRequest(arrival_s=turn * 100.0 + g, input_len=512 * (turn + 1), output_len=10,
+                                 hash_ids=tuple(range(g * 10, g * 10 + turn + 1)))
+                    for g in range(20) for turn in range(3)), key=lambda r: r.arrival_s)
+    kept = sample_prefix_groups(trace, 0.25, seed=1)
+    groups = {r.hash_ids[0] for r in kept}
+    assert len(groups) == 5 and len(kept) == 15  # every turn of each kept group
+    assert [r.arrival_s for r in kept] == sorted(r.arrival_s for r in kept)
+    assert kept == sample_prefix_groups(trace, 0.25, seed=1)  # the seed decides
+    with pytest.raises(ValueError, match="hash"):
+        sample_prefix_groups([TraceRequest(0.0, 10, 10)], 0.5)
+    with pytest.raises(ValueError, match="share"):
+        sample_prefix_groups(trace, 0.0)

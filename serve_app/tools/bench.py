@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from placement.evaluation.fidelity import ObservedRequest
-from placement.traces import TraceRequest, load_trace, scale_rate, synthetic, truncate_to_context
+from placement.traces import TraceRequest, load_trace, sample_prefix_groups, scale_rate, synthetic, truncate_to_context
 from predictors.latency.served_fit import ServedRequest
 from serve_app.http.request_options import BENCHMARK_HEADER, SLO_HEADERS
 from serve_app.tools.loadgen import RequestResult, WorkItem, request_meets_slos, run_open_loop, summarize
@@ -44,6 +44,9 @@ class TraceSlice:
     duration_s: float = 60.0
     max_model_len: int = 2048
     seed: int = 0
+    # Mooncake: replay this share of the prefix groups, whole (placement.traces.sample_prefix_groups),
+    # so a faster rate_scale keeps conversations' reuse in a short window
+    prefix_groups: float | None = None
 
 
 def load_slice(spec: TraceSlice) -> tuple[list[TraceRequest], int]:
@@ -56,6 +59,8 @@ def load_slice(spec: TraceSlice) -> tuple[list[TraceRequest], int]:
     else:
         n = int(spec.synthetic_rate * spec.rate_scale * (spec.start_s + spec.duration_s) * 1.5) + 16
         trace = synthetic(n, spec.synthetic_rate, seed=spec.seed)
+    if spec.prefix_groups is not None:
+        trace = sample_prefix_groups(trace, spec.prefix_groups, seed=spec.seed)
     trace = scale_rate(trace, spec.rate_scale)
     window = [r for r in trace if spec.start_s <= r.arrival_s < spec.start_s + spec.duration_s]
     if not window:

@@ -22,6 +22,9 @@ from serve_app.tools.bench_report import OURS, PREFIX_REFERENCE, REFERENCE
 from serve_app.tools.bench_systems import APP_POLICIES, SYSTEMS, SystemSpec, app_config, build_system
 from serve_app.tools.loadgen import WorkItem
 
+#: the systems the report's goals compare: repeated `reps` times by default
+GOAL_SYSTEMS = (OURS, REFERENCE, PREFIX_REFERENCE)
+
 APP_NAME = "bench"
 
 
@@ -31,21 +34,25 @@ class SuiteOptions:
     rate_scales: tuple[float, ...]
     duration_s: float
     systems: tuple[str, ...] = SYSTEMS
-    repeat: tuple[str, ...] = (OURS, REFERENCE, PREFIX_REFERENCE)  # the systems the goals compare
+    repeat: tuple[str, ...] = GOAL_SYSTEMS
     reps: int = 3
     spec: SystemSpec = field(default_factory=SystemSpec)
     start_s: float = 0.0  # offset into the unscaled trace: every rate replays the same requests first
     port: int = 8100
     seed: int = 0
     warmup_requests: int = 6
+    prefix_groups: float | None = None  # TraceSlice.prefix_groups
     # this app's system whose runs calibrate a served profile for the app's later systems
     # (placement then predicts what clients measure; see predictors.latency.served_fit)
     calibrate: str | None = None
 
 
 def _warm_up(url: str, model: str, workload: list[WorkItem], n: int, spec: SystemSpec) -> None:
-    """A few short requests so first-call costs (compilation, connections) are not scored."""
-    warm = [WorkItem(w.prompt, min(w.max_tokens, 16), i * 0.2, w.input_len) for i, w in enumerate(workload[:n])]
+    """A few short requests so first-call costs (compilation, connections) are not scored. Each
+    prompt starts with its own marker: a copy of a measured prompt would leave its prefix in a
+    cache and hand that request a hit no trace gave it."""
+    warm = [WorkItem(f"warm-up {i}: {w.prompt}", min(w.max_tokens, 16), i * 0.2, w.input_len)
+            for i, w in enumerate(workload[:n])]
     run_bench(url, warm, model=model, slo_ttft_ms=spec.slo_ttft_ms, slo_atgt_ms=spec.slo_atgt_ms, progress=False)
 
 
@@ -107,6 +114,7 @@ def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]
     for k in options.rate_scales:
         trace_slice = TraceSlice(trace=options.trace, rate_scale=k, start_s=options.start_s / k,
                                  duration_s=options.duration_s, max_model_len=options.spec.max_model_len,
+                                 prefix_groups=options.prefix_groups,
                                  seed=options.seed)
         trace, _ = load_slice(trace_slice)
         workloads[k] = (trace_slice, trace_workload(trace, tokenizer, seed=options.seed))

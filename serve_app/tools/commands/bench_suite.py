@@ -24,6 +24,7 @@ def _run(args: argparse.Namespace) -> int:
     options = SuiteOptions(
         trace=args.trace, rate_scales=args.rate_scales, duration_s=args.duration, systems=args.systems,
         repeat=args.repeat, reps=args.reps, calibrate=args.calibrate, start_s=args.start, port=args.port, seed=args.seed,
+        prefix_groups=args.prefix_groups,
         spec=SystemSpec(workers=args.workers, slo_ttft_ms=args.slo_ttft_ms, slo_atgt_ms=args.slo_atgt_ms,
                         profile_path=args.profile, stream_interval=args.stream_interval,
                         atgt_margin=args.atgt_margin, max_model_len=args.max_model_len,
@@ -34,6 +35,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from serve_app.tools.bench_suite import GOAL_SYSTEMS
     from serve_app.tools.bench_systems import SYSTEMS
 
     p = sub.add_parser("bench-suite", help="compare this app's policies with Ray Serve LLM on one trace slice")
@@ -42,7 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=40.0, help="seconds of (scaled) trace per run")
     p.add_argument("--start", type=float, default=0.0, help="offset into the unscaled trace, s")
     p.add_argument("--systems", type=_names, default=SYSTEMS, help=f"comma-separated subset of {','.join(SYSTEMS)}")
-    p.add_argument("--repeat", type=_names, default=("aladdin", "rayllm"), help="systems run --reps times")
+    p.add_argument("--repeat", type=_names, default=GOAL_SYSTEMS, help="systems run --reps times")
+    p.add_argument("--prefix-groups", type=float,
+                   help="Mooncake: replay this share of the prefix groups (conversations) whole, so a rate scale "
+                        "above 1 keeps their prefix reuse in the window")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--workers", type=int, default=2, help="vLLM engines per system")
     p.add_argument("--slo-ttft-ms", type=float, default=1000.0)
