@@ -22,7 +22,7 @@ def _run(args: argparse.Namespace) -> int:
     spec = TraceSlice(
         trace=args.trace, synthetic_rate=args.synthetic_rate, rate_scale=args.rate_scale,
         start_s=args.start, duration_s=args.duration, max_model_len=args.max_model_len or max_len or 2048,
-        seed=args.seed,
+        seed=args.seed, prefix_groups=args.prefix_groups,
     )
     trace, cut = load_slice(spec)
     tokenizer_dir = args.tokenizer or str(resolve_tokenizer_dir(ModelConfig()))
@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-rate", type=float, default=2.0, help="req/s of the synthetic trace")
     p.add_argument("--rate-scale", type=float, default=1.0, help="arrivals k times as fast")
     p.add_argument("--start", type=float, default=0.0, help="offset into the scaled trace, s")
+    p.add_argument("--prefix-groups", type=float,
+                   help="Mooncake: replay this share of the prefix groups (conversations) whole, so a rate scale "
+                        "above 1 keeps their prefix reuse in the window")
     p.add_argument("--duration", type=float, default=60.0, help="length of the replayed slice, s")
     p.add_argument("--slo-ttft-ms", type=float, default=1000.0)
     p.add_argument("--slo-atgt-ms", type=float, default=50.0)
