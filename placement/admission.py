@@ -6,8 +6,8 @@ instead of queueing it forever (llm-d's SLO admitter; Aladdin's "wait when infea
 "Fits" is the placement policy's own test, run with `on_infeasible="wait"`: KV, ATGT with the
 newcomer, and TTFT. Only what waiting can fix is waited for: a request that would miss its SLOs
 even on an idle worker by the hardware's profile (an SLO tighter than the hardware allows) is
-placed at once by the cluster's own policy (least violation). Pure state, no clock or Ray: the placement controller
-(placement.controller) and the simulator drive it.
+placed at once by the cluster's own policy (least violation). Pure state, no clock or Ray: the
+placement controller (placement.controller) and the simulator drive it.
 """
 
 from __future__ import annotations

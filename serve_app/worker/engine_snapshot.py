@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import islice
 
 from placement.latency_correction import EngineWork
 
@@ -30,7 +31,7 @@ class PrefillProgress:
         """An iteration gave `tokens` prompt tokens to its first `requests` prompts: their
         squared-token work."""
         squared = 0.0
-        for i, progress in enumerate(list(self._prompts.values())[:requests]):
+        for i, progress in enumerate(islice(self._prompts.values(), requests)):
             length, computed = progress
             last = i == requests - 1
             take = tokens if last else min(tokens, max(length - computed, 0))
