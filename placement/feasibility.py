@@ -19,8 +19,10 @@ to, adapted from measured attainment; 1 = the SLOs themselves) when
   (a) KV:    max_t usage(t) <= KV capacity,
   (b) ATGT:  token_interval_s(max_t decode_step_s(n(t), usage(t)), rho) <= atgt_share x min SLO
              ATGT of residents and q, where rho is the worker's prefill share with q's prefill
-             added (`WorkerState.prefill_share`): prefills stall decode steps, so on average the
-             time between tokens is the step stretched by 1 / (1 - rho), as in the planner,
+             added when residents decode beside it (`WorkerState.prefill_share_placing`; q's
+             own prefill comes before its own first token): prefills stall decode steps, so on
+             average the time between tokens is the step stretched by 1 / (1 - rho), as in the
+             planner,
   (c) stall: q's prefill is one more stall for every resident; the expected number of them it
              pushes over atgt_share x their ATGT SLO is at most the budget's `stall_risk`
              (`stall_risk` below: short replies are the ones a stall breaks),
@@ -64,7 +66,7 @@ class Fit:
     peak_kv_tokens: int
     kv_capacity_tokens: int
     peak_step_s: float
-    prefill_share: float  # of the worker's time, with the request's own prefill
+    prefill_share: float  # of the worker's time, with the request's own prefill beside residents
     atgt_s: float  # peak_step_s stretched by the prefills: the projected time between tokens
     atgt_slo_s: float  # the ATGT budget packed to: margin x the tightest SLO
     ttft_s: float
@@ -209,7 +211,7 @@ def check(worker: WorkerState, request: Request, now_s: float, budget: PackingBu
     ttft = (now_s - request.arrival_s) + worker.ttft_s(request.input_len, cached_tokens=cached)
     capacity = worker.kv_capacity_tokens
     own_prefill_s = worker.prefill_s(request, cached)
-    prefill_share = worker.prefill_share(now_s, own_prefill_s)
+    prefill_share = worker.prefill_share_placing(now_s, own_prefill_s)
     atgt = token_interval_s(projection.peak_step_s, prefill_share)
     breaks = stall_risk(worker, own_prefill_s, projection.peak_step_s, now_s, budget)
     return Fit(

@@ -268,6 +268,14 @@ class WorkerState:
         the planner's rho."""
         return (self.prefill_load_s * decay(now_s - self.prefill_load_at_s) + extra_prefill_s) / PREFILL_WINDOW_S
 
+    def prefill_share_placing(self, now_s: float, own_prefill_s: float) -> float:
+        """The prefill share a newcomer with a prefill of `own_prefill_s` is checked against
+        here: its prefill counts only beside residents, whose decoding it stalls. It runs before
+        its own first token, so it never stalls its own decode (on an idle worker, an 8k-token
+        prompt's 1.4 s prefill counted against its own ATGT and had it refused on an idle
+        worker: BENCHMARKS.md, "Prefix cache", run 8)."""
+        return self.prefill_share(now_s, own_prefill_s if self.residents else 0.0)
+
     def generated(self, request_id: str) -> int:
         """Tokens generated so far by a resident request."""
         start = self.residents[request_id].decode_from_step

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from placement.feasibility import check, project
-from placement.state import Request, WorkerState
+from placement.state import PREFILL_WINDOW_S, Request, WorkerState
 from predictors.latency import load_profile_family
 
 BASE = load_profile_family("llama-2-7b-a100").profile(1)
@@ -164,3 +165,30 @@ def test_atgt_counts_the_worker_recent_prefills():
     assert busy_fit.prefill_share > 0.2 > quiet_fit.prefill_share
     assert busy_fit.atgt_s == token_interval_s(busy_fit.peak_step_s, busy_fit.prefill_share)
     assert not busy_fit.atgt_ok and quiet_fit.atgt_ok
+
+
+def test_a_newcomers_prefill_stalls_the_residents_not_its_own_decode():
+    """A long prompt's prefill runs before its own first token: on an idle worker it stretches
+    no one's token interval, beside a decoding resident it stretches the resident's. (Counted
+    against its own ATGT, it had 8k-token prompts refused on idle CPU workers.)"""
+    from placement.policies import AladdinPolicy
+
+    now_s = 10.0
+    long_prompt = Request(id="long", arrival_s=now_s, input_len=3500, pred_mean=20, pred_upper=40,
+                          slo_ttft_s=5.0, slo_atgt_s=1.0)
+    idle = WorkerState(id="idle", profile=BASE)
+    own_prefill_s = idle.prefill_s(long_prompt)
+    alone = check(idle, long_prompt, now_s)
+    assert alone.prefill_share == 0.0 and alone.atgt_s == alone.peak_step_s
+    # an ATGT SLO the step meets but the step stretched by its own prefill would not
+    tight = Request(id="tight", arrival_s=now_s, input_len=3500, pred_mean=20, pred_upper=40, slo_ttft_s=5.0,
+                    slo_atgt_s=alone.peak_step_s * (1 + own_prefill_s / PREFILL_WINDOW_S / 2))
+    assert check(idle, tight, now_s).feasible
+    assert AladdinPolicy().choose(tight, [idle], now_s) is idle
+
+    busy = WorkerState(id="busy", profile=BASE)
+    busy.admit(_request(1, 10, 400, slo_atgt=1.0), now_s=now_s)
+    busy.start_decode("r1")
+    beside = check(busy, long_prompt, now_s)
+    assert beside.prefill_share == pytest.approx(busy.prefill_share(now_s, own_prefill_s))
+    assert beside.prefill_share > busy.prefill_share(now_s)

@@ -164,7 +164,7 @@ class AladdinPolicy:
         np.multiply(atgt_slo, budget.atgt_share, out=atgt_slo)
         # token interval per second of decode step (it is linear in the step), with the
         # newcomer's prefill in the worker's prefill share as in feasibility.check
-        stretch = self._stretch(table.prefill_share(now_s, own_prefill_s, out=buf.stretch))
+        stretch = self._stretch(table.prefill_share_placing(now_s, own_prefill_s, out=buf.stretch))
         step_floor = np.multiply(table.step_floor_s, stretch, out=buf.step_floor)
         eligible = np.less_equal(step_floor, atgt_slo * (1 + ROUNDING_SLACK), out=buf.eligible)
         # KV in use + the new prompt within capacity, as free KV (exact integers in float64)
@@ -267,7 +267,7 @@ class AladdinPolicy:
             if atgt_slo is not None and worker.steps <= worker.min_upper_end_step:
                 # the same prefill share and stretch as check(), over a step bound >= its peak
                 own_s = float(own_prefill_s[row])
-                share = worker.prefill_share(now_s, own_s)
+                share = worker.prefill_share_placing(now_s, own_s)
                 step_bound = worker.profile.decode_step_s(len(worker.residents) + 1,
                                                           worker.final_context_tokens + final)
                 # with chunked prefill the filter's TTFT read the decode step at the row's last

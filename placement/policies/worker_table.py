@@ -68,6 +68,8 @@ class WorkerTable:
         # so the bound with a newcomer's final tokens is one multiply-add away
         self.step_bound_per_token_s = np.zeros(n)
         self.min_slo_atgt_s = np.full(n, math.inf)
+        # 1 where the worker has residents (a newcomer's prefill stalls them), else 0
+        self.occupied = np.zeros(n)
         # rows whose worker keeps a prefix cache (placement's belief of its engine's)
         self.cached_rows = 0
         self._cache_rows: dict[int, int] = {}  # id(worker's prefix cache) -> row
@@ -84,6 +86,12 @@ class WorkerTable:
         share = np.multiply(self.prefill_load_at_epoch_s, decay(now_s - self.epoch_s), out=out)
         np.add(share, extra_prefill_s, out=share)
         return np.divide(share, PREFILL_WINDOW_S, out=share)
+
+    def prefill_share_placing(self, now_s: float, own_prefill_s: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """`WorkerState.prefill_share_placing(now_s, own)` of every row, written to `out` (which
+        must not be `own_prefill_s`)."""
+        extra = np.multiply(own_prefill_s, self.occupied)
+        return self.prefill_share(now_s, extra, out=out)
 
     def _rebase_before(self, t_s: float) -> None:
         """Move the epoch to `t_s` if loads read at `t_s` would be scaled by too large a factor."""
@@ -157,6 +165,7 @@ class WorkerTable:
         self.step_bound_s[row] = step_bound
         self.step_bound_per_token_s[row] = step_s(batch, final_context + 1) - step_bound
         self.min_slo_atgt_s[row] = worker.min_slo_atgt_s
+        self.occupied[row] = 1.0 if worker.residents else 0.0
         self._rebase_before(worker.prefill_load_at_s)
         self.prefill_load_at_epoch_s[row] = worker.prefill_load_s * decay(self.epoch_s - worker.prefill_load_at_s)
 

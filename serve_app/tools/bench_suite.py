@@ -10,6 +10,7 @@ in OUT/suite.json and OUT/comparison.png.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -80,7 +81,7 @@ def _calibrate(run_dirs: list[Path], out: Path, spec: SystemSpec) -> SystemSpec:
     return replace(spec, profile_path=str(path))
 
 
-def _closed_loop(system: str, spec: SystemSpec) -> dict[str, Any] | None:
+def _closed_loop(system: str, spec: SystemSpec, quiet: bool = False) -> dict[str, Any] | None:
     """What the app's placement actor has learned so far (budget, latency corrections), kept
     with each run so `aladdin fidelity` can replay it with the workers as they measured. The
     actor is looked up by this system's config: the previous system's actor may still be
@@ -95,8 +96,40 @@ def _closed_loop(system: str, spec: SystemSpec) -> dict[str, Any] | None:
     try:
         return ray.get(ray.get_actor(name, namespace=NAMESPACE).stats.remote(), timeout=10)["closed_loop"]
     except Exception as exc:  # the figures are extra: a run without them still counts
-        print(f"[{system}] placement actor's closed loop not recorded ({exc!r})", flush=True)
+        if not quiet:
+            print(f"[{system}] placement actor's closed loop not recorded ({exc!r})", flush=True)
         return None
+
+
+class ClosedLoopSeries:
+    """Samples the placement actor's closed loop every `period_s` while a run goes (a thread),
+    so a run records how its latency corrections and packing budget moved, not only where they
+    ended: how fast the model converged, and what it said when it refused."""
+
+    def __init__(self, system: str, spec: SystemSpec, period_s: float = 2.0) -> None:
+        self._system, self._spec, self._period_s = system, spec, period_s
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="closed-loop-series", daemon=True)
+
+    def __enter__(self) -> ClosedLoopSeries:
+        if self._system == "aladdin":
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        while not self._stop.wait(self._period_s):
+            loop = _closed_loop(self._system, self._spec, quiet=True)
+            if loop is not None:
+                self.samples.append({"t_s": round(time.perf_counter() - t0, 2),
+                                     "ttft_share": loop["ttft_share"], "atgt_share": loop["atgt_share"],
+                                     "corrections": loop["corrections"]})
 
 
 def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]]:
@@ -140,12 +173,14 @@ def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]
             for k in options.rate_scales:
                 trace_slice, workload = workloads[k]
                 for rep in range(reps):
-                    run = run_bench(url, workload, model=model, slo_ttft_ms=spec.slo_ttft_ms,
-                                    slo_atgt_ms=spec.slo_atgt_ms, label=f"{system} x{k:g} rep{rep}")
+                    with ClosedLoopSeries(system, spec) as series:
+                        run = run_bench(url, workload, model=model, slo_ttft_ms=spec.slo_ttft_ms,
+                                        slo_atgt_ms=spec.slo_atgt_ms, label=f"{system} x{k:g} rep{rep}")
                     run.summary.update(system=system, rate_scale=k, rep=rep, slice=slice_dict(trace_slice),
                                        placement_profile=spec.profile_path if system in APP_POLICIES else None,
                                        placement_atgt_margin=spec.atgt_margin if system in APP_POLICIES else None,
-                                       placement_closed_loop=_closed_loop(system, spec))
+                                       placement_closed_loop=_closed_loop(system, spec),
+                                       placement_closed_loop_series=series.samples or None)
                     run_dirs.append(out / system / f"x{k:g}" / f"rep{rep}")
                     write_run(run, run_dirs[-1])
                     rows.append(run.summary)
