@@ -85,7 +85,8 @@ class WorkerLoad:
 @dataclass(frozen=True)
 class HeartbeatResult:
     """What one heartbeat changed: the worker's load, the workers forgotten, the verdicts of
-    waiting requests it settled, and the estimate (`estimated`: recomputed by this call)."""
+    waiting requests it settled, the estimate (`estimated`: recomputed by this call), and
+    whether the controller needs the worker's next report in full (`LiveCluster.report`)."""
 
     load: WorkerLoad
     forgotten: list[str]
@@ -95,10 +96,12 @@ class HeartbeatResult:
     target_workers: int
     workers_held: int
     queue_length: int  # requests the workers' engines have not scheduled yet, over all workers
+    full_report: bool = False
 
     def reply(self) -> dict[str, Any]:
-        """The worker's answer: the target for Serve's autoscaler and the estimate."""
-        return {"target_workers": self.target_workers, **self.estimate.to_dict()}
+        """The worker's answer: the target for Serve's autoscaler, the estimate, and whether to
+        send the next report in full."""
+        return {"target_workers": self.target_workers, "full_report": self.full_report, **self.estimate.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -234,12 +237,13 @@ class PlacementController:
             self.window.add(item.request_id, item.arrival_s, item.input_len, item.pred_mean)
         for request_id, tokens in report.finished:
             self.window.finish(request_id, tokens)
-        self.cluster.report(report, now_s)
+        full_report = self.cluster.report(report, now_s)
         worker = self.cluster.workers[report.worker_id]
         self._waiting[report.worker_id] = report.waiting
         kv_used = worker.kv_used_tokens if report.kv_used_tokens is None else report.kv_used_tokens
+        # running as placement holds them (a delta report lists only the new ones)
         load = WorkerLoad(report.worker_id, kv_used / max(1, worker.kv_capacity_tokens),
-                          len(report.running) - report.waiting, report.waiting)
+                          max(0, len(worker.residents) - report.waiting), report.waiting)
         horizon = now_s - STALE_HEARTBEATS * self.settings.heartbeat_s
         forgotten = self._forget([wid for wid, seen in self._last_seen.items() if seen < horizon])
         verdicts = self.drain(now_s)  # finished requests may have made room for waiting ones
@@ -259,7 +263,7 @@ class PlacementController:
             })
             del self.scaling_log[:-SCALING_LOG]
         return HeartbeatResult(load, forgotten, verdicts, estimate, estimated, target, held,
-                               sum(self._waiting.values()))
+                               sum(self._waiting.values()), full_report)
 
     def observe(self, timings: list[RequestTiming]) -> None:
         """Finished requests as the ingress measured them: they close placement's loop."""

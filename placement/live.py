@@ -2,8 +2,14 @@
 
 The placement controller (placement.controller, behind the serving actor) holds one
 `LiveCluster`. It runs the same policy objects as the simulator over `WorkerState`s, but the truth about each worker comes from the worker itself:
-every heartbeat (`WorkerReport`) lists the requests the worker is running with the tokens each
-has generated, and the ones that finished. From that the cluster
+every heartbeat (`WorkerReport`) gives the requests the worker is running with the tokens each
+has generated, and the ones that finished. A full report lists every running request; a delta
+report (the usual one) only what changed since the report the actor last acknowledged: requests
+new to it (or with a first token it has not seen) in full, the others' token counts as
+(id, count) pairs, so applying it costs O(changes) rather than O(running). A delta from a
+worker that has sent this cluster no full report yet (the actor restarted: a routing call may
+have named the worker already), or a count for a request it does not know, makes `report` ask
+for a full report, which rebuilds the state. From reports the cluster
 - admits requests it did not place (placed by the router's fallback, or known before a restart
   of the actor: the state is rebuilt from reports alone),
 - starts the decode of requests that produced their first token, and advances the worker's
@@ -75,11 +81,15 @@ class RequestTiming:
 
 @dataclass(frozen=True)
 class WorkerReport:
-    """One batched heartbeat of a worker."""
+    """One batched heartbeat of a worker: full (`running` lists every running request) or a
+    delta against the last acknowledged report (`running` only the requests new since, or
+    whose first token is; `progress` the new token counts of the others)."""
 
     worker_id: str
     running: tuple[RunningRequest, ...] = ()
     finished: tuple[tuple[str, int], ...] = ()  # (request id, output tokens)
+    full: bool = True
+    progress: tuple[tuple[str, int], ...] = ()  # (request id, tokens generated), delta reports
     kv_capacity_tokens: int | None = None  # None until the engine has allocated its cache
     waiting: int = 0  # of `running`, those the engine has not scheduled yet
     kv_used_tokens: int | None = None  # the engine's own KV use (blocks used x block size)
@@ -124,6 +134,7 @@ class LiveCluster:
         self._placed_at: dict[str, float] = {}  # request id -> time placed, until first reported
         self._profiles: dict[int, WorkerProfile] = {}  # reported capacity -> resized profile
         self._bases: dict[str, WorkerProfile] = {}  # worker id -> its resized profile (before correction)
+        self._synced: set[str] = set()  # workers whose full report this cluster has had
 
     def worker(self, worker_id: str) -> WorkerState:
         """The worker's state, created (with the default profile) on first mention."""
@@ -181,8 +192,13 @@ class LiveCluster:
         for t in timings:
             self.loop.finished(t.request_id, t.ttft_s, t.atgt_s, t.output_tokens, t.cached_tokens)
 
-    def report(self, report: WorkerReport, now_s: float) -> None:
-        """Apply one heartbeat of a worker (see the module docstring)."""
+    def report(self, report: WorkerReport, now_s: float) -> bool:
+        """Apply one heartbeat of a worker (see the module docstring). Returns whether the
+        cluster needs a full report from it (a delta from a worker or of a request it does not
+        know: the actor restarted, or a report was lost)."""
+        if report.full:
+            self._synced.add(report.worker_id)
+        needs_full = report.worker_id not in self._synced
         worker = self.worker(report.worker_id)
         if report.kv_capacity_tokens:
             worker = self._resize(worker, report.kv_capacity_tokens)
@@ -197,16 +213,27 @@ class LiveCluster:
             self._placed_at.pop(request_id, None)
             if item.generated > 0 and worker.residents[request_id].decode_from_step is None:
                 worker.start_decode(request_id, now_s if item.first_token_s is None else item.first_token_s)
-        behind = max(
-            (item.generated - 1 - worker.generated(rid) for rid, item in running.items()
-             if worker.residents[rid].decode_from_step is not None),
-            default=0,
-        )
+        behind = 0
+        for rid, item in running.items():
+            if worker.residents[rid].decode_from_step is not None:
+                behind = max(behind, item.generated - 1 - worker.generated(rid))
+        residents = worker.residents
+        for rid, generated in report.progress:
+            resident = residents.get(rid)
+            if resident is None:
+                needs_full = True
+            elif resident.decode_from_step is not None:
+                behind = max(behind, generated - 1 - worker.generated(rid))
         if behind > 0:
             worker.advance(behind)
-        for request_id in [rid for rid in worker.residents if rid not in running]:
-            placed = self._placed_at.get(request_id)
-            if placed is None or now_s - placed > self.pending_grace_s:
+        if report.full:
+            for request_id in [rid for rid in residents if rid not in running]:
+                placed = self._placed_at.get(request_id)
+                if placed is None or now_s - placed > self.pending_grace_s:
+                    self._drop_request(request_id)
+        else:  # placed here but never reported by it: its call did not reach the worker
+            for request_id in [rid for rid, placed in self._placed_at.items()
+                               if now_s - placed > self.pending_grace_s and self._where.get(rid) == worker.id]:
                 self._drop_request(request_id)
         rebalance(worker, self.estimator)
         if self.loop is not None:
@@ -214,6 +241,7 @@ class LiveCluster:
             if report.work is not None and report.work.busy_s > 0:
                 self.loop.busy(worker, report.work.interval(base), base)
             self.loop.refresh(worker, base, now_s)
+        return needs_full
 
     def _new_prefix_cache(self) -> PrefixCache | None:
         return PrefixCache(self._prefix_directory) if self.prefix_caching else None
@@ -227,6 +255,7 @@ class LiveCluster:
         for worker_id in list(worker_ids):
             worker = self.workers.pop(worker_id, None)
             self._bases.pop(worker_id, None)
+            self._synced.discard(worker_id)
             if worker is None:
                 continue
             if worker.prefix_cache is not None:

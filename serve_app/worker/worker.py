@@ -16,19 +16,17 @@ from typing import Any
 
 from ray import serve
 
-from placement.live import RunningRequest, WorkerReport
+from placement.live import WorkerReport
 from serve_app.scheduler.autoscaling import TARGET_METRIC
 from serve_app.config import AppConfig
 from serve_app.worker.engine import InvalidRequest, start_engine
 from serve_app.worker.engine_snapshot import EngineSnapshot
+from serve_app.worker.heartbeat_reports import HeartbeatReports
 from serve_app.http.errors import OpenAIError
 from serve_app.worker.worker_resources import worker_bundles
 from serve_app.worker.worker_protocol import GenerateChunk, GenerateRequest, WorkerStats
 
 logger = logging.getLogger("ray.serve")
-# Finished requests kept for a placement actor that does not answer; beyond this the oldest go
-# (the actor drops requests a worker stops reporting anyway).
-MAX_UNSENT_FINISHED = 10_000
 
 
 def worker_deployment_options(config: AppConfig) -> dict[str, Any]:
@@ -79,8 +77,7 @@ class LLMWorker:
         context = serve.get_replica_context()
         self._worker_id = context.replica_id.unique_id
         # placement bookkeeping, reported to the placement actor in batched heartbeats
-        self._running: dict[str, RunningRequest] = {}
-        self._finished: list[tuple[str, int]] = []
+        self._reports = HeartbeatReports(self._worker_id)
         self._target_workers: int | None = None
         self._heartbeat: asyncio.Task | None = None
         if self._config.placement.uses_actor:
@@ -93,21 +90,18 @@ class LLMWorker:
         self._tokens_generated[rid] = 0
         view = request.placement
         if view is not None:
-            self._running[rid] = view
+            self._reports.started(view)
         try:
             async for chunk in self._engine_chunks(request):
                 if view is not None and view.first_token_s is None and chunk.num_tokens:
-                    self._running[rid] = view = dataclasses.replace(view, first_token_s=time.time())
+                    view = self._reports.first_token(rid, time.time())
                 self._tokens_generated[rid] += chunk.num_tokens
                 if chunk.finish_reason:
                     chunk = dataclasses.replace(chunk, worker_id=self._worker_id)
                 yield chunk
             self._completed += 1
         finally:
-            tokens = self._tokens_generated.pop(rid, 0)
-            if self._running.pop(rid, None) is not None:
-                self._finished.append((rid, tokens))
-                del self._finished[:-MAX_UNSENT_FINISHED]
+            self._reports.ended(rid, self._tokens_generated.pop(rid, 0))
 
     async def _engine_chunks(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         try:
@@ -144,16 +138,11 @@ class LLMWorker:
 
     def _report(self) -> WorkerReport:
         snap = self._snapshot
-        generated = self._tokens_generated
         work = snap.take_work()
-        return WorkerReport(
-            worker_id=self._worker_id,
-            running=tuple(dataclasses.replace(r, generated=generated.get(rid, 0)) for rid, r in self._running.items()),
-            finished=tuple(self._finished),
-            kv_capacity_tokens=(snap.kv_blocks_total * snap.block_size) or None,
-            waiting=snap.waiting,
+        return self._reports.report(
+            self._tokens_generated, work=work if work.busy_s > 0 else None,
+            kv_capacity_tokens=(snap.kv_blocks_total * snap.block_size) or None, waiting=snap.waiting,
             kv_used_tokens=round(snap.kv_usage * snap.kv_blocks_total) * snap.block_size,
-            work=work if work.busy_s > 0 else None,
         )
 
     async def _heartbeat_loop(self, app_name: str) -> None:
@@ -177,9 +166,10 @@ class LLMWorker:
                 if not failing:
                     logger.warning("placement heartbeat failed (%r); retrying every %.2f s", exc, period)
                 failing, actor = True, None
+                self._reports.failed()
                 continue
             failing = False
-            del self._finished[: len(report.finished)]
+            self._reports.acknowledged(report, reply.get("full_report", False))
             self._target_workers = reply.get("target_workers")
 
     async def check_health(self) -> None:
