@@ -313,3 +313,10 @@ def test_a_request_no_empty_worker_fits_is_unfit_and_not_demand():
     assert not decision.feasible and not decision.unfit
     loop.placed(replace(long, id="long2"), decision.worker, decision, 0.0)
     assert (loop.placements, loop.overcommitted) == (2, 1)
+
+
+def test_engine_work_adds_every_field():
+    from dataclasses import astuple
+
+    a, b = EngineWork(*range(1, 9)), EngineWork(*range(10, 18))
+    assert astuple(a + b) == tuple(x + y for x, y in zip(astuple(a), astuple(b), strict=True))

@@ -26,6 +26,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
+from placement.admission import Verdict
 from placement.live import RequestTiming, RunningRequest
 from placement.prefix_cache import prefix_of
 from predictors.output_length import ChatInput, PastTurn, Prediction
@@ -36,6 +37,7 @@ from serve_app.http.errors import OpenAIError, from_validation_errors
 from serve_app.metrics import record_request
 from serve_app.model_source import resolve_tokenizer_dir
 from serve_app.prediction.request_predictor import RequestPredictor
+from serve_app.scheduler.call_coalescer import CallCoalescer
 from serve_app.http.request_options import RequestOptions, request_options
 from serve_app.http.openai_protocol import (
     ChatCompletionRequest,
@@ -162,6 +164,8 @@ class OpenAIIngress:
         self._policy = self._config.placement.policy
         self._placement_actor: Any = None  # looked up on first admission
         self._admission_failed_logged = False
+        # concurrent admissions go to the actor together (one call per round trip, not per request)
+        self._admissions: CallCoalescer[RunningRequest, Verdict | None] = CallCoalescer(self._admit_batch)
         # finished requests' measured latencies, sent to the placement actor in batches: they
         # close its SLO model's loop (aladdin only: the baselines promise nothing)
         self._timings: list[RequestTiming] = []
@@ -351,13 +355,7 @@ class OpenAIIngress:
         # the actor answers by the request's admission deadline; past that it is unreachable
         longest_wait_s = min(placed.slo_ttft_s, placement.max_wait_s or placed.slo_ttft_s)
         try:
-            if self._placement_actor is None:
-                from serve_app.scheduler.placement_actor import get_placement_actor
-
-                self._placement_actor = get_placement_actor(
-                    serve.get_replica_context().app_name, self._config.model_dump(mode="json"))
-            verdict = await asyncio.wait_for(self._placement_actor.admit.remote(placed),
-                                             timeout=placement.actor_timeout_s)
+            verdict = await asyncio.wait_for(self._admissions.call(placed), timeout=placement.actor_timeout_s)
             if verdict is None:  # it waits: the actor answers when it leaves the queue
                 verdict = await asyncio.wait_for(
                     self._placement_actor.admission.remote(prepared.generate.request_id),
@@ -378,6 +376,14 @@ class OpenAIIngress:
             )
         prepared.generate = replace(prepared.generate, admitted_to=verdict.worker_id)
         return prepared
+
+    async def _admit_batch(self, requests: list[RunningRequest]) -> list[Verdict | None]:
+        if self._placement_actor is None:
+            from serve_app.scheduler.placement_actor import get_placement_actor
+
+            self._placement_actor = get_placement_actor(
+                serve.get_replica_context().app_name, self._config.model_dump(mode="json"))
+        return await self._placement_actor.admit_many.remote(requests)
 
     # ---- generation ---------------------------------------------------------------------
     async def _deltas(self, prepared: _Prepared) -> AsyncIterator[GenerateChunk]:

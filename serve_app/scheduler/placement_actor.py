@@ -124,6 +124,11 @@ class PlacementActor:
             return None
         return self._settled(verdict)
 
+    async def admit_many(self, requests: list[RunningRequest]) -> list[Verdict | None]:
+        """`admit` of each request, in order: one call for the requests an ingress replica
+        coalesced (serve_app.scheduler.call_coalescer)."""
+        return [await self.admit(request) for request in requests]
+
     async def admission(self, request_id: str) -> Verdict:
         """The verdict on a waiting request, once there is one."""
         self._last_call = time.monotonic()
@@ -159,6 +164,11 @@ class PlacementActor:
         if routing.outcome != "admitted":
             record_placement(self._policy, routing.outcome)
         return routing.worker_id
+
+    async def place_many(self, requests: list[tuple[RunningRequest, list[str]]]) -> list[str | None]:
+        """`place` of each (request, candidates), in order: one call for the placements a
+        router coalesced (serve_app.scheduler.call_coalescer)."""
+        return [await self.place(request, candidates) for request, candidates in requests]
 
     async def fallback(self, request: RunningRequest, worker_id: str) -> None:
         """The router placed `request` without the actor (it did not answer in time)."""

@@ -5,7 +5,8 @@ It subclasses Serve's `PowerOfTwoChoicesRequestRouter` (the base Ray Serve LLM's
 router uses too): `choose_replicas` first runs the power-of-two step, which keeps the router's
 locality and backoff state right and is the fallback, then asks the placement actor, unless
 admission already placed the request on one of the candidates (one actor call per request, not
-two). Serve's FIFO matching is replaced by exact matching, so the replica chosen for a request
+two). Concurrent placements go to the actor together (`CallCoalescer`: one call per round
+trip). Serve's FIFO matching is replaced by exact matching, so the replica chosen for a request
 is bound to that request and not handed to whichever request is oldest.
 
 If the actor does not answer within `placement.actor_timeout_s` (restarting, overloaded), the
@@ -27,6 +28,7 @@ from ray.serve._private.request_router.request_router import RequestRouter
 
 from placement.live import RunningRequest
 from serve_app.metrics import record_placement
+from serve_app.scheduler.call_coalescer import CallCoalescer
 from serve_app.worker.worker_protocol import GenerateRequest
 
 logger = logging.getLogger("ray.serve")
@@ -49,6 +51,8 @@ class PlacementRouter(PowerOfTwoChoicesRequestRouter):
         self._timeout_s = parsed.placement.actor_timeout_s
         self._actor: ray.actor.ActorHandle | None = None
         self._fallback_logged = False
+        self._placements: CallCoalescer[tuple[RunningRequest, list[str]], str | None] = CallCoalescer(
+            lambda batch: self._placement_actor().place_many.remote(batch))
 
     def _placement_actor(self) -> ray.actor.ActorHandle:
         if self._actor is None:
@@ -70,9 +74,7 @@ class PlacementRouter(PowerOfTwoChoicesRequestRouter):
         if admitted is not None:  # admission placed it: the actor would answer the same
             return [[admitted]]
         try:
-            chosen = await asyncio.wait_for(
-                self._placement_actor().place.remote(item, list(by_id)), timeout=self._timeout_s
-            )
+            chosen = await asyncio.wait_for(self._placements.call((item, list(by_id))), timeout=self._timeout_s)
         except Exception as exc:  # timeout, actor dead or restarting
             return self._fall_back(item, ranked, exc)
         replica = by_id.get(chosen) if chosen is not None else None

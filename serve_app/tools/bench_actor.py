@@ -1,0 +1,460 @@
+"""`aladdin bench-actor`: an end-to-end probe of the placement actor through Ray.
+
+The real `PlacementActor` (serve_app.scheduler.placement_actor) is driven as the Serve app
+drives it, with no engines:
+
+- W simulated workers (`w0`..`w{W-1}`) each send a `WorkerReport` every `placement.heartbeat_s`,
+  built by the worker's own bookkeeping (`HeartbeatReports`: deltas, in full every so often or
+  when the actor asks, as serve_app/worker/worker.py sends them). A worker runs R background
+  requests that generate `TOKENS_PER_PERIOD` tokens a period and, once done, are reported
+  finished and replaced (so R stay running), and the requests placed on it, which run for
+  `PLACED_LIFETIME_PERIODS` periods and finish: that briefly so the actor's residents stay near
+  R + rate x lifetime / W instead of growing with the run (the mean per worker is in the
+  result). Their predictions are drawn like any request's (the actor cannot know they end
+  early). Each report carries the engine work its tokens took at the profile's speed (so the
+  closed loop's correction runs, and stays at 1).
+- C callers each make the calls of the ingress and the router for one request after another:
+  with admission, `admit`, then `admission` when the verdict is "wait", then `place` only when
+  the verdict named no worker (the router skips the actor for a request admitted to a worker);
+  without, `place` with all W workers as candidates. As in the ingress and the router, the
+  callers' concurrent `admit`s and `place`s are coalesced into `admit_many` / `place_many`
+  calls (`CallCoalescer`; `--no-coalesce`: one call each). Finished placed requests' timings
+  go to `observe` once a period, as the ingress batches them.
+  Callers place one request after another as fast as the actor answers, which can be faster
+  than W workers take requests within their SLOs (at small W): without admission the excess is
+  placed anyway (`least_violation` in `actor_outcomes`); with admission it waits for room, so
+  round trips include waits and the rate is the simulated cluster's, not the actor's.
+
+Everything runs in the driver's asyncio loop (one process besides the actor); at a few
+hundred workers, building the reports costs the driver some of the CPU it shares with the actor.
+The W heartbeats of a period are sent at once: the sweep (send to last reply) is how long the
+actor takes to apply one period of reports, and callers see it as a burst, a worst case (real
+workers' periods are out of phase).
+
+Measured after a warm-up: placements/s, the round trip of each request's whole sequence of
+calls (p50, p99), the sweep (median, p99) and the actor process's CPU time per placement and
+per wall second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import math
+import os
+import random
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from placement.evaluation.bench import INPUT_CV, INPUT_MEAN, OUTPUT_CV, OUTPUT_MEAN, UPPER_OVER_MEAN
+from placement.latency_correction import EngineWork
+from placement.live import RequestTiming, RunningRequest, WorkerReport
+from predictors.latency.profile import WorkerProfile
+from serve_app.scheduler.call_coalescer import CallCoalescer
+from serve_app.worker.heartbeat_reports import HeartbeatReports
+
+TOKENS_PER_PERIOD = 8  # decode tokens per request per heartbeat (~30 ms a token at 0.25 s)
+PLACED_LIFETIME_PERIODS = 2  # reported running once with its first tokens, then finished
+
+
+@dataclass(frozen=True)
+class BenchActorOptions:
+    """What to run: W workers x R running requests, C callers, K shards (1 only, for now)."""
+
+    workers: int = 64
+    running: int = 16
+    callers: int = 16
+    shards: int = 1
+    admission: bool = False
+    coalesce: bool = True  # callers' calls go through CallCoalescer, as the ingress's and router's do
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    profile_family: str = "llama-2-7b-a100"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.shards != 1:
+            raise ValueError("sharded placement actors are not built yet: only --shards 1 runs")
+        if self.workers < 1 or self.callers < 1 or self.running < 0:
+            raise ValueError("need workers >= 1, callers >= 1 and running >= 0")
+        if self.duration_s <= 0 or self.warmup_s < 0:
+            raise ValueError("need duration > 0 s and warm-up >= 0 s")
+
+    def app_config(self) -> dict[str, Any]:
+        """The serving config the actor is built from: aladdin on a GPU profile (KV is not the
+        limit), SLO-aware admission on or off."""
+        return {
+            "engine.accelerator": "gpu", "engine.kv_cache_gib": None,
+            "placement.policy": "aladdin", "placement.profile_family": self.profile_family,
+            "placement.admission": self.admission, "placement.seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class BenchActorResult:
+    """What a run measured (times in ms; None where nothing was measured)."""
+
+    workers: int
+    running: int
+    callers: int
+    shards: int
+    admission: bool
+    coalesce: bool
+    duration_s: float
+    placements: int
+    refused: int
+    unplaced: int  # neither placed nor refused: the actor left the choice to Serve
+    placements_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    heartbeat_sweep_ms: float | None
+    heartbeat_sweep_p99_ms: float | None
+    actor_cpu_ms_per_placement: float | None
+    actor_cpu_share: float  # actor CPU seconds per wall second
+    driver_cpu_share: float  # the same of this process (simulated workers and callers): near 1, it limits the run
+    # requests running per worker (the actor's picture of a worker), and of them those a report
+    # carried in full (the rest as token counts, in delta reports)
+    mean_running_per_worker: float | None
+    mean_sent_in_full_per_report: float | None
+    placements_per_worker: dict[str, int]
+    # the controller's count of each outcome over the whole run, warm-up included (placed,
+    # least_violation: nothing was feasible; admitted, admitted_after_wait, refused)
+    actor_outcomes: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line with the main figures."""
+        return (
+            f"{self.placements_per_s:.0f} placements/s ({self.placements} placed, {self.refused} refused) on "
+            f"{self.workers} workers x {self.running} running, {self.callers} callers"
+            f"{', admission' if self.admission else ''}{'' if self.coalesce else ', calls not coalesced'}: round trip p50 {_ms(self.p50_ms)} p99 {_ms(self.p99_ms)}, "
+            f"heartbeat sweep {_ms(self.heartbeat_sweep_ms)} (p99 {_ms(self.heartbeat_sweep_p99_ms)}), "
+            f"actor CPU {_ms(self.actor_cpu_ms_per_placement)}/placement ({self.actor_cpu_share:.0%} of a core; "
+            f"driver {self.driver_cpu_share:.0%})"
+        )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def percentile_ms(seconds: list[float], q: float) -> float | None:
+    """The `q`th percentile of durations in seconds, in ms (None when there are none)."""
+    return float(np.percentile(seconds, q) * 1e3) if seconds else None
+
+
+@dataclass
+class Tally:
+    """What the run saw inside the measured window."""
+
+    round_trips_s: list[float] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)  # placed, refused, unplaced
+    placements_per_worker: Counter[str] = field(default_factory=Counter)
+    sweeps_s: list[float] = field(default_factory=list)
+    # per sweep, the mean over workers of requests running, and of those a report sent in full
+    running: list[float] = field(default_factory=list)
+    sent_in_full: list[float] = field(default_factory=list)
+
+    def request(self, round_trip_s: float, worker_id: str | None, refused: bool) -> None:
+        self.round_trips_s.append(round_trip_s)
+        if refused:
+            self.outcomes["refused"] += 1
+        elif worker_id is None:
+            self.outcomes["unplaced"] += 1
+        else:
+            self.outcomes["placed"] += 1
+            self.placements_per_worker[worker_id] += 1
+
+    def sweep(self, sweep_s: float, mean_running: float, mean_sent_in_full: float) -> None:
+        self.sweeps_s.append(sweep_s)
+        self.running.append(mean_running)
+        self.sent_in_full.append(mean_sent_in_full)
+
+
+def build_result(
+    options: BenchActorOptions, tally: Tally, window_s: float, actor_cpu_s: float, driver_cpu_s: float,
+    actor_outcomes: dict[str, int],
+) -> BenchActorResult:
+    """The result of a run from what it tallied over `window_s`, the CPU seconds the actor and
+    the driver spent in it, and the actor's own outcome counts."""
+    placements = tally.outcomes["placed"]
+    return BenchActorResult(
+        workers=options.workers, running=options.running, callers=options.callers, shards=options.shards,
+        admission=options.admission, coalesce=options.coalesce, duration_s=window_s,
+        placements=placements, refused=tally.outcomes["refused"], unplaced=tally.outcomes["unplaced"],
+        placements_per_s=placements / window_s,
+        p50_ms=percentile_ms(tally.round_trips_s, 50), p99_ms=percentile_ms(tally.round_trips_s, 99),
+        heartbeat_sweep_ms=percentile_ms(tally.sweeps_s, 50), heartbeat_sweep_p99_ms=percentile_ms(tally.sweeps_s, 99),
+        actor_cpu_ms_per_placement=actor_cpu_s * 1e3 / placements if placements else None,
+        actor_cpu_share=actor_cpu_s / window_s, driver_cpu_share=driver_cpu_s / window_s,
+        mean_running_per_worker=float(np.mean(tally.running)) if tally.running else None,
+        mean_sent_in_full_per_report=float(np.mean(tally.sent_in_full)) if tally.sent_in_full else None,
+        placements_per_worker=dict(sorted(tally.placements_per_worker.items())),
+        actor_outcomes=actor_outcomes,
+    )
+
+
+class Workload:
+    """New requests with ShareGPT-like lengths (bench-placement's) and the config's SLOs."""
+
+    def __init__(self, rng: random.Random, slo_ttft_s: float, slo_atgt_s: float, max_model_len: int) -> None:
+        self.rng = rng
+        self.slo = (slo_ttft_s, slo_atgt_s)
+        self.max_model_len = max_model_len
+
+    def _lognormal(self, mean: float, cv: float) -> float:
+        sigma2 = math.log1p(cv * cv)
+        return self.rng.lognormvariate(math.log(mean) - sigma2 / 2, math.sqrt(sigma2))
+
+    def output_len(self) -> int:
+        return max(1, min(int(self._lognormal(OUTPUT_MEAN, OUTPUT_CV)), self.max_model_len // 2))
+
+    def request(self, request_id: str, now_s: float, output_len: int | None = None) -> RunningRequest:
+        """A request arriving now; its prediction is a draw of the length distribution (or
+        `output_len`, when the request's own length is known)."""
+        mean = float(output_len or self.output_len())
+        input_len = max(1, min(int(self._lognormal(INPUT_MEAN, INPUT_CV)), self.max_model_len - int(mean)))
+        return RunningRequest(request_id=request_id, arrival_s=now_s, input_len=input_len, pred_mean=mean,
+                              pred_upper=mean * UPPER_OVER_MEAN, slo_ttft_s=self.slo[0], slo_atgt_s=self.slo[1])
+
+
+@dataclass
+class _Resident:
+    request: RunningRequest
+    output_len: int
+    placed: bool  # placed by a caller (its timing is observed when it ends)
+    generated: int = 0
+    first_token_s: float | None = None
+
+
+class SimulatedWorker:
+    """A worker's heartbeats without an engine (see the module docstring), kept by the worker's
+    own bookkeeping (`HeartbeatReports`: full or delta reports, as the real worker sends). Pure:
+    no Ray."""
+
+    def __init__(self, worker_id: str, running: int, workload: Workload, profile: WorkerProfile, now_s: float) -> None:
+        self.worker_id = worker_id
+        self.workload = workload
+        self.profile = profile
+        self.kv_capacity_tokens = profile.kv.num_blocks * profile.kv.block_size
+        self._reports = HeartbeatReports(worker_id)
+        self._residents: dict[str, _Resident] = {}
+        self._started = 0
+        for _ in range(running):  # part-way through, so they do not all finish together
+            resident = self._background(now_s)
+            resident.generated = int(workload.rng.random() * resident.output_len)
+            if resident.generated:
+                self._first_token(resident, now_s)
+
+    @property
+    def running(self) -> int:
+        return len(self._residents)
+
+    def _start(self, resident: _Resident) -> None:
+        self._residents[resident.request.request_id] = resident
+        self._reports.started(resident.request)
+
+    def _first_token(self, resident: _Resident, now_s: float) -> None:
+        resident.first_token_s = now_s
+        self._reports.first_token(resident.request.request_id, now_s)
+
+    def _background(self, now_s: float) -> _Resident:
+        self._started += 1
+        output_len = self.workload.output_len()
+        resident = _Resident(self.workload.request(f"{self.worker_id}-b{self._started}", now_s, output_len),
+                             output_len, placed=False)
+        self._start(resident)
+        return resident
+
+    def accept(self, request: RunningRequest) -> None:
+        """A caller placed `request` here: it runs from the next report on."""
+        self._start(_Resident(request, PLACED_LIFETIME_PERIODS * TOKENS_PER_PERIOD, placed=True))
+
+    def report(self, now_s: float) -> tuple[WorkerReport, list[RequestTiming]]:
+        """One period on: every request generates its tokens; those done are finished (the
+        background ones replaced). The heartbeat, and the timings of the placed ones done."""
+        timings: list[RequestTiming] = []
+        # the engine work's sums over the period, as one EngineWork at the end
+        prompts = prompt_tokens = squared_tokens = sequences = context_tokens = 0
+        for request_id, r in list(self._residents.items()):
+            step = min(TOKENS_PER_PERIOD, r.output_len - r.generated)
+            if r.generated == 0:
+                prompts += 1
+                prompt_tokens += r.request.input_len
+                squared_tokens += r.request.input_len ** 2
+                self._first_token(r, now_s)
+            sequences += step
+            context_tokens += step * (r.request.input_len + r.generated)
+            r.generated += step
+            if r.generated < r.output_len:
+                continue
+            del self._residents[request_id]
+            self._reports.ended(request_id, r.generated)
+            if r.placed:
+                atgt_s = (now_s - r.first_token_s) / max(1, r.generated - 1)
+                timings.append(RequestTiming(request_id, r.first_token_s - r.request.arrival_s, atgt_s, r.generated))
+            else:
+                self._background(now_s)
+        work = EngineWork(
+            prefill_iterations=min(1, prompts), prefill_prompts=prompts, prefill_tokens=prompt_tokens,
+            prefill_squared_tokens=float(squared_tokens), decode_iterations=TOKENS_PER_PERIOD if sequences else 0,
+            decode_sequences=sequences, decode_context_tokens=context_tokens,
+        )
+        interval = work.interval(self.profile)
+        work = dataclasses.replace(work, busy_s=interval.decode_model_s + interval.prefill_model_s)
+        generated = {rid: r.generated for rid, r in self._residents.items()}
+        report = self._reports.report(
+            generated, work=work if work.busy_s > 0 else None, kv_capacity_tokens=self.kv_capacity_tokens,
+            kv_used_tokens=sum(r.request.input_len + r.generated for r in self._residents.values()),
+        )
+        return report, timings
+
+    def acknowledged(self, report: WorkerReport, reply: dict[str, Any]) -> None:
+        """The actor applied `report`; its reply may ask for the next one in full."""
+        self._reports.acknowledged(report, reply.get("full_report", False))
+
+
+@dataclass
+class _Run:
+    """One run's shared state in the driver's loop."""
+
+    actor: Any
+    options: BenchActorOptions
+    workers: dict[str, SimulatedWorker]
+    workload: Workload
+    heartbeat_s: float
+    window: tuple[float, float]  # perf_counter bounds of the measured window
+    tally: Tally = field(default_factory=Tally)
+    admissions: CallCoalescer | None = None
+    placements: CallCoalescer | None = None
+
+    def __post_init__(self) -> None:
+        if self.options.coalesce:
+            self.admissions = CallCoalescer(lambda batch: self.actor.admit_many.remote(batch))
+            self.placements = CallCoalescer(lambda batch: self.actor.place_many.remote(batch))
+
+    def measured(self, start: float, end: float) -> bool:
+        return self.window[0] <= start and end <= self.window[1]
+
+
+async def _route(run: _Run, request: RunningRequest) -> tuple[str | None, bool]:
+    """The ingress's and the router's calls for one request: (worker, refused)."""
+    actor = run.actor
+    if run.options.admission:
+        verdict = await (actor.admit.remote(request) if run.admissions is None else run.admissions.call(request))
+        if verdict is None:  # it waits: the actor answers when it leaves the queue
+            verdict = await actor.admission.remote(request.request_id)
+        if verdict.refused:
+            return None, True
+        if verdict.worker_id is not None:  # admitted_to: the router does not ask again
+            return verdict.worker_id, False
+    if run.placements is None:
+        return await actor.place.remote(request, list(run.workers)), False
+    return await run.placements.call((request, list(run.workers))), False
+
+
+async def _caller(run: _Run, index: int) -> None:
+    for n in itertools.count():
+        request = run.workload.request(f"c{index}-{n}", time.time())
+        start = time.perf_counter()
+        worker_id, refused = await _route(run, request)
+        end = time.perf_counter()
+        if run.measured(start, end):
+            run.tally.request(end - start, worker_id, refused)
+        worker = run.workers.get(worker_id) if worker_id is not None else None
+        if worker is not None:
+            worker.accept(request)
+
+
+async def _heartbeats(run: _Run) -> None:
+    next_at = time.monotonic()
+    while True:
+        now_s = time.time()
+        reports, timings = [], []
+        for worker in run.workers.values():
+            report, done = worker.report(now_s)
+            reports.append(report)
+            timings += done
+        running = sum(w.running for w in run.workers.values()) / len(reports)
+        start = time.perf_counter()
+        replies = await asyncio.gather(*(run.actor.heartbeat.remote(r) for r in reports))
+        end = time.perf_counter()
+        for worker, report, reply in zip(run.workers.values(), reports, replies, strict=True):
+            worker.acknowledged(report, reply)
+        if run.measured(start, end):
+            run.tally.sweep(end - start, running, sum(len(r.running) for r in reports) / len(reports))
+        if timings:
+            await run.actor.observe.remote(timings)
+        next_at = max(next_at + run.heartbeat_s, time.monotonic())  # a late sweep delays, never bunches
+        await asyncio.sleep(next_at - time.monotonic())
+
+
+async def _cpu_s(run: _Run, actor_pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of the actor's process and of this one over the measured window."""
+    import psutil
+
+    processes = (psutil.Process(actor_pid), psutil.Process())
+    await asyncio.sleep(run.window[0] - time.perf_counter())
+    before = [p.cpu_times() for p in processes]
+    await asyncio.sleep(run.window[1] - time.perf_counter())
+    after = [p.cpu_times() for p in processes]
+    actor, driver = ((a.user + a.system) - (b.user + b.system) for a, b in zip(after, before, strict=True))
+    return actor, driver
+
+
+async def _drive(actor: Any, pid: int, options: BenchActorOptions, config: dict[str, Any]) -> BenchActorResult:
+    from serve_app.config import AppConfig
+
+    app = AppConfig.model_validate(config)
+    profile = app.placement_profile()
+    workload = Workload(random.Random(options.seed), app.slo.ttft_ms / 1e3, app.slo.atgt_ms / 1e3,
+                        profile.max_model_len)
+    now_s = time.time()
+    workers = {f"w{i}": SimulatedWorker(f"w{i}", options.running, workload, profile, now_s)
+               for i in range(options.workers)}
+    start = time.perf_counter() + options.warmup_s
+    run = _Run(actor, options, workers, workload, app.placement.heartbeat_s, (start, start + options.duration_s))
+    window = asyncio.create_task(_cpu_s(run, pid))
+    load = [asyncio.create_task(_heartbeats(run))] + [
+        asyncio.create_task(_caller(run, i)) for i in range(options.callers)]
+    done, _ = await asyncio.wait([window, *load], return_when=asyncio.FIRST_COMPLETED)
+    for task in load:
+        task.cancel()
+    await asyncio.gather(*load, return_exceptions=True)
+    for task in done:  # the load never ends by itself: one that did, failed
+        task.result()
+    stats = await actor.stats.remote()
+    return build_result(options, run.tally, options.duration_s, *window.result(), stats["outcomes"])
+
+
+def _process_id(_actor: object) -> int:
+    return os.getpid()
+
+
+def run_bench_actor(options: BenchActorOptions) -> BenchActorResult:
+    """Run the probe (see the module docstring) on a fresh placement actor of a new app name,
+    in the running Ray instance or a local one started (and stopped) for it."""
+    import ray
+
+    from serve_app.scheduler.placement_actor import get_placement_actor
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    config = options.app_config()
+    actor = get_placement_actor(f"bench-actor-{uuid.uuid4().hex[:8]}", config)
+    try:
+        pid = ray.get(actor.__ray_call__.remote(_process_id))
+        return asyncio.run(_drive(actor, pid, options, config))
+    finally:
+        ray.kill(actor)
+        if started:
+            ray.shutdown()

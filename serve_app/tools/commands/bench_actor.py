@@ -1,0 +1,50 @@
+"""`aladdin bench-actor`: probe the placement actor end to end through Ray (simulated workers'
+heartbeats and concurrent callers of the ingress's and the router's calls).
+
+  aladdin bench-actor --workers 64 --running 16 --callers 16 --duration 10 --json --out actor.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from serve_app.tools.bench_actor import BenchActorOptions, run_bench_actor
+
+    try:
+        options = BenchActorOptions(
+            workers=args.workers, running=args.running, callers=args.callers, shards=args.shards,
+            admission=args.admission, coalesce=not args.no_coalesce, duration_s=args.duration, warmup_s=args.warmup,
+            profile_family=args.profile_family, seed=args.seed,
+        )
+    except ValueError as exc:
+        print(f"aladdin bench-actor: {exc}", file=sys.stderr)
+        return 2
+    result = run_bench_actor(options)
+    text = json.dumps(result.to_dict(), indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text if args.json else result.summary())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-actor", help="probe the placement actor through Ray: placements/s, round trips")
+    p.add_argument("--workers", type=int, default=64, help="simulated workers sending heartbeats")
+    p.add_argument("--running", type=int, default=16, help="requests each worker keeps running besides those placed")
+    p.add_argument("--callers", type=int, default=16, help="concurrent callers placing one request after another")
+    p.add_argument("--shards", type=int, default=1, help="placement actors (only 1: sharding is not built yet)")
+    p.add_argument("--admission", action="store_true", help="callers go through SLO-aware admission first")
+    p.add_argument("--no-coalesce", action="store_true",
+                   help="one actor call per admission and placement (the ingress and router coalesce them)")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds run before measuring")
+    p.add_argument("--profile-family", default="llama-2-7b-a100")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--out", help="write the result as JSON to this file")
+    p.set_defaults(func=_bench)

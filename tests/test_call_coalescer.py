@@ -1,0 +1,103 @@
+"""CallCoalescer: concurrent calls ride together; each caller gets its own result or error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serve_app.scheduler.call_coalescer import CallCoalescer
+
+
+class _Actor:
+    """A batch endpoint whose calls can be held open, recording the batches it got."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_next = False
+
+    async def send(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        await self.gate.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("actor gone")
+        return [10 * i for i in items]
+
+
+def test_calls_alone_go_alone_and_concurrent_ones_go_together() -> None:
+    async def scenario() -> None:
+        actor = _Actor()
+        coalescer = CallCoalescer(actor.send)
+        assert [await coalescer.call(i) for i in range(3)] == [0, 10, 20]
+        assert actor.batches == [[0], [1], [2]]
+        actor.gate.clear()
+        first = asyncio.ensure_future(coalescer.call(100))
+        await asyncio.sleep(0)  # the first batch is on its way
+        rest = [asyncio.ensure_future(coalescer.call(i)) for i in range(10)]
+        await asyncio.sleep(0)
+        actor.gate.set()
+        assert await first == 1000 and await asyncio.gather(*rest) == [10 * i for i in range(10)]
+        assert actor.batches[3:] == [[100], list(range(10))]
+        assert (coalescer.calls, coalescer.items) == (5, 14)
+
+    asyncio.run(scenario())
+
+
+def test_a_caller_that_gives_up_leaves_the_others_their_results() -> None:
+    async def scenario() -> None:
+        actor = _Actor()
+        coalescer = CallCoalescer(actor.send)
+        actor.gate.clear()
+        first = asyncio.ensure_future(coalescer.call(1))
+        await asyncio.sleep(0)
+        waiting = [asyncio.ensure_future(coalescer.call(i)) for i in (2, 3, 4)]
+        await asyncio.sleep(0)
+        waiting[1].cancel()  # e.g. its wait_for timed out
+        actor.gate.set()
+        assert await first == 10
+        assert await waiting[0] == 20 and await waiting[2] == 40
+        assert waiting[1].cancelled()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_batch_fails_its_callers_and_the_next_batch_is_sent() -> None:
+    async def scenario() -> None:
+        actor = _Actor()
+        coalescer = CallCoalescer(actor.send)
+        actor.fail_next = True
+        actor.gate.clear()
+        failing = [asyncio.ensure_future(coalescer.call(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        actor.gate.set()
+        for call in failing:
+            with pytest.raises(ConnectionError):
+                await call
+        assert await coalescer.call(5) == 50
+
+    asyncio.run(scenario())
+
+
+def test_batches_are_bounded_and_result_counts_checked() -> None:
+    async def scenario() -> None:
+        actor = _Actor()
+        coalescer = CallCoalescer(actor.send, max_batch=4)
+        actor.gate.clear()
+        calls = [asyncio.ensure_future(coalescer.call(i)) for i in range(10)]
+        await asyncio.sleep(0)
+        actor.gate.set()
+        assert await asyncio.gather(*calls) == [10 * i for i in range(10)]
+        assert [len(b) for b in actor.batches] == [4, 4, 2]
+
+        async def short(items: list[int]) -> list[int]:
+            return items[:-1]
+
+        with pytest.raises(RuntimeError, match="got 0 results"):
+            await CallCoalescer(short).call(1)
+
+    asyncio.run(scenario())
+    with pytest.raises(ValueError):
+        CallCoalescer(_Actor().send, max_batch=0)
