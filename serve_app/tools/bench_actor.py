@@ -135,7 +135,8 @@ class BenchActorResult:
         return (
             f"{self.placements_per_s:.0f} placements/s ({self.placements} placed, {self.refused} refused) on "
             f"{self.workers} workers x {self.running} running, {self.callers} callers"
-            f"{', admission' if self.admission else ''}{'' if self.coalesce else ', calls not coalesced'}: round trip p50 {_ms(self.p50_ms)} p99 {_ms(self.p99_ms)}, "
+            f"{', admission' if self.admission else ''}{'' if self.coalesce else ', calls not coalesced'}: "
+            f"round trip p50 {_ms(self.p50_ms)} p99 {_ms(self.p99_ms)}, "
             f"heartbeat sweep {_ms(self.heartbeat_sweep_ms)} (p99 {_ms(self.heartbeat_sweep_p99_ms)}), "
             f"actor CPU {_ms(self.actor_cpu_ms_per_placement)}/placement ({self.actor_cpu_share:.0%} of a core; "
             f"driver {self.driver_cpu_share:.0%})"
