@@ -19,6 +19,7 @@ from placement.policies.baselines import (
 )
 from placement.policy import PlacementPolicy
 from placement.reply_lengths import ReplyLengths
+from placement.sharding import ShardedPolicy
 
 _FACTORIES: dict[str, Callable[..., PlacementPolicy]] = {
     "aladdin": lambda seed, **options: AladdinPolicy(**options),
@@ -63,21 +64,30 @@ class Policies:
 
 def make_policies(
     name: str, seed: int = 0, target_attainment: float = DEFAULT_TARGET_ATTAINMENT, atgt_margin: float | None = None,
-    replies: ReplyLengths | None = None, admission: bool = False, **options: Any,
+    replies: ReplyLengths | None = None, admission: bool = False, shards: int = 1, **options: Any,
 ) -> Policies:
     """Fresh policy objects for a cluster. Aladdin packs to one budget
     (`PackingBudget.for_target`) shared by its policy (least violation where nothing fits),
     admission's wait-mode twin and the closed loop that adapts it; the others have none, and
-    admission is aladdin's alone. `options` go to the policies' constructors."""
+    admission is aladdin's alone. `options` go to the policies' constructors. With `shards` > 1
+    each is a `placement.sharding.ShardedPolicy` of that many copies."""
     if not is_slo_aware(name):
         if admission:
             raise ValueError("admission is the aladdin policy's (the server admits only under it)")
         if atgt_margin is not None:
             raise ValueError("atgt_margin is the aladdin policy's")
-        return Policies(make_policy(name, seed, **options))
+        return Policies(_sharded(name, seed, shards, options))
     budget = PackingBudget.for_target(target_attainment, atgt_margin, replies)
     # a request no worker can take would wait forever under "wait" on a cluster that cannot
     # grow: placement takes the least-violating worker; only admission waits
     options = {"on_infeasible": "least-violation", **options, "budget": budget}
-    wait_policy = make_policy(name, seed, **{**options, "on_infeasible": "wait"}) if admission else None
-    return Policies(make_policy(name, seed, **options), ClosedLoop(budget), wait_policy)
+    wait_policy = _sharded(name, seed, shards, {**options, "on_infeasible": "wait"}) if admission else None
+    return Policies(_sharded(name, seed, shards, options), ClosedLoop(budget), wait_policy)
+
+
+def _sharded(name: str, seed: int, shards: int, options: dict[str, Any]) -> PlacementPolicy:
+    if shards < 1:
+        raise ValueError("shards must be >= 1")
+    if shards == 1:
+        return make_policy(name, seed, **options)
+    return ShardedPolicy(lambda k: make_policy(name, seed + k, **options), shards)

@@ -40,6 +40,7 @@ class Scenario:
     admission: AdmissionLimits | None = None  # SLO-aware admission as served (aladdin only)
     target_attainment: float = DEFAULT_TARGET_ATTAINMENT  # what Aladdin's budget adapts to
     timing_profile: WorkerProfile | None = None  # the workers' real latencies, if not `profile`'s
+    shards: int = 1  # placement shards (placement.sharding): K policies over a partition each
 
     @classmethod
     def fitted(cls, trace: Sequence[TraceRequest], profile: WorkerProfile, **settings: Any) -> Scenario:
@@ -65,7 +66,7 @@ def cluster_parts(scenario: Scenario, policy: str, policy_options: dict[str, Any
     replies = ReplyLengths.from_lengths(r.output_len for r in scenario.trace) if policy == "aladdin" else None
     parts = make_policies(policy, seed=scenario.seed, target_attainment=scenario.target_attainment,
                           atgt_margin=options.pop("atgt_margin", None), replies=replies,
-                          admission=scenario.admission is not None, **options)
+                          admission=scenario.admission is not None, shards=scenario.shards, **options)
     return {
         "trace": scenario.trace,
         "profile": scenario.profile,

@@ -82,6 +82,7 @@ def build_scenario(args: argparse.Namespace, tp: int):
         rebalance=not args.no_rebalance,
         seed=args.seed,
         admission=AdmissionLimits(args.max_waiting) if getattr(args, "admission", False) else None,
+        shards=getattr(args, "shards", 1),
     )
 
 
@@ -114,6 +115,7 @@ def _simulate(args: argparse.Namespace) -> int:
         "queue_order": args.queue_order,
         "length_model": args.length_model,
         "autoscale": args.autoscale,
+        "shards": args.shards,
         "rate_scale": args.rate_scale,
         "seed": args.seed,
         **result.summary.to_dict(timeline=args.timeline),
@@ -140,6 +142,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="aladdin: the server's SLO-aware admission (wait while nothing fits, refuse once the "
                         "TTFT SLO is lost); refused requests count as missed")
     p.add_argument("--max-waiting", type=int, default=AdmissionLimits.max_waiting, help="with --admission: requests that may wait at once")
+    p.add_argument("--shards", type=int, default=1,
+                   help="placement shards: the workers split by id hash, each part placed by its own policy, a "
+                        "request offered to the shard with the most room first (placement.sharding)")
     p.add_argument("--autoscale", choices=("planner", "queue-length"))
     p.add_argument("--autoscale-period-s", type=float, default=10.0)
     p.add_argument("--timeline", action="store_true", help="include GPUs held over time")

@@ -1,0 +1,133 @@
+"""Sharded placement: K placement policies, each over a fixed partition of the workers, and a
+router that picks a shard per request from compact shard summaries.
+
+The live design (issue 16) runs one placement actor per shard, each owning the workers whose
+id hashes to it; this module is the decision part it shares with the simulator, so the cost
+of sharding in attainment is measured before the actors exist:
+
+- `shard_of`: a worker's shard depends on its id alone (a hash), so replicas coming and going
+  never move another worker between shards.
+- `ShardSummary`: what a shard publishes (with every heartbeat sweep, so the router sees it up
+  to `refresh_s` late): its accepting workers and the roomiest one's room, the smaller of its
+  free KV share (by residents' upper final sizes) and its ATGT headroom (1 - the decode step
+  at those sizes over the tightest resident ATGT SLO).
+- `ShardedPolicy`: orders shards by that room (most first), asks the first shard's policy,
+  and tries the next one while a shard has nothing feasible (a shard's "no room" answer costs
+  the live router one more round trip, hence `max_tries`); when none fits, the first shard's
+  answer stands (its least violation, or "wait").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from placement.packing_budget import PackingBudget
+from placement.policy import Decision, PlacementPolicy
+from placement.state import Request, WorkerState
+
+#: shards a request may be offered to before the first one's answer stands
+DEFAULT_MAX_TRIES = 2
+
+
+def shard_of(worker_id: str, shards: int) -> int:
+    """The shard that owns `worker_id` (stable: a function of the id alone)."""
+    if shards < 1:
+        raise ValueError("shards must be >= 1")
+    if shards == 1:
+        return 0
+    digest = hashlib.blake2b(worker_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """One shard as the router sees it: accepting workers and the roomiest one's room (0-1)."""
+
+    shard: int
+    workers: int
+    room: float
+
+
+def worker_room(worker: WorkerState) -> float:
+    """How much more a worker can take, 0 (none) to 1 (idle): the smaller of its free KV share
+    and its ATGT headroom, both at its residents' upper final sizes."""
+    capacity = worker.kv_capacity_tokens
+    kv = max(0.0, (capacity - worker.kv_final_tokens) / capacity) if capacity else 0.0
+    slo = worker.min_slo_atgt_s
+    if not worker.residents or slo == float("inf"):
+        return kv
+    step = worker.profile.decode_step_s(len(worker.residents), worker.final_context_tokens)
+    return min(kv, max(0.0, 1.0 - step / slo))
+
+
+def summarize(shard: int, workers: Sequence[WorkerState]) -> ShardSummary:
+    """The summary of `shard` over its workers."""
+    accepting = [w for w in workers if w.accepting]
+    return ShardSummary(shard, len(accepting), max((worker_room(w) for w in accepting), default=0.0))
+
+
+class ShardedPolicy:
+    """K copies of a policy, each over its shard's workers (see the module docstring). A
+    `PlacementPolicy`: the simulator and admission call it as they call one policy."""
+
+    def __init__(self, make_shard_policy: Callable[[int], PlacementPolicy], shards: int,
+                 refresh_s: float = 0.25, max_tries: int = DEFAULT_MAX_TRIES) -> None:
+        if shards < 2:
+            raise ValueError("a sharded policy needs shards >= 2")
+        if max_tries < 1:
+            raise ValueError("max_tries must be >= 1")
+        self.shards = shards
+        self.policies = [make_shard_policy(k) for k in range(shards)]
+        self.name = self.policies[0].name
+        self.refresh_s = refresh_s
+        self.max_tries = max_tries
+        self._order: list[int] = list(range(shards))
+        self._summarized_at = float("-inf")
+        self._groups: dict[int, list[WorkerState]] = {}
+        self._workers: list[WorkerState] = []
+
+    # what callers read of a policy besides its decisions is the shards' own (built alike)
+    @property
+    def budget(self) -> PackingBudget:
+        return self.policies[0].budget
+
+    @property
+    def uses_prefix_cache(self) -> bool:
+        return getattr(self.policies[0], "uses_prefix_cache", False)
+
+    def choose(self, request: Request, workers: Sequence[WorkerState], now_s: float) -> WorkerState | None:
+        return self.decide(request, workers, now_s).worker
+
+    def decide(self, request: Request, workers: Sequence[WorkerState], now_s: float) -> Decision:
+        groups = self._partition(workers)
+        if now_s - self._summarized_at >= self.refresh_s:
+            summaries = [summarize(k, groups.get(k, [])) for k in range(self.shards)]
+            self._order = [s.shard for s in sorted(summaries, key=lambda s: (-s.room, -s.workers, s.shard))]
+            self._summarized_at = now_s
+        first: Decision | None = None
+        tries = 0
+        for shard in self._order:
+            members = groups.get(shard)
+            if not members:
+                continue
+            decision = self.policies[shard].decide(request, members, now_s)
+            if decision.feasible:
+                return decision
+            first = first or decision
+            tries += 1
+            if tries >= self.max_tries:
+                break
+        return first if first is not None else Decision(None, False)
+
+    def _partition(self, workers: Sequence[WorkerState]) -> dict[int, list[WorkerState]]:
+        # the same list as last time (the simulator and the live cluster keep theirs): the
+        # shards' lists, and with them their policies' cached tables, stay as they were
+        if workers == self._workers:
+            return self._groups
+        groups: dict[int, list[WorkerState]] = {}
+        for worker in workers:
+            groups.setdefault(shard_of(worker.id, self.shards), []).append(worker)
+        self._workers, self._groups = list(workers), groups
+        return groups

@@ -1,0 +1,82 @@
+"""Sharded placement: stable shard assignment, the router's shard order, and decisions that
+stay feasible by the exact check."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from placement.feasibility import check
+from placement.policies import AladdinPolicy, make_policies
+from placement.sharding import ShardedPolicy, shard_of, summarize, worker_room
+from placement.state import WorkerState
+from tests.test_placement_policies import _random_cluster, _request
+
+
+def test_a_workers_shard_is_a_function_of_its_id_alone():
+    ids = [f"replica-{i}" for i in range(400)]
+    shards = {w: shard_of(w, 4) for w in ids}
+    assert set(shards.values()) == {0, 1, 2, 3}
+    assert min(Counter(shards.values()).values()) > 60  # roughly even
+    assert all(shard_of(w, 4) == shards[w] for w in reversed(ids))  # no state, no order
+    assert all(shard_of(w, 1) == 0 for w in ids)
+    with pytest.raises(ValueError):
+        shard_of("w", 0)
+
+
+def test_room_is_one_when_idle_and_falls_as_residents_come():
+    cluster = _random_cluster(3, 6)
+    idle = WorkerState("idle", cluster[0].profile)
+    assert worker_room(idle) == 1.0
+    for worker in cluster:
+        assert 0.0 <= worker_room(worker) <= 1.0
+    busy = WorkerState("busy", cluster[0].profile)
+    for i in range(4):
+        busy.admit(_request(f"b{i}", 200, 50, 100))
+        busy.start_decode(f"b{i}")
+    assert worker_room(busy) < 1.0
+    summary = summarize(1, [busy, idle])
+    assert (summary.shard, summary.workers, summary.room) == (1, 2, 1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 12), st.integers(2, 4), st.integers(1, 600), st.floats(1, 400))
+def test_a_sharded_aladdin_places_only_where_feasible(seed, n, shards, input_len, upper):
+    cluster = _random_cluster(seed, n)
+    policy = ShardedPolicy(lambda k: AladdinPolicy(), shards, max_tries=shards)
+    request = _request("new", input_len, upper / 2, upper)
+    decision = policy.decide(request, cluster, 0.0)
+    if decision.worker is not None:
+        assert decision.feasible == check(decision.worker, request, 0.0).feasible
+    else:  # wait: no shard had a feasible worker, and every shard was asked
+        assert not any(check(w, request, 0.0).feasible for w in cluster)
+
+
+def test_the_shard_with_room_is_asked_first_and_a_full_one_passes_the_request_on():
+    profile = _random_cluster(0, 1)[0].profile
+    ids = [f"w{i}" for i in range(40)]
+    by_shard = {k: [w for w in ids if shard_of(w, 2) == k] for k in (0, 1)}
+    full, roomy = WorkerState(by_shard[0][0], profile), WorkerState(by_shard[1][0], profile)
+    for i in range(40):  # fill shard 0's only worker past its KV
+        full.admit(_request(f"f{i}", 300, 100, 200))
+    request = _request("new", 100, 20, 40)
+    assert not check(full, request, 0.0).feasible and check(roomy, request, 0.0).feasible
+    policy = ShardedPolicy(lambda k: AladdinPolicy(), 2, max_tries=1)
+    assert policy.decide(request, [full, roomy], 0.0).worker is roomy  # more room: asked first
+    # with summaries still stale from a time the full shard looked roomiest, the second try finds room
+    stale = ShardedPolicy(lambda k: AladdinPolicy(), 2, refresh_s=1e9, max_tries=2)
+    stale.decide(request, [WorkerState(full.id, profile), roomy], 0.0)  # order fixed: shard 0 looked idle
+    assert stale.decide(request, [full, roomy], 1.0).worker is roomy
+
+
+def test_make_policies_shards_every_policy_it_builds():
+    parts = make_policies("aladdin", shards=3, admission=True)
+    assert isinstance(parts.policy, ShardedPolicy) and isinstance(parts.wait_policy, ShardedPolicy)
+    assert parts.policy.budget is parts.loop.budget and parts.wait_policy.budget is parts.loop.budget
+    assert isinstance(make_policies("jsq", shards=2).policy, ShardedPolicy)
+    assert not isinstance(make_policies("aladdin").policy, ShardedPolicy)
+    with pytest.raises(ValueError):
+        make_policies("aladdin", shards=0)
