@@ -73,6 +73,7 @@ class BenchActorOptions:
     shards: int = 1
     admission: bool = False
     coalesce: bool = True  # callers' calls go through CallCoalescer, as the ingress's and router's do
+    full_heartbeats: bool = False  # every report full (as before delta heartbeats), to compare
     duration_s: float = 10.0
     warmup_s: float = 2.0
     profile_family: str = "llama-2-7b-a100"
@@ -106,6 +107,7 @@ class BenchActorResult:
     shards: int
     admission: bool
     coalesce: bool
+    full_heartbeats: bool
     duration_s: float
     placements: int
     refused: int
@@ -135,7 +137,8 @@ class BenchActorResult:
         return (
             f"{self.placements_per_s:.0f} placements/s ({self.placements} placed, {self.refused} refused) on "
             f"{self.workers} workers x {self.running} running, {self.callers} callers"
-            f"{', admission' if self.admission else ''}{'' if self.coalesce else ', calls not coalesced'}: "
+            f"{', admission' if self.admission else ''}{'' if self.coalesce else ', calls not coalesced'}"
+            f"{', full heartbeats' if self.full_heartbeats else ''}: "
             f"round trip p50 {_ms(self.p50_ms)} p99 {_ms(self.p99_ms)}, "
             f"heartbeat sweep {_ms(self.heartbeat_sweep_ms)} (p99 {_ms(self.heartbeat_sweep_p99_ms)}), "
             f"actor CPU {_ms(self.actor_cpu_ms_per_placement)}/placement ({self.actor_cpu_share:.0%} of a core; "
@@ -189,7 +192,8 @@ def build_result(
     placements = tally.outcomes["placed"]
     return BenchActorResult(
         workers=options.workers, running=options.running, callers=options.callers, shards=options.shards,
-        admission=options.admission, coalesce=options.coalesce, duration_s=window_s,
+        admission=options.admission, coalesce=options.coalesce, full_heartbeats=options.full_heartbeats,
+        duration_s=window_s,
         placements=placements, refused=tally.outcomes["refused"], unplaced=tally.outcomes["unplaced"],
         placements_per_s=placements / window_s,
         p50_ms=percentile_ms(tally.round_trips_s, 50), p99_ms=percentile_ms(tally.round_trips_s, 99),
@@ -241,8 +245,10 @@ class SimulatedWorker:
     own bookkeeping (`HeartbeatReports`: full or delta reports, as the real worker sends). Pure:
     no Ray."""
 
-    def __init__(self, worker_id: str, running: int, workload: Workload, profile: WorkerProfile, now_s: float) -> None:
+    def __init__(self, worker_id: str, running: int, workload: Workload, profile: WorkerProfile, now_s: float,
+                 full_reports: bool = False) -> None:
         self.worker_id = worker_id
+        self.full_reports = full_reports
         self.workload = workload
         self.profile = profile
         self.kv_capacity_tokens = profile.kv.num_blocks * profile.kv.block_size
@@ -312,6 +318,8 @@ class SimulatedWorker:
         interval = work.interval(self.profile)
         work = dataclasses.replace(work, busy_s=interval.decode_model_s + interval.prefill_model_s)
         generated = {rid: r.generated for rid, r in self._residents.items()}
+        if self.full_reports:
+            self._reports.failed()  # the next report is full
         report = self._reports.report(
             generated, work=work if work.busy_s > 0 else None, kv_capacity_tokens=self.kv_capacity_tokens,
             kv_used_tokens=sum(r.request.input_len + r.generated for r in self._residents.values()),
@@ -419,7 +427,7 @@ async def _drive(actor: Any, pid: int, options: BenchActorOptions, config: dict[
     workload = Workload(random.Random(options.seed), app.slo.ttft_ms / 1e3, app.slo.atgt_ms / 1e3,
                         profile.max_model_len)
     now_s = time.time()
-    workers = {f"w{i}": SimulatedWorker(f"w{i}", options.running, workload, profile, now_s)
+    workers = {f"w{i}": SimulatedWorker(f"w{i}", options.running, workload, profile, now_s, options.full_heartbeats)
                for i in range(options.workers)}
     start = time.perf_counter() + options.warmup_s
     run = _Run(actor, options, workers, workload, app.placement.heartbeat_s, (start, start + options.duration_s))
