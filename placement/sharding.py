@@ -11,15 +11,17 @@ of sharding in attainment is measured before the actors exist:
   to `refresh_s` late): its accepting workers and the roomiest one's room, the smaller of its
   free KV share (by residents' upper final sizes) and its ATGT headroom (1 - the decode step
   at those sizes over the tightest resident ATGT SLO).
-- `ShardedPolicy`: orders shards by that room (most first), asks the first shard's policy,
-  and tries the next one while a shard has nothing feasible (a shard's "no room" answer costs
-  the live router one more round trip, hence `max_tries`); when none fits, the first shard's
-  answer stands (its least violation, or "wait").
+- `ShardedPolicy`: per request, two shards drawn at random, the one with more room first (the
+  power of two choices: with summaries up to a period old, always taking the roomiest shard
+  sends a whole period's arrivals to one shard); a shard with nothing feasible passes the
+  request to the other (a shard's "no room" answer costs the live router one more round trip);
+  when neither fits, the first one's answer stands (its least violation, or "wait").
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,8 +29,8 @@ from placement.packing_budget import PackingBudget
 from placement.policy import Decision, PlacementPolicy
 from placement.state import Request, WorkerState
 
-#: shards a request may be offered to before the first one's answer stands
-DEFAULT_MAX_TRIES = 2
+#: shards a request may be offered to (drawn at random, the roomier first)
+CHOICES = 2
 
 
 def shard_of(worker_id: str, shards: int) -> int:
@@ -73,17 +75,15 @@ class ShardedPolicy:
     `PlacementPolicy`: the simulator and admission call it as they call one policy."""
 
     def __init__(self, make_shard_policy: Callable[[int], PlacementPolicy], shards: int,
-                 refresh_s: float = 0.25, max_tries: int = DEFAULT_MAX_TRIES) -> None:
+                 refresh_s: float = 0.25, seed: int = 0) -> None:
         if shards < 2:
             raise ValueError("a sharded policy needs shards >= 2")
-        if max_tries < 1:
-            raise ValueError("max_tries must be >= 1")
         self.shards = shards
         self.policies = [make_shard_policy(k) for k in range(shards)]
         self.name = self.policies[0].name
         self.refresh_s = refresh_s
-        self.max_tries = max_tries
-        self._order: list[int] = list(range(shards))
+        self._rng = random.Random(seed)
+        self._room: list[float] = [1.0] * shards
         self._summarized_at = float("-inf")
         self._groups: dict[int, list[WorkerState]] = {}
         self._workers: list[WorkerState] = []
@@ -103,23 +103,19 @@ class ShardedPolicy:
     def decide(self, request: Request, workers: Sequence[WorkerState], now_s: float) -> Decision:
         groups = self._partition(workers)
         if now_s - self._summarized_at >= self.refresh_s:
-            summaries = [summarize(k, groups.get(k, [])) for k in range(self.shards)]
-            self._order = [s.shard for s in sorted(summaries, key=lambda s: (-s.room, -s.workers, s.shard))]
+            self._room = [summarize(k, groups.get(k, [])).room for k in range(self.shards)]
             self._summarized_at = now_s
+        populated = [k for k in range(self.shards) if groups.get(k)]
+        if not populated:
+            return Decision(None, False)
+        drawn = self._rng.sample(populated, min(CHOICES, len(populated)))
         first: Decision | None = None
-        tries = 0
-        for shard in self._order:
-            members = groups.get(shard)
-            if not members:
-                continue
-            decision = self.policies[shard].decide(request, members, now_s)
+        for shard in sorted(drawn, key=lambda k: -self._room[k]):
+            decision = self.policies[shard].decide(request, groups[shard], now_s)
             if decision.feasible:
                 return decision
             first = first or decision
-            tries += 1
-            if tries >= self.max_tries:
-                break
-        return first if first is not None else Decision(None, False)
+        return first
 
     def _partition(self, workers: Sequence[WorkerState]) -> dict[int, list[WorkerState]]:
         # the same list as last time (the simulator and the live cluster keep theirs): the

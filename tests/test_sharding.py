@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from placement.feasibility import check
+from placement.packing_budget import PackingBudget
 from placement.policies import AladdinPolicy, make_policies
 from placement.sharding import ShardedPolicy, shard_of, summarize, worker_room
 from placement.state import WorkerState
@@ -46,13 +47,14 @@ def test_room_is_one_when_idle_and_falls_as_residents_come():
 @given(st.integers(0, 10_000), st.integers(2, 12), st.integers(2, 4), st.integers(1, 600), st.floats(1, 400))
 def test_a_sharded_aladdin_places_only_where_feasible(seed, n, shards, input_len, upper):
     cluster = _random_cluster(seed, n)
-    policy = ShardedPolicy(lambda k: AladdinPolicy(), shards, max_tries=shards)
+    budget = PackingBudget.fixed_shares(1.0)
+    policy = ShardedPolicy(lambda k: AladdinPolicy(budget=budget), shards, seed=seed)
     request = _request("new", input_len, upper / 2, upper)
     decision = policy.decide(request, cluster, 0.0)
     if decision.worker is not None:
-        assert decision.feasible == check(decision.worker, request, 0.0).feasible
-    else:  # wait: no shard had a feasible worker, and every shard was asked
-        assert not any(check(w, request, 0.0).feasible for w in cluster)
+        assert decision.feasible == check(decision.worker, request, 0.0, budget).feasible
+    if not decision.feasible and shards == 2:  # both shards were asked: nothing fits anywhere
+        assert not any(check(w, request, 0.0, budget).feasible for w in cluster)
 
 
 def test_the_shard_with_room_is_asked_first_and_a_full_one_passes_the_request_on():
@@ -64,12 +66,24 @@ def test_the_shard_with_room_is_asked_first_and_a_full_one_passes_the_request_on
         full.admit(_request(f"f{i}", 300, 100, 200))
     request = _request("new", 100, 20, 40)
     assert not check(full, request, 0.0).feasible and check(roomy, request, 0.0).feasible
-    policy = ShardedPolicy(lambda k: AladdinPolicy(), 2, max_tries=1)
-    assert policy.decide(request, [full, roomy], 0.0).worker is roomy  # more room: asked first
-    # with summaries still stale from a time the full shard looked roomiest, the second try finds room
-    stale = ShardedPolicy(lambda k: AladdinPolicy(), 2, refresh_s=1e9, max_tries=2)
-    stale.decide(request, [WorkerState(full.id, profile), roomy], 0.0)  # order fixed: shard 0 looked idle
+    asked = []
+
+    class Recording(AladdinPolicy):
+        def decide(self, request, workers, now_s):
+            asked.append(workers[0].id)
+            return super().decide(request, workers, now_s)
+
+    policy = ShardedPolicy(lambda k: Recording(), 2)
+    assert policy.decide(request, [full, roomy], 0.0).worker is roomy
+    assert asked == [roomy.id]  # more room: asked first, and it fitted
+    # summaries still stale from when the full shard looked idle: asked first, it passes the
+    # request on
+    asked.clear()
+    stale = ShardedPolicy(lambda k: Recording(), 2, refresh_s=1e9)
+    stale.decide(request, [WorkerState(full.id, profile), WorkerState(roomy.id, profile)], 0.0)
+    asked.clear()
     assert stale.decide(request, [full, roomy], 1.0).worker is roomy
+    assert asked == [full.id, roomy.id]
 
 
 def test_make_policies_shards_every_policy_it_builds():

@@ -90,4 +90,4 @@ def _sharded(name: str, seed: int, shards: int, options: dict[str, Any]) -> Plac
         raise ValueError("shards must be >= 1")
     if shards == 1:
         return make_policy(name, seed, **options)
-    return ShardedPolicy(lambda k: make_policy(name, seed + k, **options), shards)
+    return ShardedPolicy(lambda k: make_policy(name, seed + k, **options), shards, seed=seed)
