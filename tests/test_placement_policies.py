@@ -370,3 +370,27 @@ def test_worker_table_follows_a_worker_replaced_by_an_equal_copy():
     for i in range(5):  # the copy unchanged would be empty; filled, it has no KV left
         copy.admit(_request(f"c{i}", 1400, 50, 100))
     assert policy.choose(_request("d", 1400, 50, 100), [copy], now_s=0.0) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 10), st.integers(1, 600), st.floats(1, 400))
+def test_spread_takes_the_roomiest_feasible_worker_and_best_fit_the_fullest(seed, n, input_len, upper):
+    cluster = _random_cluster(seed, n)
+    request = _request("new", input_len, upper / 2, upper)
+    budget = PackingBudget.fixed_shares(1.0)
+    packed = AladdinPolicy(budget=budget).choose(request, cluster, 0.0)
+    spread = AladdinPolicy(budget=budget, spread=True).choose(request, cluster, 0.0)
+    assert (packed is None) == (spread is None)  # the same feasible set, ranked the other way
+    if spread is not None:
+        assert check(spread, request, 0.0, budget).feasible
+
+
+def test_spread_prefers_an_idle_worker_where_best_fit_packs():
+    profile = _profile(200)
+    busy, idle = WorkerState("busy", profile), WorkerState("idle", profile)
+    for i in range(3):
+        busy.admit(_request(f"b{i}", 100, 20, 40))
+        busy.start_decode(f"b{i}")
+    request = _request("new", 100, 20, 40)
+    assert AladdinPolicy().choose(request, [busy, idle], 0.0) is busy
+    assert AladdinPolicy(spread=True).choose(request, [busy, idle], 0.0) is idle

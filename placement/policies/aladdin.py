@@ -110,12 +110,16 @@ class AladdinPolicy:
 
     def __init__(
         self, on_infeasible: str = "wait", tight_checks: int = 0, atgt_margin: float | None = None,
-        budget: PackingBudget | None = None, prefix_aware: bool = True,
+        budget: PackingBudget | None = None, prefix_aware: bool = True, spread: bool = False,
     ) -> None:
         """`budget` is shared with whoever adapts it (default: a fresh adaptive one);
         `atgt_margin` fixes its ATGT share instead (an expert override, in (0, 1]).
         `prefix_aware`: the cluster keeps a prefix cache per worker for it to read (where the
-        engines cache prefixes); False places as if no prompt were ever cached."""
+        engines cache prefixes); False places as if no prompt were ever cached. `spread`: of
+        the feasible workers take the one with the most room (worst fit) rather than the least
+        (best fit, which empties workers for scale-down): at a fixed size it keeps headroom on
+        every worker for bursts (BENCHMARKS.md, "Placement at cluster scale"); not yet the
+        default, which the workload matrix has to decide."""
         if on_infeasible not in ON_INFEASIBLE:
             raise ValueError(f"on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}")
         if tight_checks < 0:
@@ -127,6 +131,7 @@ class AladdinPolicy:
         self.on_infeasible = on_infeasible
         self.tight_checks = tight_checks
         self.uses_prefix_cache = prefix_aware
+        self.spread = spread
         self.budget = budget
         self.table = WorkerTable()
         self._scratch = _Scratch(0)
@@ -199,6 +204,8 @@ class AladdinPolicy:
             self._first_feasible, workers=workers, request=request, final=final, now_s=now_s,
             need_ttft=need_ttft, own_prefill_s=own_prefill_s, cached=cached,
         )
+        if self.spread:
+            np.negative(score, out=score)
         rank = score if hits is None else _longest_hit_first(score, cached)
         if self.tight_checks:
             chosen = find(np.where(eligible & ~safe, rank, math.inf), limit=self.tight_checks)

@@ -41,11 +41,13 @@ def add_aladdin_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atgt-margin", type=float,
                    help="aladdin: a fixed share of the ATGT SLO best fit packs a worker to, in (0, 1] "
                         "(an expert override; default: the share adapts to the target attainment)")
+    p.add_argument("--spread", action="store_true",
+                   help="aladdin: of the feasible workers take the roomiest (worst fit), not the fullest (best fit)")
 
 
 def aladdin_options(args: argparse.Namespace) -> dict | None:
     """The Aladdin constructor options the arguments set (None: all defaults)."""
-    options = {"on_infeasible": args.on_infeasible, "atgt_margin": args.atgt_margin}
+    options = {"on_infeasible": args.on_infeasible, "atgt_margin": args.atgt_margin, "spread": args.spread or None}
     return {k: v for k, v in options.items() if v is not None} or None
 
 
