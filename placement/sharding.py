@@ -21,6 +21,7 @@ of sharding in attainment is measured before the actors exist:
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def worker_room(worker: WorkerState) -> float:
     capacity = worker.kv_capacity_tokens
     kv = max(0.0, (capacity - worker.kv_final_tokens) / capacity) if capacity else 0.0
     slo = worker.min_slo_atgt_s
-    if not worker.residents or slo == float("inf"):
+    if not worker.residents or slo == math.inf:
         return kv
     step = worker.profile.decode_step_s(len(worker.residents), worker.final_context_tokens)
     return min(kv, max(0.0, 1.0 - step / slo))

@@ -51,16 +51,12 @@ class CallCoalescer(Generic[T, R]):
             self.items += len(batch)
             try:
                 results = await self._send([item for item, _ in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"a batch of {len(batch)} calls got {len(results)} results")
             except Exception as exc:  # every caller of the batch sees the failure
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
-                continue
-            if len(results) != len(batch):
-                error = RuntimeError(f"a batch of {len(batch)} calls got {len(results)} results")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
                 continue
             for (_, future), result in zip(batch, results):
                 if not future.done():
