@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,8 +43,8 @@ class AdmissionCluster(Protocol):
     def place(self, request: Request, candidates: Sequence[str], now_s: float,
               policy: PlacementPolicy | None = None) -> Decision: ...
 
-    def place_waiting(self, queue: WaitingQueue, now_s: float,
-                      policy: PlacementPolicy | None = None) -> list[tuple[Request, Decision]]: ...
+    def place_waiting(self, queue: WaitingQueue, now_s: float, policy: PlacementPolicy | None = None,
+                      worker_ids: Collection[str] | None = None) -> list[tuple[Request, Decision]]: ...
 
     def admit(self, worker_id: str, request: Request, now_s: float) -> None: ...
 
@@ -152,12 +152,13 @@ class Admission:
         idle = WorkerState("idle", self.cluster.base_profile())
         return check(idle, request, now_s, self.policy.budget).feasible_apart_from_ttft
 
-    def drain(self, now_s: float) -> list[Verdict]:
+    def drain(self, now_s: float, worker_ids: Collection[str] | None = None) -> list[Verdict]:
         """Refuse waiting requests past their deadline, then admit, in queue order, those that
-        fit now. Returns a verdict for each request that left the queue."""
+        fit now on `worker_ids` (None: on any worker). Returns a verdict for each request that
+        left the queue."""
         verdicts = [self._refused(r, "its TTFT SLO cannot be met any more", now_s, queued=True)
                     for r in self.queue.remove_if(lambda r: now_s > self.deadline_s(r))]
-        for request, decision in self.cluster.place_waiting(self.queue, now_s, policy=self.policy):
+        for request, decision in self.cluster.place_waiting(self.queue, now_s, self.policy, worker_ids):
             verdicts.append(self._admitted(request, decision.worker.id, now_s, queued=True))
         return verdicts
 

@@ -14,6 +14,7 @@ its residents; one whose request failed is a suspect, skipped by routing until i
 
 from __future__ import annotations
 
+import math
 from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -84,13 +85,13 @@ class WorkerLoad:
 
 @dataclass(frozen=True)
 class HeartbeatResult:
-    """What one heartbeat changed: the worker's load, the workers forgotten, the verdicts of
-    waiting requests it settled, the estimate (`estimated`: recomputed by this call), and
-    whether the controller needs the worker's next report in full (`LiveCluster.report`)."""
+    """What one heartbeat changed: the worker's load, the workers forgotten, the estimate
+    (`estimated`: recomputed by this call), and whether the controller needs the worker's next
+    report in full (`LiveCluster.report`). Waiting requests the report made room for are
+    admitted by the next `drain`."""
 
     load: WorkerLoad
     forgotten: list[str]
-    verdicts: list[Verdict]
     estimate: WorkerEstimate
     estimated: bool
     target_workers: int
@@ -142,6 +143,9 @@ class PlacementController:
         self.scaling_log: list[dict[str, Any]] = []  # each change of the estimate or the target
         self._missed_reported = {"ttft": 0, "atgt": 0}
         self._prefix_reported: dict[str, PrefixHits] = {}
+        self._reported_since_drain: set[str] = set()
+        self._drained_all_at = -math.inf
+        self._swept_at = -math.inf  # when silent workers were last looked for
 
     # admission (aladdin)
 
@@ -154,12 +158,21 @@ class PlacementController:
         verdict = self.admission.offer(request.to_request(), now_s)
         return None if verdict is None else self._settle(verdict)
 
-    def drain(self, now_s: float) -> list[Verdict]:
+    def drain(self, now_s: float, reported_only: bool = False) -> list[Verdict]:
         """Verdicts on waiting requests at `now_s`: refused past their deadline, or admitted
-        where they fit now."""
+        where they fit now. `reported_only`: only on the workers that reported since the last
+        drain (a report is what frees room), except once per heartbeat period, when every worker
+        is tried (the model's own clock may have made room): a drain's cost grows with the
+        workers it tries times the requests waiting, so the actor drains often over few."""
         if self.admission is None:
             return []
-        return [self._settle(v) for v in self.admission.drain(now_s)]
+        everywhere = not reported_only or now_s - self._drained_all_at >= self.settings.heartbeat_s
+        worker_ids = None if everywhere else self._reported_since_drain
+        verdicts = [self._settle(v) for v in self.admission.drain(now_s, worker_ids)]
+        if everywhere:
+            self._drained_all_at = now_s
+        self._reported_since_drain = set()
+        return verdicts
 
     def unknown_admission(self, request_id: str) -> Verdict:
         """The verdict on a request asked about that is not waiting here (the controller was
@@ -229,8 +242,8 @@ class PlacementController:
     # reports
 
     def heartbeat(self, report: WorkerReport, now_s: float) -> HeartbeatResult:
-        """Apply a worker's report: its residents, liveness, waiting requests that now fit, and
-        the estimate (recomputed once per `estimate_period_s`)."""
+        """Apply a worker's report: its residents, liveness, and the estimate (recomputed once
+        per `estimate_period_s`)."""
         self._suspects.discard(report.worker_id)  # it is alive after all
         self._seen([report.worker_id], now_s)
         for item in report.running:
@@ -244,9 +257,8 @@ class PlacementController:
         # running as placement holds them (a delta report lists only the new ones)
         load = WorkerLoad(report.worker_id, kv_used / max(1, worker.kv_capacity_tokens),
                           max(0, len(worker.residents) - report.waiting), report.waiting)
-        horizon = now_s - STALE_HEARTBEATS * self.settings.heartbeat_s
-        forgotten = self._forget([wid for wid, seen in self._last_seen.items() if seen < horizon])
-        verdicts = self.drain(now_s)  # finished requests may have made room for waiting ones
+        forgotten = self._forget_silent(now_s)
+        self._reported_since_drain.add(report.worker_id)  # its finished requests may have made room
         estimated = now_s - self._estimated_at >= self.settings.scaling.estimate_period_s or self._estimate is None
         if estimated:
             self._estimate_workers(now_s)
@@ -262,12 +274,20 @@ class PlacementController:
                 "window_full": estimate.window_full, "reason": estimate.reason,
             })
             del self.scaling_log[:-SCALING_LOG]
-        return HeartbeatResult(load, forgotten, verdicts, estimate, estimated, target, held,
+        return HeartbeatResult(load, forgotten, estimate, estimated, target, held,
                                sum(self._waiting.values()), full_report)
 
     def observe(self, timings: list[RequestTiming]) -> None:
         """Finished requests as the ingress measured them: they close placement's loop."""
         self.cluster.observe(timings)
+
+    def _forget_silent(self, now_s: float) -> list[str]:
+        # once per heartbeat period: a sweep costs O(workers), and there is a report per worker
+        if now_s - self._swept_at < self.settings.heartbeat_s:
+            return []
+        self._swept_at = now_s
+        horizon = now_s - STALE_HEARTBEATS * self.settings.heartbeat_s
+        return self._forget([wid for wid, seen in self._last_seen.items() if seen < horizon])
 
     def _seen(self, worker_ids: list[str], now_s: float) -> None:
         for worker_id in worker_ids:

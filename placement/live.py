@@ -28,7 +28,7 @@ that worker's profile; the ingress's measurements of finished requests (`Request
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from placement.closed_loop import ClosedLoop
@@ -166,11 +166,16 @@ class LiveCluster:
         return decision
 
     def place_waiting(
-        self, queue: WaitingQueue, now_s: float, policy: PlacementPolicy | None = None
+        self, queue: WaitingQueue, now_s: float, policy: PlacementPolicy | None = None,
+        worker_ids: Collection[str] | None = None,
     ) -> list[tuple[Request, Decision]]:
-        """Offer `queue`'s requests to the policy in queue order over every known worker;
-        admit those it places (see WaitingQueue.place_waiting)."""
-        placed = queue.place_waiting(policy or self.policy, list(self.workers.values()), now_s)
+        """Offer `queue`'s requests to the policy in queue order over `worker_ids` (None: every
+        known worker); admit those it places (see WaitingQueue.place_waiting)."""
+        workers = (list(self.workers.values()) if worker_ids is None
+                   else [self.workers[w] for w in worker_ids if w in self.workers])
+        if not workers:
+            return []
+        placed = queue.place_waiting(policy or self.policy, workers, now_s)
         for request, decision in placed:
             self._where[request.id] = decision.worker.id
             self._placed_at[request.id] = now_s

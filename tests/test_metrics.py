@@ -151,6 +151,10 @@ def test_worker_gauges_refresh_and_forget(fake: m._Registry) -> None:
     assert kv.calls == [("set", 0.75, {"worker": "b"})]
     assert fake.metrics[m.WORKER_RUNNING.name].calls == [("set", 4.0, {"worker": "b"})]
     assert fake.metrics[m.QUEUE_LENGTH.name].calls == [("set", 7.0, {})]
+    m.record_worker("b", 0.5, 2, 0)  # a known series: set by the next refresh, not per call
+    assert kv.calls == [("set", 0.75, {"worker": "b"})]
+    fake.refresh()
+    assert kv.calls[-1] == ("set", 0.5, {"worker": "b"})
 
 
 def test_placement_and_capacity(fake: m._Registry, caplog: pytest.LogCaptureFixture) -> None:

@@ -42,12 +42,28 @@ def test_admission_queues_then_a_heartbeat_that_frees_room_admits_in_order() -> 
     admitted = [ctl.admit(_req(i), 0.0) for i in range(2)]
     assert [v.worker_id for v in admitted] == ["w0", "w0"] and not any(v.queued for v in admitted)
     assert ctl.admit(_req(2), 0.0) is None and ctl.admission_waiting == 1
-    result = ctl.heartbeat(_report("w0", finished=("r0",), running=(_req(1),)), 0.5)
-    assert [(v.request_id, v.worker_id, v.queued) for v in result.verdicts] == [("r2", "w0", True)]
+    ctl.heartbeat(_report("w0", finished=("r0",), running=(_req(1),)), 0.5)
+    verdicts = ctl.drain(0.5, reported_only=True)
+    assert [(v.request_id, v.worker_id, v.queued) for v in verdicts] == [("r2", "w0", True)]
     routing = ctl.place(_req(2), ["w0", "w1"], 0.6)
     assert (routing.worker_id, routing.outcome) == ("w0", "admitted")
     assert ctl.stats()["outcomes"] == {"admitted": 2, "admitted_after_wait": 1}
     assert ctl.decisions(["r0", "r1", "r2"]) == {"r0": "w0", "r1": "w0", "r2": "w0"}
+
+
+def test_a_drain_of_reported_workers_tries_only_those_except_once_per_heartbeat_period() -> None:
+    ctl = _controller()
+    ctl.heartbeat(_report("w0"), 0.0)
+    for i in range(2):
+        ctl.admit(_req(i), 0.0)
+    assert ctl.admit(_req(2), 0.0) is None
+    assert ctl.drain(0.0) == []  # everywhere: w0 is full
+    ctl.heartbeat(_report("w1"), 0.01)  # an empty worker reports: tried
+    assert [v.worker_id for v in ctl.drain(0.01, reported_only=True)] == ["w1"]
+    assert ctl.admit(_req(3), 0.01).worker_id == "w1" and ctl.admit(_req(4), 0.01) is None  # all full
+    ctl.place(_req(0), ["w1"], 0.02)  # a retried routing moves r0: room on w0, which has not reported
+    assert ctl.drain(0.03, reported_only=True) == []
+    assert [v.worker_id for v in ctl.drain(0.01 + HEARTBEAT_S, reported_only=True)] == ["w0"]
 
 
 def test_a_waiting_request_past_its_deadline_is_refused_by_drain() -> None:
@@ -189,5 +205,5 @@ def test_a_withdrawn_waiting_request_is_never_admitted() -> None:
         ctl.admit(_req(i), 0.0)
     assert ctl.admit(_req(2), 0.0) is None
     assert ctl.withdraw("r2") and ctl.admission_waiting == 0
-    result = ctl.heartbeat(_report("w0", finished=("r0", "r1")), 0.5)
-    assert result.verdicts == [] and ctl.where("r2") is None
+    ctl.heartbeat(_report("w0", finished=("r0", "r1")), 0.5)
+    assert ctl.drain(0.5, reported_only=True) == [] and ctl.where("r2") is None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -431,9 +431,13 @@ class _AdmissionView:
         return decision
 
     def place_waiting(
-        self, queue: WaitingQueue, now_s: float, policy: PlacementPolicy | None = None
+        self, queue: WaitingQueue, now_s: float, policy: PlacementPolicy | None = None,
+        worker_ids: Collection[str] | None = None,
     ) -> list[tuple[Request, Decision]]:
-        placed = queue.place_waiting(policy or self._cluster.policy, self._cluster.workers, now_s)
+        workers = self._cluster.workers
+        if worker_ids is not None:
+            workers = [w for w in workers if w.id in worker_ids]
+        placed = queue.place_waiting(policy or self._cluster.policy, workers, now_s)
         for request, decision in placed:
             self._cluster.run_placement(request, decision)
         return placed

@@ -5,7 +5,7 @@
   `placement.admission`): it answers at once with a worker where the request fits, a refusal,
   or "wait"; then `admission` answers once the request leaves the SLO-ODBS queue, admitted or
   refused because its TTFT SLO is lost (placement.admission; the ingress answers 429 with
-  Retry-After).
+  Retry-After). Waiting requests are drained on a short period, not per heartbeat.
 - `place` is called by the worker deployment's request router (serve_app.scheduler.placement_router) for
   every request and returns the worker to use (the admitted one, when there is one).
 - `heartbeat` is called by every worker on a short period with a batched `WorkerReport`
@@ -51,6 +51,8 @@ logger = logging.getLogger("ray.serve")
 
 NAMESPACE = "aladdin"
 IDLE_EXIT_S = 300.0
+# Waiting requests are tried this many times per heartbeat period (over the workers that reported)
+DRAINS_PER_HEARTBEAT = 10
 
 
 def placement_actor_name(app_name: str, config: dict[str, Any]) -> str:
@@ -151,10 +153,11 @@ class PlacementActor:
         return verdict
 
     async def _drain_while_waiting(self) -> None:
-        # heartbeats drain too; this catches deadlines between them
+        # Heartbeats make room; draining once per DRAINS_PER_HEARTBEAT-th of a period over the
+        # workers that reported costs far less than a drain per heartbeat (hundreds per second)
         while self._controller.admission_waiting:
-            await asyncio.sleep(self._config.placement.heartbeat_s / 2)
-            for verdict in self._controller.drain(time.time()):
+            await asyncio.sleep(self._config.placement.heartbeat_s / DRAINS_PER_HEARTBEAT)
+            for verdict in self._controller.drain(time.time(), reported_only=True):
                 self._settled(verdict)
 
     async def place(self, request: RunningRequest, candidates: list[str]) -> str | None:
@@ -195,8 +198,6 @@ class PlacementActor:
             logger.info("placement: forgetting workers gone silent: %s", result.forgotten)
             for worker_id in result.forgotten:
                 forget_worker(worker_id)
-        for verdict in result.verdicts:
-            self._settled(verdict)
         if result.estimated:
             self._estimated(result)
         return result.reply()
