@@ -25,6 +25,7 @@ from placement.planning.arrival_window import ArrivalWindow
 from placement.live import LiveCluster, RequestTiming, RunningRequest, WorkerReport
 from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
 from placement.policies.registry import make_policies
+from placement.sharding import ShardSummary, summarize
 from placement.planning.worker_estimate import OverloadWatch, WorkerEstimate, estimate_workers, scale_target
 from predictors.latency.profile import WorkerProfile
 
@@ -146,6 +147,8 @@ class PlacementController:
         self._reported_since_drain: set[str] = set()
         self._drained_all_at = -math.inf
         self._swept_at = -math.inf  # when silent workers were last looked for
+        # other shards' (workers needed, workers held), for the target (placement.sharding)
+        self.demand_elsewhere: tuple[int, int] = (0, 0)
 
     # admission (aladdin)
 
@@ -196,16 +199,21 @@ class PlacementController:
 
     # routing
 
-    def place(self, request: RunningRequest, candidates: list[str], now_s: float) -> Routing:
+    def place(self, request: RunningRequest, candidates: list[str], now_s: float,
+              feasible_only: bool = False) -> Routing:
         """The worker to run `request` on, among `candidates` (suspects skipped while others
-        remain); the one it was admitted to, when admission placed it."""
+        remain); the one it was admitted to, when admission placed it. `feasible_only`: None
+        (outcome "passed", nothing recorded) unless a worker fits, for a router that offers it
+        to another shard next."""
         candidates = [c for c in candidates if c not in self._suspects] or candidates
         self._seen(candidates, now_s)
         admitted_to = self.cluster.location(request.request_id)
         if admitted_to is not None and admitted_to in candidates and self.admission is not None:
             return Routing(admitted_to, "admitted")  # counted when it was admitted
+        decision = self.cluster.place(request.to_request(), candidates, now_s, feasible_only=feasible_only)
+        if feasible_only and not decision.feasible:
+            return Routing(None, "passed")
         self.window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean)
-        decision = self.cluster.place(request.to_request(), candidates, now_s)
         if decision.worker is None:
             routing = Routing(None, "waited")
         else:  # least violation: nothing was feasible, the policy took the mildest miss
@@ -265,7 +273,10 @@ class PlacementController:
         estimate = self._estimate
         scaling = self.settings.scaling
         held = len(self._last_seen)
-        target = scale_target(estimate, held, scaling.min_workers, scaling.max_workers)
+        # the application's target: this shard's estimate plus the other shards' (sharding.DemandTable)
+        needed_elsewhere, held_elsewhere = self.demand_elsewhere
+        target = scale_target(replace(estimate, workers=estimate.workers + needed_elsewhere),
+                              held + held_elsewhere, scaling.min_workers, scaling.max_workers)
         last = self.scaling_log[-1] if self.scaling_log else None
         if last is None or (last["estimate_workers"], last["target_workers"]) != (estimate.workers, target):
             self.scaling_log.append({
@@ -276,6 +287,10 @@ class PlacementController:
             del self.scaling_log[:-SCALING_LOG]
         return HeartbeatResult(load, forgotten, estimate, estimated, target, held,
                                sum(self._waiting.values()), full_report)
+
+    def summary(self, shard: int) -> ShardSummary:
+        """This controller's workers as shard `shard` publishes them to routers."""
+        return summarize(shard, list(self.cluster.workers.values()))
 
     def observe(self, timings: list[RequestTiming]) -> None:
         """Finished requests as the ingress measured them: they close placement's loop."""
@@ -365,6 +380,7 @@ class PlacementController:
             "admission_waiting": self.admission_waiting,
             "estimate": None if self._estimate is None else self._estimate.to_dict(),
             "scaling_log": list(self.scaling_log),
+            "demand_elsewhere": {"workers": self.demand_elsewhere[0], "held": self.demand_elsewhere[1]},
         }
 
     def decisions(self, request_ids: list[str]) -> dict[str, str]:

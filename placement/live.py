@@ -153,15 +153,18 @@ class LiveCluster:
         return self.profile
 
     def place(
-        self, request: Request, candidates: Sequence[str], now_s: float, policy: PlacementPolicy | None = None
+        self, request: Request, candidates: Sequence[str], now_s: float, policy: PlacementPolicy | None = None,
+        feasible_only: bool = False,
     ) -> Decision:
         """The policy's decision among `candidates` (worker ids), admitted there unless it
-        waits (`Decision.worker` None). Placing a request id again (a retried routing) moves it.
-        `policy` overrides the cluster's (e.g. the same policy in "wait" mode, for admission)."""
+        waits (`Decision.worker` None) or, with `feasible_only`, is not feasible (the caller
+        offers it elsewhere: another shard). Placing a request id again (a retried routing)
+        moves it. `policy` overrides the cluster's (e.g. the same policy in "wait" mode, for
+        admission)."""
         self._drop_request(request.id)
         workers = [self.worker(c) for c in candidates]
         decision = (policy or self.policy).decide(request, workers, now_s)
-        if decision.worker is not None:
+        if decision.worker is not None and (decision.feasible or not feasible_only):
             self._admit(decision.worker, request, now_s, decision)
         return decision
 

@@ -16,6 +16,9 @@ of sharding in attainment is measured before the actors exist:
   sends a whole period's arrivals to one shard); a shard with nothing feasible passes the
   request to the other (a shard's "no room" answer costs the live router one more round trip);
   when neither fits, the first one's answer stands (its least violation, or "wait").
+- `DemandTable`: live, each shard estimates the workers its own share of the demand needs;
+  shard 0 keeps every shard's latest estimate and workers held, and each shard asks Serve for
+  the sum (its own plus the others').
 """
 
 from __future__ import annotations
@@ -71,6 +74,14 @@ def summarize(shard: int, workers: Sequence[WorkerState]) -> ShardSummary:
     return ShardSummary(shard, len(accepting), max((worker_room(w) for w in accepting), default=0.0))
 
 
+def shard_order(rooms: Sequence[float], populated: Sequence[int], rng: random.Random) -> list[int]:
+    """The shards to offer a request to, in order: `CHOICES` of the `populated` ones drawn at
+    random, the one with more room (`rooms[k]`, from its summary) first. The live router and
+    ingress (serve_app.scheduler.placement_shards) and `ShardedPolicy` share it."""
+    drawn = rng.sample(list(populated), min(CHOICES, len(populated)))
+    return sorted(drawn, key=lambda k: -rooms[k])
+
+
 class ShardedPolicy:
     """K copies of a policy, each over its shard's workers (see the module docstring). A
     `PlacementPolicy`: the simulator and admission call it as they call one policy."""
@@ -109,9 +120,8 @@ class ShardedPolicy:
         populated = [k for k in range(self.shards) if groups.get(k)]
         if not populated:
             return Decision(None, False)
-        drawn = self._rng.sample(populated, min(CHOICES, len(populated)))
         first: Decision | None = None
-        for shard in sorted(drawn, key=lambda k: -self._room[k]):
+        for shard in shard_order(self._room, populated, self._rng):
             decision = self.policies[shard].decide(request, groups[shard], now_s)
             if decision.feasible:
                 return decision
@@ -128,3 +138,30 @@ class ShardedPolicy:
             groups.setdefault(shard_of(worker.id, self.shards), []).append(worker)
         self._workers, self._groups = list(workers), groups
         return groups
+
+
+@dataclass(frozen=True)
+class ShardDemand:
+    """What one shard last estimated: workers its demand needs, and workers it holds."""
+
+    workers: int
+    held: int
+    at_s: float
+
+
+class DemandTable:
+    """Shard 0's table of every shard's latest demand (see the module docstring). A shard
+    silent for `stale_s` (gone, or its actor restarting) no longer counts."""
+
+    def __init__(self, stale_s: float) -> None:
+        self.stale_s = stale_s
+        self._demand: dict[int, ShardDemand] = {}
+
+    def report(self, shard: int, workers: int, held: int, now_s: float) -> None:
+        """Shard `shard` estimated `workers` for its demand and holds `held`."""
+        self._demand[shard] = ShardDemand(workers, held, now_s)
+
+    def elsewhere(self, shard: int, now_s: float) -> tuple[int, int]:
+        """Workers needed and held by the shards other than `shard` (fresh reports only)."""
+        fresh = [d for k, d in self._demand.items() if k != shard and now_s - d.at_s <= self.stale_s]
+        return sum(d.workers for d in fresh), sum(d.held for d in fresh)

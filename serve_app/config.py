@@ -205,6 +205,11 @@ class PlacementConfig(_Section):
         1.0, gt=0, description="The router falls back to power-of-two choices past this wait."
     )
     heartbeat_s: float = Field(0.25, gt=0, description="Period of the workers' batched reports.")
+    shards: int = Field(
+        1, ge=1, le=64,
+        description="Placement actors, each owning the workers whose replica id hashes to it "
+        "(placement.sharding): routers and the ingress offer a request to the roomier of two shards.",
+    )
     target_attainment: float = Field(
         DEFAULT_TARGET_ATTAINMENT, gt=0, lt=1,
         description="aladdin: the share of requests that should meet both SLOs. The packing budget (the "

@@ -81,9 +81,9 @@ def test_the_result_counts_outcomes_and_takes_percentiles_in_ms() -> None:
     assert "50 placements/s" in result.summary()
 
 
-def test_sharded_actors_are_refused_with_exit_code_2(capsys) -> None:
-    assert main(["bench-actor", "--shards", "2"]) == 2
-    assert "not built yet" in capsys.readouterr().err
+def test_more_shards_than_workers_are_refused_with_exit_code_2(capsys) -> None:
+    assert main(["bench-actor", "--workers", "2", "--shards", "3"]) == 2
+    assert "shards <= workers" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +100,10 @@ def local_ray():
 
 
 @pytest.mark.serving
-@pytest.mark.parametrize("admission", [False, True])
-def test_a_tiny_run_places_on_the_simulated_workers(local_ray, admission: bool) -> None:
+@pytest.mark.parametrize(("admission", "shards"), [(False, 1), (True, 1), (True, 2)])
+def test_a_tiny_run_places_on_the_simulated_workers(local_ray, admission: bool, shards: int) -> None:
     result = run_bench_actor(BenchActorOptions(workers=4, running=2, callers=2, admission=admission,
-                                               duration_s=2.0, warmup_s=1.0))
+                                               shards=shards, duration_s=2.0, warmup_s=1.0))
     d = result.to_dict()
     assert JSON_KEYS <= d.keys()
     assert result.placements > 0 and result.heartbeat_sweep_ms is not None

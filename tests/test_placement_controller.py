@@ -207,3 +207,15 @@ def test_a_withdrawn_waiting_request_is_never_admitted() -> None:
     assert ctl.withdraw("r2") and ctl.admission_waiting == 0
     ctl.heartbeat(_report("w0", finished=("r0", "r1")), 0.5)
     assert ctl.drain(0.5, reported_only=True) == [] and ctl.where("r2") is None
+
+
+def test_a_placement_asked_for_only_where_it_fits_passes_without_a_trace() -> None:
+    ctl = _controller(admission=False)
+    ctl.heartbeat(_report("w0"), 0.0)
+    for i in range(2):
+        assert ctl.place(_req(i), ["w0"], 0.0).worker_id == "w0"
+    before = ctl.stats()
+    routing = ctl.place(_req(2), ["w0"], 0.0, feasible_only=True)  # w0 is full: another shard's turn
+    assert (routing.worker_id, routing.outcome) == (None, "passed")
+    assert ctl.where("r2") is None and ctl.stats()["outcomes"] == before["outcomes"]
+    assert ctl.place(_req(2), ["w0"], 0.0).outcome == "least_violation"  # the last shard places it anyway

@@ -3,6 +3,7 @@ stay feasible by the exact check."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from placement.feasibility import check
 from placement.packing_budget import PackingBudget
 from placement.policies import AladdinPolicy, make_policies
-from placement.sharding import ShardedPolicy, shard_of, summarize, worker_room
+from placement.sharding import DemandTable, ShardedPolicy, shard_of, shard_order, summarize, worker_room
 from placement.state import WorkerState
 from tests.test_placement_policies import _random_cluster, _request
 
@@ -94,3 +95,21 @@ def test_make_policies_shards_every_policy_it_builds():
     assert not isinstance(make_policies("aladdin").policy, ShardedPolicy)
     with pytest.raises(ValueError):
         make_policies("aladdin", shards=0)
+
+
+def test_shard_order_draws_two_populated_shards_the_roomier_first() -> None:
+    rng = random.Random(0)
+    rooms = [0.1, 0.9, 0.5, 0.0]
+    for _ in range(50):
+        order = shard_order(rooms, [0, 1, 2], rng)
+        assert len(order) == 2 and set(order) <= {0, 1, 2} and rooms[order[0]] >= rooms[order[1]]
+    assert shard_order(rooms, [3], rng) == [3]
+
+
+def test_the_demand_table_sums_the_other_shards_fresh_reports() -> None:
+    table = DemandTable(stale_s=15.0)
+    table.report(0, workers=3, held=2, now_s=0.0)
+    table.report(1, workers=5, held=4, now_s=10.0)
+    assert table.elsewhere(0, 10.0) == (5, 4) and table.elsewhere(1, 10.0) == (3, 2)
+    assert table.elsewhere(2, 10.0) == (8, 6)
+    assert table.elsewhere(1, 20.0) == (0, 0)  # shard 0 silent past stale_s: no longer counted

@@ -26,7 +26,6 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from placement.admission import Verdict
 from placement.live import RequestTiming, RunningRequest
 from placement.prefix_cache import prefix_of
 from predictors.output_length import ChatInput, PastTurn, Prediction
@@ -37,7 +36,7 @@ from serve_app.http.errors import OpenAIError, from_validation_errors
 from serve_app.metrics import record_request
 from serve_app.model_source import resolve_tokenizer_dir
 from serve_app.prediction.request_predictor import RequestPredictor
-from serve_app.scheduler.call_coalescer import CallCoalescer
+from serve_app.scheduler.placement_shards import PlacementShards
 from serve_app.http.request_options import RequestOptions, request_options
 from serve_app.http.openai_protocol import (
     ChatCompletionRequest,
@@ -162,10 +161,9 @@ class OpenAIIngress:
         self._config = AppConfig.model_validate(config)
         self._worker = worker
         self._policy = self._config.placement.policy
-        self._placement_actor: Any = None  # looked up on first admission
+        # the placement actors, looked up on first use; concurrent admissions go together
+        self._shards: PlacementShards | None = None
         self._admission_failed_logged = False
-        # concurrent admissions go to the actor together (one call per round trip, not per request)
-        self._admissions: CallCoalescer[RunningRequest, Verdict | None] = CallCoalescer(self._admit_batch)
         # finished requests' measured latencies, sent to the placement actor in batches: they
         # close its SLO model's loop (aladdin only: the baselines promise nothing)
         self._timings: list[RequestTiming] = []
@@ -354,16 +352,18 @@ class OpenAIIngress:
         placed = prepared.generate.placement
         # the actor answers by the request's admission deadline; past that it is unreachable
         longest_wait_s = min(placed.slo_ttft_s, placement.max_wait_s or placed.slo_ttft_s)
+        shards = self._placement_shards()
+        shard = 0
         try:
-            verdict = await asyncio.wait_for(self._admissions.call(placed), timeout=placement.actor_timeout_s)
+            shard, verdict = await shards.admit(placed)  # with shards, the roomier of two
             if verdict is None:  # it waits: the actor answers when it leaves the queue
                 verdict = await asyncio.wait_for(
-                    self._placement_actor.admission.remote(prepared.generate.request_id),
+                    shards.actor(shard).admission.remote(prepared.generate.request_id),
                     timeout=longest_wait_s + placement.actor_timeout_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # actor restarting or overloaded: serve unadmitted
-            self._placement_actor = None
+            shards.forget(shard)
             if not self._admission_failed_logged:
                 logger.warning("admission unavailable (%r); requests go ahead unadmitted (logged once)", exc)
                 self._admission_failed_logged = True
@@ -377,13 +377,10 @@ class OpenAIIngress:
         prepared.generate = replace(prepared.generate, admitted_to=verdict.worker_id)
         return prepared
 
-    async def _admit_batch(self, requests: list[RunningRequest]) -> list[Verdict | None]:
-        if self._placement_actor is None:
-            from serve_app.scheduler.placement_actor import get_placement_actor
-
-            self._placement_actor = get_placement_actor(
-                serve.get_replica_context().app_name, self._config.model_dump(mode="json"))
-        return await self._placement_actor.admit_many.remote(requests)
+    def _placement_shards(self) -> PlacementShards:
+        if self._shards is None:
+            self._shards = PlacementShards(serve.get_replica_context().app_name, self._config.model_dump(mode="json"))
+        return self._shards
 
     # ---- generation ---------------------------------------------------------------------
     async def _deltas(self, prepared: _Prepared) -> AsyncIterator[GenerateChunk]:
@@ -432,13 +429,12 @@ class OpenAIIngress:
         failed: it stops placing there until that worker reports again."""
         if not self._config.placement.uses_actor:
             return
-        try:
-            from serve_app.scheduler.placement_actor import get_placement_actor
-
-            get_placement_actor(serve.get_replica_context().app_name, self._config.model_dump(mode="json")) \
-                .worker_failed.remote(request_id)
-        except Exception:  # the actor forgets silent workers by itself anyway
-            pass
+        shards = self._placement_shards()
+        for shard in range(shards.count):  # the one placing it knows it
+            try:
+                shards.actor(shard).worker_failed.remote(request_id)
+            except Exception:  # the actor forgets silent workers by itself anyway
+                shards.forget(shard)
 
     def _record_latency(self, prepared: _Prepared, first_s: float, last_s: float, tokens: int, finish: str | None) -> None:
         """TTFT, ATGT and SLO outcome of a finished request, as the client saw them here."""
@@ -465,23 +461,21 @@ class OpenAIIngress:
 
     async def _send_timings(self) -> None:
         """Send the queued timings every `placement.heartbeat_s` while there are any; a failed
-        call drops its batch (the loop's estimates need no single request) and never fails one."""
-        from serve_app.scheduler.placement_actor import get_placement_actor
-
+        call drops its batch (the loop's estimates need no single request) and never fails one.
+        With shards every shard gets the batch: each keeps the requests it placed."""
         period = self._config.placement.heartbeat_s
-        actor = None
+        shards = self._placement_shards()
         while self._timings:
             await asyncio.sleep(period)
             batch, self._timings = self._timings, []
-            try:
-                if actor is None:
-                    actor = get_placement_actor(serve.get_replica_context().app_name, self._config.model_dump(mode="json"))
-                await asyncio.wait_for(actor.observe.remote(batch), timeout=max(2.0, 8 * period))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # restarting or gone: look it up again next time
-                actor = None
-                logger.debug("placement timings not sent (%r)", exc)
+            for shard in range(shards.count):
+                try:
+                    await asyncio.wait_for(shards.actor(shard).observe.remote(batch), timeout=max(2.0, 8 * period))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # restarting or gone: look it up again next time
+                    shards.forget(shard)
+                    logger.debug("placement timings not sent to shard %d (%r)", shard, exc)
 
     async def _collect(self, prepared: _Prepared) -> tuple[str, int, str | None]:
         """The whole output. Nothing has reached the client yet, so a worker failing even

@@ -25,6 +25,7 @@ does not leave it behind.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,6 +37,7 @@ import ray
 from placement.admission import Verdict
 from placement.controller import HeartbeatResult, PlacementController
 from placement.live import RequestTiming, RunningRequest, WorkerReport
+from placement.sharding import DemandTable
 from serve_app.config import AppConfig
 from serve_app.metrics import (
     forget_worker,
@@ -55,33 +57,36 @@ IDLE_EXIT_S = 300.0
 DRAINS_PER_HEARTBEAT = 10
 
 
-def placement_actor_name(app_name: str, config: dict[str, Any]) -> str:
-    """`placement:<app>:<digest of its config>`. A redeployed application whose config changed
-    (another policy or profile) gets a fresh actor; the old one exits once idle. Without the
-    digest the new deployment would keep talking to the old actor and its old policy."""
+def placement_actor_name(app_name: str, config: dict[str, Any], shard: int = 0) -> str:
+    """`placement:<app>:<digest of its config>`, and `/<shard>` after it for shards other than
+    0 (placement.shards). A redeployed application whose config changed (another policy or
+    profile) gets fresh actors; the old ones exit once idle. Without the digest the new
+    deployment would keep talking to the old actor and its old policy."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{_name_prefix(app_name)}{digest}"
+    return f"{_name_prefix(app_name)}{digest}{f'/{shard}' if shard else ''}"
 
 
 def _name_prefix(app_name: str) -> str:
     return f"placement:{app_name or 'default'}:"
 
 
-def find_placement_actor(app_name: str) -> ray.actor.ActorHandle:
-    """The live placement actor of `app_name`, for inspection (stats, decisions) by callers that
-    do not hold the app's config. LookupError unless exactly one is alive."""
+def find_placement_actor(app_name: str, shard: int = 0) -> ray.actor.ActorHandle:
+    """The live placement actor of `app_name` (of its shard `shard`), for inspection (stats,
+    decisions) by callers that do not hold the app's config. LookupError unless exactly one is
+    alive."""
     prefix = _name_prefix(app_name)
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["namespace"] == NAMESPACE and a["name"].startswith(prefix)]
+             if a["namespace"] == NAMESPACE and a["name"].startswith(prefix)
+             and (a["name"].endswith(f"/{shard}") if shard else "/" not in a["name"][len(prefix):])]
     if len(names) != 1:
         raise LookupError(f"expected one placement actor for app {app_name!r}, found {names}")
     return ray.get_actor(names[0], namespace=NAMESPACE)
 
 
-def get_placement_actor(app_name: str, config: dict[str, Any]) -> ray.actor.ActorHandle:
-    """The application's placement actor, created on first use (by any caller)."""
+def get_placement_actor(app_name: str, config: dict[str, Any], shard: int = 0) -> ray.actor.ActorHandle:
+    """The application's placement actor (of shard `shard`), created on first use (by any caller)."""
     return PlacementActor.options(
-        name=placement_actor_name(app_name, config), namespace=NAMESPACE, get_if_exists=True,
+        name=placement_actor_name(app_name, config, shard), namespace=NAMESPACE, get_if_exists=True,
         lifetime="detached", max_restarts=-1, num_cpus=0, max_concurrency=1000,
         # on the head node, outside any caller's placement group: created from inside a worker
         # replica it would otherwise be captured by that replica's group (Serve sets
@@ -91,7 +96,7 @@ def get_placement_actor(app_name: str, config: dict[str, Any]) -> ray.actor.Acto
         # them for its dashboard (~130 MB) and grow through a long run; Serve's own actors are
         # created the same way (RAY_SERVE_ENABLE_TASK_EVENTS)
         enable_task_events=False,
-    ).remote(config)
+    ).remote(config, app_name, shard)
 
 
 @ray.remote
@@ -99,8 +104,12 @@ class PlacementActor:
     """Ray adapter of a `PlacementController` (see the module docstring): wall-clock time, the
     futures of waiting requests, metrics, the node plugin and the idle exit."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], app_name: str = "", shard: int = 0) -> None:
         self._config = AppConfig.model_validate(config)
+        self._raw_config, self._app_name, self._shard = config, app_name, shard
+        # shard 0 keeps every shard's demand for the application's worker target
+        self._demand = DemandTable(stale_s=3 * self._config.scaling.estimate_period_s)
+        self._demand_task: asyncio.Task | None = None
         self._controller = PlacementController(self._config.controller_settings())
         self._policy = self._config.placement.policy
         self._node_scaler = NodeScaler(self._config)
@@ -110,7 +119,8 @@ class PlacementActor:
         self._last_call = time.monotonic()
         self._idle_task = asyncio.get_event_loop().create_task(self._exit_when_idle())
         profile = self._controller.settings.profile
-        logger.info("placement actor up: policy %s, profile %s tp%d", self._policy, profile.family, profile.tp)
+        logger.info("placement actor up: policy %s, profile %s tp%d, shard %d of %d", self._policy, profile.family,
+                    profile.tp, shard, self._config.placement.shards)
 
     async def admit(self, request: RunningRequest) -> Verdict | None:
         """Admit `request` (see the module docstring): its verdict, or None when it waits: the
@@ -160,18 +170,31 @@ class PlacementActor:
             for verdict in self._controller.drain(time.time(), reported_only=True):
                 self._settled(verdict)
 
-    async def place(self, request: RunningRequest, candidates: list[str]) -> str | None:
-        """The worker (its replica's unique id) to run `request` on, among `candidates`."""
+    async def place(self, request: RunningRequest, candidates: list[str], feasible_only: bool = False) -> str | None:
+        """The worker (its replica's unique id) to run `request` on, among `candidates`;
+        `feasible_only`: None unless one fits (the router offers it to another shard next)."""
         self._last_call = time.monotonic()
-        routing = self._controller.place(request, candidates, time.time())
-        if routing.outcome != "admitted":
+        routing = self._controller.place(request, candidates, time.time(), feasible_only)
+        if routing.outcome not in ("admitted", "passed"):
             record_placement(self._policy, routing.outcome)
         return routing.worker_id
 
-    async def place_many(self, requests: list[tuple[RunningRequest, list[str]]]) -> list[str | None]:
+    async def place_many(self, requests: list[tuple[RunningRequest, list[str]]],
+                         feasible_only: bool = False) -> list[str | None]:
         """`place` of each (request, candidates), in order: one call for the placements a
         router coalesced (serve_app.scheduler.call_coalescer)."""
-        return [await self.place(request, candidates) for request, candidates in requests]
+        return [await self.place(request, candidates, feasible_only) for request, candidates in requests]
+
+    async def summary(self) -> dict[str, Any]:
+        """This shard as routers see it (placement.sharding.ShardSummary)."""
+        return dataclasses.asdict(self._controller.summary(self._shard))
+
+    async def demand(self, shard: int, workers: int, held: int) -> tuple[int, int]:
+        """Shard 0: shard `shard` estimated `workers` for its demand and holds `held`; returns
+        the (needed, held) workers of every other shard."""
+        now_s = time.time()
+        self._demand.report(shard, workers, held, now_s)
+        return self._demand.elsewhere(shard, now_s)
 
     async def fallback(self, request: RunningRequest, worker_id: str) -> None:
         """The router placed `request` without the actor (it did not answer in time)."""
@@ -208,15 +231,38 @@ class PlacementActor:
             logger.info("placement: minimal-worker estimate %d (x tp%d = %d GPUs) at %.3g req/s: %s",
                         estimate.workers, estimate.tp, estimate.gpus, estimate.rate_per_s, estimate.reason)
             self._logged_estimate = estimate.workers
-        record_capacity(estimate.workers, estimate.gpus, held, held * estimate.tp)
+        if self._shard == 0:  # the application's figures (every shard's, with shards)
+            needed_elsewhere, held_elsewhere = self._controller.demand_elsewhere
+            workers, held_all = estimate.workers + needed_elsewhere, held + held_elsewhere
+            record_capacity(workers, workers * estimate.tp, held_all, held_all * estimate.tp)
         snapshot = self._controller.closed_loop_snapshot()
         if snapshot is not None:
             record_closed_loop(snapshot.ttft_share, snapshot.atgt_share, snapshot.new_misses, snapshot.corrections, {
                 wid: (h.prompt_tokens, h.predicted_tokens, h.engine_tokens)
                 for wid, h in snapshot.new_prefix_hits.items()})
         record_queue_length(result.queue_length)
-        if self._config.scaling.enabled:
+        if self._config.placement.shards > 1:
+            self._share_demand(estimate.workers if estimate.usable else held, held)
+        if self._config.scaling.enabled and self._shard == 0:  # one shard asks for nodes
             self._node_scaler.apply(result.target_workers)
+
+    def _share_demand(self, workers: int, held: int) -> None:
+        # through shard 0's table; a shard that cannot reach it keeps the last sums it got
+        if self._demand_task is not None and not self._demand_task.done():
+            return
+        self._demand_task = asyncio.get_running_loop().create_task(self._send_demand(workers, held))
+
+    async def _send_demand(self, workers: int, held: int) -> None:
+        try:
+            if self._shard == 0:
+                sums = await self.demand(0, workers, held)
+            else:
+                shard0 = get_placement_actor(self._app_name, self._raw_config, 0)
+                sums = await asyncio.wait_for(shard0.demand.remote(self._shard, workers, held),
+                                              timeout=self._config.placement.actor_timeout_s)
+            self._controller.demand_elsewhere = tuple(sums)
+        except Exception as exc:
+            logger.debug("placement shard %d: demand not shared (%r)", self._shard, exc)
 
     async def observe(self, timings: list[RequestTiming]) -> None:
         """Finished requests as the ingress measured them: they close placement's loop."""
@@ -225,7 +271,7 @@ class PlacementActor:
 
     async def stats(self) -> dict[str, Any]:
         """What the actor knows (PlacementController.stats) and the node plugin's request."""
-        return {**self._controller.stats(), "node_request": self._node_scaler.requested}
+        return {**self._controller.stats(), "node_request": self._node_scaler.requested, "shard": self._shard}
 
     async def decisions(self, request_ids: list[str]) -> dict[str, str]:
         """The worker the actor chose for each of these requests (those it remembers)."""

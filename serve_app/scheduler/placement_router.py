@@ -9,18 +9,22 @@ two). Concurrent placements go to the actor together (`CallCoalescer`: one call 
 trip). Serve's FIFO matching is replaced by exact matching, so the replica chosen for a request
 is bound to that request and not handed to whichever request is oldest.
 
-If the actor does not answer within `placement.actor_timeout_s` (restarting, overloaded), the
-power-of-two choice is used, the actor is told where the request went (so its state stays
-right once it is back), the first fallback is logged and every one is counted.
+With `placement.shards` > 1 the candidates are grouped by the shard owning them, and the
+request is offered to two shards (serve_app.scheduler.placement_shards: the roomier first by
+their summaries); the first places it only where it fits (`feasible_only`), else the second
+places it as one actor would (its least violation), as `placement.sharding.ShardedPolicy`
+does in the simulator.
+
+If an actor does not answer within `placement.actor_timeout_s` (restarting, overloaded), the
+power-of-two choice is used, the actor owning that replica is told where the request went (so
+its state stays right once it is back), the first fallback is logged and every one is counted.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-import ray
 from ray.serve._private.request_router.common import PendingRequest
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 from ray.serve._private.request_router.replica_wrapper import RunningReplica
@@ -28,7 +32,7 @@ from ray.serve._private.request_router.request_router import RequestRouter
 
 from placement.live import RunningRequest
 from serve_app.metrics import record_placement
-from serve_app.scheduler.call_coalescer import CallCoalescer
+from serve_app.scheduler.placement_shards import PlacementShards
 from serve_app.worker.worker_protocol import GenerateRequest
 
 logger = logging.getLogger("ray.serve")
@@ -48,18 +52,8 @@ class PlacementRouter(PowerOfTwoChoicesRequestRouter):
         self._app_config = config or {}
         parsed = AppConfig.model_validate(self._app_config)
         self._policy = parsed.placement.policy
-        self._timeout_s = parsed.placement.actor_timeout_s
-        self._actor: ray.actor.ActorHandle | None = None
+        self._shards = PlacementShards(self.app_name, self._app_config)
         self._fallback_logged = False
-        self._placements: CallCoalescer[tuple[RunningRequest, list[str]], str | None] = CallCoalescer(
-            lambda batch: self._placement_actor().place_many.remote(batch))
-
-    def _placement_actor(self) -> ray.actor.ActorHandle:
-        if self._actor is None:
-            from serve_app.scheduler.placement_actor import get_placement_actor
-
-            self._actor = get_placement_actor(self.app_name, self._app_config)
-        return self._actor
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
@@ -74,7 +68,7 @@ class PlacementRouter(PowerOfTwoChoicesRequestRouter):
         if admitted is not None:  # admission placed it: the actor would answer the same
             return [[admitted]]
         try:
-            chosen = await asyncio.wait_for(self._placements.call((item, list(by_id))), timeout=self._timeout_s)
+            chosen = await self._shards.place(item, list(by_id))
         except Exception as exc:  # timeout, actor dead or restarting
             return self._fall_back(item, ranked, exc)
         replica = by_id.get(chosen) if chosen is not None else None
@@ -86,7 +80,6 @@ class PlacementRouter(PowerOfTwoChoicesRequestRouter):
             logger.warning("placement actor did not answer (%r); falling back to power-of-two choices "
                            "(logged once; counted in aladdin_placements_total{outcome=fallback})", exc)
             self._fallback_logged = True
-        self._actor = None  # look it up again: it may have been restarted or recreated
         if ranked and ranked[0]:
             # tell the actor where the request goes, without waiting (it may be down)
             self._tell_fallback(item, ranked[0][0].replica_id.unique_id)
@@ -94,7 +87,7 @@ class PlacementRouter(PowerOfTwoChoicesRequestRouter):
 
     def _tell_fallback(self, item: RunningRequest, worker_id: str) -> None:
         try:
-            self._placement_actor().fallback.remote(item, worker_id)
+            self._shards.actor(self._shards.of_worker(worker_id)).fallback.remote(item, worker_id)
         except Exception:  # the worker's next heartbeat reports it anyway
             pass
 

@@ -1,7 +1,9 @@
 """`aladdin bench-actor`: an end-to-end probe of the placement actor through Ray.
 
-The real `PlacementActor` (serve_app.scheduler.placement_actor) is driven as the Serve app
-drives it, with no engines:
+The real `PlacementActor` (serve_app.scheduler.placement_actor), or K of them with
+`--shards K` (each owning the workers whose id hashes to it), is driven as the Serve app drives
+it, with no engines, through the same client as the ingress and router
+(serve_app.scheduler.placement_shards):
 
 - W simulated workers (`w0`..`w{W-1}`) each send a `WorkerReport` every `placement.heartbeat_s`,
   built by the worker's own bookkeeping (`HeartbeatReports`: deltas, in full every so often or
@@ -25,7 +27,7 @@ drives it, with no engines:
   placed anyway (`least_violation` in `actor_outcomes`); with admission it waits for room, so
   round trips include waits and the rate is the simulated cluster's, not the actor's.
 
-Everything runs in the driver's asyncio loop (one process besides the actor); at a few
+Everything runs in the driver's asyncio loop (one process besides the actors); at a few
 hundred workers, building the reports costs the driver some of the CPU it shares with the actor.
 The W heartbeats of a period are sent at once: the sweep (send to last reply) is how long the
 actor takes to apply one period of reports, and callers see it as a burst, a worst case (real
@@ -56,7 +58,7 @@ from placement.evaluation.bench import INPUT_CV, INPUT_MEAN, OUTPUT_CV, OUTPUT_M
 from placement.latency_correction import EngineWork
 from placement.live import RequestTiming, RunningRequest, WorkerReport
 from predictors.latency.profile import WorkerProfile
-from serve_app.scheduler.call_coalescer import CallCoalescer
+from serve_app.scheduler.placement_shards import PlacementShards
 from serve_app.worker.heartbeat_reports import HeartbeatReports
 
 TOKENS_PER_PERIOD = 8  # decode tokens per request per heartbeat (~30 ms a token at 0.25 s)
@@ -65,7 +67,7 @@ PLACED_LIFETIME_PERIODS = 2  # reported running once with its first tokens, then
 
 @dataclass(frozen=True)
 class BenchActorOptions:
-    """What to run: W workers x R running requests, C callers, K shards (1 only, for now)."""
+    """What to run: W workers x R running requests, C callers, K shards."""
 
     workers: int = 64
     running: int = 16
@@ -80,8 +82,8 @@ class BenchActorOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.shards != 1:
-            raise ValueError("sharded placement actors are not built yet: only --shards 1 runs")
+        if not 1 <= self.shards <= self.workers:
+            raise ValueError("need 1 <= shards <= workers")
         if self.workers < 1 or self.callers < 1 or self.running < 0:
             raise ValueError("need workers >= 1, callers >= 1 and running >= 0")
         if self.duration_s <= 0 or self.warmup_s < 0:
@@ -93,7 +95,9 @@ class BenchActorOptions:
         return {
             "engine.accelerator": "gpu", "engine.kv_cache_gib": None,
             "placement.policy": "aladdin", "placement.profile_family": self.profile_family,
-            "placement.admission": self.admission, "placement.seed": self.seed,
+            "placement.admission": self.admission, "placement.seed": self.seed, "placement.shards": self.shards,
+            # the probe measures round trips however long: a caller must not give up and fall back
+            "placement.actor_timeout_s": 600.0,
         }
 
 
@@ -335,39 +339,30 @@ class SimulatedWorker:
 class _Run:
     """One run's shared state in the driver's loop."""
 
-    actor: Any
+    shards: PlacementShards
     options: BenchActorOptions
     workers: dict[str, SimulatedWorker]
     workload: Workload
     heartbeat_s: float
     window: tuple[float, float]  # perf_counter bounds of the measured window
     tally: Tally = field(default_factory=Tally)
-    admissions: CallCoalescer | None = None
-    placements: CallCoalescer | None = None
-
-    def __post_init__(self) -> None:
-        if self.options.coalesce:
-            self.admissions = CallCoalescer(lambda batch: self.actor.admit_many.remote(batch))
-            self.placements = CallCoalescer(lambda batch: self.actor.place_many.remote(batch))
 
     def measured(self, start: float, end: float) -> bool:
         return self.window[0] <= start and end <= self.window[1]
 
 
 async def _route(run: _Run, request: RunningRequest) -> tuple[str | None, bool]:
-    """The ingress's and the router's calls for one request: (worker, refused)."""
-    actor = run.actor
+    """The ingress's and the router's calls for one request (PlacementShards, as they make
+    them): (worker, refused)."""
     if run.options.admission:
-        verdict = await (actor.admit.remote(request) if run.admissions is None else run.admissions.call(request))
+        shard, verdict = await run.shards.admit(request)
         if verdict is None:  # it waits: the actor answers when it leaves the queue
-            verdict = await actor.admission.remote(request.request_id)
+            verdict = await run.shards.actor(shard).admission.remote(request.request_id)
         if verdict.refused:
             return None, True
         if verdict.worker_id is not None:  # admitted_to: the router does not ask again
             return verdict.worker_id, False
-    if run.placements is None:
-        return await actor.place.remote(request, list(run.workers)), False
-    return await run.placements.call((request, list(run.workers))), False
+    return await run.shards.place(request, list(run.workers)), False
 
 
 async def _caller(run: _Run, index: int) -> None:
@@ -394,32 +389,35 @@ async def _heartbeats(run: _Run) -> None:
             timings += done
         running = sum(w.running for w in run.workers.values()) / len(reports)
         start = time.perf_counter()
-        replies = await asyncio.gather(*(run.actor.heartbeat.remote(r) for r in reports))
+        replies = await asyncio.gather(*(run.shards.actor(run.shards.of_worker(r.worker_id)).heartbeat.remote(r)
+                                         for r in reports))
         end = time.perf_counter()
         for worker, report, reply in zip(run.workers.values(), reports, replies, strict=True):
             worker.acknowledged(report, reply)
         if run.measured(start, end):
             run.tally.sweep(end - start, running, sum(len(r.running) for r in reports) / len(reports))
-        if timings:
-            await run.actor.observe.remote(timings)
+        if timings:  # to every shard, as the ingress sends them
+            await asyncio.gather(*(run.shards.actor(k).observe.remote(timings) for k in range(run.shards.count)))
         next_at = max(next_at + run.heartbeat_s, time.monotonic())  # a late sweep delays, never bunches
         await asyncio.sleep(next_at - time.monotonic())
 
 
-async def _cpu_s(run: _Run, actor_pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) of the actor's process and of this one over the measured window."""
+async def _cpu_s(run: _Run, actor_pids: list[int]) -> tuple[float, float]:
+    """CPU seconds (user + system) of the actors' processes (summed) and of this one over the
+    measured window."""
     import psutil
 
-    processes = (psutil.Process(actor_pid), psutil.Process())
+    processes = [psutil.Process(pid) for pid in actor_pids] + [psutil.Process()]
     await asyncio.sleep(run.window[0] - time.perf_counter())
     before = [p.cpu_times() for p in processes]
     await asyncio.sleep(run.window[1] - time.perf_counter())
     after = [p.cpu_times() for p in processes]
-    actor, driver = ((a.user + a.system) - (b.user + b.system) for a, b in zip(after, before, strict=True))
-    return actor, driver
+    used = [(a.user + a.system) - (b.user + b.system) for a, b in zip(after, before, strict=True)]
+    return sum(used[:-1]), used[-1]
 
 
-async def _drive(actor: Any, pid: int, options: BenchActorOptions, config: dict[str, Any]) -> BenchActorResult:
+async def _drive(shards: PlacementShards, pids: list[int], options: BenchActorOptions,
+                 config: dict[str, Any]) -> BenchActorResult:
     from serve_app.config import AppConfig
 
     app = AppConfig.model_validate(config)
@@ -430,8 +428,8 @@ async def _drive(actor: Any, pid: int, options: BenchActorOptions, config: dict[
     workers = {f"w{i}": SimulatedWorker(f"w{i}", options.running, workload, profile, now_s, options.full_heartbeats)
                for i in range(options.workers)}
     start = time.perf_counter() + options.warmup_s
-    run = _Run(actor, options, workers, workload, app.placement.heartbeat_s, (start, start + options.duration_s))
-    window = asyncio.create_task(_cpu_s(run, pid))
+    run = _Run(shards, options, workers, workload, app.placement.heartbeat_s, (start, start + options.duration_s))
+    window = asyncio.create_task(_cpu_s(run, pids))
     load = [asyncio.create_task(_heartbeats(run))] + [
         asyncio.create_task(_caller(run, i)) for i in range(options.callers)]
     done, _ = await asyncio.wait([window, *load], return_when=asyncio.FIRST_COMPLETED)
@@ -440,8 +438,10 @@ async def _drive(actor: Any, pid: int, options: BenchActorOptions, config: dict[
     await asyncio.gather(*load, return_exceptions=True)
     for task in done:  # the load never ends by itself: one that did, failed
         task.result()
-    stats = await actor.stats.remote()
-    return build_result(options, run.tally, options.duration_s, *window.result(), stats["outcomes"])
+    outcomes: Counter[str] = Counter()
+    for k in range(shards.count):
+        outcomes.update((await shards.actor(k).stats.remote())["outcomes"])
+    return build_result(options, run.tally, options.duration_s, *window.result(), dict(outcomes))
 
 
 def _process_id(_actor: object) -> int:
@@ -453,17 +453,18 @@ def run_bench_actor(options: BenchActorOptions) -> BenchActorResult:
     in the running Ray instance or a local one started (and stopped) for it."""
     import ray
 
-    from serve_app.scheduler.placement_actor import get_placement_actor
 
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     config = options.app_config()
-    actor = get_placement_actor(f"bench-actor-{uuid.uuid4().hex[:8]}", config)
+    shards = PlacementShards(f"bench-actor-{uuid.uuid4().hex[:8]}", config, coalesce=options.coalesce)
+    actors = [shards.actor(k) for k in range(shards.count)]
     try:
-        pid = ray.get(actor.__ray_call__.remote(_process_id))
-        return asyncio.run(_drive(actor, pid, options, config))
+        pids = ray.get([actor.__ray_call__.remote(_process_id) for actor in actors])
+        return asyncio.run(_drive(shards, pids, options, config))
     finally:
-        ray.kill(actor)
+        for actor in actors:
+            ray.kill(actor)
         if started:
             ray.shutdown()

@@ -17,6 +17,7 @@ from typing import Any
 from ray import serve
 
 from placement.live import WorkerReport
+from placement.sharding import shard_of
 from serve_app.scheduler.autoscaling import TARGET_METRIC
 from serve_app.config import AppConfig
 from serve_app.worker.engine import InvalidRequest, start_engine
@@ -151,6 +152,7 @@ class LLMWorker:
 
         period = self._config.placement.heartbeat_s
         payload = self._config.model_dump(mode="json")
+        shard = shard_of(self._worker_id, self._config.placement.shards)  # the actor that owns this worker
         actor = None
         failing = False
         while True:
@@ -158,7 +160,7 @@ class LLMWorker:
             report = self._report()
             try:
                 if actor is None:
-                    actor = get_placement_actor(app_name, payload)
+                    actor = get_placement_actor(app_name, payload, shard)
                 reply = await asyncio.wait_for(actor.heartbeat.remote(report), timeout=max(2.0, 8 * period))
             except Exception as exc:  # actor restarting or gone: keep the finished ones for later
                 if report.work is not None:

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=64, help="simulated workers sending heartbeats")
     p.add_argument("--running", type=int, default=16, help="requests each worker keeps running besides those placed")
     p.add_argument("--callers", type=int, default=16, help="concurrent callers placing one request after another")
-    p.add_argument("--shards", type=int, default=1, help="placement actors (only 1: sharding is not built yet)")
+    p.add_argument("--shards", type=int, default=1, help="placement actors (placement.shards), each owning the workers whose id hashes to it")
     p.add_argument("--admission", action="store_true", help="callers go through SLO-aware admission first")
     p.add_argument("--no-coalesce", action="store_true",
                    help="one actor call per admission and placement (the ingress and router coalesce them)")

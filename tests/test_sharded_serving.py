@@ -1,0 +1,126 @@
+"""Sharded placement through the serving path (issue 16, items 4 and 5): two placement actors,
+four `sim` workers. Each shard's actor knows only the workers whose replica id hashes to it,
+every request is placed by exactly one shard on one of its own workers, and killing a shard's
+actor under load loses no request (the router falls back, the actor restarts and rebuilds
+its workers from their heartbeats)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import serve_run
+
+pytestmark = pytest.mark.serving
+APP = "sharded"
+SHARDS = 2
+WORKERS = 4
+# what these tests check is where requests go and that none is lost: no SLO a slow host misses
+LENIENT_SLO = {"x-slo-ttft-ms": "60000"}
+
+
+@pytest.fixture(scope="module")
+def sharded_app(ray_cluster):
+    from ray import serve
+
+    serve_run(
+        ray_cluster, "serve_app.app:build_app", "engine.kind=sim", "engine.cpus_per_rank=0.25",
+        f"workers.num_workers={WORKERS}", "ingress.num_cpus=0.25", "placement.policy=aladdin",
+        f"placement.shards={SHARDS}", "placement.actor_timeout_s=5",
+        "--name", APP, "--route-prefix", f"/{APP}", name=APP,
+    )
+    yield f"{ray_cluster.http}/{APP}"
+    serve.delete(APP)
+
+
+def _actors() -> list:
+    from serve_app.scheduler.placement_actor import find_placement_actor
+
+    return [find_placement_actor(APP, shard) for shard in range(SHARDS)]
+
+
+async def _complete_many(url: str, n: int, max_tokens: int = 12, spacing_s: float = 0.0) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=120) as http:
+        async def one(i: int) -> httpx.Response:
+            await asyncio.sleep(i * spacing_s)
+            body = {"model": "tiny", "prompt": f"sharded {i}", "max_tokens": max_tokens, "ignore_eos": True}
+            return await http.post(f"{url}/v1/completions", json=body, headers=LENIENT_SLO)
+
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def _workers_by_shard() -> dict[int, set[str]]:
+    """Each shard's workers as its actor knows them, once all four have reported."""
+    import ray
+
+    deadline = time.monotonic() + 60
+    while True:
+        known = {k: set(ray.get(a.stats.remote())["residents"]) for k, a in enumerate(_actors())}
+        if sum(len(w) for w in known.values()) == WORKERS or time.monotonic() > deadline:
+            return known
+        time.sleep(0.5)
+
+
+def test_each_shard_owns_its_workers_and_places_only_on_them(sharded_app):
+    import ray
+
+    from placement.sharding import shard_of
+
+    known = _workers_by_shard()
+    assert sum(len(w) for w in known.values()) == WORKERS, known
+    assert all(shard_of(w, SHARDS) == k for k, workers in known.items() for w in workers)
+    responses = asyncio.run(_complete_many(sharded_app, 24))
+    assert [r.status_code for r in responses] == [200] * 24
+    served = {r.json()["id"]: r.json()["aladdin"]["worker"] for r in responses}
+    chosen = [ray.get(a.decisions.remote(list(served))) for a in _actors()]
+    for request_id, worker in served.items():
+        deciders = [k for k, decisions in enumerate(chosen) if request_id in decisions]
+        assert len(deciders) == 1, (request_id, deciders)  # placed by exactly one shard ...
+        (k,) = deciders
+        assert chosen[k][request_id] == worker and worker in known[k]  # ... on one of its own workers
+    summaries = [ray.get(a.summary.remote()) for a in _actors()]
+    assert [s["workers"] for s in summaries] == [len(known[k]) for k in range(SHARDS)]
+    assert all(0.0 <= s["room"] <= 1.0 for s in summaries)
+
+
+def test_every_shard_learns_the_demand_and_workers_of_the_others(sharded_app):
+    """Shard 0's table: each shard's worker target counts every shard's workers."""
+    import ray
+
+    known = _workers_by_shard()
+    deadline = time.monotonic() + 120  # shards report once per estimate period (5 s)
+    while time.monotonic() < deadline:
+        asyncio.run(_complete_many(sharded_app, 2))
+        stats = [ray.get(a.stats.remote()) for a in _actors()]
+        if [s["demand_elsewhere"]["held"] for s in stats] == [WORKERS - len(known[k]) for k in range(SHARDS)]:
+            return
+        time.sleep(1)
+    raise AssertionError(f"shards own {known}; they see {[(s['residents'], s['demand_elsewhere']) for s in stats]}")
+
+
+def test_killing_a_shard_actor_under_load_loses_no_request(sharded_app):
+    import ray
+
+    known = _workers_by_shard()
+    victim = max(range(SHARDS), key=lambda k: len(known[k]))  # a shard that owns workers
+    actor = _actors()[victim]
+    killer = threading.Timer(1.0, lambda: ray.kill(actor, no_restart=False))
+    killer.start()
+    responses = asyncio.run(_complete_many(sharded_app, 30, max_tokens=30, spacing_s=0.1))
+    killer.join()
+    assert [r.status_code for r in responses] == [200] * 30
+    assert all(r.json()["usage"]["completion_tokens"] == 30 for r in responses)
+    # recovered: the restarted actor knows its workers again from their heartbeats
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        after = asyncio.run(_complete_many(sharded_app, 4))
+        assert all(r.status_code == 200 for r in after)
+        if set(ray.get(_actors()[victim].stats.remote())["residents"]) == known[victim]:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"shard {victim} did not recover its workers {known[victim]}")
