@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -65,3 +66,17 @@ def wait_running(name: str, timeout_s: float) -> None:
             raise RuntimeError(f"app {name} failed to deploy: {app.message}")
         time.sleep(1)
     raise TimeoutError(f"app {name} not RUNNING after {timeout_s} s")
+
+
+async def complete_many(base_url: str, n: int, max_tokens: int = 12, spacing_s: float = 0.0,
+                        headers: dict[str, str] | None = None) -> list:
+    """`n` completions of `max_tokens` forced tokens, sent `spacing_s` apart; their responses."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=120) as http:
+        async def one(i: int) -> httpx.Response:
+            await asyncio.sleep(i * spacing_s)
+            body = {"model": "tiny", "prompt": f"placement {i}", "max_tokens": max_tokens, "ignore_eos": True}
+            return await http.post(f"{base_url}/v1/completions", json=body, headers=headers)
+
+        return await asyncio.gather(*(one(i) for i in range(n)))

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from openai import BadRequestError, NotFoundError, OpenAI
 
-from tests.conftest import REPO, serve_run
+from tests.conftest import REPO, complete_many, serve_run
 
 pytestmark = pytest.mark.serving
 APP = "aladdin"
@@ -23,6 +23,10 @@ APP = "aladdin"
 # admission (tested in tests/test_overload.py and tests/test_burst.py) sheds none of them on a
 # slow or busy box.
 LENIENT_SLO = {"x-slo-ttft-ms": "60000"}
+
+
+def _complete(url: str, n: int, max_tokens: int = 12, spacing_s: float = 0.0):
+    return complete_many(url, n, max_tokens, spacing_s, headers=LENIENT_SLO)
 
 
 @pytest.fixture(scope="module")
@@ -370,21 +374,11 @@ def _placement_actor():
     return find_placement_actor(APP)
 
 
-async def _complete_many(http_base: str, n: int, max_tokens: int = 12, spacing_s: float = 0.0) -> list[httpx.Response]:
-    async with httpx.AsyncClient(timeout=120) as http:
-        async def one(i: int) -> httpx.Response:
-            await asyncio.sleep(i * spacing_s)
-            body = {"model": "tiny", "prompt": f"placement {i}", "max_tokens": max_tokens, "ignore_eos": True}
-            return await http.post(f"{http_base}/v1/completions", json=body, headers=LENIENT_SLO)
-
-        return await asyncio.gather(*(one(i) for i in range(n)))
-
-
 def test_requests_land_on_the_replica_the_placement_actor_chose(app):
     """The custom router sends every request to exactly the replica the actor picked."""
     import ray
 
-    responses = asyncio.run(_complete_many(app.http, 16))
+    responses = asyncio.run(_complete(app.http, 16))
     assert all(r.status_code == 200 for r in responses)
     served = {r.json()["id"]: r.json()["aladdin"]["worker"] for r in responses}
     assert all(served.values())
@@ -425,7 +419,12 @@ def test_heartbeats_update_placement_state(app):
     while ray.get(actor.where.remote(rid)) is not None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert ray.get(actor.where.remote(rid)) is None
+    # the estimate is recomputed once per scaling.estimate_period_s (5 s): the request is in the next
+    deadline = time.monotonic() + 15
     estimate = ray.get(actor.stats.remote())["estimate"]
+    while (estimate is None or estimate["rate_per_s"] <= 0) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        estimate = ray.get(actor.stats.remote())["estimate"]
     assert estimate is not None and estimate["rate_per_s"] > 0
 
 
@@ -436,7 +435,7 @@ def test_serving_metrics_reach_prometheus(app):
 
     from tests.test_metrics import prometheus_url, scrape
 
-    asyncio.run(_complete_many(app.http, 4))
+    asyncio.run(_complete(app.http, 4))
     wanted = {
         "ray_aladdin_ttft_seconds_count", "ray_aladdin_atgt_seconds_count", "ray_aladdin_slo_met_total",
         "ray_aladdin_placement_decisions_total", "ray_aladdin_worker_kv_used_fraction",
@@ -463,14 +462,14 @@ def test_killing_the_placement_actor_loses_no_request(app):
     ray.get(actor.stats.remote())
     killer = threading.Timer(1.0, lambda: ray.kill(actor, no_restart=False))
     killer.start()
-    responses = asyncio.run(_complete_many(app.http, 40, max_tokens=40, spacing_s=0.1))
+    responses = asyncio.run(_complete(app.http, 40, max_tokens=40, spacing_s=0.1))
     killer.join()
     assert [r.status_code for r in responses] == [200] * 40
     assert all(r.json()["usage"]["completion_tokens"] == 40 for r in responses)
     # recovered: the restarted actor (fresh counters) places new requests again
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        after = asyncio.run(_complete_many(app.http, 4))
+        after = asyncio.run(_complete(app.http, 4))
         assert all(r.status_code == 200 for r in after)
         stats = ray.get(_placement_actor().stats.remote())
         if sum(stats["outcomes"].get(k, 0) for k in ("placed", "least_violation", "admitted")) > 0:

@@ -10,10 +10,9 @@ import asyncio
 import threading
 import time
 
-import httpx
 import pytest
 
-from tests.conftest import serve_run
+from tests.conftest import complete_many, serve_run
 
 pytestmark = pytest.mark.serving
 APP = "sharded"
@@ -21,6 +20,10 @@ SHARDS = 2
 WORKERS = 4
 # what these tests check is where requests go and that none is lost: no SLO a slow host misses
 LENIENT_SLO = {"x-slo-ttft-ms": "60000"}
+
+
+def _complete(url: str, n: int, max_tokens: int = 12, spacing_s: float = 0.0):
+    return complete_many(url, n, max_tokens, spacing_s, headers=LENIENT_SLO)
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +46,6 @@ def _actors() -> list:
     return [find_placement_actor(APP, shard) for shard in range(SHARDS)]
 
 
-async def _complete_many(url: str, n: int, max_tokens: int = 12, spacing_s: float = 0.0) -> list[httpx.Response]:
-    async with httpx.AsyncClient(timeout=120) as http:
-        async def one(i: int) -> httpx.Response:
-            await asyncio.sleep(i * spacing_s)
-            body = {"model": "tiny", "prompt": f"sharded {i}", "max_tokens": max_tokens, "ignore_eos": True}
-            return await http.post(f"{url}/v1/completions", json=body, headers=LENIENT_SLO)
-
-        return await asyncio.gather(*(one(i) for i in range(n)))
-
-
 def _workers_by_shard() -> dict[int, set[str]]:
     """Each shard's workers as its actor knows them, once all four have reported."""
     import ray
@@ -73,7 +66,7 @@ def test_each_shard_owns_its_workers_and_places_only_on_them(sharded_app):
     known = _workers_by_shard()
     assert sum(len(w) for w in known.values()) == WORKERS, known
     assert all(shard_of(w, SHARDS) == k for k, workers in known.items() for w in workers)
-    responses = asyncio.run(_complete_many(sharded_app, 24))
+    responses = asyncio.run(_complete(sharded_app, 24))
     assert [r.status_code for r in responses] == [200] * 24
     served = {r.json()["id"]: r.json()["aladdin"]["worker"] for r in responses}
     chosen = [ray.get(a.decisions.remote(list(served))) for a in _actors()]
@@ -94,7 +87,7 @@ def test_every_shard_learns_the_demand_and_workers_of_the_others(sharded_app):
     known = _workers_by_shard()
     deadline = time.monotonic() + 120  # shards report once per estimate period (5 s)
     while time.monotonic() < deadline:
-        asyncio.run(_complete_many(sharded_app, 2))
+        asyncio.run(_complete(sharded_app, 2))
         stats = [ray.get(a.stats.remote()) for a in _actors()]
         if [s["demand_elsewhere"]["held"] for s in stats] == [WORKERS - len(known[k]) for k in range(SHARDS)]:
             return
@@ -110,14 +103,14 @@ def test_killing_a_shard_actor_under_load_loses_no_request(sharded_app):
     actor = _actors()[victim]
     killer = threading.Timer(1.0, lambda: ray.kill(actor, no_restart=False))
     killer.start()
-    responses = asyncio.run(_complete_many(sharded_app, 30, max_tokens=30, spacing_s=0.1))
+    responses = asyncio.run(_complete(sharded_app, 30, max_tokens=30, spacing_s=0.1))
     killer.join()
     assert [r.status_code for r in responses] == [200] * 30
     assert all(r.json()["usage"]["completion_tokens"] == 30 for r in responses)
     # recovered: the restarted actor knows its workers again from their heartbeats
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        after = asyncio.run(_complete_many(sharded_app, 4))
+        after = asyncio.run(_complete(sharded_app, 4))
         assert all(r.status_code == 200 for r in after)
         if set(ray.get(_actors()[victim].stats.remote())["residents"]) == known[victim]:
             break
