@@ -113,3 +113,32 @@ def test_the_demand_table_sums_the_other_shards_fresh_reports() -> None:
     assert table.elsewhere(0, 10.0) == (5, 4) and table.elsewhere(1, 10.0) == (3, 2)
     assert table.elsewhere(2, 10.0) == (8, 6)
     assert table.elsewhere(1, 20.0) == (0, 0)  # shard 0 silent past stale_s: no longer counted
+
+
+def test_one_shard_decides_exactly_as_before() -> None:
+    """K = 1 (the default) is the unsharded placement: the live router's call with
+    `feasible_only=False` (what PlacementShards makes with one shard) decides as `place` always
+    did, request by request, on a seeded stream that fills the workers past feasibility."""
+    import hashlib
+
+    from placement.controller import ControllerSettings, PlacementController
+    from placement.live import RunningRequest, WorkerReport
+    from predictors.latency.families import load_profile_family
+
+    def digest(feasible_only: bool | None) -> str:
+        ctl = PlacementController(ControllerSettings(
+            policy="aladdin", profile=load_profile_family("tiny-cpu").profile(1), slo_ttft_s=5.0, slo_atgt_s=0.05))
+        workers = [f"w{i}" for i in range(4)]
+        for w in workers:
+            ctl.heartbeat(WorkerReport(w, kv_capacity_tokens=8192), 0.0)
+        rng, out = random.Random(7), hashlib.sha256()
+        for i in range(120):
+            size = rng.randint(50, 1500)
+            request = RunningRequest(f"r{i}", i * 0.01, size, size / 2, size, 5.0, 0.05)
+            args = (request, workers, i * 0.01) + (() if feasible_only is None else (feasible_only,))
+            routing = ctl.place(*args)
+            out.update(f"{routing.worker_id}:{routing.outcome};".encode())
+        return out.hexdigest()
+
+    assert digest(None) == digest(False)
+    assert make_policies("aladdin", shards=1).policy.__class__ is AladdinPolicy  # the simulator's too
