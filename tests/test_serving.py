@@ -137,6 +137,7 @@ def test_sse_framing(app, path, body):
     ({"model": "tiny", "prompt": [999999]}, 400, "prompt"),
     ({"model": "tiny"}, 400, "prompt"),
     ({"model": "tiny", "prompt": "hi", "max_tokens": "many"}, 400, "max_tokens"),
+    ({"model": "tiny", "prompt": "hi", "response_format": {"type": "json_object"}}, 400, "response_format"),
 ])
 def test_bad_completion_requests(app, body, status, param):
     resp = httpx.post(f"{app.http}/v1/completions", json=body, timeout=30)

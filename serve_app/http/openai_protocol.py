@@ -2,15 +2,19 @@
 
 Unknown request fields are ignored, as vLLM's server does, so clients that send extra
 options keep working. vLLM's extensions `ignore_eos`, `min_tokens` and `top_k` are accepted.
+Fields of OpenAI's or vLLM's API that change the output and that this server does not
+implement (tools, structured outputs, logit bias, logprobs, ...) are refused with a 400 naming
+the field, unless their value asks for nothing (`tools: []`, `response_format: {"type":
+"text"}`, ...): a client asking for JSON must not get free text with a 200.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def _utf8(value: Any) -> Any:
@@ -24,6 +28,18 @@ def _utf8(value: Any) -> Any:
     except UnicodeEncodeError:
         raise ValueError("string is not valid Unicode (lone surrogate)") from None
     return value
+
+
+def _noop_only(*noops: Any) -> Any:
+    """The type of a field this server cannot honour: accepted only at a value that asks for
+    nothing (one of `noops`, or absent), else a 400 naming it."""
+    def check(value: Any) -> Any:
+        if value is None or any(value == noop and type(value) is type(noop) for noop in noops):
+            return value
+        shown = "".join(f"{n!r} or " for n in noops)
+        raise ValueError(f"not supported by this server (accepted only as {shown}absent)")
+
+    return Annotated[Any, AfterValidator(check)]
 
 
 class StreamOptions(BaseModel):
@@ -49,6 +65,27 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
     user: str | None = None
+    # not implemented here (see the module docstring): refused unless they ask for nothing
+    logit_bias: _noop_only({}) = None
+    response_format: _noop_only({"type": "text"}) = None
+    tools: _noop_only([]) = None
+    tool_choice: _noop_only("none", "auto") = None
+    functions: _noop_only([]) = None
+    function_call: _noop_only("none", "auto") = None
+    repetition_penalty: _noop_only(1.0, 1) = None
+    min_p: _noop_only(0.0, 0) = None
+    stop_token_ids: _noop_only([]) = None
+    bad_words: _noop_only([]) = None
+    allowed_token_ids: _noop_only([]) = None
+    prompt_logprobs: _noop_only(0) = None
+    use_beam_search: _noop_only(False) = None
+    include_stop_str_in_output: _noop_only(False) = None
+    skip_special_tokens: _noop_only(True) = None
+    guided_json: _noop_only() = None
+    guided_regex: _noop_only() = None
+    guided_choice: _noop_only() = None
+    guided_grammar: _noop_only() = None
+    structured_outputs: _noop_only() = None
     # Aladdin extensions: per-request SLOs (headers x-slo-ttft-ms / x-slo-atgt-ms also work).
     slo_ttft_ms: float | None = Field(None, gt=0, le=3_600_000)
     slo_atgt_ms: float | None = Field(None, gt=0, le=3_600_000)
@@ -96,6 +133,7 @@ class CompletionRequest(SamplingFields):
     echo: Literal[False] = False
     logprobs: None = None
     suffix: None = None
+    best_of: _noop_only(1) = None
 
     @field_validator("prompt")
     @classmethod
@@ -143,6 +181,7 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: Literal[False] | None = None
+    top_logprobs: _noop_only(0) = None
 
     @model_validator(mode="after")
     def _one_limit(self) -> "ChatCompletionRequest":
