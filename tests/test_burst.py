@@ -113,3 +113,17 @@ def test_burst_ends_served_or_refused_and_the_loop_measured_it(burst_app):
     loop = stats["closed_loop"]
     assert loop["promises_counted"] > 0
     assert len(loop["corrections"]) == 2 and all(c["intervals"] > 0 for c in loop["corrections"].values())
+
+
+def test_time_queued_in_front_of_the_ingress_counts_when_a_proxy_stamps_it(burst_app):
+    """X-Request-Start: a request a proxy held past its TTFT SLO is shed at once (429), one
+    stamped just now is served."""
+    import time
+
+    body = {"model": "tiny", "prompt": "stamped", "max_tokens": 4, "ignore_eos": True}
+    with httpx.Client(timeout=60) as http:
+        late = http.post(f"{burst_app}/v1/completions", json=body,
+                         headers={"x-request-start": f"t={time.time() - 2 * TTFT_SLO_MS / 1000:.3f}"})
+        fresh = http.post(f"{burst_app}/v1/completions", json=body, headers={"x-request-start": f"t={time.time():.3f}"})
+    assert late.status_code == 429 and int(late.headers["retry-after"]) >= 1, late.text
+    assert fresh.status_code == 200, fresh.text

@@ -70,3 +70,26 @@ def test_bad_benchmark_header_is_400():
     with pytest.raises(OpenAIError) as err:
         request_options({"x-aladdin-benchmark": "maybe"})
     assert err.value.status == 400 and err.value.param == "x-aladdin-benchmark"
+
+
+NOW_S = 1_765_000_000.0  # a wall-clock time in 2025
+
+
+@pytest.mark.parametrize("value", [f"t={NOW_S - 2:.3f}", f"{NOW_S - 2}", f"t={int((NOW_S - 2) * 1e3)}",
+                                   f"t={int((NOW_S - 2) * 1e6)}"])
+def test_a_front_proxys_request_start_moves_the_arrival_earlier(value):
+    """X-Request-Start in s (nginx's t=${msec}), ms or us: the TTFT counts from the proxy."""
+    options = request_options({"x-request-start": value}, received_s=NOW_S)
+    assert options.received_s == pytest.approx(NOW_S - 2, abs=1e-3)
+
+
+def test_a_request_start_after_the_receipt_is_clock_skew_and_changes_nothing():
+    assert request_options({"x-request-start": f"t={NOW_S + 3}"}, received_s=NOW_S).received_s == NOW_S
+    assert request_options({"x-request-start": f"t={NOW_S - 2}"}).received_s is None  # handle calls: now
+
+
+@pytest.mark.parametrize("value", ["soon", "t=", "t=-5", "t=nan", "t=inf", f"t={NOW_S - 7200}"])
+def test_a_bad_or_ancient_request_start_is_400(value):
+    with pytest.raises(OpenAIError) as err:
+        request_options({"x-request-start": value}, received_s=NOW_S)
+    assert err.value.status == 400 and err.value.param == "x-request-start"
