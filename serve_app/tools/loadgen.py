@@ -95,7 +95,9 @@ async def _send(client: httpx.AsyncClient, model: str, item: WorkItem, headers: 
     usage: dict[str, int] = {}
     worker = None
     try:
-        async with client.stream("POST", "/v1/completions", json=_request_body(model, item), headers=headers) as resp:
+        # the send time as a front proxy would stamp it: the server counts the TTFT from here too
+        stamped = {"x-request-start": f"t={time.time():.3f}", **headers}
+        async with client.stream("POST", "/v1/completions", json=_request_body(model, item), headers=stamped) as resp:
             if resp.status_code != 200:
                 text = (await resp.aread()).decode(errors="replace")
                 return RequestResult(ok=False, status=resp.status_code, error=f"HTTP {resp.status_code}: {text[:200]}")
