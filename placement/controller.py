@@ -188,6 +188,11 @@ class PlacementController:
         return self.admission is not None and self.admission.withdraw(request_id)
 
     @property
+    def workers_held(self) -> int:
+        """Workers this controller knows alive (reporting, or named by routing lately)."""
+        return len(self._last_seen)
+
+    @property
     def admission_waiting(self) -> int:
         return 0 if self.admission is None else len(self.admission.queue)
 
@@ -272,11 +277,12 @@ class PlacementController:
             self._estimate_workers(now_s)
         estimate = self._estimate
         scaling = self.settings.scaling
-        held = len(self._last_seen)
+        held = self.workers_held
         # the application's target: this shard's estimate plus the other shards' (sharding.DemandTable)
         needed_elsewhere, held_elsewhere = self.demand_elsewhere
-        target = scale_target(replace(estimate, workers=estimate.workers + needed_elsewhere),
-                              held + held_elsewhere, scaling.min_workers, scaling.max_workers)
+        own = estimate.workers if estimate.usable else held  # an unusable estimate keeps its own count
+        app_estimate = replace(estimate, workers=own + needed_elsewhere, usable=estimate.usable or needed_elsewhere > 0)
+        target = scale_target(app_estimate, held + held_elsewhere, scaling.min_workers, scaling.max_workers)
         last = self.scaling_log[-1] if self.scaling_log else None
         if last is None or (last["estimate_workers"], last["target_workers"]) != (estimate.workers, target):
             self.scaling_log.append({

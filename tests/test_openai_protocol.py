@@ -66,7 +66,7 @@ def test_openai_error_survives_pickling():
     ("logit_bias", {"50256": -100}), ("response_format", {"type": "json_object"}), ("best_of", 2),
     ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
     ("repetition_penalty", 1.3), ("min_p", 0.1), ("stop_token_ids", [2]), ("guided_json", {"type": "object"}),
-    ("structured_outputs", {"json": {}}), ("prompt_logprobs", 1), ("skip_special_tokens", False),
+    ("structured_outputs", {"json": {}}), ("prompt_logprobs", 0), ("skip_special_tokens", False), ("best_of", True),
 ])
 def test_a_field_this_server_cannot_honour_is_refused_naming_it(field, value):
     """Nothing is silently ignored (issue 17): a 400 naming the field, never a 200 that pretends."""
@@ -78,7 +78,7 @@ def test_a_field_this_server_cannot_honour_is_refused_naming_it(field, value):
 
 def test_the_same_fields_asking_for_nothing_are_accepted():
     CompletionRequest.model_validate({
-        "prompt": "x", "logit_bias": {}, "response_format": {"type": "text"}, "best_of": 1, "tools": [],
+        "prompt": "x", "logit_bias": {}, "response_format": {"type": "text"}, "best_of": 1.0, "tools": [],
         "tool_choice": "none", "repetition_penalty": 1.0, "min_p": 0, "stop_token_ids": [], "guided_json": None,
         "skip_special_tokens": True, "unknown_extension": 7,
     })

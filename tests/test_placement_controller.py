@@ -219,3 +219,10 @@ def test_a_placement_asked_for_only_where_it_fits_passes_without_a_trace() -> No
     assert (routing.worker_id, routing.outcome) == (None, "passed")
     assert ctl.where("r2") is None and ctl.stats()["outcomes"] == before["outcomes"]
     assert ctl.place(_req(2), ["w0"], 0.0).outcome == "least_violation"  # the last shard places it anyway
+
+
+def test_the_target_adds_the_workers_other_shards_need() -> None:
+    ctl = _controller(max_workers=16)
+    own = ctl.heartbeat(_report("w0"), 0.0).estimate.workers
+    ctl.demand_elsewhere = (5, 2)  # what shard 0's table says the other shards need and hold
+    assert ctl.heartbeat(_report("w0"), 0.1).target_workers == min(16, max(own + 5, 1 + 2)) >= 5

@@ -353,7 +353,7 @@ class OpenAIIngress:
         # the actor answers by the request's admission deadline; past that it is unreachable
         longest_wait_s = min(placed.slo_ttft_s, placement.max_wait_s or placed.slo_ttft_s)
         shards = self._placement_shards()
-        shard = 0
+        shard = None
         try:
             shard, verdict = await shards.admit(placed)  # with shards, the roomier of two
             if verdict is None:  # it waits: the actor answers when it leaves the queue
@@ -363,7 +363,8 @@ class OpenAIIngress:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # actor restarting or overloaded: serve unadmitted
-            shards.forget(shard)
+            if shard is not None:  # a failed admit has forgotten its shard already
+                shards.forget(shard)
             if not self._admission_failed_logged:
                 logger.warning("admission unavailable (%r); requests go ahead unadmitted (logged once)", exc)
                 self._admission_failed_logged = True
@@ -468,14 +469,17 @@ class OpenAIIngress:
         while self._timings:
             await asyncio.sleep(period)
             batch, self._timings = self._timings, []
-            for shard in range(shards.count):
-                try:
-                    await asyncio.wait_for(shards.actor(shard).observe.remote(batch), timeout=max(2.0, 8 * period))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # restarting or gone: look it up again next time
-                    shards.forget(shard)
-                    logger.debug("placement timings not sent to shard %d (%r)", shard, exc)
+            await asyncio.gather(*(self._send_timings_to(shards, shard, batch, period) for shard in range(shards.count)))
+
+    async def _send_timings_to(self, shards: PlacementShards, shard: int, batch: list[RequestTiming],
+                               period: float) -> None:
+        try:
+            await asyncio.wait_for(shards.actor(shard).observe.remote(batch), timeout=max(2.0, 8 * period))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # restarting or gone: look it up again next time
+            shards.forget(shard)
+            logger.debug("placement timings not sent to shard %d (%r)", shard, exc)
 
     async def _collect(self, prepared: _Prepared) -> tuple[str, int, str | None]:
         """The whole output. Nothing has reached the client yet, so a worker failing even

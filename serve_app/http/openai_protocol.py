@@ -33,8 +33,14 @@ def _utf8(value: Any) -> Any:
 def _noop_only(*noops: Any) -> Any:
     """The type of a field this server cannot honour: accepted only at a value that asks for
     nothing (one of `noops`, or absent), else a 400 naming it."""
+    def same(value: Any, noop: Any) -> bool:  # 1 and 1.0 alike, True and 1 not
+        numbers = (int, float)
+        if isinstance(noop, numbers) and not isinstance(noop, bool):
+            return isinstance(value, numbers) and not isinstance(value, bool) and value == noop
+        return type(value) is type(noop) and value == noop
+
     def check(value: Any) -> Any:
-        if value is None or any(value == noop and type(value) is type(noop) for noop in noops):
+        if value is None or any(same(value, noop) for noop in noops):
             return value
         shown = "".join(f"{n!r} or " for n in noops)
         raise ValueError(f"not supported by this server (accepted only as {shown}absent)")
@@ -72,12 +78,12 @@ class SamplingFields(BaseModel):
     tool_choice: _noop_only("none", "auto") = None
     functions: _noop_only([]) = None
     function_call: _noop_only("none", "auto") = None
-    repetition_penalty: _noop_only(1.0, 1) = None
-    min_p: _noop_only(0.0, 0) = None
+    repetition_penalty: _noop_only(1.0) = None
+    min_p: _noop_only(0.0) = None
     stop_token_ids: _noop_only([]) = None
     bad_words: _noop_only([]) = None
     allowed_token_ids: _noop_only([]) = None
-    prompt_logprobs: _noop_only(0) = None
+    prompt_logprobs: _noop_only() = None  # even 0 asks vLLM for each prompt token's own
     use_beam_search: _noop_only(False) = None
     include_stop_str_in_output: _noop_only(False) = None
     skip_special_tokens: _noop_only(True) = None

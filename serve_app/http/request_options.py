@@ -57,7 +57,7 @@ def request_options(headers: Any, received_s: float | None = None) -> RequestOpt
 
 def request_start_s(value: str, now_s: float) -> float:
     """An `X-Request-Start` header's time, s since the epoch: `t=` and a number of seconds,
-    milliseconds or microseconds (told apart by size, as APM agents do); 400 when it is not one
+    milliseconds, microseconds or nanoseconds (told apart by size, as APM agents do); 400 when it is not one
     or is more than `MAX_REQUEST_AGE_S` old."""
     raw = value.strip()
     raw = raw[2:] if raw.startswith("t=") else raw
@@ -66,9 +66,9 @@ def request_start_s(value: str, now_s: float) -> float:
     except ValueError:
         number = math.nan
     if not math.isfinite(number) or number <= 0:
-        raise OpenAIError(400, f"header {REQUEST_START_HEADER} must be t=<time since the epoch>, in s, ms or us",
+        raise OpenAIError(400, f"header {REQUEST_START_HEADER} must be t=<time since the epoch>, in s, ms, us or ns",
                           param=REQUEST_START_HEADER)
-    start_s = number / 1e6 if number > 1e14 else number / 1e3 if number > 1e11 else number
+    start_s = number / 1e9 if number > 1e17 else number / 1e6 if number > 1e14 else number / 1e3 if number > 1e11 else number
     if now_s - start_s > MAX_REQUEST_AGE_S:
         raise OpenAIError(400, f"header {REQUEST_START_HEADER} is more than {MAX_REQUEST_AGE_S:.0f} s old: "
                           "check the proxy's clock and the header's unit", param=REQUEST_START_HEADER)

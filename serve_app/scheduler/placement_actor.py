@@ -110,6 +110,7 @@ class PlacementActor:
         # shard 0 keeps every shard's demand for the application's worker target
         self._demand = DemandTable(stale_s=3 * self._config.scaling.estimate_period_s)
         self._demand_task: asyncio.Task | None = None
+        self._shard0: Any = None  # shard 0's handle, for shards other than 0
         self._controller = PlacementController(self._config.controller_settings())
         self._policy = self._config.placement.policy
         self._node_scaler = NodeScaler(self._config)
@@ -194,7 +195,19 @@ class PlacementActor:
         the (needed, held) workers of every other shard."""
         now_s = time.time()
         self._demand.report(shard, workers, held, now_s)
+        if not self._controller.workers_held:  # no heartbeats here: the others' sums drive the nodes
+            self._coordinate_without_workers(now_s)
         return self._demand.elsewhere(shard, now_s)
+
+    def _coordinate_without_workers(self, now_s: float) -> None:
+        # shard 0 asks for nodes and records the capacity gauges from its heartbeats; when no
+        # worker hashes to it, it does so from the other shards' reports instead
+        needed, held = self._demand.elsewhere(0, now_s)
+        scaling = self._config.scaling
+        tp = self._controller.settings.profile.tp
+        record_capacity(needed, needed * tp, held, held * tp)
+        if scaling.enabled:
+            self._node_scaler.apply(min(scaling.max_workers, max(scaling.min_workers, needed)))
 
     async def fallback(self, request: RunningRequest, worker_id: str) -> None:
         """The router placed `request` without the actor (it did not answer in time)."""
@@ -257,11 +270,13 @@ class PlacementActor:
             if self._shard == 0:
                 sums = await self.demand(0, workers, held)
             else:
-                shard0 = get_placement_actor(self._app_name, self._raw_config, 0)
-                sums = await asyncio.wait_for(shard0.demand.remote(self._shard, workers, held),
+                if self._shard0 is None:
+                    self._shard0 = get_placement_actor(self._app_name, self._raw_config, 0)
+                sums = await asyncio.wait_for(self._shard0.demand.remote(self._shard, workers, held),
                                               timeout=self._config.placement.actor_timeout_s)
             self._controller.demand_elsewhere = tuple(sums)
         except Exception as exc:
+            self._shard0 = None  # look it up again: it may have been restarted
             logger.debug("placement shard %d: demand not shared (%r)", self._shard, exc)
 
     async def observe(self, timings: list[RequestTiming]) -> None:

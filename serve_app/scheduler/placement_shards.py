@@ -5,11 +5,14 @@ one actor per shard (serve_app.scheduler.placement_actor, named per shard), each
 workers whose replica id hashes to it (`placement.sharding.shard_of`); callers offer a request
 to the shards `placement.sharding.shard_order` picks (two at random, the roomier first) by the
 shards' summaries, fetched in the background at most once per heartbeat period, so a caller
-never waits for them (a shard whose summary is unknown counts as roomy).
+never waits for them (a shard whose summary is unknown counts as roomy; one that did not
+answer, as having no room, until it does). Admission goes only to shards known to hold workers
+(a shard without any would admit unplaced, never shedding).
 
 `admit` and `place` make the ingress's and the router's calls (and `aladdin bench-actor`'s):
 concurrent calls to one shard go together (`CallCoalescer`), each bounded by
-`placement.actor_timeout_s`; a failed call forgets the shard's handle and raises.
+`placement.actor_timeout_s`; a failed call forgets the shard's handle, and `place` goes on to
+the next shard, raising only when the last one failed.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class PlacementShards:
         self._timeout_s = placement.actor_timeout_s
         self._actors: dict[int, Any] = {}
         self._rooms = [1.0] * self.count
+        self._workers: list[int | None] = [None] * self.count  # each shard's, once a summary told
         self._refreshed_at = -math.inf
         self._refresh: asyncio.Task | None = None
         self._rng = random.Random()
@@ -71,7 +75,8 @@ class PlacementShards:
     async def admit(self, request: RunningRequest) -> tuple[int, Verdict | None]:
         """Admission of `request` by the roomier of two shards: (that shard, its verdict; None:
         it waits there, ask that shard's `admission`)."""
-        shard = self.order()[0]
+        staffed = [k for k, n in enumerate(self._workers) if n]
+        shard = self.order(staffed if staffed else None)[0]
         if not self._coalesce:
             return shard, await self._bounded(shard, lambda: self.actor(shard).admit.remote(request))
         if shard not in self._admissions:
@@ -86,7 +91,13 @@ class PlacementShards:
             groups.setdefault(self.of_worker(worker_id), []).append(worker_id)
         order = self.order(list(groups))
         for i, shard in enumerate(order):
-            chosen = await self._place_in(shard, request, groups[shard], feasible_only=i < len(order) - 1)
+            last = i == len(order) - 1
+            try:
+                chosen = await self._place_in(shard, request, groups[shard], feasible_only=not last)
+            except Exception:
+                if last:
+                    raise
+                continue  # that shard is down: the next one places it as the last would
             if chosen is not None:
                 return chosen
         return None
@@ -123,14 +134,15 @@ class PlacementShards:
         self._refresh = asyncio.get_running_loop().create_task(self._fetch_rooms())
 
     async def _fetch_rooms(self) -> None:
-        async def room(shard: int) -> float | None:
+        async def summary(shard: int) -> tuple[float, int | None]:
             try:
-                summary = await asyncio.wait_for(self.actor(shard).summary.remote(), timeout=self._timeout_s)
-            except Exception as exc:  # restarting or gone: keep its last room
+                answer = await asyncio.wait_for(self.actor(shard).summary.remote(), timeout=self._timeout_s)
+            except Exception as exc:  # restarting or gone: last in the order until it answers
                 logger.debug("placement shard %d: no summary (%r)", shard, exc)
                 self.forget(shard)
-                return None
-            return float(summary["room"])
+                return -1.0, self._workers[shard]
+            return float(answer["room"]), int(answer["workers"])
 
-        rooms = await asyncio.gather(*(room(k) for k in range(self.count)))
-        self._rooms = [old if new is None else new for old, new in zip(self._rooms, rooms, strict=True)]
+        summaries = await asyncio.gather(*(summary(k) for k in range(self.count)))
+        self._rooms = [room for room, _ in summaries]
+        self._workers = [workers for _, workers in summaries]
