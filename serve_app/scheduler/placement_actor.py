@@ -132,8 +132,7 @@ class PlacementActor:
         verdict = self._controller.admit(request, time.time())
         if verdict is None:
             self._admitting[request.request_id] = asyncio.get_running_loop().create_future()
-            if self._drain_task is None or self._drain_task.done():
-                self._drain_task = asyncio.get_running_loop().create_task(self._drain_while_waiting())
+            self._ensure_draining()
             return None
         return self._settled(verdict)
 
@@ -163,12 +162,22 @@ class PlacementActor:
             future.set_result(verdict)
         return verdict
 
+    def _ensure_draining(self) -> None:
+        """Start the drain loop unless it runs (requests wait: only it settles them)."""
+        if self._controller.admission_waiting and (self._drain_task is None or self._drain_task.done()):
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain_while_waiting())
+
     async def _drain_while_waiting(self) -> None:
         # Heartbeats make room; draining once per DRAINS_PER_HEARTBEAT-th of a period over the
         # workers that reported costs far less than a drain per heartbeat (hundreds per second)
         while self._controller.admission_waiting:
             await asyncio.sleep(self._config.placement.heartbeat_s / DRAINS_PER_HEARTBEAT)
-            for verdict in self._controller.drain(time.time(), reported_only=True):
+            try:
+                verdicts = self._controller.drain(time.time(), reported_only=True)
+            except Exception:  # a drain that failed must not leave its waiting requests stranded
+                logger.exception("placement: draining the admission queue failed; trying again")
+                continue
+            for verdict in verdicts:
                 self._settled(verdict)
 
     async def place(self, request: RunningRequest, candidates: list[str], feasible_only: bool = False) -> str | None:
@@ -228,6 +237,7 @@ class PlacementActor:
         """Apply a worker's report; returns the current estimate (for Serve's autoscaler)."""
         self._last_call = time.monotonic()
         result = self._controller.heartbeat(report, time.time())
+        self._ensure_draining()  # a safety net: the drain loop is what settles waiting requests
         load = result.load
         record_worker(load.worker_id, load.kv_fraction, load.running, load.waiting)
         if result.forgotten:
