@@ -65,6 +65,12 @@ class ControllerSettings:
     scaling: ScalingSettings = field(default_factory=ScalingSettings)
 
 
+def workers_needed(estimate: WorkerEstimate, held: int) -> int:
+    """Workers one controller's own demand needs: its estimate, or the `held` ones when the
+    estimate is unusable (the SLOs cannot be met at any rate: keep the count)."""
+    return estimate.workers if estimate.usable else held
+
+
 @dataclass(frozen=True)
 class Routing:
     """Where `place` put a request: `worker_id` (None: the policy waits, route as Serve
@@ -280,8 +286,8 @@ class PlacementController:
         held = self.workers_held
         # the application's target: this shard's estimate plus the other shards' (sharding.DemandTable)
         needed_elsewhere, held_elsewhere = self.demand_elsewhere
-        own = estimate.workers if estimate.usable else held  # an unusable estimate keeps its own count
-        app_estimate = replace(estimate, workers=own + needed_elsewhere, usable=estimate.usable or needed_elsewhere > 0)
+        app_estimate = replace(estimate, workers=workers_needed(estimate, held) + needed_elsewhere,
+                               usable=estimate.usable or needed_elsewhere > 0)
         target = scale_target(app_estimate, held + held_elsewhere, scaling.min_workers, scaling.max_workers)
         last = self.scaling_log[-1] if self.scaling_log else None
         if last is None or (last["estimate_workers"], last["target_workers"]) != (estimate.workers, target):

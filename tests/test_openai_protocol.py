@@ -84,3 +84,16 @@ def test_the_same_fields_asking_for_nothing_are_accepted():
     })
     with pytest.raises(ValidationError):
         ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2})
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("chat_template", "{{ messages }}"), ("chat_template_kwargs", {"enable_thinking": True}),
+    ("add_generation_prompt", False), ("continue_final_message", True), ("echo", True),
+    ("truncate_prompt_tokens", 8),
+])
+def test_chat_rendering_options_this_server_does_not_apply_are_refused(field, value):
+    body = {"messages": [{"role": "user", "content": "a"}]}
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate({**body, field: value})
+    assert from_validation_errors(info.value.errors()).param == field
+    ChatCompletionRequest.model_validate({**body, "add_generation_prompt": True, "chat_template_kwargs": {}})

@@ -92,6 +92,9 @@ class SamplingFields(BaseModel):
     guided_choice: _noop_only() = None
     guided_grammar: _noop_only() = None
     structured_outputs: _noop_only() = None
+    truncate_prompt_tokens: _noop_only() = None
+    logits_processors: _noop_only([]) = None
+    prompt_embeds: _noop_only() = None
     # Aladdin extensions: per-request SLOs (headers x-slo-ttft-ms / x-slo-atgt-ms also work).
     slo_ttft_ms: float | None = Field(None, gt=0, le=3_600_000)
     slo_atgt_ms: float | None = Field(None, gt=0, le=3_600_000)
@@ -188,6 +191,12 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: Literal[False] | None = None
     top_logprobs: _noop_only(0) = None
+    # the ingress renders the model's own template with a generation prompt, nothing else
+    chat_template: _noop_only() = None
+    chat_template_kwargs: _noop_only({}) = None
+    add_generation_prompt: _noop_only(True) = None
+    continue_final_message: _noop_only(False) = None
+    echo: _noop_only(False) = None
 
     @model_validator(mode="after")
     def _one_limit(self) -> "ChatCompletionRequest":

@@ -35,7 +35,7 @@ from typing import Any
 import ray
 
 from placement.admission import Verdict
-from placement.controller import HeartbeatResult, PlacementController
+from placement.controller import HeartbeatResult, PlacementController, workers_needed
 from placement.live import RequestTiming, RunningRequest, WorkerReport
 from placement.sharding import DemandTable
 from serve_app.config import AppConfig
@@ -265,7 +265,7 @@ class PlacementActor:
                 for wid, h in snapshot.new_prefix_hits.items()})
         record_queue_length(result.queue_length)
         if self._config.placement.shards > 1:
-            self._share_demand(estimate.workers if estimate.usable else held, held)
+            self._share_demand(workers_needed(estimate, held), held)
         if self._config.scaling.enabled and self._shard == 0:  # one shard asks for nodes
             self._node_scaler.apply(result.target_workers)
 
