@@ -101,3 +101,27 @@ def test_batches_are_bounded_and_result_counts_checked() -> None:
     asyncio.run(scenario())
     with pytest.raises(ValueError):
         CallCoalescer(_Actor().send, max_batch=0)
+
+
+def test_a_caller_cancelled_as_its_batch_answers_stays_cancelled() -> None:
+    """The bench hang in CI: Python 3.11's `asyncio.wait_for` returns the result instead of
+    raising when the cancellation meets a call that has just finished, so a cancelled caller
+    loop ran on for ever. PlacementShards' bounded calls must let the cancellation through."""
+    from serve_app.scheduler.placement_shards import PlacementShards
+
+    async def scenario() -> None:
+        shards = PlacementShards("app", {})
+        answered = asyncio.get_running_loop().create_future()
+
+        async def call() -> str:
+            return await answered
+
+        caller = asyncio.ensure_future(shards._bounded(0, call))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the caller waits on its call
+        answered.set_result("w0")  # the call finishes in the loop turn that cancels its caller
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+
+    asyncio.run(scenario())

@@ -188,7 +188,8 @@ class OpenAIIngress:
         """200 once a worker answers; 503 while none can (e.g. engines still starting)."""
         probe = self._worker.stats.remote()
         try:
-            await asyncio.wait_for(asyncio.shield(probe), timeout=HEALTH_PROBE_TIMEOUT_S)
+            async with asyncio.timeout(HEALTH_PROBE_TIMEOUT_S):
+                await asyncio.shield(probe)
         except Exception:  # no replica in time, or it failed: not healthy either way
             probe.cancel()
             err = OpenAIError(503, "no worker is ready", code="no_ready_worker")
@@ -357,9 +358,8 @@ class OpenAIIngress:
         try:
             shard, verdict = await shards.admit(placed)  # with shards, the roomier of two
             if verdict is None:  # it waits: the actor answers when it leaves the queue
-                verdict = await asyncio.wait_for(
-                    shards.actor(shard).admission.remote(prepared.generate.request_id),
-                    timeout=longest_wait_s + placement.actor_timeout_s)
+                async with asyncio.timeout(longest_wait_s + placement.actor_timeout_s):
+                    verdict = await shards.actor(shard).admission.remote(prepared.generate.request_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # actor restarting or overloaded: serve unadmitted
@@ -474,7 +474,8 @@ class OpenAIIngress:
     async def _send_timings_to(self, shards: PlacementShards, shard: int, batch: list[RequestTiming],
                                period: float) -> None:
         try:
-            await asyncio.wait_for(shards.actor(shard).observe.remote(batch), timeout=max(2.0, 8 * period))
+            async with asyncio.timeout(max(2.0, 8 * period)):
+                await shards.actor(shard).observe.remote(batch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # restarting or gone: look it up again next time

@@ -282,8 +282,8 @@ class PlacementActor:
             else:
                 if self._shard0 is None:
                     self._shard0 = get_placement_actor(self._app_name, self._raw_config, 0)
-                sums = await asyncio.wait_for(self._shard0.demand.remote(self._shard, workers, held),
-                                              timeout=self._config.placement.actor_timeout_s)
+                async with asyncio.timeout(self._config.placement.actor_timeout_s):
+                    sums = await self._shard0.demand.remote(self._shard, workers, held)
             self._controller.demand_elsewhere = tuple(sums)
         except Exception as exc:
             self._shard0 = None  # look it up again: it may have been restarted
@@ -312,4 +312,7 @@ class PlacementActor:
             if time.monotonic() - self._last_call > IDLE_EXIT_S:
                 logger.info("placement actor idle for %.0f s: exiting", IDLE_EXIT_S)
                 self._node_scaler.release()
-                ray.actor.exit_actor()
+                try:
+                    ray.actor.exit_actor()  # marks the actor to exit once its calls are done
+                except ray.exceptions.AsyncioActorExit:  # meant for a method's caller: none here
+                    return

@@ -113,8 +113,9 @@ class PlacementShards:
         return await self._bounded(shard, lambda: self._placements[key].call((request, worker_ids)))
 
     async def _bounded(self, shard: int, call: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await asyncio.wait_for(call(), timeout=self._timeout_s)
+        try:  # asyncio.timeout: 3.11's wait_for drops a cancellation that meets a finished call
+            async with asyncio.timeout(self._timeout_s):
+                return await call()
         except Exception:
             self.forget(shard)
             raise
@@ -136,7 +137,8 @@ class PlacementShards:
     async def _fetch_rooms(self) -> None:
         async def summary(shard: int) -> tuple[float, int | None]:
             try:
-                answer = await asyncio.wait_for(self.actor(shard).summary.remote(), timeout=self._timeout_s)
+                async with asyncio.timeout(self._timeout_s):
+                    answer = await self.actor(shard).summary.remote()
             except Exception as exc:  # restarting or gone: last in the order until it answers
                 logger.debug("placement shard %d: no summary (%r)", shard, exc)
                 self.forget(shard)

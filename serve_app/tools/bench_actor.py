@@ -63,6 +63,7 @@ from serve_app.worker.heartbeat_reports import HeartbeatReports
 
 TOKENS_PER_PERIOD = 8  # decode tokens per request per heartbeat (~30 ms a token at 0.25 s)
 PLACED_LIFETIME_PERIODS = 2  # reported running once with its first tokens, then finished
+END_TIMEOUT_S = 60.0  # for the load to stop and each shard's final stats once the window is over
 
 
 @dataclass(frozen=True)
@@ -435,12 +436,14 @@ async def _drive(shards: PlacementShards, pids: list[int], options: BenchActorOp
     done, _ = await asyncio.wait([window, *load], return_when=asyncio.FIRST_COMPLETED)
     for task in load:
         task.cancel()
-    await asyncio.gather(*load, return_exceptions=True)
+    async with asyncio.timeout(END_TIMEOUT_S):  # a run that cannot end fails rather than hangs
+        await asyncio.gather(*load, return_exceptions=True)
     for task in done:  # the load never ends by itself: one that did, failed
         task.result()
     outcomes: Counter[str] = Counter()
     for k in range(shards.count):
-        outcomes.update((await shards.actor(k).stats.remote())["outcomes"])
+        async with asyncio.timeout(END_TIMEOUT_S):
+            outcomes.update((await shards.actor(k).stats.remote())["outcomes"])
     return build_result(options, run.tally, options.duration_s, *window.result(), dict(outcomes))
 
 

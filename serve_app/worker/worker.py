@@ -161,7 +161,8 @@ class LLMWorker:
             try:
                 if actor is None:
                     actor = get_placement_actor(app_name, payload, shard)
-                reply = await asyncio.wait_for(actor.heartbeat.remote(report), timeout=max(2.0, 8 * period))
+                async with asyncio.timeout(max(2.0, 8 * period)):
+                    reply = await actor.heartbeat.remote(report)
             except Exception as exc:  # actor restarting or gone: keep the finished ones for later
                 if report.work is not None:
                     self._snapshot.give_back_work(report.work)
