@@ -137,6 +137,12 @@ CHAT = request({"messages": VALID_MESSAGES, "max_tokens": VALID_MAX_TOKENS, **VA
                 "max_completion_tokens": VALID_MAX_TOKENS | BAD_MAX_TOKENS, **BAD_SAMPLING},
                OPTIONAL + ("max_completion_tokens",))
 
+TOKENIZE = (request({"prompt": st.text(max_size=40)}, {"prompt": BAD_PROMPT, "add_special_tokens": JUNK}, ())
+            | request({"messages": VALID_MESSAGES},
+                      {"messages": BAD_MESSAGES, "add_generation_prompt": JUNK, "continue_final_message": JUNK},
+                      ("add_generation_prompt", "continue_final_message")))
+DETOKENIZE = request({"tokens": st.lists(st.integers(0, 400), max_size=8)}, {"tokens": BAD_PROMPT}, ())
+
 
 def _encoded(body: Any) -> bytes:
     # NaN and Infinity are written as such (Python's json reads them back); strings are escaped
@@ -205,6 +211,18 @@ def test_fuzz_completions(http, content, headers):
 @given(content=bodies(CHAT), headers=HEADERS)
 def test_fuzz_chat_completions(http, content, headers):
     send(http, "POST", "/v1/chat/completions", content, headers)
+
+
+@FUZZ
+@given(content=bodies(TOKENIZE), headers=HEADERS)
+def test_fuzz_tokenize(http, content, headers):
+    send(http, "POST", "/tokenize", content, headers)
+
+
+@FUZZ
+@given(content=bodies(DETOKENIZE), headers=HEADERS)
+def test_fuzz_detokenize(http, content, headers):
+    send(http, "POST", "/detokenize", content, headers)
 
 
 @settings(FUZZ, max_examples=30)

@@ -69,6 +69,22 @@ def test_completion_counts_tokens(client, tokenizer):
     assert len(tokenizer(out.choices[0].text, add_special_tokens=False).input_ids) > 0
 
 
+def test_tokenize_counts_what_a_completion_is_charged_and_detokenize_inverts_it(app, client):
+    prompt = "The quick brown fox"
+    tokens = httpx.post(f"{app.http}/tokenize", json={"model": "tiny", "prompt": prompt}).json()
+    out = client.completions.create(model="tiny", prompt=prompt, max_tokens=2, extra_headers=LENIENT_SLO)
+    assert tokens["count"] == len(tokens["tokens"]) == out.usage.prompt_tokens and tokens["max_model_len"] == 2048
+    chat = httpx.post(f"{app.http}/tokenize", json={"messages": [{"role": "user", "content": prompt}]}).json()
+    reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompt}],
+                                           max_tokens=2, extra_headers=LENIENT_SLO)
+    assert chat["count"] == reply.usage.prompt_tokens
+    text = httpx.post(f"{app.http}/detokenize", json={"tokens": tokens["tokens"]}).json()["prompt"]
+    assert prompt in text
+    bad = httpx.post(f"{app.http}/tokenize", json={"messages": [{"role": "user", "content": "x"}], "tools": [
+        {"type": "function", "function": {"name": "f"}}]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tools"
+
+
 def test_completion_from_token_ids(client):
     out = client.completions.create(model="tiny", prompt=[11, 12, 13, 14], max_tokens=5, extra_body={"ignore_eos": True})
     assert out.usage.prompt_tokens == 4 and out.usage.completion_tokens == 5

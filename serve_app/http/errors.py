@@ -56,3 +56,9 @@ def from_validation_errors(errors: list[dict[str, Any]]) -> OpenAIError:
         return OpenAIError(400, "request body is not valid JSON", code="invalid_json")
     message = first.get("msg", "invalid request")
     return OpenAIError(400, f"{param}: {message}" if param else message, param=param)
+
+
+def check_model(requested: str | None, served: str) -> None:
+    """404 in OpenAI's shape when a request names a model other than the one served."""
+    if requested is not None and requested != served:
+        raise OpenAIError(404, f"The model `{requested}` does not exist.", param="model", code="model_not_found")

@@ -20,7 +20,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from jinja2 import TemplateError
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -32,12 +31,13 @@ from predictors.output_length import ChatInput, PastTurn, Prediction
 from serve_app.http.api_auth import authorized, set_api_keys
 from serve_app.http.body_limit import BodyLimit, set_max_body_bytes
 from serve_app.config import AppConfig
-from serve_app.http.errors import OpenAIError, from_validation_errors
+from serve_app.http.errors import OpenAIError, check_model, from_validation_errors
 from serve_app.metrics import record_request
 from serve_app.model_source import resolve_tokenizer_dir
 from serve_app.prediction.request_predictor import RequestPredictor
 from serve_app.scheduler.placement_shards import PlacementShards
 from serve_app.http.request_options import RequestOptions, request_options
+from serve_app.http.tokenization import detokenize, render_chat, tokenize
 from serve_app.http.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -151,8 +151,9 @@ class _Prepared:
 @serve.deployment(name="OpenAIIngress")
 @serve.ingress(api)
 class OpenAIIngress:
-    """HTTP: /v1/completions, /v1/chat/completions, /v1/models, /health.
-    Handle: create_completion, stream_completion, create_chat_completion, stream_chat_completion.
+    """HTTP: /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health.
+    Handle: create_completion, stream_completion, create_chat_completion, stream_chat_completion,
+    tokenize, detokenize.
     """
 
     def __init__(self, worker: DeploymentHandle, config: dict[str, Any]) -> None:
@@ -212,6 +213,14 @@ class OpenAIIngress:
                 ],
             }
         )
+
+    @api.post("/tokenize")
+    async def http_tokenize(self, body: dict[str, Any]) -> JSONResponse:
+        return JSONResponse(await self.tokenize(body))
+
+    @api.post("/detokenize")
+    async def http_detokenize(self, body: dict[str, Any]) -> JSONResponse:
+        return JSONResponse(await self.detokenize(body))
 
     @api.post("/v1/completions")
     async def http_completions(self, body: CompletionRequest, request: Request) -> Any:
@@ -275,13 +284,15 @@ class OpenAIIngress:
         async for chunk in self._chat_chunks(prepared):
             yield chunk
 
-    # ---- validation ---------------------------------------------------------------------
-    def _check_model(self, model: str | None) -> None:
-        if model is not None and model != self._model_name:
-            raise OpenAIError(
-                404, f"The model `{model}` does not exist.", param="model", code="model_not_found"
-            )
+    async def tokenize(self, request: dict[str, Any]) -> dict[str, Any]:
+        """vLLM's /tokenize (serve_app.http.tokenization); raises OpenAIError on bad input."""
+        return tokenize(self._tokenizer, request, self._model_name, self._max_model_len).model_dump()
 
+    async def detokenize(self, request: dict[str, Any]) -> dict[str, Any]:
+        """vLLM's /detokenize; raises OpenAIError on bad input."""
+        return detokenize(self._tokenizer, request, self._model_name).model_dump()
+
+    # ---- validation ---------------------------------------------------------------------
     def _prepare(
         self, body: SamplingFields, ids: list[int], max_tokens: int | None, prefix: str, chat: ChatInput,
         options: RequestOptions,
@@ -311,7 +322,7 @@ class OpenAIIngress:
         return _Prepared(generate, body, self._model_name, chat, prediction)
 
     def _prepare_completion(self, body: CompletionRequest, options: RequestOptions = RequestOptions()) -> _Prepared:
-        self._check_model(body.model)
+        check_model(body.model, self._model_name)
         if isinstance(body.prompt, str):
             text = body.prompt
             ids = self._tokenizer(text).input_ids
@@ -326,18 +337,14 @@ class OpenAIIngress:
         return self._prepare(body, ids, body.max_tokens, "cmpl", chat, options)
 
     def _prepare_chat(self, body: ChatCompletionRequest, options: RequestOptions = RequestOptions()) -> _Prepared:
-        self._check_model(body.model)
-        messages = [{"role": m.role, "content": m.text} for m in body.messages]
-        try:
-            text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except TemplateError as exc:  # a model's template rejecting the conversation (e.g. role order)
-            raise OpenAIError(400, f"messages: {exc}", param="messages") from None
+        check_model(body.model, self._model_name)
+        text = render_chat(self._tokenizer, body.messages)
         ids = self._tokenizer(text, add_special_tokens=False).input_ids
         # The predictor reads the latest message and the lengths of the turns before it.
-        last = messages[-1]["content"]
+        last = body.messages[-1].text
         history = tuple(
-            PastTurn(m["role"], len(self._tokenizer(m["content"], add_special_tokens=False).input_ids))
-            for m in messages[:-1]
+            PastTurn(m.role, len(self._tokenizer(m.text, add_special_tokens=False).input_ids))
+            for m in body.messages[:-1]
         )
         chat = ChatInput(last, len(self._tokenizer(last, add_special_tokens=False).input_ids), history)
         return self._prepare(body, ids, body.max_tokens, "chatcmpl", chat, options)

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-def _utf8(value: Any) -> Any:
+def valid_unicode(value: Any) -> Any:
     """`value` (a string, a list of them, or anything else) unchanged if its strings have a UTF-8
     form. JSON may carry lone surrogates ("\\ud800") that decode to strings without one; the
     tokenizer, the engine and an error message echoing them would all fail on them."""
@@ -107,12 +107,12 @@ class SamplingFields(BaseModel):
         stops = [value] if isinstance(value, str) else value
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("stop takes at most 4 non-empty strings")
-        return _utf8(stops)
+        return valid_unicode(stops)
 
     @field_validator("model", "user")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
-        return _utf8(value)
+        return valid_unicode(value)
 
     def sampling(self, max_tokens: int) -> dict[str, Any]:
         """Keyword arguments for vLLM's SamplingParams."""
@@ -156,7 +156,7 @@ class CompletionRequest(SamplingFields):
             raise ValueError("prompt must not be empty")
         if isinstance(value, list) and not value:
             raise ValueError("prompt must not be empty")
-        return _utf8(value)
+        return valid_unicode(value)
 
 
 class ContentPart(BaseModel):
@@ -173,7 +173,7 @@ class ChatMessage(BaseModel):
     @field_validator("content")
     @classmethod
     def _text(cls, value: str | list[ContentPart]) -> str | list[ContentPart]:
-        _utf8(value if isinstance(value, str) else [part.text for part in value])
+        valid_unicode(value if isinstance(value, str) else [part.text for part in value])
         return value
 
     @property
