@@ -146,6 +146,7 @@ class PlacementController:
         self._waiting: dict[str, int] = {}  # worker id -> requests its engine has not scheduled
         self._decisions: Counter[str] = Counter()  # worker id -> placements
         self.outcomes: Counter[str] = Counter()
+        self.abandoned = 0  # queue places and placements dropped because their callers timed out
         self._recent: OrderedDict[str, str] = OrderedDict()
         self.scaling_log: list[dict[str, Any]] = []  # each change of the estimate or the target
         self._missed_reported = {"ttft": 0, "atgt": 0}
@@ -192,6 +193,17 @@ class PlacementController:
     def withdraw(self, request_id: str) -> bool:
         """A waiting request's caller went away: True if it was still waiting."""
         return self.admission is not None and self.admission.withdraw(request_id)
+
+    def abandon(self, request_ids: list[str]) -> int:
+        """Callers gave up on these requests' admission or placement calls (timed out) and
+        went on without the answer: whatever those calls left here, a place in the queue or
+        a placement no worker has reported, is dropped now rather than held until the
+        reports' grace period ends. Returns how many were dropped."""
+        dropped = 0
+        for request_id in request_ids:
+            dropped += int(self.withdraw(request_id)) + int(self.cluster.abandon(request_id))
+        self.abandoned += dropped
+        return dropped
 
     @property
     def workers_held(self) -> int:
@@ -388,6 +400,7 @@ class PlacementController:
             "profile": f"{profile.family} tp{profile.tp}",
             "decisions": dict(self._decisions),
             "outcomes": dict(self.outcomes),
+            "abandoned": self.abandoned,
             "residents": {wid: len(w.residents) for wid, w in self.cluster.workers.items()},
             "admission_waiting": self.admission_waiting,
             "estimate": None if self._estimate is None else self._estimate.to_dict(),

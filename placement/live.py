@@ -276,6 +276,17 @@ class LiveCluster:
             if self.loop is not None:
                 self.loop.forget_worker(worker_id)
 
+    def abandon(self, request_id: str) -> bool:
+        """Drop a placement no worker has reported yet: its caller gave up waiting for the
+        answer and routed the request elsewhere. True if one was dropped. (A request a
+        worker has reported stays: it runs there.)"""
+        if request_id not in self._placed_at:
+            return False
+        self._drop_request(request_id)
+        if self.loop is not None:
+            self.loop.dropped(request_id)
+        return True
+
     def location(self, request_id: str) -> str | None:
         """The worker a request is resident on, if any."""
         return self._where.get(request_id)

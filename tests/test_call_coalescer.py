@@ -107,6 +107,7 @@ def test_a_caller_cancelled_as_its_batch_answers_stays_cancelled() -> None:
     """The bench hang in CI: Python 3.11's `asyncio.wait_for` returns the result instead of
     raising when the cancellation meets a call that has just finished, so a cancelled caller
     loop ran on for ever. PlacementShards' bounded calls must let the cancellation through."""
+    from placement.live import RunningRequest
     from serve_app.scheduler.placement_shards import PlacementShards
 
     async def scenario() -> None:
@@ -116,12 +117,49 @@ def test_a_caller_cancelled_as_its_batch_answers_stays_cancelled() -> None:
         async def call() -> str:
             return await answered
 
-        caller = asyncio.ensure_future(shards._bounded(0, call))
+        request = RunningRequest("r", 0.0, 8, 4.0, 8.0, 1.0, 0.05)
+        caller = asyncio.ensure_future(shards._bounded(0, request, call))
         for _ in range(3):
             await asyncio.sleep(0)  # the caller waits on its call
         answered.set_result("w0")  # the call finishes in the loop turn that cancels its caller
         caller.cancel()
         with pytest.raises(asyncio.CancelledError):
             await caller
+
+    asyncio.run(scenario())
+
+
+def test_a_timed_out_call_tells_its_shard_to_drop_what_it_may_still_do() -> None:
+    """The shard answering after the caller gave up would keep a reservation the request never
+    uses; the caller sends `abandon` for it, to the handle the call went to, and forgets it."""
+    from placement.live import RunningRequest
+    from serve_app.scheduler.placement_shards import PlacementShards
+
+    class _Method:
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def remote(self, *args: object) -> None:
+            self.calls.append(args)
+
+    class _SlowActor:  # a Ray actor handle's shape: an answer that never comes
+        def __init__(self) -> None:
+            self.abandon = _Method()
+
+    async def scenario() -> None:
+        shards = PlacementShards("app", {"placement": {"actor_timeout_s": 0.01}})
+        actor = _SlowActor()
+        shards._actors[0] = actor
+        request = RunningRequest("r", 0.0, 8, 4.0, 8.0, 1.0, 0.05)
+        with pytest.raises(TimeoutError):
+            await shards._bounded(0, request, lambda: asyncio.sleep(10))
+        assert actor.abandon.calls == [(["r"],)] and 0 not in shards._actors
+        with pytest.raises(ConnectionError):  # a failed call: forgotten, nothing to abandon
+            shards._actors[0] = actor
+            await shards._bounded(0, request, lambda: _raise(ConnectionError("gone")))
+        assert actor.abandon.calls == [(["r"],)] and 0 not in shards._actors
+
+    async def _raise(exc: Exception) -> None:
+        raise exc
 
     asyncio.run(scenario())

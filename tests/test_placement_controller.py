@@ -209,6 +209,21 @@ def test_a_withdrawn_waiting_request_is_never_admitted() -> None:
     assert ctl.drain(0.5, reported_only=True) == [] and ctl.where("r2") is None
 
 
+def test_an_abandoned_call_leaves_no_reservation_but_a_reported_request_stays() -> None:
+    """A caller that timed out went on without the answer: its unreported placement and its
+    place in the admission queue go at once, so the room is free for the next request."""
+    ctl = _controller()
+    ctl.heartbeat(_report("w0"), 0.0)
+    for i in range(2):
+        assert ctl.admit(_req(i), 0.0).worker_id == "w0"
+    assert ctl.admit(_req(2), 0.0) is None  # w0 is full: r2 waits
+    ctl.heartbeat(_report("w0", running=(_req(0),)), 0.25)  # r0 runs there; r1 never arrived
+    assert ctl.abandon(["r0", "r1", "r2", "unknown"]) == 2
+    assert ctl.where("r0")["worker_id"] == "w0" and ctl.where("r1") is None
+    assert ctl.admission_waiting == 0 and ctl.stats()["abandoned"] == 2
+    assert ctl.admit(_req(3), 0.3).worker_id == "w0"  # r1's room, free again
+
+
 def test_a_placement_asked_for_only_where_it_fits_passes_without_a_trace() -> None:
     ctl = _controller(admission=False)
     ctl.heartbeat(_report("w0"), 0.0)

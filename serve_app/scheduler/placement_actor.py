@@ -223,6 +223,11 @@ class PlacementActor:
         self._last_call = time.monotonic()
         self._controller.fallback(request, worker_id, time.time())
 
+    async def abandon(self, request_ids: list[str]) -> None:
+        """Callers timed out on these requests' calls and went on without the answer
+        (PlacementController.abandon)."""
+        self._controller.abandon(request_ids)
+
     async def worker_failed(self, request_id: str) -> str | None:
         """The worker running `request_id` failed (the ingress saw its call die): forget it and
         its residents, and place nothing there until it reports again. Returns its id."""

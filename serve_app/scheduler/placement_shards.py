@@ -11,8 +11,9 @@ answer, as having no room, until it does). Admission goes only to shards known t
 
 `admit` and `place` make the ingress's and the router's calls (and `aladdin bench-actor`'s):
 concurrent calls to one shard go together (`CallCoalescer`), each bounded by
-`placement.actor_timeout_s`; a failed call forgets the shard's handle, and `place` goes on to
-the next shard, raising only when the last one failed.
+`placement.actor_timeout_s`; a failed call forgets the shard's handle (a timed-out one first
+tells the shard to abandon what it may still do for the request), and `place` goes on to the
+next shard, raising only when the last one failed.
 """
 
 from __future__ import annotations
@@ -78,10 +79,10 @@ class PlacementShards:
         staffed = [k for k, n in enumerate(self._workers) if n]
         shard = self.order(staffed if staffed else None)[0]
         if not self._coalesce:
-            return shard, await self._bounded(shard, lambda: self.actor(shard).admit.remote(request))
+            return shard, await self._bounded(shard, request, lambda: self.actor(shard).admit.remote(request))
         if shard not in self._admissions:
             self._admissions[shard] = CallCoalescer(lambda batch: self.actor(shard).admit_many.remote(batch))
-        return shard, await self._bounded(shard, lambda: self._admissions[shard].call(request))
+        return shard, await self._bounded(shard, request, lambda: self._admissions[shard].call(request))
 
     async def place(self, request: RunningRequest, worker_ids: Sequence[str]) -> str | None:
         """The worker to run `request` on among `worker_ids`: offered to the shards owning them
@@ -105,17 +106,27 @@ class PlacementShards:
     async def _place_in(self, shard: int, request: RunningRequest, worker_ids: list[str], feasible_only: bool) -> str | None:
         if not self._coalesce:
             return await self._bounded(
-                shard, lambda: self.actor(shard).place.remote(request, worker_ids, feasible_only))
+                shard, request, lambda: self.actor(shard).place.remote(request, worker_ids, feasible_only))
         key = (shard, feasible_only)
         if key not in self._placements:
             self._placements[key] = CallCoalescer(
                 lambda batch: self.actor(shard).place_many.remote(batch, feasible_only))
-        return await self._bounded(shard, lambda: self._placements[key].call((request, worker_ids)))
+        return await self._bounded(shard, request, lambda: self._placements[key].call((request, worker_ids)))
 
-    async def _bounded(self, shard: int, call: Callable[[], Awaitable[T]]) -> T:
+    async def _bounded(self, shard: int, request: RunningRequest, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`'s answer within `placement.actor_timeout_s`. On a timeout the shard is
+        told to drop what the call may still do for `request` (the caller goes on without
+        it: an unreported placement there would hold room until the reports' grace ends);
+        sent at once, so it reaches the actor before any later call about `request`."""
         try:  # asyncio.timeout: 3.11's wait_for drops a cancellation that meets a finished call
             async with asyncio.timeout(self._timeout_s):
                 return await call()
+        except TimeoutError:
+            handle = self._actors.get(shard)  # the one the call went to
+            self.forget(shard)
+            if handle is not None:
+                handle.abandon.remote([request.request_id])
+            raise
         except Exception:
             self.forget(shard)
             raise
