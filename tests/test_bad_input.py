@@ -201,28 +201,15 @@ def assert_still_serving(base: str, http: httpx.Client) -> None:
 
 
 # ---- fuzzing ---------------------------------------------------------------------------------
+POST_ROUTES = {"/v1/completions": COMPLETION, "/v1/chat/completions": CHAT, "/tokenize": TOKENIZE,
+               "/detokenize": DETOKENIZE}
+
+
+@pytest.mark.parametrize("path", list(POST_ROUTES))
 @FUZZ
-@given(content=bodies(COMPLETION), headers=HEADERS)
-def test_fuzz_completions(http, content, headers):
-    send(http, "POST", "/v1/completions", content, headers)
-
-
-@FUZZ
-@given(content=bodies(CHAT), headers=HEADERS)
-def test_fuzz_chat_completions(http, content, headers):
-    send(http, "POST", "/v1/chat/completions", content, headers)
-
-
-@FUZZ
-@given(content=bodies(TOKENIZE), headers=HEADERS)
-def test_fuzz_tokenize(http, content, headers):
-    send(http, "POST", "/tokenize", content, headers)
-
-
-@FUZZ
-@given(content=bodies(DETOKENIZE), headers=HEADERS)
-def test_fuzz_detokenize(http, content, headers):
-    send(http, "POST", "/detokenize", content, headers)
+@given(data=st.data(), headers=HEADERS)
+def test_fuzz_post_routes(http, path, data, headers):
+    send(http, "POST", path, data.draw(bodies(POST_ROUTES[path]), label="body"), headers)
 
 
 @settings(FUZZ, max_examples=30)
