@@ -37,7 +37,7 @@ from serve_app.model_source import resolve_tokenizer_dir
 from serve_app.prediction.request_predictor import RequestPredictor
 from serve_app.scheduler.placement_shards import PlacementShards
 from serve_app.http.request_options import RequestOptions, request_options
-from serve_app.http.tokenization import detokenize, render_chat, tokenize
+from serve_app.http.tokenization import detokenize, load_protocol, render_chat, tokenize
 from serve_app.http.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -165,6 +165,7 @@ class OpenAIIngress:
         # the placement actors, looked up on first use; concurrent admissions go together
         self._shards: PlacementShards | None = None
         self._admission_failed_logged = False
+        self._protocol_loaded: asyncio.Future | None = None  # vLLM's tokenize protocol, imported on first use
         # finished requests' measured latencies, sent to the placement actor in batches: they
         # close its SLO model's loop (aladdin only: the baselines promise nothing)
         self._timings: list[RequestTiming] = []
@@ -286,11 +287,20 @@ class OpenAIIngress:
 
     async def tokenize(self, request: dict[str, Any]) -> dict[str, Any]:
         """vLLM's /tokenize (serve_app.http.tokenization); raises OpenAIError on bad input."""
+        await self._tokenize_protocol()
         return tokenize(self._tokenizer, request, self._model_name, self._max_model_len).model_dump()
 
     async def detokenize(self, request: dict[str, Any]) -> dict[str, Any]:
         """vLLM's /detokenize; raises OpenAIError on bad input."""
+        await self._tokenize_protocol()
         return detokenize(self._tokenizer, request, self._model_name).model_dump()
+
+    async def _tokenize_protocol(self) -> None:
+        # vLLM's import takes seconds: off the event loop, once (the tokenizer itself stays on
+        # the loop: a fast tokenizer used from two threads at once can fail "Already borrowed")
+        if self._protocol_loaded is None:
+            self._protocol_loaded = asyncio.ensure_future(asyncio.to_thread(load_protocol))
+        await asyncio.shield(self._protocol_loaded)
 
     # ---- validation ---------------------------------------------------------------------
     def _prepare(

@@ -4,29 +4,33 @@ the chat rendering they share with chat completions.
 The ingress holds the served model's tokenizer and chat template already (it counts every
 prompt's tokens before routing), so these are answered here without asking a worker, with the
 same token ids the engine is given.
+
+vLLM's protocol modules import vLLM and torch (~10 s and ~460 MB in the ingress, measured), so
+they are imported on the first use only (`load_protocol`, which the ingress runs off its event
+loop); the ingress's other routes never pay for them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import TemplateError
 from pydantic import TypeAdapter, ValidationError
-from vllm.entrypoints.serve.tokenize.protocol import (
-    DetokenizeRequest,
-    DetokenizeResponse,
-    TokenizeChatRequest,
-    TokenizeCompletionRequest,
-    TokenizeResponse,
-)
-from vllm.exceptions import VLLMClientError
 
 from serve_app.http.errors import OpenAIError, check_model, from_validation_errors
 from serve_app.http.openai_protocol import ChatMessage, valid_unicode
 
+if TYPE_CHECKING:
+    from vllm.entrypoints.serve.tokenize.protocol import DetokenizeResponse, TokenizeResponse
+
 _MESSAGES = TypeAdapter(list[ChatMessage])
 # TokenizeChatRequest fields that change the rendering and that this server does not apply
 _CHAT_FIELDS_REFUSED = ("chat_template", "chat_template_kwargs", "tools", "media_io_kwargs", "mm_processor_kwargs")
+
+
+def load_protocol() -> None:
+    """Import vLLM's tokenize protocol (slow the first time; see the module docstring)."""
+    import vllm.entrypoints.serve.tokenize.protocol  # noqa: F401
 
 
 def render_chat(tokenizer: Any, messages: list[ChatMessage], add_generation_prompt: bool = True,
@@ -41,6 +45,8 @@ def render_chat(tokenizer: Any, messages: list[ChatMessage], add_generation_prom
 
 
 def _validated(model: type, body: Any, served_model: str) -> Any:
+    from vllm.exceptions import VLLMClientError
+
     try:
         request = model.model_validate(body)
     except ValidationError as exc:
@@ -58,6 +64,12 @@ def _validated(model: type, body: Any, served_model: str) -> Any:
 
 def tokenize(tokenizer: Any, body: Any, served_model: str, max_model_len: int) -> TokenizeResponse:
     """vLLM's /tokenize: a prompt (`prompt`) or a conversation (`messages`) to its token ids."""
+    from vllm.entrypoints.serve.tokenize.protocol import (
+        TokenizeChatRequest,
+        TokenizeCompletionRequest,
+        TokenizeResponse,
+    )
+
     if isinstance(body, dict) and "messages" in body:
         request = _validated(TokenizeChatRequest, body, served_model)
         for name in _CHAT_FIELDS_REFUSED:
@@ -80,6 +92,8 @@ def tokenize(tokenizer: Any, body: Any, served_model: str, max_model_len: int) -
 
 def detokenize(tokenizer: Any, body: Any, served_model: str) -> DetokenizeResponse:
     """vLLM's /detokenize: token ids to their text."""
+    from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, DetokenizeResponse
+
     request = _validated(DetokenizeRequest, body, served_model)
     vocab_size = len(tokenizer)
     if any(t >= vocab_size for t in request.tokens):
