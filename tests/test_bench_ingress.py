@@ -41,3 +41,17 @@ def test_a_short_run_serves_through_the_proxy_and_meters_the_ingress(ray_cluster
     assert result.requests > 0 and result.failed == 0
     assert d["cpu_ms_per_request"]["ingress"] > 0 and d["cpu_ms_per_request"]["proxy"] > 0
     assert d["cpu_ms_per_request"]["deployment"] >= d["cpu_ms_per_request"]["ingress"]
+
+
+def test_a_result_is_printed_as_json_or_summary_and_written_when_asked(tmp_path, capsys) -> None:
+    import json
+
+    from serve_app.tools.result_output import print_result
+
+    result = BenchIngressResult(BenchIngressOptions(), requests=10, window_s=2.0, cpu_s={"ingress": 0.1})
+    out = tmp_path / "r.json"
+    print_result(result, as_json=False, out=str(out))
+    assert capsys.readouterr().out.strip() == result.summary()
+    assert json.loads(out.read_text())["requests_per_s"] == 5.0
+    print_result(result, as_json=True, out=None)
+    assert json.loads(capsys.readouterr().out)["requests"] == 10

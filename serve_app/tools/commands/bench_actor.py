@@ -7,13 +7,12 @@ heartbeats and concurrent callers of the ingress's and the router's calls).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 
 def _bench(args: argparse.Namespace) -> int:
     from serve_app.tools.bench_actor import BenchActorOptions, run_bench_actor
+    from serve_app.tools.result_output import print_result
 
     try:
         options = BenchActorOptions(
@@ -25,11 +24,7 @@ def _bench(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"aladdin bench-actor: {exc}", file=sys.stderr)
         return 2
-    result = run_bench_actor(options)
-    text = json.dumps(result.to_dict(), indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text if args.json else result.summary())
+    print_result(run_bench_actor(options), args.json, args.out)
     return 0
 
 

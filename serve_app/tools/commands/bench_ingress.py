@@ -7,13 +7,12 @@ ingress replica, `sim` workers, closed-loop clients through Serve's HTTP proxy).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 
 def _bench(args: argparse.Namespace) -> int:
     from serve_app.tools.bench_ingress import BenchIngressOptions, run_bench_ingress
+    from serve_app.tools.result_output import print_result
 
     try:
         options = BenchIngressOptions(
@@ -23,11 +22,7 @@ def _bench(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"aladdin bench-ingress: {exc}", file=sys.stderr)
         return 2
-    result = run_bench_ingress(options)
-    text = json.dumps(result.to_dict(), indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text if args.json else result.summary())
+    print_result(run_bench_ingress(options), args.json, args.out)
     return 0
 
 
