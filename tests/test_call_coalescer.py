@@ -117,6 +117,7 @@ def test_a_caller_cancelled_as_its_batch_answers_stays_cancelled() -> None:
         async def call() -> str:
             return await answered
 
+        shards._actors[0] = object()  # the handle the call goes to (never called here)
         request = RunningRequest("r", 0.0, 8, 4.0, 8.0, 1.0, 0.05)
         caller = asyncio.ensure_future(shards._bounded(0, request, call))
         for _ in range(3):
@@ -158,6 +159,13 @@ def test_a_timed_out_call_tells_its_shard_to_drop_what_it_may_still_do() -> None
             shards._actors[0] = actor
             await shards._bounded(0, request, lambda: _raise(ConnectionError("gone")))
         assert actor.abandon.calls == [(["r"],)] and 0 not in shards._actors
+        # calls timing out together: each abandons its own, though the first forgets the handle
+        shards._actors[0] = actor
+        many = [RunningRequest(f"m{i}", 0.0, 8, 4.0, 8.0, 1.0, 0.05) for i in range(4)]
+        outcomes = await asyncio.gather(*(shards._bounded(0, r, lambda: asyncio.sleep(10)) for r in many),
+                                        return_exceptions=True)
+        assert all(isinstance(o, TimeoutError) for o in outcomes)
+        assert sorted(args[0][0] for args in actor.abandon.calls[1:]) == ["m0", "m1", "m2", "m3"]
 
     async def _raise(exc: Exception) -> None:
         raise exc

@@ -50,6 +50,7 @@ def test_a_conversation_gets_the_ids_chat_completions_send(tokenizer):
      400, None),
     ("tokenize", {"messages": [{"role": "user", "content": "x"}], "add_generation_prompt": True,
                   "continue_final_message": True}, 400, None),
+    ("tokenize", {"messages": [{"role": "user", "content": "x"}], "continue_final_message": True}, 400, "messages"),
     ("detokenize", {"tokens": [10 ** 9]}, 400, "tokens"),
     ("detokenize", {"tokens": [-1]}, 400, "tokens.0"),
     ("detokenize", {"tokens": [1], "model": "other"}, 404, "model"),

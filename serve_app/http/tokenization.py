@@ -40,7 +40,8 @@ def render_chat(tokenizer: Any, messages: list[ChatMessage], add_generation_prom
         return tokenizer.apply_chat_template(
             [{"role": m.role, "content": m.text} for m in messages], tokenize=False,
             add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message)
-    except TemplateError as exc:  # a model's template rejecting the conversation (e.g. role order)
+    except (TemplateError, ValueError) as exc:  # the template rejecting the conversation (e.g. role
+        # order), or transformers the options (continue_final_message with a generation prompt)
         raise OpenAIError(400, f"messages: {exc}", param="messages") from None
 
 

@@ -225,8 +225,13 @@ class PlacementActor:
 
     async def abandon(self, request_ids: list[str]) -> None:
         """Callers timed out on these requests' calls and went on without the answer
-        (PlacementController.abandon)."""
+        (PlacementController.abandon). A queued one's pending verdict goes too (admitted
+        without a worker, as a restarted actor answers: no caller waits for it)."""
         self._controller.abandon(request_ids)
+        for request_id in request_ids:
+            future = self._admitting.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_result(self._controller.unknown_admission(request_id))
 
     async def worker_failed(self, request_id: str) -> str | None:
         """The worker running `request_id` failed (the ingress saw its call die): forget it and

@@ -117,15 +117,16 @@ class PlacementShards:
         """`call()`'s answer within `placement.actor_timeout_s`. On a timeout the shard is
         told to drop what the call may still do for `request` (the caller goes on without
         it: an unreported placement there would hold room until the reports' grace ends);
-        sent at once, so it reaches the actor before any later call about `request`."""
+        sent at once. (Ray does not order an async actor's calls, so it may run after a later
+        call placing the request there again; that placement is then dropped until the
+        worker's next report shows the request running, one heartbeat period.)"""
+        handle = self.actor(shard)  # the one the call goes to (another caller may forget it meanwhile)
         try:  # asyncio.timeout: 3.11's wait_for drops a cancellation that meets a finished call
             async with asyncio.timeout(self._timeout_s):
                 return await call()
         except TimeoutError:
-            handle = self._actors.get(shard)  # the one the call went to
             self.forget(shard)
-            if handle is not None:
-                handle.abandon.remote([request.request_id])
+            handle.abandon.remote([request.request_id])
             raise
         except Exception:
             self.forget(shard)

@@ -131,8 +131,7 @@ async def _client(http: httpx.AsyncClient, options: BenchIngressOptions, index: 
                 result.latencies_s.append(end - start)
 
 
-async def _load(options: BenchIngressOptions, base_url: str, groups: dict[str, list[psutil.Process]],
-                result: BenchIngressResult) -> None:
+async def _load(options: BenchIngressOptions, base_url: str, result: BenchIngressResult) -> None:
     limits = httpx.Limits(max_connections=options.concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=60.0, limits=limits) as http:
         now = time.perf_counter()
@@ -140,6 +139,10 @@ async def _load(options: BenchIngressOptions, base_url: str, groups: dict[str, l
         clients = [asyncio.create_task(_client(http, options, i, window[1], window, result))
                    for i in range(options.concurrency)]
         await asyncio.sleep(window[0] - time.perf_counter())
+        # listed now: the placement actor starts with the workers' first heartbeats
+        groups = _groups(deployment_processes())
+        if not groups["ingress"]:
+            raise RuntimeError("the ingress replica's process was not found among this driver's processes")
         before = {name: _cpu_s(procs) for name, procs in groups.items()}
         await asyncio.sleep(window[1] - time.perf_counter())
         result.cpu_s = {name: _cpu_s(procs) - before[name] for name, procs in groups.items()}
@@ -165,10 +168,7 @@ def run_bench_ingress(options: BenchIngressOptions, serve_url: str | None = None
     base_url = f"http://127.0.0.1:{options.port}" if own else serve_url.rstrip("/") + prefix
     try:
         serve.run(build_app_from_config(options.config()), name=APP_NAME, route_prefix=prefix)
-        groups = _groups(deployment_processes())
-        if not groups["ingress"]:
-            raise RuntimeError("the ingress replica's process was not found among this driver's processes")
-        asyncio.run(_load(options, base_url, groups, result))
+        asyncio.run(_load(options, base_url, result))
     finally:
         if own:
             serve.shutdown()
