@@ -117,13 +117,15 @@ def test_burst_ends_served_or_refused_and_the_loop_measured_it(burst_app):
 
 def test_time_queued_in_front_of_the_ingress_counts_when_a_proxy_stamps_it(burst_app):
     """X-Request-Start: a request a proxy held past its TTFT SLO is shed at once (429), one
-    stamped just now is served."""
+    held as long but within its SLO is served. (The second has a lenient SLO: under a 1 s one a
+    busy 2-core box may rightly refuse even a fresh request, as CI once did.)"""
     import time
 
     body = {"model": "tiny", "prompt": "stamped", "max_tokens": 4, "ignore_eos": True}
+    held = f"t={time.time() - 2 * TTFT_SLO_MS / 1000:.3f}"
     with httpx.Client(timeout=60) as http:
-        late = http.post(f"{burst_app}/v1/completions", json=body,
-                         headers={"x-request-start": f"t={time.time() - 2 * TTFT_SLO_MS / 1000:.3f}"})
-        fresh = http.post(f"{burst_app}/v1/completions", json=body, headers={"x-request-start": f"t={time.time():.3f}"})
+        late = http.post(f"{burst_app}/v1/completions", json=body, headers={"x-request-start": held})
+        fresh = http.post(f"{burst_app}/v1/completions", json=body,
+                          headers={"x-request-start": held, **LENIENT_SLO})
     assert late.status_code == 429 and int(late.headers["retry-after"]) >= 1, late.text
     assert fresh.status_code == 200, fresh.text
