@@ -298,9 +298,10 @@ class OpenAIIngress:
     async def _tokenize_protocol(self) -> None:
         # vLLM's import takes seconds: off the event loop, once (the tokenizer itself stays on
         # the loop: a fast tokenizer used from two threads at once can fail "Already borrowed")
-        if self._protocol_loaded is None:
-            self._protocol_loaded = asyncio.ensure_future(asyncio.to_thread(load_protocol))
-        await asyncio.shield(self._protocol_loaded)
+        loading = self._protocol_loaded
+        if loading is None or (loading.done() and (loading.cancelled() or loading.exception() is not None)):
+            loading = self._protocol_loaded = asyncio.ensure_future(asyncio.to_thread(load_protocol))  # (again)
+        await asyncio.shield(loading)
 
     # ---- validation ---------------------------------------------------------------------
     def _prepare(
