@@ -142,6 +142,18 @@ class IngressConfig(_Section):
     max_body_bytes: int = Field(
         4 << 20, ge=1024, description="Largest request body accepted; larger ones get 413 before parsing."
     )
+    # vLLM's --tool-call-parser and --enable-auto-tool-choice: which parser turns the model's
+    # text into `tool_calls` (e.g. "hermes", "llama3_json"; `vllm serve --help` lists them)
+    tool_call_parser: str | None = Field(None, description="vLLM tool call parser for chat `tools`.")
+    enable_auto_tool_choice: bool = Field(
+        False, description="Let the model choose tools itself (`tool_choice: auto`); needs tool_call_parser."
+    )
+
+    @model_validator(mode="after")
+    def _auto_tools_need_parser(self) -> "IngressConfig":
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("ingress.enable_auto_tool_choice needs ingress.tool_call_parser")
+        return self
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -263,9 +263,9 @@ def test_malformed_bodies_are_400(http, content):
 def test_prompt_past_the_context_and_empty_messages(http):
     for prompt in (LONG_TEXT, LONG_IDS):
         error = assert_openai_error(http.post("/v1/completions", json={"prompt": prompt, "max_tokens": 2}), 400)
-        assert error["code"] == "context_length_exceeded"
+        assert "maximum context length" in error["message"]  # vLLM's own error
     error = assert_openai_error(http.post("/v1/chat/completions", json={"messages": [], "max_tokens": 2}), 400)
-    assert error["param"] == "messages"
+    assert "empty conversation" in error["message"], error
 
 
 def test_unknown_route_and_method_in_openai_shape(http):

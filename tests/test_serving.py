@@ -80,9 +80,10 @@ def test_tokenize_counts_what_a_completion_is_charged_and_detokenize_inverts_it(
     assert chat["count"] == reply.usage.prompt_tokens
     text = httpx.post(f"{app.http}/detokenize", json={"tokens": tokens["tokens"]}).json()["prompt"]
     assert prompt in text
-    bad = httpx.post(f"{app.http}/tokenize", json={"messages": [{"role": "user", "content": "x"}], "tools": [
-        {"type": "function", "function": {"name": "f"}}]})
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tools"
+    # vLLM's rule: a chat template sent in a request is refused unless the server trusts them
+    bad = httpx.post(f"{app.http}/tokenize", json={"messages": [{"role": "user", "content": "x"}],
+                                                   "chat_template": "{{ messages }}"})
+    assert bad.status_code == 400 and "chat template" in bad.json()["error"]["message"].lower()
 
 
 def test_completion_from_token_ids(client):
@@ -147,13 +148,13 @@ def test_sse_framing(app, path, body):
 @pytest.mark.parametrize("body, status, param", [
     ({"model": "tiny", "prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
     ({"model": "tiny", "prompt": "hi", "max_tokens": -1}, 400, "max_tokens"),
-    ({"model": "tiny", "prompt": "word " * 3000, "max_tokens": 4}, 400, "prompt"),
+    ({"model": "tiny", "prompt": "word " * 3000, "max_tokens": 4}, 400, "input_tokens"),
     ({"model": "tiny", "prompt": "hi", "max_tokens": 4000}, 400, "max_tokens"),
     ({"model": "gpt-17", "prompt": "hi"}, 404, "model"),
-    ({"model": "tiny", "prompt": [999999]}, 400, "prompt"),
+    ({"model": "tiny", "prompt": [999999]}, 400, None),  # the worker's engine refuses it
     ({"model": "tiny"}, 400, "prompt"),
     ({"model": "tiny", "prompt": "hi", "max_tokens": "many"}, 400, "max_tokens"),
-    ({"model": "tiny", "prompt": "hi", "response_format": {"type": "json_object"}}, 400, "response_format"),
+    ({"model": "tiny", "prompt": "hi", "response_format": {"type": "jpeg"}}, 400, "response_format.type"),
 ])
 def test_bad_completion_requests(app, body, status, param):
     resp = httpx.post(f"{app.http}/v1/completions", json=body, timeout=30)
@@ -163,7 +164,7 @@ def test_bad_completion_requests(app, body, status, param):
 
 
 def test_bad_chat_requests(app):
-    for body in ({"model": "tiny", "messages": []}, {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]},
+    for body in ({"model": "tiny", "messages": []}, {"model": "tiny", "messages": [{"role": "user", "content": 7}]},
                  {"model": "tiny", "messages": [{"role": "user", "content": "word " * 3000}]}):
         resp = httpx.post(f"{app.http}/v1/chat/completions", json=body, timeout=30)
         assert resp.status_code == 400, resp.text
@@ -397,7 +398,7 @@ def test_requests_land_on_the_replica_the_placement_actor_chose(app):
 
     responses = asyncio.run(_complete(app.http, 16))
     assert all(r.status_code == 200 for r in responses)
-    served = {r.json()["id"]: r.json()["aladdin"]["worker"] for r in responses}
+    served = {r.json()["aladdin"]["request_id"]: r.json()["aladdin"]["worker"] for r in responses}
     assert all(served.values())
     chosen = ray.get(_placement_actor().decisions.remote(list(served)))
     assert chosen == served
@@ -423,7 +424,7 @@ def test_heartbeats_update_placement_state(app):
                 rid = None
                 async for line in response.aiter_lines():
                     if line.startswith("data: {"):
-                        rid = rid or json.loads(line[6:])["id"]
+                        rid = rid or json.loads(line[6:])["id"] + "-0"  # its one prompt's id
                         where = await actor.where.remote(rid)
                         if where is not None:
                             seen.append(where)
@@ -513,7 +514,7 @@ async def _mixed_load(http_base: str, n: int, max_tokens: int, spacing_s: float)
 def test_worker_crash_under_load_is_retried_or_ends_cleanly_and_replaced(app, client):
     """Runs last in this module. A worker replica is SIGKILLed under load: requests that have
     shown the client nothing are retried on the other worker (every non-streaming one
-    succeeds), streaming ones either finish or end with an in-band `worker_failed` error before
+    succeeds), streaming ones either finish or end with vLLM's in-band retryable 503 error before
     [DONE], none hangs; placement forgets the dead replica; its vLLM engine is reaped (a
     killed replica never runs __del__); Serve starts a replacement and placement uses it."""
     import threading
@@ -551,7 +552,8 @@ def test_worker_crash_under_load_is_retried_or_ends_cleanly_and_replaced(app, cl
         assert events[-1] == "[DONE]"
         payloads = [json.loads(e) for e in events[:-1]]
         if any("error" in p for p in payloads):
-            assert payloads[-1]["error"]["code"] == "worker_failed"
+            error = payloads[-1]["error"]  # vLLM's RetryableRequestError event
+            assert error["code"] == 503 and "worker" in error["message"], error
             streamed_errors += 1
         else:
             assert payloads[-1]["usage"]["completion_tokens"] == 300
@@ -582,3 +584,74 @@ def test_worker_crash_under_load_is_retried_or_ends_cleanly_and_replaced(app, cl
         assert time.monotonic() < deadline, f"replacement never reached placement: {residents}"
         time.sleep(1)
     assert victim_id not in " ".join(a["name"] for a in ray.util.list_named_actors(all_namespaces=True))
+
+
+# ---- vLLM's OpenAI surface (serve_app.http.vllm_frontend) -------------------------------------
+def test_json_schema_response_format_returns_json_that_validates(client):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    out = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "answer in JSON"}], max_tokens=400, extra_headers=LENIENT_SLO,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+    )
+    choice = out.choices[0]
+    if choice.finish_reason == "stop":  # random weights may pad with whitespace up to the limit
+        assert isinstance(json.loads(choice.message.content)["ok"], bool)
+    else:
+        assert choice.message.content.lstrip().startswith("{")
+    # a choice constraint leaves no room for padding: the output is one of the choices
+    picked = client.completions.create(model="tiny", prompt="pick", max_tokens=10, extra_headers=LENIENT_SLO,
+                                       extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
+    assert picked.choices[0].text in ("yes", "no")
+
+
+def test_logprobs_are_present_and_shaped(client):
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+                                          logprobs=True, top_logprobs=3, extra_headers=LENIENT_SLO,
+                                          extra_body={"ignore_eos": True})
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 5 and all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
+    completion = client.completions.create(model="tiny", prompt="abc", max_tokens=4, logprobs=2,
+                                           extra_headers=LENIENT_SLO, extra_body={"ignore_eos": True})
+    logprobs = completion.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == 4
+    assert all(len(top) >= 2 for top in logprobs.top_logprobs)
+    stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                            logprobs=True, top_logprobs=1, stream=True, extra_headers=LENIENT_SLO,
+                                            extra_body={"ignore_eos": True})
+    streamed = [t for chunk in stream if chunk.choices and chunk.choices[0].logprobs
+                for t in chunk.choices[0].logprobs.content]
+    assert len(streamed) == 4
+
+
+def test_n_and_echo(client):
+    out = client.completions.create(model="tiny", prompt="The sea", max_tokens=3, n=2, echo=True, seed=1,
+                                    extra_headers=LENIENT_SLO, extra_body={"ignore_eos": True})
+    assert sorted(c.index for c in out.choices) == [0, 1]
+    assert all(c.text.startswith("The sea") and len(c.text) > len("The sea") for c in out.choices)
+    assert out.usage.completion_tokens == 6  # two sequences of three
+    streamed = client.completions.create(model="tiny", prompt="The sea", max_tokens=3, n=2, stream=True,
+                                         extra_headers=LENIENT_SLO, extra_body={"ignore_eos": True})
+    assert {c.choices[0].index for c in streamed if c.choices} == {0, 1}
+
+
+def test_tool_calls_with_the_configured_parser(client):
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    # `required` makes vLLM constrain the output to a call, so even random weights produce one
+    out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "weather in Oslo?"}],
+                                         tools=tools, tool_choice="required", max_tokens=200, extra_headers=LENIENT_SLO)
+    calls = out.choices[0].message.tool_calls
+    if out.choices[0].finish_reason != "length":  # a call cut by the limit is not parsed
+        assert calls and calls[0].function.name == "get_weather"
+        assert isinstance(json.loads(calls[0].function.arguments), dict)
+    auto = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], tools=tools,
+                                          tool_choice="auto", max_tokens=5, extra_headers=LENIENT_SLO)
+    assert auto.choices[0].message is not None  # the hermes parser is configured: auto is served
+
+
+def test_logit_bias_is_applied(client):
+    forced = client.completions.create(model="tiny", prompt="x", max_tokens=3, logit_bias={"42": 100},
+                                       extra_headers=LENIENT_SLO, extra_body={"ignore_eos": True, "return_token_ids": True})
+    assert forced.choices[0].token_ids == [42, 42, 42]

@@ -68,7 +68,7 @@ def test_each_shard_owns_its_workers_and_places_only_on_them(sharded_app):
     assert all(shard_of(w, SHARDS) == k for k, workers in known.items() for w in workers)
     responses = asyncio.run(_complete(sharded_app, 24))
     assert [r.status_code for r in responses] == [200] * 24
-    served = {r.json()["id"]: r.json()["aladdin"]["worker"] for r in responses}
+    served = {r.json()["aladdin"]["request_id"]: r.json()["aladdin"]["worker"] for r in responses}
     chosen = [ray.get(a.decisions.remote(list(served))) for a in _actors()]
     for request_id, worker in served.items():
         deciders = [k for k, decisions in enumerate(chosen) if request_id in decisions]

@@ -311,6 +311,11 @@ def test_cancelling_a_waiting_request_removes_it() -> None:
         {"ignore_eos": "yes"},
         {"stop": [1]},
         {"stop": 5},
+        # what only a model can give is refused, not faked
+        {"logprobs": 2},
+        {"prompt_logprobs": 0},
+        {"structured_outputs": {"json": {"type": "object"}}},
+        {"logit_bias": {"5": 1.0}},
     ],
 )
 def test_invalid_sampling_raises(sampling: dict[str, Any]) -> None:

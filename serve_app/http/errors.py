@@ -19,7 +19,7 @@ class OpenAIError(Exception):
 
     def __init__(
         self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, body: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -27,8 +27,11 @@ class OpenAIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}  # HTTP headers of the error response (e.g. Retry-After)
+        self._body = body  # the whole body when it is someone else's (vLLM's errors)
 
     def body(self) -> dict[str, Any]:
+        if self._body is not None:
+            return self._body
         return {
             "error": {
                 "message": self.message,
@@ -39,18 +42,19 @@ class OpenAIError(Exception):
         }
 
     def __reduce__(self):  # keep keyword fields when pickled across Ray processes
-        return (_rebuild, (self.status, self.message, self.param, self.code, self.headers))
+        return (_rebuild, (self.status, self.message, self.param, self.code, self.headers, self._body))
 
 
 def _rebuild(status: int, message: str, param: str | None, code: str | None,
-             headers: dict[str, str] | None = None) -> OpenAIError:
-    return OpenAIError(status, message, param=param, code=code, headers=headers)
+             headers: dict[str, str] | None = None, body: dict[str, Any] | None = None) -> OpenAIError:
+    return OpenAIError(status, message, param=param, code=code, headers=headers, body=body)
 
 
 def from_validation_errors(errors: list[dict[str, Any]]) -> OpenAIError:
     """Turn pydantic/FastAPI validation errors into one 400 naming the first bad field."""
     first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    # pydantic names the validators a value went through in its path ("function-wrap[...]")
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not str(p).startswith("function-")]
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
         return OpenAIError(400, "request body is not valid JSON", code="invalid_json")
@@ -58,7 +62,20 @@ def from_validation_errors(errors: list[dict[str, Any]]) -> OpenAIError:
     return OpenAIError(400, f"{param}: {message}" if param else message, param=param)
 
 
-def check_model(requested: str | None, served: str) -> None:
-    """404 in OpenAI's shape when a request names a model other than the one served."""
-    if requested is not None and requested != served:
-        raise OpenAIError(404, f"The model `{requested}` does not exist.", param="model", code="model_not_found")
+def check_unicode(value: Any, path: str = "") -> None:
+    """400 naming the field when a string in a JSON body has no UTF-8 form: JSON may carry lone
+    surrogates ("\\ud800") that decode to such strings, and the tokenizer, the engine and an
+    error message echoing them would all fail on them."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise OpenAIError(400, f"{path or 'body'}: string is not valid Unicode (lone surrogate)",
+                              param=path or None) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_unicode(key, path)
+            check_unicode(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_unicode(item, f"{path}.{i}" if path else str(i))

@@ -1,27 +1,33 @@
 """The ingress deployment: OpenAI-compatible HTTP API (FastAPI inside Serve) and the same
 operations as Python methods for DeploymentHandle callers in other Ray apps.
 
-The ingress tokenizes (so it knows each request's input length before routing), checks the
-request against the context window, and streams token deltas from a worker.
+vLLM's serving layer does the OpenAI work (serve_app.http.vllm_frontend); the ingress adds
+what placement needs around each generation it asks for: the prompt's tokens (counted before
+routing), the length prediction, per-request SLOs, admission (429 before any output), the
+worker placement chose, the measured latencies, and the `aladdin` response field and headers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import math
 import os
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fastapi import FastAPI, Request
+import msgspec
+from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.serve import context as serve_context
+from ray.serve._private.utils import generate_request_id
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
@@ -31,22 +37,12 @@ from predictors.output_length import ChatInput, PastTurn, Prediction
 from serve_app.http.api_auth import authorized, set_api_keys
 from serve_app.http.body_limit import BodyLimit, set_max_body_bytes
 from serve_app.config import AppConfig
-from serve_app.http.errors import OpenAIError, check_model, from_validation_errors
+from serve_app.http.errors import OpenAIError, check_unicode, from_validation_errors
 from serve_app.metrics import record_request
 from serve_app.model_source import resolve_tokenizer_dir
 from serve_app.prediction.request_predictor import RequestPredictor
 from serve_app.scheduler.placement_shards import PlacementShards
 from serve_app.http.request_options import RequestOptions, request_options
-from serve_app.http.tokenization import detokenize, load_protocol, render_chat, tokenize
-from serve_app.http.openai_protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    SamplingFields,
-    Usage,
-    new_id,
-    now,
-)
-from serve_app.tiny_model import CHAT_TEMPLATE
 from serve_app.worker.worker_protocol import GenerateChunk, GenerateRequest
 
 logger = logging.getLogger("ray.serve")
@@ -105,47 +101,98 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse(err.body(), status_code=err.status)
 
 
-def _sse(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n"
+def _json(body: dict[str, Any] | Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise OpenAIError(400, "request body must be a JSON object", code="invalid_json")
+    return body
 
 
-def _parse(model: type[SamplingFields], request: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(request)
-    except ValidationError as exc:
-        raise from_validation_errors(list(exc.errors())) from None
-
-
+@dataclass
 class _Prepared:
-    """A validated request, ready to send to a worker, with what it was predicted to need."""
+    """One generation of a call (a call has one per prompt), ready to send to a worker, with
+    what it was predicted to need."""
 
-    def __init__(
-        self, generate: GenerateRequest, body: SamplingFields, model: str, chat: ChatInput, prediction: Prediction
-    ) -> None:
-        self.generate = generate
-        self.body = body
-        self.model = model
-        self.chat = chat
-        self.prediction = prediction
-        self.prompt_tokens = len(generate.prompt_token_ids)
-        self.worker_id: str | None = None  # the worker that served it, once known
-        self.cached_tokens: int | None = None  # of its prompt, from the engine's prefix cache (last chunk)
+    generate: GenerateRequest
+    chat: ChatInput
+    prediction: Prediction
+    ignore_eos: bool
+    worker_id: str | None = None  # the worker that served it, once known
+    cached_tokens: int | None = None  # of its prompt, from the engine's prefix cache (last chunk)
 
     def extension(self) -> dict[str, Any]:
-        """The `aladdin` field of responses: the prediction and the SLOs applied."""
+        """Its part of the `aladdin` field of responses: the prediction and the SLOs applied."""
         placed = self.generate.placement
         return {
+            # the id placement knows it by: vLLM's, `<response id>-<prompt index>` for completions
+            "request_id": self.generate.request_id,
             "predicted_output_tokens": {"mean": round(self.prediction.mean, 1), "p90": round(self.prediction.upper, 1)},
             "slo": {"ttft_ms": placed.slo_ttft_s * 1e3, "atgt_ms": placed.slo_atgt_s * 1e3},
             "worker": self.worker_id,
         }
 
+
+@dataclass
+class _Call:
+    """One HTTP or handle call, as its generations (vLLM's serving layer calls the engine
+    client once per prompt) share it: its options and SLOs, the predictor's view of its
+    prompt, and what they report back to the route: their placements and an error that
+    must answer the call (a 429 or 503 before any output)."""
+
+    options: RequestOptions
+    slo_ttft_s: float
+    slo_atgt_s: float
+    # the predictor's input, from the prompt vLLM rendered (its ids, and text where known)
+    chat_input: Callable[[dict[str, Any], list[int]], ChatInput]
+    placed: list[_Prepared] = field(default_factory=list)
+    error: OpenAIError | None = None
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def extension(self) -> dict[str, Any] | list[dict[str, Any]]:
+        """The `aladdin` field: one prompt's, or a list in prompt order for several."""
+        parts = [p.extension() for p in self.placed]  # vLLM starts them in prompt order
+        return parts[0] if len(parts) == 1 else parts
+
     def headers(self) -> dict[str, str]:
+        if not self.placed:
+            return {}
+        prediction = self.placed[0].prediction
         return {
-            "x-aladdin-predicted-output-tokens": f"{self.prediction.mean:.1f}",
-            "x-aladdin-predicted-output-tokens-p90": f"{self.prediction.upper:.1f}",
+            "x-aladdin-predicted-output-tokens": f"{prediction.mean:.1f}",
+            "x-aladdin-predicted-output-tokens-p90": f"{prediction.upper:.1f}",
         }
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    """A chat message's text: its content string, or its text parts joined."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def _sse_json(event: str) -> dict[str, Any] | None:
+    """The JSON of one `data: ...` server-sent event (None for `[DONE]`)."""
+    data = event.removeprefix("data: ").strip()
+    return None if data == "[DONE]" else json.loads(data)
+
+
+async def _handle_chunks(events: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """A stream's events as chunk dicts for a handle caller; an in-band error event (the
+    stream had started) raised as OpenAIError, as a failed call before it would be."""
+    async for event in events:
+        chunk = _sse_json(event)
+        if chunk is None:
+            continue
+        if "error" in chunk and "choices" not in chunk:
+            error = chunk["error"]
+            status = error.get("code") if isinstance(error.get("code"), int) else 500
+            raise OpenAIError(status, error.get("message", ""), param=error.get("param"), body=chunk)
+        yield chunk
 
 
 @serve.deployment(name="OpenAIIngress")
@@ -154,18 +201,20 @@ class OpenAIIngress:
     """HTTP: /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health.
     Handle: create_completion, stream_completion, create_chat_completion, stream_chat_completion,
     tokenize, detokenize.
+
+    The OpenAI work (validation, chat templates, sampling parameters, logprobs, n, echo,
+    structured outputs, tool calls, responses) is vLLM's serving layer
+    (serve_app.http.vllm_frontend); each generation it asks for runs through `_outputs`:
+    predict, admit, place, stream from a worker.
     """
 
-    def __init__(self, worker: DeploymentHandle, config: dict[str, Any]) -> None:
-        from transformers import AutoTokenizer
-
+    async def __init__(self, worker: DeploymentHandle, config: dict[str, Any]) -> None:
         self._config = AppConfig.model_validate(config)
         self._worker = worker
         self._policy = self._config.placement.policy
         # the placement actors, looked up on first use; concurrent admissions go together
         self._shards: PlacementShards | None = None
         self._admission_failed_logged = False
-        self._protocol_loaded: asyncio.Future | None = None  # vLLM's tokenize protocol, imported on first use
         # finished requests' measured latencies, sent to the placement actor in batches: they
         # close its SLO model's loop (aladdin only: the baselines promise nothing)
         self._timings: list[RequestTiming] = []
@@ -174,15 +223,13 @@ class OpenAIIngress:
         set_max_body_bytes(self._config.ingress.max_body_bytes)
         # prompts are hashed into blocks for placement's prefix caches, at the engines' block size
         self._prefix_block = self._config.engine_block_size() if self._config.models_prefix_cache else None
-        self._model_name = self._config.model.name
-        self._max_model_len = self._config.engine.max_model_len
         tokenizer_dir = resolve_tokenizer_dir(self._config.model)
-        self._tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         self._predictor = RequestPredictor(self._config.predictor, tokenizer_dir)
-        self._vocab_size = len(self._tokenizer)
-        if not getattr(self._tokenizer, "chat_template", None):
-            logger.warning("tokenizer has no chat template; using a ChatML-style default")
-            self._tokenizer.chat_template = CHAT_TEMPLATE
+        # vLLM's import takes seconds: off the event loop
+        frontend = await asyncio.to_thread(importlib.import_module, "serve_app.http.vllm_frontend")
+        self._vllm = frontend
+        self._frontend = await frontend.start_frontend(self._config, self._outputs)
+        self._tokenizer = self._frontend.completion.renderer.get_tokenizer()
 
     # ---- HTTP routes -------------------------------------------------------------------
     @api.get("/health")
@@ -200,46 +247,36 @@ class OpenAIIngress:
 
     @api.get("/v1/models")
     async def models(self) -> JSONResponse:
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "id": self._model_name,
-                        "object": "model",
-                        "created": now(),
-                        "owned_by": "aladdin",
-                        "max_model_len": self._max_model_len,
-                    }
-                ],
-            }
-        )
+        return JSONResponse((await self._frontend.models.show_available_models()).model_dump())
 
     @api.post("/tokenize")
-    async def http_tokenize(self, body: dict[str, Any]) -> JSONResponse:
-        return JSONResponse(await self.tokenize(body))
+    async def http_tokenize(self, body: Any = Body(...)) -> JSONResponse:
+        return JSONResponse(await self.tokenize(_json(body)))
 
     @api.post("/detokenize")
-    async def http_detokenize(self, body: dict[str, Any]) -> JSONResponse:
-        return JSONResponse(await self.detokenize(body))
+    async def http_detokenize(self, body: Any = Body(...)) -> JSONResponse:
+        return JSONResponse(await self.detokenize(_json(body)))
 
     @api.post("/v1/completions")
-    async def http_completions(self, body: CompletionRequest, request: Request) -> Any:
-        options = self._http_options(body, request)
-        prepared = await self._admit(self._prepare_completion(body, options))
-        if body.stream:
-            return self._sse_response(self._completion_chunks(prepared), prepared.headers())
-        return JSONResponse(await self._completion_response(prepared), headers=prepared.headers())
+    async def http_completions(self, request: Request, body: Any = Body(...)) -> Any:
+        parsed = self._parse(self._vllm.PlacedCompletionRequest, _json(body))
+        call = self._completion_call(parsed, self._http_options(parsed, request))
+        result = await self._serve(self._frontend.completion.create_completion, parsed, call)
+        return self._http_response(result, call)
 
     @api.post("/v1/chat/completions")
-    async def http_chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
-        options = self._http_options(body, request)
-        prepared = await self._admit(self._prepare_chat(body, options))
-        if body.stream:
-            return self._sse_response(self._chat_chunks(prepared), prepared.headers())
-        return JSONResponse(await self._chat_response(prepared), headers=prepared.headers())
+    async def http_chat_completions(self, request: Request, body: Any = Body(...)) -> Any:
+        parsed = self._parse(self._vllm.PlacedChatCompletionRequest, _json(body))
+        call = self._chat_call(parsed, self._http_options(parsed, request))
+        result = await self._serve(self._frontend.chat.create_chat_completion, parsed, call)
+        return self._http_response(result, call)
 
-    def _http_options(self, body: SamplingFields, request: Request) -> RequestOptions:
+    def _http_response(self, result: dict[str, Any] | AsyncIterator[str], call: _Call) -> Any:
+        if isinstance(result, dict):
+            return JSONResponse(result, headers=call.headers())
+        return StreamingResponse(result, media_type="text/event-stream", headers=call.headers())
+
+    def _http_options(self, body: Any, request: Request) -> RequestOptions:
         """The request's options, and under admission a 429 at once, before it is tokenized,
         if it has already waited its whole TTFT SLO in this ingress (a burst queues requests
         here first: tokenizing and predicting them would only delay the rest)."""
@@ -254,7 +291,7 @@ class OpenAIIngress:
                                   headers={"Retry-After": str(retry)})
         return options
 
-    def _slo_s(self, body: SamplingFields, options: RequestOptions, kind: str) -> float:
+    def _slo_s(self, body: Any, options: RequestOptions, kind: str) -> float:
         """The request's `kind` ("ttft" or "atgt") SLO, s: body field, then header, then the
         configured default."""
         ms = getattr(body, f"slo_{kind}_ms") or options.slo_ms.get(kind) or getattr(self._config.slo, f"{kind}_ms")
@@ -265,100 +302,190 @@ class OpenAIIngress:
         return self._predictor.stats()
 
     # ---- Python API for DeploymentHandle callers ----------------------------------------
-    async def create_completion(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Non-streaming completion; raises OpenAIError on bad input."""
-        return await self._completion_response(await self._admit(self._prepare_completion(_parse(CompletionRequest, request))))
+    async def create_completion(self, request: dict[str, Any] | Any) -> dict[str, Any]:
+        """Non-streaming completion (vLLM's CompletionRequest, or its dict) as a response
+        dict; raises OpenAIError on bad input."""
+        return await self._handle_call(request, self._vllm.PlacedCompletionRequest, self._completion_call,
+                                       self._frontend.completion.create_completion, stream=False)
 
-    async def stream_completion(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream_completion(self, request: dict[str, Any] | Any) -> AsyncIterator[dict[str, Any]]:
         """Streaming completion: yields OpenAI `text_completion` chunk dicts."""
-        prepared = await self._admit(self._prepare_completion(_parse(CompletionRequest, request)))
-        async for chunk in self._completion_chunks(prepared):
+        events = await self._handle_call(request, self._vllm.PlacedCompletionRequest, self._completion_call,
+                                         self._frontend.completion.create_completion, stream=True)
+        async for chunk in _handle_chunks(events):
             yield chunk
 
-    async def create_chat_completion(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Non-streaming chat completion; raises OpenAIError on bad input."""
-        return await self._chat_response(await self._admit(self._prepare_chat(_parse(ChatCompletionRequest, request))))
+    async def create_chat_completion(self, request: dict[str, Any] | Any) -> dict[str, Any]:
+        """Non-streaming chat completion (vLLM's ChatCompletionRequest, or its dict) as a
+        response dict; raises OpenAIError on bad input."""
+        return await self._handle_call(request, self._vllm.PlacedChatCompletionRequest, self._chat_call,
+                                       self._frontend.chat.create_chat_completion, stream=False)
 
-    async def stream_chat_completion(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream_chat_completion(self, request: dict[str, Any] | Any) -> AsyncIterator[dict[str, Any]]:
         """Streaming chat completion: yields OpenAI `chat.completion.chunk` dicts."""
-        prepared = await self._admit(self._prepare_chat(_parse(ChatCompletionRequest, request)))
-        async for chunk in self._chat_chunks(prepared):
+        events = await self._handle_call(request, self._vllm.PlacedChatCompletionRequest, self._chat_call,
+                                         self._frontend.chat.create_chat_completion, stream=True)
+        async for chunk in _handle_chunks(events):
             yield chunk
 
-    async def tokenize(self, request: dict[str, Any]) -> dict[str, Any]:
-        """vLLM's /tokenize (serve_app.http.tokenization); raises OpenAIError on bad input."""
-        await self._tokenize_protocol()
-        return tokenize(self._tokenizer, request, self._model_name, self._max_model_len).model_dump()
+    async def tokenize(self, request: dict[str, Any] | Any) -> dict[str, Any]:
+        """vLLM's /tokenize; raises OpenAIError on bad input."""
+        vllm = self._vllm
+        chat = isinstance(request, vllm.TokenizeChatRequest) or (isinstance(request, dict) and "messages" in request)
+        parsed = self._parse(vllm.TokenizeChatRequest if chat else vllm.TokenizeCompletionRequest, request)
+        return await self._answer(self._frontend.tokenization.create_tokenize(parsed, None))
 
-    async def detokenize(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def detokenize(self, request: dict[str, Any] | Any) -> dict[str, Any]:
         """vLLM's /detokenize; raises OpenAIError on bad input."""
-        await self._tokenize_protocol()
-        return detokenize(self._tokenizer, request, self._model_name).model_dump()
+        parsed = self._parse(self._vllm.DetokenizeRequest, request)
+        return await self._answer(self._frontend.tokenization.create_detokenize(parsed, None))
 
-    async def _tokenize_protocol(self) -> None:
-        # vLLM's import takes seconds: off the event loop, once (the tokenizer itself stays on
-        # the loop: a fast tokenizer used from two threads at once can fail "Already borrowed")
-        loading = self._protocol_loaded
-        if loading is None or (loading.done() and (loading.cancelled() or loading.exception() is not None)):
-            loading = self._protocol_loaded = asyncio.ensure_future(asyncio.to_thread(load_protocol))  # (again)
-        await asyncio.shield(loading)
+    async def _handle_call(self, request: Any, model: type, make_call: Callable[[Any, RequestOptions], _Call],
+                           create: Callable[..., Awaitable[Any]], *, stream: bool) -> Any:
+        if isinstance(request, dict):  # vLLM checks stream options against `stream`
+            request = {**request, "stream": stream}
+        parsed = self._parse(model, request)
+        parsed.stream = stream
+        call = make_call(parsed, RequestOptions())
+        result = await self._serve(create, parsed, call)
+        return result
 
-    # ---- validation ---------------------------------------------------------------------
-    def _prepare(
-        self, body: SamplingFields, ids: list[int], max_tokens: int | None, prefix: str, chat: ChatInput,
-        options: RequestOptions,
-    ) -> _Prepared:
-        n_prompt = len(ids)
-        if max_tokens is None:
-            max_tokens = self._max_model_len - n_prompt
-        if n_prompt + max_tokens > self._max_model_len or max_tokens < 1:
-            raise OpenAIError(
-                400,
-                f"This model's maximum context length is {self._max_model_len} tokens. However, "
-                f"you requested {n_prompt + max_tokens} tokens ({n_prompt} in the prompt, "
-                f"{max_tokens} in the completion). Please reduce the prompt or max_tokens.",
-                param="max_tokens" if n_prompt < self._max_model_len else "prompt",
-                code="context_length_exceeded",
-            )
-        prediction = self._predictor.predict(chat, max_tokens, cap=not options.benchmark)
-        request_id = new_id(prefix)
+    # ---- serving through vLLM's layer ---------------------------------------------------
+    def _parse(self, model: type, request: Any) -> Any:
+        """`request` (a dict, or already the model) validated as `model`; 400 when it is not."""
+        if isinstance(request, model):
+            return request
+        check_unicode(_json(request))
+        try:
+            return model.model_validate(request)
+        except ValidationError as exc:
+            raise from_validation_errors(list(exc.errors())) from None
+        except Exception as exc:  # vLLM's checks across fields raise its own errors
+            raise self._vllm_error(exc) from None
+
+    async def _answer(self, pending: Awaitable[Any]) -> dict[str, Any]:
+        """A vLLM serving call's response as a dict; its ErrorResponse (or an exception it
+        raised) as OpenAIError with vLLM's status and body."""
+        try:
+            result = await pending
+        except OpenAIError:
+            raise
+        except Exception as exc:
+            raise self._vllm_error(exc) from None
+        if isinstance(result, self._vllm.ErrorResponse):
+            raise self._vllm_error(result)
+        return result.model_dump()
+
+    def _vllm_error(self, error: Any) -> OpenAIError:
+        body, status = self._vllm.error_body(error)
+        info = body["error"]
+        if status >= 500:
+            logger.warning("vLLM's serving layer failed a request (%s): %s", status, info.get("message"))
+        return OpenAIError(status, info.get("message", ""), param=info.get("param"), body=body)
+
+    async def _serve(self, create: Callable[..., Awaitable[Any]], request: Any, call: _Call) -> Any:
+        """Run vLLM's `create` for `request` under `call`. A response comes back as a dict
+        with the `aladdin` field; a stream as its server-sent events, once its first has come,
+        so that an error before any output (429, 400, 503) is a status, not an event."""
+        token = self._vllm.current_call.set(call)
+        try:
+            try:
+                result = await create(request, None)
+            except Exception as exc:
+                call.check()
+                raise exc if isinstance(exc, OpenAIError) else self._vllm_error(exc) from None
+            call.check()
+            if isinstance(result, self._vllm.ErrorResponse):
+                raise self._vllm_error(result)
+            if not isinstance(result, AsyncIterator):
+                body = result.model_dump()
+                body["aladdin"] = call.extension()
+                return body
+            first = await anext(result, None)
+            call.check()
+        finally:
+            self._vllm.current_call.reset(token)
+        return self._events(first, result, call)
+
+    async def _events(self, first: str | None, rest: AsyncIterator[str], call: _Call) -> AsyncIterator[str]:
+        """A stream's events, the usage event (when asked for) carrying the `aladdin` field."""
+        pending = first
+        while pending is not None:
+            if '"choices":[]' in pending and '"usage"' in pending:
+                chunk = _sse_json(pending)
+                chunk["aladdin"] = call.extension()
+                pending = f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
+            yield pending
+            pending = await anext(rest, None)
+
+    def _completion_call(self, body: Any, options: RequestOptions) -> _Call:
+        def chat_input(prompt: dict[str, Any], ids: list[int]) -> ChatInput:
+            text = prompt.get("prompt")
+            return ChatInput(prompt=self._tokenizer.decode(ids) if text is None else text, prompt_tokens=len(ids))
+
+        return _Call(options, self._slo_s(body, options, "ttft"), self._slo_s(body, options, "atgt"), chat_input)
+
+    def _chat_call(self, body: Any, options: RequestOptions) -> _Call:
+        # The predictor reads the latest message and the lengths of the turns before it.
+        texts = [(m.get("role", "user"), _message_text(m)) for m in body.messages]
+
+        def chat_input(prompt: dict[str, Any], ids: list[int]) -> ChatInput:
+            def count(text: str) -> int:
+                return len(self._tokenizer(text, add_special_tokens=False).input_ids)
+
+            history = tuple(PastTurn(role, count(text)) for role, text in texts[:-1])
+            last = texts[-1][1] if texts else ""
+            return ChatInput(last, count(last), history)
+
+        return _Call(options, self._slo_s(body, options, "ttft"), self._slo_s(body, options, "atgt"), chat_input)
+
+    def _prepare(self, call: _Call, prompt: dict[str, Any], params: Any, request_id: str) -> _Prepared:
+        ids = list(prompt["prompt_token_ids"])
+        max_tokens = max(1, params.max_tokens or 1)
+        chat = call.chat_input(prompt, ids)
+        prediction = self._predictor.predict(chat, max_tokens, cap=not call.options.benchmark)
         placed = RunningRequest(
             request_id=request_id,
-            arrival_s=time.time() if options.received_s is None else options.received_s,
+            arrival_s=time.time() if call.options.received_s is None else call.options.received_s,
             input_len=len(ids), pred_mean=prediction.mean, pred_upper=prediction.upper,
-            slo_ttft_s=self._slo_s(body, options, "ttft"), slo_atgt_s=self._slo_s(body, options, "atgt"),
+            slo_ttft_s=call.slo_ttft_s, slo_atgt_s=call.slo_atgt_s,
             prefix=None if self._prefix_block is None else prefix_of(ids, self._prefix_block),
         )
-        generate = GenerateRequest(request_id, list(ids), body.sampling(max_tokens), placed)
-        return _Prepared(generate, body, self._model_name, chat, prediction)
+        generate = GenerateRequest(request_id, ids, msgspec.to_builtins(params), placed)
+        return _Prepared(generate, chat, prediction, params.ignore_eos)
 
-    def _prepare_completion(self, body: CompletionRequest, options: RequestOptions = RequestOptions()) -> _Prepared:
-        check_model(body.model, self._model_name)
-        if isinstance(body.prompt, str):
-            text = body.prompt
-            ids = self._tokenizer(text).input_ids
-        else:
-            ids = list(body.prompt)
-            if any(not 0 <= t < self._vocab_size for t in ids):
-                raise OpenAIError(400, f"prompt token ids must be in [0, {self._vocab_size})", param="prompt")
-            text = self._tokenizer.decode(ids)
-        if not ids:
-            raise OpenAIError(400, "prompt has no tokens", param="prompt")
-        chat = ChatInput(prompt=text, prompt_tokens=len(ids))
-        return self._prepare(body, ids, body.max_tokens, "cmpl", chat, options)
-
-    def _prepare_chat(self, body: ChatCompletionRequest, options: RequestOptions = RequestOptions()) -> _Prepared:
-        check_model(body.model, self._model_name)
-        text = render_chat(self._tokenizer, body.messages)
-        ids = self._tokenizer(text, add_special_tokens=False).input_ids
-        # The predictor reads the latest message and the lengths of the turns before it.
-        last = body.messages[-1].text
-        history = tuple(
-            PastTurn(m.role, len(self._tokenizer(m.text, add_special_tokens=False).input_ids))
-            for m in body.messages[:-1]
-        )
-        chat = ChatInput(last, len(self._tokenizer(last, add_special_tokens=False).input_ids), history)
-        return self._prepare(body, ids, body.max_tokens, "chatcmpl", chat, options)
+    async def _outputs(self, prompt: dict[str, Any], params: Any, request_id: str) -> AsyncIterator[Any]:
+        """The engine client's `generate` (vLLM's serving layer calls it once per prompt): predict,
+        admit, place and stream from a worker, as vLLM `RequestOutput`s (deltas for a stream,
+        else one final output). An error before any output is left on the call for its route;
+        a worker failing mid-stream ends the stream with vLLM's retryable 503 event."""
+        call = self._vllm.current_call.get()
+        try:
+            prepared = self._prepare(call, prompt, params, request_id)
+            call.placed.append(prepared)
+            await self._admit(prepared)
+        except OpenAIError as err:
+            call.error = err
+            return
+        if not self._vllm.wants_deltas(params):
+            try:
+                final = await self._collect(prepared)
+            except OpenAIError as err:
+                call.error = err
+                return
+            yield final
+            return
+        outputs = self._vllm.OutputBuilder(request_id, prepared.generate.prompt_token_ids, params.n)
+        started = False
+        try:
+            async for chunk in self._deltas(prepared):
+                started = True
+                yield outputs.delta(chunk)
+        except OpenAIError as err:
+            if not started:
+                call.error = err
+                return
+            raise self._vllm.RetryableRequestError(err.message) from None
 
     # ---- admission ----------------------------------------------------------------------
     async def _admit(self, prepared: _Prepared) -> _Prepared:
@@ -406,18 +533,23 @@ class OpenAIIngress:
         """The request's output from a worker. A worker that fails before the first chunk is
         reported to the placement actor and the request is sent again (another worker); one
         that fails after it ends the request with 503 `worker_failed`."""
-        tokens = 0
+        tokens = 0  # of all its sequences
+        # its first sequence's, for the predictor and the measured latencies (with n > 1 the
+        # others run in the same batch)
+        first_tokens = 0
         finish: str | None = None
         first_s = last_s = None
         for attempt in range(1, WORKER_ATTEMPTS + 1):
-            stream = self._worker.options(stream=True).generate.remote(prepared.generate)
+            stream = self._worker_stream(prepared.generate)
             try:
                 async for chunk in stream:
-                    if chunk.num_tokens:
-                        last_s = time.time()
-                        first_s = first_s or last_s
                     tokens += chunk.num_tokens
-                    finish = chunk.finish_reason or finish
+                    if chunk.index == 0:
+                        if chunk.num_tokens:
+                            last_s = time.time()
+                            first_s = first_s or last_s
+                        first_tokens += chunk.num_tokens
+                        finish = chunk.finish_reason or finish
                     prepared.worker_id = chunk.worker_id or prepared.worker_id
                     if chunk.cached_tokens is not None:
                         prepared.cached_tokens = chunk.cached_tokens
@@ -439,9 +571,22 @@ class OpenAIIngress:
                     continue
                 logger.warning("request %s failed on a worker: %r", request_id, exc)
                 raise OpenAIError(503, "the worker serving this request failed; retry", code="worker_failed") from None
-        self._predictor.record(prepared.chat, prepared.prediction, tokens, finish, prepared.body.ignore_eos)
+        self._predictor.record(prepared.chat, prepared.prediction, first_tokens, finish, prepared.ignore_eos)
         if first_s is not None:
-            self._record_latency(prepared, first_s, last_s, tokens, finish)
+            self._record_latency(prepared, first_s, last_s, first_tokens, finish)
+
+    def _worker_stream(self, request: GenerateRequest) -> Any:
+        """The worker call for `request`, under a Serve internal request id of its own: the
+        placement router binds a replica to a call by that id (exact matching), and the calls
+        of one HTTP request's several prompts would otherwise share it and all but one never
+        be routed. (Cancelling the call is ours: `_deltas` cancels it when its caller goes.)"""
+        context = serve_context._get_serve_request_context()
+        own = replace(context, _internal_request_id=generate_request_id())
+        token = serve_context._serve_request_context.set(own)
+        try:
+            return self._worker.options(stream=True).generate.remote(request)
+        finally:
+            serve_context._serve_request_context.reset(token)
 
     def _report_worker_failure(self, request_id: str) -> None:
         """Tell the placement actor, without waiting, that the worker running `request_id`
@@ -458,7 +603,7 @@ class OpenAIIngress:
     def _record_latency(self, prepared: _Prepared, first_s: float, last_s: float, tokens: int, finish: str | None) -> None:
         """TTFT, ATGT and SLO outcome of a finished request, as the client saw them here."""
         placed = prepared.generate.placement
-        natural = finish == "stop" and not prepared.body.ignore_eos  # else the length says nothing
+        natural = finish == "stop" and not prepared.ignore_eos  # else the length says nothing
         atgt = (last_s - first_s) / (tokens - 1) if tokens > 1 else None
         if self._config.placement.slo_aware:
             self._report_timing(RequestTiming(prepared.generate.request_id, first_s - placed.arrival_s, atgt or 0.0,
@@ -500,103 +645,22 @@ class OpenAIIngress:
             shards.forget(shard)
             logger.debug("placement timings not sent to shard %d (%r)", shard, exc)
 
-    async def _collect(self, prepared: _Prepared) -> tuple[str, int, str | None]:
-        """The whole output. Nothing has reached the client yet, so a worker failing even
-        mid-generation is retried from the start (WORKER_ATTEMPTS times, each of which may
-        itself be retried before its first token)."""
+    async def _collect(self, prepared: _Prepared) -> Any:
+        """The whole output, as one vLLM `RequestOutput`. Nothing has reached the client yet,
+        so a worker failing even mid-generation is retried from the start (WORKER_ATTEMPTS
+        times, each of which may itself be retried before its first token)."""
         attempt = 1
+        request = prepared.generate
         while True:
-            parts: list[str] = []
-            tokens = 0
-            finish: str | None = None
+            outputs = self._vllm.OutputBuilder(request.request_id, request.prompt_token_ids,
+                                               request.sampling.get("n", 1))
             try:
                 async for chunk in self._deltas(prepared):
-                    parts.append(chunk.text)
-                    tokens += chunk.num_tokens
-                    finish = chunk.finish_reason or finish
+                    outputs.merge(chunk)
             except OpenAIError as err:
                 if err.code != "worker_failed" or attempt >= WORKER_ATTEMPTS:
                     raise
                 attempt += 1
-                logger.warning("request %s: worker failed mid-generation; starting it again",
-                               prepared.generate.request_id)
+                logger.warning("request %s: worker failed mid-generation; starting it again", request.request_id)
                 continue
-            return "".join(parts), tokens, finish
-
-    async def _completion_response(self, prepared: _Prepared) -> dict[str, Any]:
-        text, tokens, finish = await self._collect(prepared)
-        return {
-            "id": prepared.generate.request_id,
-            "object": "text_completion",
-            "created": now(),
-            "model": prepared.model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-            "usage": Usage.of(prepared.prompt_tokens, tokens).model_dump(),
-            "aladdin": prepared.extension(),
-        }
-
-    async def _chat_response(self, prepared: _Prepared) -> dict[str, Any]:
-        text, tokens, finish = await self._collect(prepared)
-        return {
-            "id": prepared.generate.request_id,
-            "object": "chat.completion",
-            "created": now(),
-            "model": prepared.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": Usage.of(prepared.prompt_tokens, tokens).model_dump(),
-            "aladdin": prepared.extension(),
-        }
-
-    async def _chunks(
-        self, prepared: _Prepared, obj: str, choice: Callable[[GenerateChunk | None], dict[str, Any]]
-    ) -> AsyncIterator[dict[str, Any]]:
-        base = {"id": prepared.generate.request_id, "object": obj, "created": now(), "model": prepared.model}
-        tokens = 0
-        first = choice(None)
-        if first:
-            yield {**base, "choices": [first]}
-        async for chunk in self._deltas(prepared):
-            tokens += chunk.num_tokens
-            yield {**base, "choices": [choice(chunk)]}
-        if prepared.body.include_usage:
-            yield {
-                **base,
-                "choices": [],
-                "usage": Usage.of(prepared.prompt_tokens, tokens).model_dump(),
-                "aladdin": prepared.extension(),
-            }
-
-    def _completion_chunks(self, prepared: _Prepared) -> AsyncIterator[dict[str, Any]]:
-        def choice(chunk: GenerateChunk | None) -> dict[str, Any]:
-            if chunk is None:
-                return {}
-            return {"index": 0, "text": chunk.text, "logprobs": None, "finish_reason": chunk.finish_reason}
-
-        return self._chunks(prepared, "text_completion", choice)
-
-    def _chat_chunks(self, prepared: _Prepared) -> AsyncIterator[dict[str, Any]]:
-        def choice(chunk: GenerateChunk | None) -> dict[str, Any]:
-            if chunk is None:  # OpenAI opens a chat stream with the role
-                return {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-            delta = {"content": chunk.text} if chunk.text or not chunk.finish_reason else {}
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": chunk.finish_reason}
-
-        return self._chunks(prepared, "chat.completion.chunk", choice)
-
-    def _sse_response(self, chunks: AsyncIterator[dict[str, Any]], headers: dict[str, str]) -> StreamingResponse:
-        async def body() -> AsyncIterator[str]:
-            try:
-                async for chunk in chunks:
-                    yield _sse(chunk)
-            except OpenAIError as exc:  # the status line is already sent: report in-band
-                yield _sse(exc.body())
-            yield _sse("[DONE]")
-
-        return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+            return outputs.final

@@ -29,8 +29,9 @@ first: log-normal with the mean and coefficient of variation of `LengthMix`'s ou
 the Azure conversation trace: mean 211 tokens, cv 1), rounded, at least 1 and at least
 `min_tokens`, drawn from a generator seeded by the engine seed and the request id (the same
 request id gets the same length on every worker and in every run). A request is also cut
-("length") at `max_model_len`, as vLLM does. The text is `TOKEN_TEXT` per token; stop strings
-and the other sampling settings do not change it.
+("length") at `max_model_len`, as vLLM does. The text is `TOKEN_TEXT` per token (id `TOKEN_ID`);
+stop strings and the other sampling settings do not change it. What only a model can give
+(logprobs, structured outputs, logit bias, allowed tokens) and n > 1 are refused as invalid.
 
 Stats. The engine writes vLLM's stat-logger figures into the worker's `EngineSnapshot`
 (running, waiting, KV usage after each scheduling decision; KV blocks and block size at
@@ -58,6 +59,7 @@ from serve_app.worker.engine_snapshot import EngineSnapshot
 from serve_app.worker.worker_protocol import GenerateChunk
 
 TOKEN_TEXT = " tok"  # the text of every generated token
+TOKEN_ID = 0  # and its id (a placeholder: the engine has no vocabulary)
 _DEFAULT_MAX_TOKENS = 16  # vLLM's SamplingParams default
 
 
@@ -179,7 +181,7 @@ class SimEngine:
                     raise stream.error
                 new, stream.taken = stream.produced - stream.taken, stream.produced
                 done = stream.done  # read before yielding: the engine moves on meanwhile
-                yield GenerateChunk(TOKEN_TEXT * new, new, stream.finish_reason if done else None,
+                yield GenerateChunk(TOKEN_TEXT * new, [TOKEN_ID] * new, stream.finish_reason if done else None,
                                     cached_tokens=stream.cached_tokens if done else None)
                 if done:
                     return
@@ -205,6 +207,10 @@ class SimEngine:
         min_tokens = sampling.get("min_tokens", 0)
         _check_int("min_tokens", min_tokens, low=0, high=max_tokens)
         _check_int("n", sampling.get("n", 1), low=1, high=1)
+        # what only a real model can give is refused, never faked
+        for name in ("logprobs", "prompt_logprobs", "structured_outputs", "logit_bias", "allowed_token_ids"):
+            if sampling.get(name) is not None:
+                raise ValueError(f"the sim engine has no model to compute {name}; use the vllm engine")
         _check_int("top_k", sampling.get("top_k", -1), low=-1)
         if sampling.get("seed") is not None:
             _check_int("seed", sampling["seed"])

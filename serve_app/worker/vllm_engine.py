@@ -78,24 +78,43 @@ class VllmEngine:
     async def generate(self, prompt_token_ids: list[int], sampling: dict[str, Any],
                        request_id: str) -> AsyncIterator[GenerateChunk]:
         """See `serve_app.worker.engine.Engine.generate`."""
+        import msgspec
         from vllm import SamplingParams, TokensPrompt
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind
 
         try:
-            params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
-        except (ValueError, TypeError) as exc:
+            params = msgspec.convert(sampling, SamplingParams)
+            # deltas whatever the client asked: the worker counts each token as it comes
+            params.output_kind = RequestOutputKind.DELTA
+        except (ValueError, TypeError, msgspec.ValidationError) as exc:
             raise InvalidRequest(str(exc)) from None
         prompt = TokensPrompt(prompt_token_ids=prompt_token_ids)
         # its chunks' attention work is counted as the engine schedules them (engine_stats)
         prefilling = self._snapshot.prefilling
         prefilling.add(request_id, len(prompt_token_ids))
         try:
-            async for output in self._llm.generate(prompt, params, request_id=request_id):
+            outputs = self._llm.generate(prompt, params, request_id=request_id)
+            first = True
+            while True:
+                try:
+                    output = await anext(outputs)
+                except StopAsyncIteration:
+                    return
+                except (VLLMClientError, ValueError) as exc:  # the engine's checks of the request
+                    if not first:
+                        raise
+                    raise InvalidRequest(str(exc)) from None
                 prefilling.done(request_id)
-                completion = output.outputs[0]
-                cached = output.num_cached_tokens if completion.finish_reason else None
-                yield GenerateChunk(completion.text, len(completion.token_ids), completion.finish_reason,
-                                    cached_tokens=cached)
+                for completion in output.outputs:
+                    cached = output.num_cached_tokens if completion.finish_reason else None
+                    yield GenerateChunk(
+                        completion.text, list(completion.token_ids), completion.finish_reason,
+                        index=completion.index, stop_reason=completion.stop_reason,
+                        logprobs=completion.logprobs, cumulative_logprob=completion.cumulative_logprob,
+                        prompt_logprobs=output.prompt_logprobs if first else None, cached_tokens=cached,
+                    )
+                first = False
         finally:
             prefilling.done(request_id)
 

@@ -109,7 +109,7 @@ class LLMWorker:
             async for chunk in self._engine.generate(request.prompt_token_ids, request.sampling, request.request_id):
                 yield chunk
         except InvalidRequest as exc:  # raised before the first chunk
-            raise OpenAIError(400, f"invalid sampling parameters: {exc}") from None
+            raise OpenAIError(400, f"the engine refused the request: {exc}") from None
 
     async def stats(self) -> WorkerStats:
         """Current load: running/waiting requests, KV blocks, tokens per running request."""

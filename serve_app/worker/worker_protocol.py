@@ -10,7 +10,8 @@ from placement.live import RunningRequest
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """One generation: token ids already computed by the ingress, SamplingParams kwargs, and
+    """One generation: token ids already computed by the ingress, vLLM's `SamplingParams` as
+    built-in types (`msgspec.to_builtins`: no vLLM import is needed to read them), and
     the request as placement sees it (its predicted length and SLOs; None without placement),
     the one type that goes on from here to the router, the worker's reports and the actor."""
 
@@ -24,13 +25,24 @@ class GenerateRequest:
 
 @dataclass(frozen=True)
 class GenerateChunk:
-    """A streamed delta: new text, how many tokens it holds, and the finish reason at the end."""
+    """A streamed delta of one of the request's `n` sequences (`index`): new text and token ids,
+    and the finish reason at its end. Logprobs are vLLM's own objects, passed through as they
+    are (present only when asked for, so only the vLLM engine sends them)."""
 
     text: str
-    num_tokens: int
+    token_ids: list[int]
     finish_reason: str | None = None
+    index: int = 0
+    stop_reason: int | str | None = None
+    logprobs: Any = None  # vLLM's SampleLogprobs of these tokens, when asked for
+    cumulative_logprob: float | None = None
+    prompt_logprobs: Any = None  # vLLM's PromptLogprobs, on the request's first chunk when asked for
     worker_id: str | None = None  # the serving worker's id, on the last chunk
     cached_tokens: int | None = None  # prompt tokens the engine took from its prefix cache (last chunk)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
 
 
 @dataclass

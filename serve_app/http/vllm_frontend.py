@@ -1,0 +1,238 @@
+"""vLLM's OpenAI serving layer, hosted in the ingress over an engine client that places requests.
+
+vLLM's own server is split the same way: its API process renders prompts (chat templates,
+tokenization), validates requests, builds `SamplingParams` and turns `RequestOutput`s into
+OpenAI responses (logprobs, n, echo, tool calls, usage), while an engine client carries each
+request to the engine. Here that client is `PlacedEngineClient`: its `generate` runs this
+project's path (predict, admit, place, stream from the chosen worker's engine) and yields
+vLLM's `RequestOutput`s. So every request is tokenized once, before routing, and the OpenAI
+work is vLLM's (`vllm.entrypoints.openai.*`), not a copy of it. The workers' engines (vLLM's
+`AsyncLLM`) apply the sampling parameters, structured outputs and logprobs.
+
+Imports vLLM (seconds, ~0.5 GB): import this module only where it is served.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+from starlette.datastructures import State
+from vllm.config import VllmConfig
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.engine.protocol import EngineClient
+from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+from vllm.entrypoints.launchers.cli_args import FrontendArgs
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeChatRequest, TokenizeCompletionRequest
+from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
+from vllm.exceptions import RetryableRequestError
+from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.renderers import renderer_from_config
+from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+from serve_app.config import AppConfig
+from serve_app.tiny_model import CHAT_TEMPLATE
+from serve_app.worker.vllm_engine import engine_kwargs
+from serve_app.worker.worker_protocol import GenerateChunk
+
+__all__ = ["DetokenizeRequest", "ErrorResponse", "RetryableRequestError", "TokenizeChatRequest",
+           "TokenizeCompletionRequest"]  # used by the ingress through this module
+
+
+class SloFields(BaseModel):
+    """This project's request fields: per-request SLOs (headers x-slo-ttft-ms / x-slo-atgt-ms
+    also set them)."""
+
+    slo_ttft_ms: float | None = Field(None, gt=0, le=3_600_000)
+    slo_atgt_ms: float | None = Field(None, gt=0, le=3_600_000)
+
+
+class PlacedCompletionRequest(CompletionRequest, SloFields):
+    """vLLM's completion request with the SLO fields."""
+
+
+class PlacedChatCompletionRequest(ChatCompletionRequest, SloFields):
+    """vLLM's chat completion request with the SLO fields."""
+
+
+# The ingress call being served, for the `generate` vLLM's serving layer calls (it passes no
+# context of its own). Here, not in the ingress module: Serve pickles that one's globals.
+current_call: ContextVar[Any] = ContextVar("current_call")
+
+# (prompt as vLLM rendered it: its `prompt_token_ids` and, where known, `prompt` text,
+#  sampling parameters, request id) -> the request's outputs
+PlacedGenerate = Callable[[dict[str, Any], SamplingParams, str], AsyncIterator[RequestOutput]]
+
+
+class PlacedEngineClient(EngineClient):
+    """The engine client vLLM's serving classes call: `generate` is this project's placement
+    path. Engine-wide controls (sleep, profiling, LoRA, pooling) are not offered."""
+
+    def __init__(self, vllm_config: VllmConfig, renderer: Any, generate: PlacedGenerate) -> None:
+        self.vllm_config = vllm_config
+        self.model_config = vllm_config.model_config
+        self.renderer = renderer
+        self.input_processor = None  # the workers' engines process inputs
+        self._generate = generate
+
+    is_running = property(lambda self: True)
+    is_stopped = property(lambda self: False)
+    errored = property(lambda self: False)  # a failing worker fails its requests, not the server
+    dead_error = property(lambda self: RuntimeError("engine client is not dead"))
+
+    def generate(self, prompt: Any, sampling_params: SamplingParams, request_id: str,
+                 **_: Any) -> AsyncIterator[RequestOutput]:
+        return self._generate(prompt, sampling_params, request_id)
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("pooling is not served")
+
+    async def abort(self, request_id: str | Iterable[str]) -> None:
+        """Nothing to do: a request ends when its stream is closed."""
+
+    async def get_supported_tasks(self) -> tuple[str, ...]:
+        return ("generate",)
+
+    async def is_tracing_enabled(self) -> bool:
+        return False
+
+    async def do_log_stats(self) -> None:
+        """The workers' engines log their own."""
+
+    async def check_health(self) -> None:
+        """The ingress's /health asks the workers."""
+
+    async def notify_kv_transfer_request_rejected(self, *args: Any, **kwargs: Any) -> None:
+        """No KV transfer."""
+
+    async def start_profile(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+    async def stop_profile(self) -> None:
+        raise NotImplementedError
+
+    async def reset_mm_cache(self) -> None:
+        """No multimodal cache here."""
+
+    async def reset_encoder_cache(self) -> None:
+        """No encoder cache here."""
+
+    async def reset_prefix_cache(self, *args: Any, **kwargs: Any) -> bool:
+        return False
+
+    async def sleep(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+    async def release_kv_cache_memory(self) -> None:
+        raise NotImplementedError
+
+    async def wake_up(self, *args: Any, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def is_sleeping(self) -> bool:
+        return False
+
+    async def add_lora(self, *args: Any, **kwargs: Any) -> bool:
+        raise NotImplementedError("LoRA adapters are not served")
+
+    async def pause_generation(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+    async def resume_generation(self) -> None:
+        raise NotImplementedError
+
+    async def is_paused(self) -> bool:
+        return False
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Nothing runs here."""
+
+
+@dataclass(frozen=True)
+class VllmFrontend:
+    """vLLM's serving objects for the routes the ingress serves."""
+
+    completion: OpenAIServingCompletion
+    chat: OpenAIServingChat
+    models: OpenAIServingModels
+    tokenization: ServingTokenization
+
+
+async def start_frontend(config: AppConfig, generate: PlacedGenerate) -> VllmFrontend:
+    """vLLM's serving layer for `config`'s model (its tokenizer and chat template, the model
+    config read from its files; nothing is loaded onto a device), over `generate`."""
+    engine_args = AsyncEngineArgs(**engine_kwargs(config))
+    vllm_config = VllmConfig(model_config=engine_args.create_model_config())
+    renderer = renderer_from_config(vllm_config)
+    tokenizer = renderer.get_tokenizer()
+    ingress = config.ingress
+    frontend_args = FrontendArgs(
+        # a model without a template of its own gets a ChatML-style default (the tiny model)
+        chat_template=None if getattr(tokenizer, "chat_template", None) else CHAT_TEMPLATE,
+        tool_call_parser=ingress.tool_call_parser,
+        enable_auto_tool_choice=ingress.enable_auto_tool_choice,
+    )
+    state = State()
+    client = PlacedEngineClient(vllm_config, renderer, generate)
+    await init_app_state(client, state, Namespace(**(vars(engine_args) | vars(frontend_args))),
+                         supported_tasks=("generate",))
+    return VllmFrontend(state.openai_serving_completion, state.openai_serving_chat,
+                        state.openai_serving_models, state.serving_tokenization)
+
+
+def error_body(error: Exception | ErrorResponse) -> tuple[dict[str, Any], int]:
+    """vLLM's error response for an exception its serving layer raised (its own status
+    mapping: client errors 4xx, the rest 500), as body and status."""
+    response = error if isinstance(error, ErrorResponse) else create_error_response(error)
+    return response.model_dump(), response.error.code
+
+
+def wants_deltas(params: SamplingParams) -> bool:
+    """Whether the serving layer streams this request (else it takes one final output)."""
+    return params.output_kind != RequestOutputKind.FINAL_ONLY
+
+
+class OutputBuilder:
+    """A worker's chunks as the `RequestOutput`s vLLM's serving layer reads: one per chunk
+    (`delta`, for streams), or all merged into one (`merge`, then `final`)."""
+
+    def __init__(self, request_id: str, prompt_token_ids: list[int], sequences: int) -> None:
+        self._request_id = request_id
+        self._prompt_token_ids = prompt_token_ids
+        self._unfinished = sequences
+        self.final: RequestOutput | None = None
+
+    def delta(self, chunk: GenerateChunk) -> RequestOutput:
+        """The chunk as a delta output."""
+        if chunk.finish_reason is not None:
+            self._unfinished -= 1
+        completion = CompletionOutput(
+            index=chunk.index, text=chunk.text, token_ids=chunk.token_ids,
+            cumulative_logprob=chunk.cumulative_logprob, logprobs=chunk.logprobs,
+            finish_reason=chunk.finish_reason, stop_reason=chunk.stop_reason,
+        )
+        return RequestOutput(
+            self._request_id, None, self._prompt_token_ids, chunk.prompt_logprobs, [completion],
+            finished=self._unfinished <= 0, num_cached_tokens=chunk.cached_tokens,
+        )
+
+    def merge(self, chunk: GenerateChunk) -> None:
+        """Add the chunk to `final`, the whole output so far."""
+        output = self.delta(chunk)
+        if self.final is None:
+            self.final = output
+            return
+        self.final.add(output, aggregate=True)
+        if chunk.cached_tokens is not None:
+            self.final.num_cached_tokens = chunk.cached_tokens

@@ -1,0 +1,67 @@
+"""The pure parts of hosting vLLM's serving layer: sampling parameters on their way to a
+worker, and a worker's chunks as the `RequestOutput`s vLLM's serving layer reads."""
+
+from __future__ import annotations
+
+import pickle
+
+import msgspec
+import pytest
+
+vllm_frontend = pytest.importorskip("serve_app.http.vllm_frontend")
+
+from vllm.logprobs import Logprob  # noqa: E402
+from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams  # noqa: E402
+
+from serve_app.worker.worker_protocol import GenerateChunk  # noqa: E402
+
+
+def test_sampling_params_survive_the_trip_to_the_worker() -> None:
+    """Built-in types on the wire (a sim worker reads them without importing vLLM); the vLLM
+    worker rebuilds the same parameters, structured outputs included."""
+    params = SamplingParams(n=2, max_tokens=7, temperature=0.5, seed=3, stop=["\n\n"], logprobs=2,
+                            logit_bias={42: 5.0}, ignore_eos=True,
+                            structured_outputs=StructuredOutputsParams(json={"type": "object"}),
+                            output_kind=RequestOutputKind.FINAL_ONLY)
+    wire = pickle.loads(pickle.dumps(msgspec.to_builtins(params)))
+    assert wire["max_tokens"] == 7 and wire["n"] == 2 and "vllm" not in pickle.dumps(wire).decode("latin-1")
+    back = msgspec.convert(wire, SamplingParams)
+    for name in ("n", "max_tokens", "temperature", "seed", "stop", "logprobs", "ignore_eos", "output_kind"):
+        assert getattr(back, name) == getattr(params, name), name
+    assert back.logit_bias == {42: 5.0}
+    assert back.structured_outputs == params.structured_outputs
+
+
+def _chunk(index: int, text: str, ids: list[int], finish: str | None = None, **kw) -> GenerateChunk:
+    logprobs = [{t: Logprob(-1.0)} for t in ids]
+    return GenerateChunk(text, ids, finish, index=index, logprobs=logprobs, **kw)
+
+
+def test_chunks_become_deltas_and_one_merged_final_output() -> None:
+    chunks = [_chunk(0, "a", [1], prompt_logprobs=[None, {7: Logprob(-0.5)}]), _chunk(1, "x", [9]),
+              _chunk(0, "b", [2], "length", cached_tokens=0), _chunk(1, "y", [8], "stop", stop_reason=5)]
+    streamed = vllm_frontend.OutputBuilder("r-0", [5, 7], sequences=2)
+    deltas = [streamed.delta(c) for c in chunks]
+    assert [d.outputs[0].text for d in deltas] == ["a", "x", "b", "y"]
+    assert [d.finished for d in deltas] == [False, False, False, True]  # both sequences ended
+    assert deltas[0].prompt_logprobs is not None and deltas[0].prompt_token_ids == [5, 7]
+    assert streamed.final is None  # a stream keeps nothing
+
+    merged = vllm_frontend.OutputBuilder("r-0", [5, 7], sequences=2)
+    for chunk in chunks:
+        merged.merge(chunk)
+    final = merged.final
+    assert final.finished and final.prompt_logprobs is not None and final.num_cached_tokens == 0
+    by_index = {o.index: o for o in final.outputs}
+    assert (by_index[0].text, list(by_index[0].token_ids), by_index[0].finish_reason) == ("ab", [1, 2], "length")
+    assert (by_index[1].text, list(by_index[1].token_ids), by_index[1].stop_reason) == ("xy", [9, 8], 5)
+    assert [list(p) for p in by_index[0].logprobs] == [[1], [2]]
+
+
+def test_errors_keep_vllms_status_and_body() -> None:
+    from vllm.exceptions import VLLMValidationError
+
+    body, status = vllm_frontend.error_body(VLLMValidationError("bad max_tokens", parameter="max_tokens"))
+    assert status == 400 and body["error"]["param"] == "max_tokens" and body["error"]["code"] == 400
+    body, status = vllm_frontend.error_body(RuntimeError("boom"))
+    assert status == 500
