@@ -65,3 +65,16 @@ def test_errors_keep_vllms_status_and_body() -> None:
     assert status == 400 and body["error"]["param"] == "max_tokens" and body["error"]["code"] == 400
     body, status = vllm_frontend.error_body(RuntimeError("boom"))
     assert status == 500
+
+
+@pytest.mark.parametrize("model", ["PlacedCompletionRequest", "PlacedChatCompletionRequest"])
+def test_fields_vllm_removed_are_refused_not_ignored(model: str) -> None:
+    from pydantic import ValidationError
+
+    request = getattr(vllm_frontend, model)
+    body = {"prompt": "x"} if "Chat" not in model else {"messages": [{"role": "user", "content": "x"}]}
+    assert "guided_json" in vllm_frontend.REMOVED_FIELDS
+    with pytest.raises(ValidationError, match="guided_json"):
+        request.model_validate({**body, "guided_json": {"type": "object"}})
+    parsed = request.model_validate({**body, "guided_json": None, "slo_ttft_ms": 500})
+    assert parsed.slo_ttft_ms == 500

@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.datastructures import State
 from vllm.config import VllmConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
@@ -32,6 +32,7 @@ from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
 from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+from vllm.entrypoints.serve.engine import protocol as engine_protocol
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeChatRequest, TokenizeCompletionRequest
@@ -50,12 +51,27 @@ __all__ = ["DetokenizeRequest", "ErrorResponse", "RetryableRequestError", "Token
            "TokenizeCompletionRequest"]  # used by the ingress through this module
 
 
+# Fields vLLM removed (guided decoding) and now ignores with a log line: a client setting one
+# would get unconstrained output with a 200, so they are refused instead.
+REMOVED_FIELDS: frozenset[str] = getattr(engine_protocol, "_REMOVED_GUIDED_FIELDS", frozenset())
+
+
 class SloFields(BaseModel):
     """This project's request fields: per-request SLOs (headers x-slo-ttft-ms / x-slo-atgt-ms
-    also set them)."""
+    also set them). Also refuses the fields vLLM removed (`REMOVED_FIELDS`)."""
 
     slo_ttft_ms: float | None = Field(None, gt=0, le=3_600_000)
     slo_atgt_ms: float | None = Field(None, gt=0, le=3_600_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_removed_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            removed = sorted(k for k in REMOVED_FIELDS if data.get(k) is not None)
+            if removed:
+                raise ValueError(f"{', '.join(removed)}: removed from vLLM's API and not applied; use "
+                                 "`structured_outputs` or `response_format`")
+        return data
 
 
 class PlacedCompletionRequest(CompletionRequest, SloFields):
