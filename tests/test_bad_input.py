@@ -142,6 +142,9 @@ TOKENIZE = (request({"prompt": st.text(max_size=40)}, {"prompt": BAD_PROMPT, "ad
                       {"messages": BAD_MESSAGES, "add_generation_prompt": JUNK, "continue_final_message": JUNK},
                       ("add_generation_prompt", "continue_final_message")))
 DETOKENIZE = request({"tokens": st.lists(st.integers(0, 400), max_size=8)}, {"tokens": BAD_PROMPT}, ())
+RESPONSES = request({"input": st.text(max_size=40) | VALID_MESSAGES, "max_output_tokens": VALID_MAX_TOKENS},
+                    {"input": BAD_MESSAGES | BAD_PROMPT, "max_output_tokens": BAD_MAX_TOKENS, "instructions": JUNK,
+                     "temperature": JUNK}, ("instructions", "temperature"))
 
 
 def _encoded(body: Any) -> bytes:
@@ -201,8 +204,8 @@ def assert_still_serving(base: str, http: httpx.Client) -> None:
 
 
 # ---- fuzzing ---------------------------------------------------------------------------------
-POST_ROUTES = {"/v1/completions": COMPLETION, "/v1/chat/completions": CHAT, "/tokenize": TOKENIZE,
-               "/detokenize": DETOKENIZE}
+POST_ROUTES = {"/v1/completions": COMPLETION, "/v1/chat/completions": CHAT, "/v1/responses": RESPONSES,
+               "/tokenize": TOKENIZE, "/detokenize": DETOKENIZE}
 
 
 @pytest.mark.parametrize("path", list(POST_ROUTES))

@@ -657,3 +657,14 @@ def test_logit_bias_is_applied(client):
     forced = client.completions.create(model="tiny", prompt="x", max_tokens=3, logit_bias={"42": 100},
                                        extra_headers=LENIENT_SLO, extra_body={"ignore_eos": True, "return_token_ids": True})
     assert forced.choices[0].token_ids == [42, 42, 42]
+
+
+def test_responses_api(client):
+    out = client.responses.create(model="tiny", input="hi", max_output_tokens=5, extra_headers=LENIENT_SLO)
+    assert out.status in ("completed", "incomplete") and 1 <= out.usage.output_tokens <= 5
+    assert isinstance(out.output_text, str)
+    stream = client.responses.create(model="tiny", instructions="be brief", max_output_tokens=4, stream=True,
+                                     input=[{"role": "user", "content": "hi"}], extra_headers=LENIENT_SLO)
+    types = [event.type for event in stream]
+    assert types[0] == "response.created" and types[-1] == "response.completed", types
+    assert "response.output_text.delta" in types

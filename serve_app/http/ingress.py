@@ -145,6 +145,7 @@ class _Call:
     chat_input: Callable[[dict[str, Any], list[int]], ChatInput]
     placed: list[_Prepared] = field(default_factory=list)
     error: OpenAIError | None = None
+    started: bool = False  # a generation has output something (the stream can start)
 
     def check(self) -> None:
         if self.error is not None:
@@ -175,6 +176,19 @@ def _message_text(message: dict[str, Any]) -> str:
     return ""
 
 
+def _response_turns(request: Any) -> list[tuple[str, str]]:
+    """A Responses API request's conversation as (role, text) turns: its `instructions` as
+    the system turn, then its `input` (a string, or message items)."""
+    turns = [("system", request.instructions)] if request.instructions else []
+    if isinstance(request.input, str):
+        return [*turns, ("user", request.input)]
+    for item in request.input:
+        message = item if isinstance(item, dict) else item.model_dump()
+        if "content" in message:
+            turns.append((str(message.get("role", "user")), _message_text(message)))
+    return turns
+
+
 def _sse_json(event: str) -> dict[str, Any] | None:
     """The JSON of one `data: ...` server-sent event (None for `[DONE]`)."""
     data = event.removeprefix("data: ").strip()
@@ -198,7 +212,8 @@ async def _handle_chunks(events: AsyncIterator[str]) -> AsyncIterator[dict[str, 
 @serve.deployment(name="OpenAIIngress")
 @serve.ingress(api)
 class OpenAIIngress:
-    """HTTP: /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health.
+    """HTTP: /v1/completions, /v1/chat/completions, /v1/responses, /v1/models, /tokenize,
+    /detokenize, /health.
     Handle: create_completion, stream_completion, create_chat_completion, stream_chat_completion,
     tokenize, detokenize.
 
@@ -271,6 +286,17 @@ class OpenAIIngress:
         result = await self._serve(self._frontend.chat.create_chat_completion, parsed, call)
         return self._http_response(result, call)
 
+    @api.post("/v1/responses")
+    async def http_responses(self, request: Request, body: Any = Body(...)) -> Any:
+        parsed = self._parse(self._vllm.PlacedResponsesRequest, _json(body))
+        call = self._turns_call(parsed, self._http_options(parsed, request), _response_turns(parsed))
+        result = await self._serve(self._create_response, parsed, call)
+        return self._http_response(result, call)
+
+    async def _create_response(self, request: Any, raw_request: Any) -> Any:
+        result = await self._frontend.responses.create_responses(request, raw_request)
+        return self._vllm.responses_sse(result) if isinstance(result, AsyncIterator) else result
+
     def _http_response(self, result: dict[str, Any] | AsyncIterator[str], call: _Call) -> Any:
         if isinstance(result, dict):
             return JSONResponse(result, headers=call.headers())
@@ -305,28 +331,30 @@ class OpenAIIngress:
     async def create_completion(self, request: dict[str, Any] | Any) -> dict[str, Any]:
         """Non-streaming completion (vLLM's CompletionRequest, or its dict) as a response
         dict; raises OpenAIError on bad input."""
-        return await self._handle_call(request, self._vllm.PlacedCompletionRequest, self._completion_call,
-                                       self._frontend.completion.create_completion, stream=False)
+        return await self._completion(request, stream=False)
 
     async def stream_completion(self, request: dict[str, Any] | Any) -> AsyncIterator[dict[str, Any]]:
         """Streaming completion: yields OpenAI `text_completion` chunk dicts."""
-        events = await self._handle_call(request, self._vllm.PlacedCompletionRequest, self._completion_call,
-                                         self._frontend.completion.create_completion, stream=True)
-        async for chunk in _handle_chunks(events):
+        async for chunk in _handle_chunks(await self._completion(request, stream=True)):
             yield chunk
 
     async def create_chat_completion(self, request: dict[str, Any] | Any) -> dict[str, Any]:
         """Non-streaming chat completion (vLLM's ChatCompletionRequest, or its dict) as a
         response dict; raises OpenAIError on bad input."""
-        return await self._handle_call(request, self._vllm.PlacedChatCompletionRequest, self._chat_call,
-                                       self._frontend.chat.create_chat_completion, stream=False)
+        return await self._chat(request, stream=False)
 
     async def stream_chat_completion(self, request: dict[str, Any] | Any) -> AsyncIterator[dict[str, Any]]:
         """Streaming chat completion: yields OpenAI `chat.completion.chunk` dicts."""
-        events = await self._handle_call(request, self._vllm.PlacedChatCompletionRequest, self._chat_call,
-                                         self._frontend.chat.create_chat_completion, stream=True)
-        async for chunk in _handle_chunks(events):
+        async for chunk in _handle_chunks(await self._chat(request, stream=True)):
             yield chunk
+
+    def _completion(self, request: Any, *, stream: bool) -> Awaitable[Any]:
+        return self._handle_call(request, self._vllm.PlacedCompletionRequest, self._completion_call,
+                                 self._frontend.completion.create_completion, stream=stream)
+
+    def _chat(self, request: Any, *, stream: bool) -> Awaitable[Any]:
+        return self._handle_call(request, self._vllm.PlacedChatCompletionRequest, self._chat_call,
+                                 self._frontend.chat.create_chat_completion, stream=stream)
 
     async def tokenize(self, request: dict[str, Any] | Any) -> dict[str, Any]:
         """vLLM's /tokenize; raises OpenAIError on bad input."""
@@ -385,8 +413,9 @@ class OpenAIIngress:
 
     async def _serve(self, create: Callable[..., Awaitable[Any]], request: Any, call: _Call) -> Any:
         """Run vLLM's `create` for `request` under `call`. A response comes back as a dict
-        with the `aladdin` field; a stream as its server-sent events, once its first has come,
-        so that an error before any output (429, 400, 503) is a status, not an event."""
+        with the `aladdin` field; a stream as its server-sent events, started only once a
+        generation has produced output (vLLM's Responses API sends events before it starts
+        one), so that an error before any output (429, 400, 503) is a status, not an event."""
         token = self._vllm.current_call.set(call)
         try:
             try:
@@ -398,25 +427,36 @@ class OpenAIIngress:
             if isinstance(result, self._vllm.ErrorResponse):
                 raise self._vllm_error(result)
             if not isinstance(result, AsyncIterator):
-                body = result.model_dump()
+                body = result.model_dump(mode="json", by_alias=True)  # as vLLM's routes send it
                 body["aladdin"] = call.extension()
                 return body
-            first = await anext(result, None)
+            held: list[str] = []
+            while not call.started and (event := await anext(result, None)) is not None:
+                held.append(event)
             call.check()
         finally:
             self._vllm.current_call.reset(token)
-        return self._events(first, result, call)
+        return self._events(held, result, call)
 
-    async def _events(self, first: str | None, rest: AsyncIterator[str], call: _Call) -> AsyncIterator[str]:
-        """A stream's events, the usage event (when asked for) carrying the `aladdin` field."""
-        pending = first
+    async def _events(self, held: list[str], rest: AsyncIterator[str], call: _Call) -> AsyncIterator[str]:
+        """A stream's events (those `_serve` held first), the usage event (when asked for)
+        carrying the `aladdin` field. Each later one is awaited under `call` too: a batch's
+        later generations may start after the first has output."""
+        pending = held.pop(0) if held else None
         while pending is not None:
             if '"choices":[]' in pending and '"usage"' in pending:
                 chunk = _sse_json(pending)
                 chunk["aladdin"] = call.extension()
                 pending = f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
             yield pending
-            pending = await anext(rest, None)
+            if held:
+                pending = held.pop(0)
+                continue
+            token = self._vllm.current_call.set(call)
+            try:
+                pending = await anext(rest, None)
+            finally:
+                self._vllm.current_call.reset(token)
 
     def _completion_call(self, body: Any, options: RequestOptions) -> _Call:
         def chat_input(prompt: dict[str, Any], ids: list[int]) -> ChatInput:
@@ -426,15 +466,17 @@ class OpenAIIngress:
         return _Call(options, self._slo_s(body, options, "ttft"), self._slo_s(body, options, "atgt"), chat_input)
 
     def _chat_call(self, body: Any, options: RequestOptions) -> _Call:
-        # The predictor reads the latest message and the lengths of the turns before it.
-        texts = [(m.get("role", "user"), _message_text(m)) for m in body.messages]
+        return self._turns_call(body, options, [(m.get("role", "user"), _message_text(m)) for m in body.messages])
 
+    def _turns_call(self, body: Any, options: RequestOptions, turns: list[tuple[str, str]]) -> _Call:
+        """A call whose predictor input is a conversation's (role, text) turns: the predictor
+        reads the latest and the lengths of those before it."""
         def chat_input(prompt: dict[str, Any], ids: list[int]) -> ChatInput:
             def count(text: str) -> int:
                 return len(self._tokenizer(text, add_special_tokens=False).input_ids)
 
-            history = tuple(PastTurn(role, count(text)) for role, text in texts[:-1])
-            last = texts[-1][1] if texts else ""
+            history = tuple(PastTurn(role, count(text)) for role, text in turns[:-1])
+            last = turns[-1][1] if turns else ""
             return ChatInput(last, count(last), history)
 
         return _Call(options, self._slo_s(body, options, "ttft"), self._slo_s(body, options, "atgt"), chat_input)
@@ -457,8 +499,9 @@ class OpenAIIngress:
     async def _outputs(self, prompt: dict[str, Any], params: Any, request_id: str) -> AsyncIterator[Any]:
         """The engine client's `generate` (vLLM's serving layer calls it once per prompt): predict,
         admit, place and stream from a worker, as vLLM `RequestOutput`s (deltas for a stream,
-        else one final output). An error before any output is left on the call for its route;
-        a worker failing mid-stream ends the stream with vLLM's retryable 503 event."""
+        else one final output). An error before the call's first output is left on the call
+        for its route to answer as a status; once a stream is on the wire (a worker failing
+        mid-stream, a batch's later prompt refused) it ends with vLLM's retryable 503 event."""
         call = self._vllm.current_call.get()
         try:
             prepared = self._prepare(call, prompt, params, request_id)
@@ -466,6 +509,8 @@ class OpenAIIngress:
             await self._admit(prepared)
         except OpenAIError as err:
             call.error = err
+            if call.started and self._vllm.wants_deltas(params):  # another prompt's output is on the wire
+                raise self._vllm.RetryableRequestError(err.message) from None
             return
         if not self._vllm.wants_deltas(params):
             try:
@@ -473,13 +518,14 @@ class OpenAIIngress:
             except OpenAIError as err:
                 call.error = err
                 return
+            call.started = True
             yield final
             return
         outputs = self._vllm.OutputBuilder(request_id, prepared.generate.prompt_token_ids, params.n)
         started = False
         try:
             async for chunk in self._deltas(prepared):
-                started = True
+                started = call.started = True
                 yield outputs.delta(chunk)
         except OpenAIError as err:
             if not started:

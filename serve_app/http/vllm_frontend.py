@@ -32,6 +32,8 @@ from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
 from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+from vllm.entrypoints.openai.responses.serving import OpenAIServingResponses
 from vllm.entrypoints.serve.engine import protocol as engine_protocol
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
@@ -80,6 +82,10 @@ class PlacedCompletionRequest(CompletionRequest, SloFields):
 
 class PlacedChatCompletionRequest(ChatCompletionRequest, SloFields):
     """vLLM's chat completion request with the SLO fields."""
+
+
+class PlacedResponsesRequest(ResponsesRequest, SloFields):
+    """vLLM's Responses API request with the SLO fields."""
 
 
 # The ingress call being served, for the `generate` vLLM's serving layer calls (it passes no
@@ -181,6 +187,7 @@ class VllmFrontend:
 
     completion: OpenAIServingCompletion
     chat: OpenAIServingChat
+    responses: OpenAIServingResponses
     models: OpenAIServingModels
     tokenization: ServingTokenization
 
@@ -204,7 +211,14 @@ async def start_frontend(config: AppConfig, generate: PlacedGenerate) -> VllmFro
     await init_app_state(client, state, Namespace(**(vars(engine_args) | vars(frontend_args))),
                          supported_tasks=("generate",))
     return VllmFrontend(state.openai_serving_completion, state.openai_serving_chat,
-                        state.openai_serving_models, state.serving_tokenization)
+                        state.openai_serving_responses, state.openai_serving_models, state.serving_tokenization)
+
+
+async def responses_sse(events: AsyncIterator[Any]) -> AsyncIterator[str]:
+    """The Responses API's stream events as server-sent events, named by their type (as vLLM's
+    own route sends them)."""
+    async for event in events:
+        yield f"event: {getattr(event, 'type', 'unknown')}\ndata: {event.model_dump_json(by_alias=True)}\n\n"
 
 
 def error_body(error: Exception | ErrorResponse) -> tuple[dict[str, Any], int]:
