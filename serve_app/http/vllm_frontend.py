@@ -39,7 +39,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeChatRequest, TokenizeCompletionRequest
 from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
-from vllm.exceptions import RetryableRequestError
+from vllm.exceptions import RetryableRequestError, VLLMValidationError
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.renderers import renderer_from_config
 from vllm.sampling_params import RequestOutputKind, SamplingParams
@@ -113,8 +113,15 @@ class PlacedEngineClient(EngineClient):
     errored = property(lambda self: False)  # a failing worker fails its requests, not the server
     dead_error = property(lambda self: RuntimeError("engine client is not dead"))
 
-    def generate(self, prompt: Any, sampling_params: SamplingParams, request_id: str,
-                 **_: Any) -> AsyncIterator[RequestOutput]:
+    def generate(self, prompt: Any, sampling_params: SamplingParams, request_id: str, *,
+                 priority: int = 0, **_: Any) -> AsyncIterator[RequestOutput]:
+        # what the placement path does not carry is refused, as vLLM's FCFS engine refuses a
+        # priority, rather than dropped (tracing headers and LoRA-free defaults are nothing to apply)
+        if priority:
+            raise VLLMValidationError("priority: not supported (requests are ordered by their SLOs)",
+                                      parameter="priority")
+        if isinstance(prompt, dict) and prompt.get("cache_salt"):
+            raise VLLMValidationError("cache_salt: not supported by this server", parameter="cache_salt")
         return self._generate(prompt, sampling_params, request_id)
 
     def encode(self, *args: Any, **kwargs: Any) -> Any:
