@@ -100,10 +100,10 @@ class ClosedLoop:
             waited_s=now_s - request.arrival_s,
             # the TTFT check's own formula without the serving path: the prefill queued ahead
             # of it, then its own
-            engine_ttft_s=(worker.model_ttft_s(request.input_len, base, queued_itself=True, cached_tokens=cached)
+            engine_ttft_s=(worker.model_ttft_s(request.input_len, base, queued_itself=request.sequences, cached_tokens=cached)
                            - base.serving_overhead_s),
             arrival_s=request.arrival_s,
-            model_ttft_s=now_s - request.arrival_s + worker.model_ttft_s(request.input_len, queued_itself=True,
+            model_ttft_s=now_s - request.arrival_s + worker.model_ttft_s(request.input_len, queued_itself=request.sequences,
                                                                          cached_tokens=cached),
             input_len=request.input_len, cached_tokens=cached,
         )

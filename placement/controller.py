@@ -162,7 +162,7 @@ class PlacementController:
     def admit(self, request: RunningRequest, now_s: float) -> Verdict | None:
         """Admit `request` at once, refuse it, or queue it (None: its verdict comes from a
         later `drain` or `heartbeat`). Without admission every request is admitted unplaced."""
-        self.window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean)
+        self.window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean, request.sequences)
         if self.admission is None:
             return Verdict(request.request_id)
         verdict = self.admission.offer(request.to_request(), now_s)
@@ -236,7 +236,7 @@ class PlacementController:
         decision = self.cluster.place(request.to_request(), candidates, now_s, feasible_only=feasible_only)
         if feasible_only and not decision.feasible:
             return Routing(None, "passed")
-        self.window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean)
+        self.window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean, request.sequences)
         if decision.worker is None:
             routing = Routing(None, "waited")
         else:  # least violation: nothing was feasible, the policy took the mildest miss
@@ -248,7 +248,7 @@ class PlacementController:
     def fallback(self, request: RunningRequest, worker_id: str, now_s: float) -> None:
         """The router placed `request` on `worker_id` without the controller."""
         self.outcomes["fallback"] += 1
-        self.window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean)
+        self.window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean, request.sequences)
         self.cluster.admit(worker_id, request.to_request(), now_s)
 
     def worker_failed(self, request_id: str) -> str | None:
@@ -278,7 +278,7 @@ class PlacementController:
         self._suspects.discard(report.worker_id)  # it is alive after all
         self._seen([report.worker_id], now_s)
         for item in report.running:
-            self.window.add(item.request_id, item.arrival_s, item.input_len, item.pred_mean)
+            self.window.add(item.request_id, item.arrival_s, item.input_len, item.pred_mean, item.sequences)
         for request_id, tokens in report.finished:
             self.window.finish(request_id, tokens)
         full_report = self.cluster.report(report, now_s)
@@ -413,7 +413,8 @@ class PlacementController:
         return {rid: self._recent[rid] for rid in request_ids if rid in self._recent}
 
     def where(self, request_id: str) -> dict[str, Any] | None:
-        """A resident request as placement sees it now (None once finished or unknown)."""
+        """A resident request as placement sees it now (None once finished or unknown);
+        `generated` counts the tokens of each of its sequences."""
         worker_id = self.cluster.location(request_id)
         if worker_id is None:
             return None
@@ -421,7 +422,7 @@ class PlacementController:
         resident = worker.residents[request_id]
         decoding = resident.decode_from_step is not None
         return {
-            "worker_id": worker_id, "decoding": decoding,
+            "worker_id": worker_id, "decoding": decoding, "sequences": resident.request.sequences,
             "generated": worker.generated(request_id) if decoding else 0,
             "est_mean": resident.request.est_mean, "est_upper": resident.request.est_upper,
         }

@@ -11,8 +11,9 @@ from placement.state import Request
 class Demand:
     """Totals over the waiting requests, kept incrementally by `WaitingQueue`.
 
-    `kv_tokens` is the KV they would reserve (prompt + upper output estimate each),
-    `prefill_tokens` their prompts, `decode_tokens` their predicted mean outputs.
+    `kv_tokens` is the KV they would reserve (prompt + upper output estimate each sequence),
+    `prefill_tokens` their prompts, `decode_tokens` their predicted mean outputs, both over
+    their sequences.
     """
 
     requests: int = 0
@@ -28,6 +29,6 @@ class Demand:
 
     def _apply(self, request: Request, sign: int) -> None:
         self.requests += sign
-        self.kv_tokens += sign * request.upper_final_tokens
-        self.prefill_tokens += sign * request.input_len
-        self.decode_tokens += sign * request.est_mean
+        self.kv_tokens += sign * request.upper_final_tokens_all
+        self.prefill_tokens += sign * request.prompt_tokens_all
+        self.decode_tokens += sign * request.sequences * request.est_mean

@@ -1,7 +1,8 @@
 """Exact feasibility of placing one request on one worker (Aladdin's constraints).
 
 Projection model (lockstep decoding): from now on every resident, including the new request
-and those still waiting for their prefill, gains one token per decode step. Resident i holds
+and those still waiting for their prefill, gains one token per decode step. A request asking
+for n samples is n residents of the same lengths (`Request.sequences`). Resident i holds
 c_i = input + generated tokens and ends after r_i = upper_output_tokens - generated more steps
 (never negative: a request that already outlived its upper estimate is treated as finishing
 now; rebalancing raises its estimate). At step t the worker holds
@@ -100,9 +101,12 @@ class Fit:
         return max(0.0, -self.kv_leftover, -self.atgt_leftover, ttft_over)
 
 
-def lifetimes(worker: WorkerState, new: Request | None = None, new_discount: int = 0) -> list[tuple[int, int, int]]:
-    """(remaining steps, current context tokens, KV discount) of every resident, plus `new`
-    (not yet placed; `new_discount`: its tokens residents' blocks hold here)."""
+def lifetimes(
+    worker: WorkerState, new: Request | None = None, new_discount: int = 0
+) -> list[tuple[int, int, int, int]]:
+    """(remaining steps, current context tokens of one sequence, KV discount, sequences) of
+    every resident, plus `new` (not yet placed; `new_discount`: its tokens residents' blocks
+    hold here)."""
     steps = worker.steps
     out = []
     append = out.append
@@ -111,9 +115,9 @@ def lifetimes(worker: WorkerState, new: Request | None = None, new_discount: int
         size = resident.request.input_len + (0 if start is None else steps - start)
         # counted_final_tokens is input + upper output tokens, kept in step by set_estimate
         remaining = resident.counted_final_tokens - size
-        append((remaining if remaining > 0 else 0, size, resident.kv_discount_tokens))
+        append((remaining if remaining > 0 else 0, size, resident.kv_discount_tokens, resident.request.sequences))
     if new is not None:
-        append((new.upper_output_tokens, new.input_len, new_discount))
+        append((new.upper_output_tokens, new.input_len, new_discount, new.sequences))
     return out
 
 
@@ -130,9 +134,9 @@ def project(worker: WorkerState, new: Request | None = None, new_discount: int =
     held = 0
     shared = 0
     peak_kv = 0
-    for k, (t, size, discount) in enumerate(items):
-        alive += 1
-        held += size
+    for k, (t, size, discount, sequences) in enumerate(items):
+        alive += sequences
+        held += sequences * size
         shared += discount
         if k + 1 == len(items) or items[k + 1][0] != t:
             usage = held + alive * t
@@ -173,7 +177,7 @@ def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float,
     pending = 0.0
     for i in range(len(queued) - 1, -1, -1):
         behind[i] = pending
-        pending += prefill_s(queued[i].request.input_len, queued[i].cached_tokens)
+        pending += queued[i].request.sequences * prefill_s(queued[i].request.input_len, queued[i].cached_tokens)
     total = 0.0
     for i, resident in enumerate(queued):
         request = resident.request

@@ -56,16 +56,24 @@ class RunningRequest:
     pred_upper: float
     slo_ttft_s: float
     slo_atgt_s: float
-    generated: int = 0
+    generated: int = 0  # over all its sequences
     first_token_s: float | None = None  # wall clock of its first token, once it has one
     prefix: Prefix | None = None  # its prompt's blocks at the engine's block size, when modelled
+    sequences: int = 1  # samples asked for (OpenAI's `n`), each a sequence of the engine's
 
     def to_request(self) -> Request:
         return Request(
             id=self.request_id, arrival_s=self.arrival_s, input_len=max(1, self.input_len),
             pred_mean=max(self.pred_mean, 1e-9), pred_upper=max(self.pred_upper, self.pred_mean, 1e-9),
             slo_ttft_s=self.slo_ttft_s, slo_atgt_s=self.slo_atgt_s, prefix=self.prefix,
+            sequences=max(1, self.sequences),
         )
+
+
+def per_sequence(generated: int, sequences: int) -> int:
+    """Tokens each of a request's sequences has generated, from their sum (they decode in
+    lockstep; rounded up, so a first token starts the decode)."""
+    return -(-generated // sequences)
 
 
 @dataclass(frozen=True)
@@ -222,15 +230,18 @@ class LiveCluster:
             if item.generated > 0 and worker.residents[request_id].decode_from_step is None:
                 worker.start_decode(request_id, now_s if item.first_token_s is None else item.first_token_s)
         behind = 0
-        for rid, item in running.items():
-            if worker.residents[rid].decode_from_step is not None:
-                behind = max(behind, item.generated - 1 - worker.generated(rid))
         residents = worker.residents
+        for rid, item in running.items():
+            resident = residents[rid]
+            if resident.decode_from_step is not None:
+                generated = per_sequence(item.generated, resident.request.sequences)
+                behind = max(behind, generated - 1 - worker.generated(rid))
         for rid, generated in report.progress:
             resident = residents.get(rid)
             if resident is None:
                 needs_full = True
             elif resident.decode_from_step is not None:
+                generated = per_sequence(generated, resident.request.sequences)
                 behind = max(behind, generated - 1 - worker.generated(rid))
         if behind > 0:
             worker.advance(behind)

@@ -64,7 +64,7 @@ def worker_room(worker: WorkerState) -> float:
     slo = worker.min_slo_atgt_s
     if not worker.residents or slo == math.inf:
         return kv
-    step = worker.profile.decode_step_s(len(worker.residents), worker.final_context_tokens)
+    step = worker.profile.decode_step_s(worker.resident_sequences, worker.final_context_tokens)
     return min(kv, max(0.0, 1.0 - step / slo))
 
 

@@ -30,6 +30,11 @@ class Request:
     error-aware rebalancing may later raise `est_upper` / `est_mean` for a request that
     outlives its prediction. `output_len` is the true length, known only to the simulator.
     `prefix` names the prompt's whole leading blocks for prefix caching (None: not tracked).
+    `sequences` is how many samples it asks for (OpenAI's `n`): the engine runs each as a
+    sequence of its own, with its own prefill of the prompt, KV and decode slot, so every
+    per-sequence count here (lengths, estimates, generated tokens) is multiplied by it where
+    a worker's load is summed (prompt blocks the samples could share are not discounted: an
+    upper bound).
     """
 
     id: str
@@ -41,12 +46,15 @@ class Request:
     slo_atgt_s: float
     output_len: int | None = None
     prefix: Prefix | None = None
+    sequences: int = 1
     est_mean: float = field(init=False)
     est_upper: float = field(init=False)
 
     def __post_init__(self) -> None:
         if self.input_len < 1:
             raise ValueError("input_len must be >= 1")
+        if self.sequences < 1:
+            raise ValueError("sequences must be >= 1")
         if self.prefix is not None:
             self.prefix = self.prefix.whole(self.input_len)
         if not 0 < self.pred_mean <= self.pred_upper:
@@ -65,8 +73,19 @@ class Request:
 
     @property
     def upper_final_tokens(self) -> int:
-        """KV tokens it holds just before it finishes if its output is `upper_output_tokens`."""
+        """KV tokens one of its sequences holds just before it finishes if its output is
+        `upper_output_tokens`."""
         return self.input_len + self.upper_output_tokens
+
+    @property
+    def upper_final_tokens_all(self) -> int:
+        """`upper_final_tokens` over all its sequences: what it adds to a worker's KV peak."""
+        return self.sequences * self.upper_final_tokens
+
+    @property
+    def prompt_tokens_all(self) -> int:
+        """Prompt tokens over all its sequences (each is prefilled and held on its own)."""
+        return self.sequences * self.input_len
 
 
 @dataclass(slots=True)
@@ -77,8 +96,8 @@ class Resident:
     request: Request
     decode_from_step: int | None = None
     decode_started_s: float = 0.0
-    # the request's upper_final_tokens as counted in WorkerState.final_context_tokens, so
-    # removal subtracts what admission added even if the estimate changed in between
+    # the request's upper_final_tokens (per sequence) as counted in WorkerState.final_context_tokens,
+    # so removal subtracts what admission added even if the estimate changed in between
     counted_final_tokens: int = 0
     # prompt tokens its prefill skips (the prefix cache holds them), and tokens of its KV
     # another resident's blocks hold (not counted against the capacity for it again)
@@ -87,8 +106,14 @@ class Resident:
 
     @property
     def counted_kv_final_tokens(self) -> int:
-        """What it adds to `WorkerState.kv_final_tokens`: its final size less the shared part."""
-        return self.counted_final_tokens - self.kv_discount_tokens
+        """What it adds to `WorkerState.kv_final_tokens`: its sequences' final size less the
+        shared part."""
+        return self.counted_final_context_tokens - self.kv_discount_tokens
+
+    @property
+    def counted_final_context_tokens(self) -> int:
+        """What it adds to `WorkerState.final_context_tokens`: its sequences' final size."""
+        return self.request.sequences * self.counted_final_tokens
 
 
 def _upper_end_step(resident: Resident) -> int:
@@ -119,13 +144,16 @@ class WorkerState:
     queue_lateness: float = 1.0
     steps: int = 0  # decode steps this worker has run
     residents: dict[str, Resident] = field(default_factory=dict)
-    # prefill work placed but not yet run: sum(l - cached), sum(l^2 - cached^2), count
+    # the residents' sequences (a request asking for n samples runs n), queued or decoding
+    resident_sequences: int = 0
+    # prefill work placed but not yet run, over sequences: sum(l - cached), sum(l^2 - cached^2),
+    # count
     queued_prefill_tokens: int = 0
     queued_prefill_sq: int = 0
     queued_prefill_count: int = 0
     # whole prompts of the requests still queued (their KV is allocated at prefill)
     queued_prompt_tokens: int = 0
-    # decoding requests: count and sum of (input_len - decode_from_step); context tokens of
+    # decoding sequences: count and sum of (input_len - decode_from_step); context tokens of
     # the batch = decode_context_base + decode_count * steps
     decode_count: int = 0
     decode_context_base: int = 0
@@ -208,28 +236,28 @@ class WorkerState:
         """Tokens in the KV cache of the decoding batch (prompts plus generated tokens)."""
         return self.decode_context_base + self.decode_count * self.steps
 
-    def ttft_s(self, input_len: int, profile: WorkerProfile | None = None, queued_itself: bool = False,
+    def ttft_s(self, input_len: int, profile: WorkerProfile | None = None, queued_itself: int = 0,
                cached_tokens: int = 0) -> float:
         """The TTFT a request of `input_len` tokens, `cached_tokens` of them in the prefix
         cache, sees here from now (`WorkerProfile.ttft_s` over the prefill queued ahead of it,
         with the engine's chunking, the engine part scaled by the queue's measured lateness), by
         `profile` (default this worker's). `queued_itself`: the request is already admitted,
-        the last in the queue."""
+        the last in the queue, with this many sequences."""
         ttft = self.model_ttft_s(input_len, profile, queued_itself, cached_tokens)
         if self.queue_lateness == 1.0:
             return ttft
         overhead = (profile or self.profile).serving_overhead_s
         return (ttft - overhead) * self.queue_lateness + overhead
 
-    def model_ttft_s(self, input_len: int, profile: WorkerProfile | None = None, queued_itself: bool = False,
+    def model_ttft_s(self, input_len: int, profile: WorkerProfile | None = None, queued_itself: int = 0,
                      cached_tokens: int = 0) -> float:
         """`ttft_s` by the profile alone, without the queue's measured lateness."""
         profile = profile or self.profile
         tokens, squares, count = self.queued_prefill_tokens, self.queued_prefill_sq, self.queued_prefill_count
         if queued_itself:
-            tokens -= input_len - cached_tokens
-            squares -= input_len * input_len - cached_tokens * cached_tokens
-            count -= 1
+            tokens -= queued_itself * (input_len - cached_tokens)
+            squares -= queued_itself * (input_len * input_len - cached_tokens * cached_tokens)
+            count -= queued_itself
         if self.token_budget is None:
             return profile.ttft_s(input_len, tokens, squares, count, cached_tokens=cached_tokens)
         # decoding requests take one token of each iteration's budget; the prompts ahead join
@@ -293,8 +321,8 @@ class WorkerState:
         return hit_tokens(matched, prefix.block_tokens, request.input_len), cache.held_tokens(prefix, matched)
 
     def prefill_s(self, request: Request, cached_tokens: int = 0) -> float:
-        """Its own prefill here, of the tokens the prefix cache does not hold."""
-        return self.profile.prefill.uncached_time_s(request.input_len, cached_tokens)
+        """Its own prefills here (one a sequence), of the tokens the prefix cache does not hold."""
+        return request.sequences * self.profile.prefill.uncached_time_s(request.input_len, cached_tokens)
 
     def admit(self, request: Request, now_s: float | None = None) -> None:
         """Place a request here at `now_s` (default: its arrival); its prefill is queued and
@@ -310,16 +338,13 @@ class WorkerState:
             self.prefill_load_at_s = now_s
         else:  # admitted before the last update: its contribution has decayed since
             self.prefill_load_s += prefill_s * decay(self.prefill_load_at_s - now_s)
-        final = request.upper_final_tokens
-        n = request.input_len
-        self.residents[request.id] = Resident(request, counted_final_tokens=final, cached_tokens=cached,
-                                              kv_discount_tokens=discount)
-        self.queued_prefill_tokens += n - cached
-        self.queued_prefill_sq += n * n - cached * cached
-        self.queued_prefill_count += 1
-        self.queued_prompt_tokens += n
-        self.kv_final_tokens += final - discount
-        self.final_context_tokens += final
+        resident = Resident(request, counted_final_tokens=request.upper_final_tokens, cached_tokens=cached,
+                            kv_discount_tokens=discount)
+        self.residents[request.id] = resident
+        self.resident_sequences += request.sequences
+        self._queue(resident, +1)
+        self.kv_final_tokens += resident.counted_kv_final_tokens
+        self.final_context_tokens += resident.counted_final_context_tokens
         self.kv_discount_tokens += discount
         if self.prefix_cache is not None and request.prefix is not None:
             self.prefix_cache.acquire(request.id, request.prefix)
@@ -336,17 +361,22 @@ class WorkerState:
         if resident.decode_from_step is not None:
             raise ValueError(f"request {request_id} is already decoding")
         resident.decode_started_s = now_s
-        n, cached = resident.request.input_len, resident.cached_tokens
-        self.queued_prefill_tokens -= n - cached
-        self.queued_prefill_sq -= n * n - cached * cached
-        self.queued_prefill_count -= 1
-        self.queued_prompt_tokens -= n
+        self._queue(resident, -1)
         resident.decode_from_step = self.steps
-        self.decode_count += 1
-        self.decode_context_base += n - self.steps
+        sequences = resident.request.sequences
+        self.decode_count += sequences
+        self.decode_context_base += sequences * (resident.request.input_len - self.steps)
         if self._min_upper_end_step is not None:
             self._min_upper_end_step = min(self._min_upper_end_step, _upper_end_step(resident))
         self._changed()
+
+    def _queue(self, resident: Resident, sign: int) -> None:
+        """Add (+1) or take (-1) a resident's prompts to or from the queued prefill aggregates."""
+        n, cached, sequences = resident.request.input_len, resident.cached_tokens, resident.request.sequences
+        self.queued_prefill_tokens += sign * sequences * (n - cached)
+        self.queued_prefill_sq += sign * sequences * (n * n - cached * cached)
+        self.queued_prefill_count += sign * sequences
+        self.queued_prompt_tokens += sign * sequences * n
 
     def advance(self, steps: int) -> None:
         """Every decoding request gained `steps` tokens."""
@@ -363,19 +393,17 @@ class WorkerState:
     def remove(self, request_id: str) -> Request:
         """The request finished (or was cancelled): free its slot."""
         resident = self.residents.pop(request_id)
-        n, cached = resident.request.input_len, resident.cached_tokens
+        sequences = resident.request.sequences
+        self.resident_sequences -= sequences
         if resident.decode_from_step is None:
-            self.queued_prefill_tokens -= n - cached
-            self.queued_prefill_sq -= n * n - cached * cached
-            self.queued_prefill_count -= 1
-            self.queued_prompt_tokens -= n
+            self._queue(resident, -1)
         else:
-            self.decode_count -= 1
-            self.decode_context_base -= n - resident.decode_from_step
+            self.decode_count -= sequences
+            self.decode_context_base -= sequences * (resident.request.input_len - resident.decode_from_step)
             if _upper_end_step(resident) == self._min_upper_end_step:
                 self._min_upper_end_step = None
         self.kv_final_tokens -= resident.counted_kv_final_tokens
-        self.final_context_tokens -= resident.counted_final_tokens
+        self.final_context_tokens -= resident.counted_final_context_tokens
         self.kv_discount_tokens -= resident.kv_discount_tokens
         prefix = resident.request.prefix
         if self.prefix_cache is not None and prefix is not None:
@@ -408,8 +436,9 @@ class WorkerState:
         final = request.upper_final_tokens
         if resident.decode_from_step is not None and _upper_end_step(resident) == self._min_upper_end_step:
             self._min_upper_end_step = None
-        self.kv_final_tokens += final - resident.counted_final_tokens
-        self.final_context_tokens += final - resident.counted_final_tokens
+        grown = request.sequences * (final - resident.counted_final_tokens)
+        self.kv_final_tokens += grown
+        self.final_context_tokens += grown
         resident.counted_final_tokens = final
         if self._min_upper_end_step is not None and resident.decode_from_step is not None:
             self._min_upper_end_step = min(self._min_upper_end_step, _upper_end_step(resident))

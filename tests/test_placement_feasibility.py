@@ -19,15 +19,18 @@ def _profile(num_blocks: int):
     return BASE.model_copy(update={"kv": BASE.kv.model_copy(update={"num_blocks": num_blocks})})
 
 
-def _request(i: int, input_len: int, upper: float, slo_atgt: float = 0.05, slo_ttft: float = 1.0) -> Request:
+def _request(i: int, input_len: int, upper: float, slo_atgt: float = 0.05, slo_ttft: float = 1.0,
+             sequences: int = 1) -> Request:
     return Request(
         id=f"r{i}", arrival_s=0.0, input_len=input_len, pred_mean=max(1.0, upper / 2), pred_upper=upper,
-        slo_ttft_s=slo_ttft, slo_atgt_s=slo_atgt,
+        slo_ttft_s=slo_ttft, slo_atgt_s=slo_atgt, sequences=sequences,
     )
 
 
+# (input length, upper output, share generated, decoding, sequences: OpenAI's n)
 residents = st.lists(
-    st.tuples(st.integers(1, 400), st.floats(1, 300), st.floats(0, 1), st.booleans()), max_size=12
+    st.tuples(st.integers(1, 400), st.floats(1, 300), st.floats(0, 1), st.booleans(), st.sampled_from([1, 1, 2, 3])),
+    max_size=12,
 )
 
 
@@ -35,8 +38,8 @@ def _worker(num_blocks: int, spec) -> WorkerState:
     """A worker whose decoding residents have each generated a fraction of their upper length."""
     worker = WorkerState(id="w", profile=_profile(num_blocks))
     generated = {}
-    for i, (input_len, upper, done, decoding) in enumerate(spec):
-        request = _request(i, input_len, upper)
+    for i, (input_len, upper, done, decoding, sequences) in enumerate(spec):
+        request = _request(i, input_len, upper, sequences=sequences)
         worker.admit(request)
         if decoding:
             generated[request.id] = int(done * request.upper_output_tokens)
@@ -51,12 +54,12 @@ def _worker(num_blocks: int, spec) -> WorkerState:
 
 def _simulate(worker: WorkerState, new: Request) -> tuple[int, float]:
     """Step the worker forward with every output exactly `upper_output_tokens` long; the peak
-    KV use and the slowest decode step seen (batch = requests holding KV at that step)."""
+    KV use and the slowest decode step seen (batch = sequences holding KV at that step)."""
     live = []
     for rid, resident in worker.residents.items():
         request = resident.request
-        live.append([request.input_len, worker.generated(rid), request.upper_output_tokens])
-    live.append([new.input_len, 0, new.upper_output_tokens])
+        live += [[request.input_len, worker.generated(rid), request.upper_output_tokens]] * request.sequences
+    live += [[new.input_len, 0, new.upper_output_tokens]] * new.sequences
     peak_kv, peak_step = 0, 0.0
     while live:
         usage = sum(n + g for n, g, _ in live)
@@ -68,10 +71,10 @@ def _simulate(worker: WorkerState, new: Request) -> tuple[int, float]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(residents, st.integers(1, 400), st.floats(1, 300), st.integers(2, 200))
-def test_projection_matches_a_step_by_step_simulation(spec, input_len, upper, num_blocks):
+@given(residents, st.integers(1, 400), st.floats(1, 300), st.integers(2, 200), st.integers(1, 3))
+def test_projection_matches_a_step_by_step_simulation(spec, input_len, upper, num_blocks, sequences):
     worker = _worker(num_blocks, spec)
-    new = _request(99, input_len, upper)
+    new = _request(99, input_len, upper, sequences=sequences)
     sim_kv, sim_step = _simulate(worker, new)
     projection = project(worker, new)
     assert projection.peak_kv_tokens == sim_kv
@@ -79,10 +82,10 @@ def test_projection_matches_a_step_by_step_simulation(spec, input_len, upper, nu
 
 
 @settings(max_examples=150, deadline=None)
-@given(residents, st.integers(1, 400), st.floats(1, 300), st.integers(2, 200))
-def test_kv_feasible_never_overflows_when_lengths_are_as_predicted(spec, input_len, upper, num_blocks):
+@given(residents, st.integers(1, 400), st.floats(1, 300), st.integers(2, 200), st.integers(1, 3))
+def test_kv_feasible_never_overflows_when_lengths_are_as_predicted(spec, input_len, upper, num_blocks, sequences):
     worker = _worker(num_blocks, spec)
-    new = _request(99, input_len, upper)
+    new = _request(99, input_len, upper, sequences=sequences)
     fit = check(worker, new, now_s=0.0)
     sim_kv, _ = _simulate(worker, new)
     assert fit.kv_ok == (sim_kv <= worker.kv_capacity_tokens)

@@ -58,6 +58,19 @@ def test_report_tracks_decode_progress_and_finishes() -> None:
     assert not worker.residents and cluster.location("a") is None
 
 
+def test_a_request_for_two_samples_is_two_sequences_and_reports_their_sum() -> None:
+    cluster = _cluster()
+    two = RunningRequest("a", 0.0, 100, 50, 100, 1.0, 0.05, sequences=2)
+    cluster.place(two.to_request(), ["w0"], 0.0)
+    worker = cluster.workers["w0"]
+    assert worker.queued_prefill_count == 2 and worker.kv_final_tokens == 2 * (100 + 100)
+    # the worker counts the tokens of both sequences: 2 then 22 are 1 and 11 each
+    cluster.report(WorkerReport("w0", running=(RunningRequest("a", 0.0, 100, 50, 100, 1.0, 0.05, 2, sequences=2),)), 0.1)
+    assert worker.decode_count == 2 and worker.generated("a") == 0
+    cluster.report(WorkerReport("w0", full=False, progress=(("a", 22),)), 0.2)
+    assert worker.generated("a") == 10 and worker.context_tokens == 2 * (100 + 10)
+
+
 def test_state_is_rebuilt_from_reports_alone() -> None:
     """A restarted actor knows nothing; one report per worker restores its residents."""
     cluster = _cluster()
@@ -142,6 +155,22 @@ def test_window_counts_rate_and_uses_true_lengths_once_known() -> None:
     assert 7.0 in set(workload.output_lens)
     assert window.full(10.0) and not window.full(9.0)
     assert window.rate_per_s(100.0) == 0.0 and len(window) == 0
+
+
+def test_window_counts_a_request_for_n_samples_as_n_arrivals() -> None:
+    single, paired = ArrivalWindow(window_s=10.0), ArrivalWindow(window_s=10.0)
+    for i in range(10):
+        paired.add(f"r{i}", i * 1.0, 100 + i, 50.0, sequences=2)
+        for k in range(2):
+            single.add(f"r{i}.{k}", i * 1.0, 100 + i, 50.0)
+    paired.finish("r0", 14)  # the tokens of both samples: 7 each
+    single.finish("r0.0", 7)
+    single.finish("r0.1", 7)
+    a, b = paired.workload(10.0, 1.0, 0.05), single.workload(10.0, 1.0, 0.05)
+    assert len(paired) == 20 and a.rate_per_s == b.rate_per_s == pytest.approx(2.0)
+    for name in ("input_lens", "output_lens", "arrival_s", "cached_lens"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert paired.rate_per_s(100.0) == 0.0 and len(paired) == 0
 
 
 def test_a_partial_window_counts_the_arrivals_after_the_first() -> None:

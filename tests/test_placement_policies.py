@@ -26,21 +26,25 @@ def _profile(num_blocks: int):
     return BASE.model_copy(update={"kv": BASE.kv.model_copy(update={"num_blocks": num_blocks})})
 
 
-def _request(rid, input_len=100, mean=50.0, upper=100.0, arrival=0.0, slo_ttft=1.0, slo_atgt=0.05) -> Request:
+def _request(rid, input_len=100, mean=50.0, upper=100.0, arrival=0.0, slo_ttft=1.0, slo_atgt=0.05,
+             sequences=1) -> Request:
     return Request(
         id=str(rid), arrival_s=arrival, input_len=input_len, pred_mean=mean, pred_upper=upper,
-        slo_ttft_s=slo_ttft, slo_atgt_s=slo_atgt,
+        slo_ttft_s=slo_ttft, slo_atgt_s=slo_atgt, sequences=sequences,
     )
 
 
-def _random_cluster(seed: int, workers: int, blocks: tuple[int, int] = (20, 200)) -> list[WorkerState]:
+def _random_cluster(seed: int, workers: int, blocks: tuple[int, int] = (20, 200),
+                    samples: tuple[int, ...] = (1,)) -> list[WorkerState]:
+    """Random workers; each resident asks for one of `samples` sequences."""
     rng = random.Random(seed)
     cluster = []
     for w in range(workers):
         worker = WorkerState(id=f"w{w}", profile=_profile(rng.randint(*blocks)))
         for i in range(rng.randint(0, 8)):
             upper = rng.uniform(5, 200)
-            request = _request(f"{w}-{i}", rng.randint(1, 300), upper / 2, upper, slo_atgt=rng.choice([0.02, 0.05]))
+            request = _request(f"{w}-{i}", rng.randint(1, 300), upper / 2, upper, slo_atgt=rng.choice([0.02, 0.05]),
+                               sequences=rng.choice(samples))
             worker.admit(request)
             if rng.random() < 0.8:
                 worker.start_decode(request.id)
@@ -64,15 +68,15 @@ def test_registry_makes_every_policy_and_rejects_unknown_names():
 @settings(max_examples=60, deadline=None)
 @given(
     st.integers(0, 10_000), st.integers(1, 12), st.integers(1, 600), st.floats(1, 400), st.integers(0, 2),
-    st.sampled_from([1.0, 0.6, 0.3]), st.booleans(),
+    st.sampled_from([1.0, 0.6, 0.3]), st.booleans(), st.sampled_from([1, 1, 2, 4]),
 )
 def test_aladdin_places_only_where_feasible_and_waits_only_when_nothing_is(
-    seed, n, input_len, upper, tight, share, stalls
+    seed, n, input_len, upper, tight, share, stalls, sequences
 ):
     # the vectorized filter and bounds pack to the same budget as the exact check, with and
-    # without the per-request stall risk
-    cluster = _random_cluster(seed, n)
-    request = _request("new", input_len, upper / 2, upper)
+    # without the per-request stall risk, for requests asking for several samples too
+    cluster = _random_cluster(seed, n, samples=(1, 1, 2, 3))
+    request = _request("new", input_len, upper / 2, upper, sequences=sequences)
     budget = PackingBudget.fixed_shares(share, replies=ReplyLengths() if stalls else None)
     chosen = AladdinPolicy(tight_checks=tight, budget=budget).choose(request, cluster, now_s=0.0)
     fits = [check(w, request, 0.0, budget) for w in cluster]

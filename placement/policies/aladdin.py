@@ -158,8 +158,11 @@ class AladdinPolicy:
         hits = table.prefix_hits(request, workers)
         cached, discount = (0, 0) if hits is None else hits
         own_prefill_s = table.prefill_s(request.input_len, cached, out=buf.own_prefill)
-        # its TTFT with nothing queued: own prefill plus the serving path's fixed latency
+        # its TTFT with nothing queued: own prefill plus the serving path's fixed latency (its
+        # first token comes with its first sequence's)
         alone_s = np.add(own_prefill_s, table.serving_overhead_s, out=buf.alone)
+        if request.sequences > 1:  # each sequence's prefill stalls the residents
+            np.multiply(own_prefill_s, request.sequences, out=own_prefill_s)
         waited_s = now_s - request.arrival_s
         # a TTFT that no worker could meet even with nothing queued is lost: place by KV and
         # ATGT alone rather than never
@@ -173,7 +176,7 @@ class AladdinPolicy:
         step_floor = np.multiply(table.step_floor_s, stretch, out=buf.step_floor)
         eligible = np.less_equal(step_floor, atgt_slo * (1 + ROUNDING_SLACK), out=buf.eligible)
         # KV in use + the new prompt within capacity, as free KV (exact integers in float64)
-        eligible &= np.greater_equal(table.kv_free_ceiling, request.input_len - discount, out=buf.passed)
+        eligible &= np.greater_equal(table.kv_free_ceiling, request.prompt_tokens_all - discount, out=buf.passed)
         # same association as feasibility.check: wait + (queued + own)
         ttft_s = np.add(table.queued_prefill_s, alone_s, out=buf.ttft)
         np.add(ttft_s, table.chunked_extra_s(request.input_len - cached), out=ttft_s)
@@ -184,7 +187,7 @@ class AladdinPolicy:
         np.add(waited_s, ttft_s, out=ttft_s)
         if need_ttft:
             eligible &= np.less_equal(ttft_s, request.slo_ttft_s * budget.ttft_share, out=buf.passed)
-        final = request.upper_final_tokens
+        final = request.upper_final_tokens_all
         # (capacity - (kv_final + final)) / capacity, the integer part exact either way
         kv_left = np.subtract(table.kv_free_final, final - discount, out=buf.kv_left)
         np.divide(kv_left, table.capacity, out=kv_left)
@@ -260,7 +263,7 @@ class AladdinPolicy:
         """The first worker in `key` order (inf = skip) that is feasible (TTFT aside unless
         `need_ttft`), trying at most `limit`. With `atgt_slo` given the rows are KV-safe and
         passed the TTFT filter, so they may be accepted on the bounds alone. `final` is the
-        request's upper final size, `own_prefill_s` its prefill time on each row's worker, `cached`
+        request's upper final size (all sequences), `own_prefill_s` its prefill time on each row's worker, `cached`
         its prompt tokens cached there."""
         budget = self.budget
         for _ in range(limit):
@@ -275,7 +278,7 @@ class AladdinPolicy:
                 # the same prefill share and stretch as check(), over a step bound >= its peak
                 own_s = float(own_prefill_s[row])
                 share = worker.prefill_share_placing(now_s, own_s)
-                step_bound = worker.profile.decode_step_s(len(worker.residents) + 1,
+                step_bound = worker.profile.decode_step_s(worker.resident_sequences + request.sequences,
                                                           worker.final_context_tokens + final)
                 # with chunked prefill the filter's TTFT read the decode step at the row's last
                 # refresh, which has grown since: only the exact TTFT proves it

@@ -139,7 +139,7 @@ class WorkerTable:
         kv_final = worker.kv_final_tokens
         final_context = worker.final_context_tokens
         capacity = worker.kv_capacity_tokens
-        batch = len(worker.residents) + 1
+        batch = worker.resident_sequences + 1
         step_bound = step_s(batch, final_context)
         p = profile.prefill
         self.prefill_coefficients[:, row] = (p.c0_s, p.cp_s_per_prompt, p.c1_s_per_token, p.c2_s_per_token_sq)

@@ -492,6 +492,7 @@ class OpenAIIngress:
             input_len=len(ids), pred_mean=prediction.mean, pred_upper=prediction.upper,
             slo_ttft_s=call.slo_ttft_s, slo_atgt_s=call.slo_atgt_s,
             prefix=None if self._prefix_block is None else prefix_of(ids, self._prefix_block),
+            sequences=params.n,
         )
         generate = GenerateRequest(request_id, ids, msgspec.to_builtins(params), placed)
         return _Prepared(generate, chat, prediction, params.ignore_eos)
