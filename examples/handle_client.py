@@ -17,7 +17,8 @@ class Summarizer:
 
     async def __call__(self, request: Request) -> dict:
         text = (await request.body()).decode()
-        # Same request schema as POST /v1/completions; errors arrive as serve_app.http.errors.OpenAIError.
+        # vLLM's request models (or the same fields as POST /v1/completions, as a dict) in, vLLM's
+        # response models out; errors arrive as serve_app.http.errors.OpenAIError.
         response = await self._llm.create_completion.remote(
             {"prompt": f"Summarize: {text}\nSummary:", "max_tokens": 24}
         )
@@ -25,10 +26,11 @@ class Summarizer:
         async for chunk in self._llm.options(stream=True).stream_completion.remote(
             {"prompt": text, "max_tokens": 8}
         ):
-            chunks.append(chunk["choices"][0]["text"] if chunk["choices"] else "")
+            chunks.append(chunk.choices[0].text if chunk.choices else "")
         return {
-            "summary": response["choices"][0]["text"],
-            "usage": response["usage"],
+            "summary": response.choices[0].text,
+            "usage": response.usage.model_dump(),
+            "worker": response.aladdin["worker"],
             "streamed_chunks": len(chunks),
         }
 

@@ -188,20 +188,31 @@ def test_openai_client_raises_typed_errors(client):
 
 def test_handle_api(app):
     from ray import serve
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse, ChatCompletionStreamResponse
+    from vllm.entrypoints.openai.completion.protocol import (
+        CompletionRequest, CompletionResponse, CompletionStreamResponse,
+    )
 
     from serve_app.http.errors import OpenAIError
 
     handle = serve.get_app_handle(APP)
-    out = handle.create_completion.remote({"prompt": "abc", "max_tokens": 6, "ignore_eos": True}).result()
-    assert out["usage"]["completion_tokens"] == 6
+    # vLLM's request models in (or their dicts), its response models out, `aladdin` with them
+    out = handle.create_completion.remote(CompletionRequest(prompt="abc", max_tokens=6, ignore_eos=True)).result()
+    assert isinstance(out, CompletionResponse) and out.usage.completion_tokens == 6
+    assert out.aladdin["worker"] and out.model_dump()["aladdin"] == out.aladdin
     chat = handle.create_chat_completion.remote(
         {"messages": [{"role": "user", "content": "hey"}], "max_tokens": 4, "ignore_eos": True}
     ).result()
-    assert chat["choices"][0]["message"]["role"] == "assistant"
+    assert isinstance(chat, ChatCompletionResponse) and chat.choices[0].message.role == "assistant"
     chunks = list(handle.options(stream=True).stream_completion.remote(
         {"prompt": "abc", "max_tokens": 5, "ignore_eos": True, "stream_options": {"include_usage": True}}
     ))
-    assert chunks[-1]["usage"]["completion_tokens"] == 5
+    assert all(isinstance(c, CompletionStreamResponse) for c in chunks) and chunks[-1].usage.completion_tokens == 5
+    streamed_chat = list(handle.options(stream=True).stream_chat_completion.remote(
+        {"messages": [{"role": "user", "content": "hey"}], "max_tokens": 3, "ignore_eos": True}
+    ))
+    assert all(isinstance(c, ChatCompletionStreamResponse) for c in streamed_chat)
+    assert handle.tokenize.remote({"prompt": "abc"}).result().count >= 1
     with pytest.raises(OpenAIError) as err:
         handle.create_completion.remote({"prompt": "abc", "max_tokens": 0}).result()
     assert err.value.status == 400

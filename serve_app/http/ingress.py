@@ -24,7 +24,7 @@ import msgspec
 from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve import context as serve_context
 from ray.serve._private.utils import generate_request_id
@@ -195,9 +195,10 @@ def _sse_json(event: str) -> dict[str, Any] | None:
     return None if data == "[DONE]" else json.loads(data)
 
 
-async def _handle_chunks(events: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
-    """A stream's events as chunk dicts for a handle caller; an in-band error event (the
-    stream had started) raised as OpenAIError, as a failed call before it would be."""
+async def _handle_chunks(events: AsyncIterator[str], chunk_model: type) -> AsyncIterator[Any]:
+    """A stream's events as vLLM chunk models (`chunk_model`) for a handle caller; an in-band
+    error event (the stream had started) raised as OpenAIError, as a failed call before it
+    would be."""
     async for event in events:
         chunk = _sse_json(event)
         if chunk is None:
@@ -206,7 +207,7 @@ async def _handle_chunks(events: AsyncIterator[str]) -> AsyncIterator[dict[str, 
             error = chunk["error"]
             status = error.get("code") if isinstance(error.get("code"), int) else 500
             raise OpenAIError(status, error.get("message", ""), param=error.get("param"), body=chunk)
-        yield chunk
+        yield chunk_model.model_validate(chunk)
 
 
 @serve.deployment(name="OpenAIIngress")
@@ -266,11 +267,11 @@ class OpenAIIngress:
 
     @api.post("/tokenize")
     async def http_tokenize(self, body: Any = Body(...)) -> JSONResponse:
-        return JSONResponse(await self.tokenize(_json(body)))
+        return JSONResponse((await self.tokenize(_json(body))).model_dump())
 
     @api.post("/detokenize")
     async def http_detokenize(self, body: Any = Body(...)) -> JSONResponse:
-        return JSONResponse(await self.detokenize(_json(body)))
+        return JSONResponse((await self.detokenize(_json(body))).model_dump())
 
     @api.post("/v1/completions")
     async def http_completions(self, request: Request, body: Any = Body(...)) -> Any:
@@ -297,10 +298,12 @@ class OpenAIIngress:
         result = await self._frontend.responses.create_responses(request, raw_request)
         return self._vllm.responses_sse(result) if isinstance(result, AsyncIterator) else result
 
-    def _http_response(self, result: dict[str, Any] | AsyncIterator[str], call: _Call) -> Any:
-        if isinstance(result, dict):
-            return JSONResponse(result, headers=call.headers())
-        return StreamingResponse(result, media_type="text/event-stream", headers=call.headers())
+    def _http_response(self, result: Any, call: _Call) -> Any:
+        """A response model as JSON (as vLLM's routes send it, the `aladdin` field with it), a
+        stream's events as server-sent events."""
+        if isinstance(result, AsyncIterator):
+            return StreamingResponse(result, media_type="text/event-stream", headers=call.headers())
+        return JSONResponse(result.model_dump(mode="json", by_alias=True), headers=call.headers())
 
     def _http_options(self, body: Any, request: Request) -> RequestOptions:
         """The request's options, and under admission a 429 at once, before it is tokenized,
@@ -328,24 +331,26 @@ class OpenAIIngress:
         return self._predictor.stats()
 
     # ---- Python API for DeploymentHandle callers ----------------------------------------
-    async def create_completion(self, request: dict[str, Any] | Any) -> dict[str, Any]:
-        """Non-streaming completion (vLLM's CompletionRequest, or its dict) as a response
-        dict; raises OpenAIError on bad input."""
+    async def create_completion(self, request: dict[str, Any] | Any) -> Any:
+        """Non-streaming completion: vLLM's CompletionRequest (or its dict) in, its
+        CompletionResponse out (with the `aladdin` field); raises OpenAIError on bad input."""
         return await self._completion(request, stream=False)
 
-    async def stream_completion(self, request: dict[str, Any] | Any) -> AsyncIterator[dict[str, Any]]:
-        """Streaming completion: yields OpenAI `text_completion` chunk dicts."""
-        async for chunk in _handle_chunks(await self._completion(request, stream=True)):
+    async def stream_completion(self, request: dict[str, Any] | Any) -> AsyncIterator[Any]:
+        """Streaming completion: yields vLLM's CompletionStreamResponse chunks."""
+        async for chunk in _handle_chunks(await self._completion(request, stream=True),
+                                          self._vllm.CompletionStreamResponse):
             yield chunk
 
-    async def create_chat_completion(self, request: dict[str, Any] | Any) -> dict[str, Any]:
-        """Non-streaming chat completion (vLLM's ChatCompletionRequest, or its dict) as a
-        response dict; raises OpenAIError on bad input."""
+    async def create_chat_completion(self, request: dict[str, Any] | Any) -> Any:
+        """Non-streaming chat completion: vLLM's ChatCompletionRequest (or its dict) in, its
+        ChatCompletionResponse out (with the `aladdin` field); raises OpenAIError on bad input."""
         return await self._chat(request, stream=False)
 
-    async def stream_chat_completion(self, request: dict[str, Any] | Any) -> AsyncIterator[dict[str, Any]]:
-        """Streaming chat completion: yields OpenAI `chat.completion.chunk` dicts."""
-        async for chunk in _handle_chunks(await self._chat(request, stream=True)):
+    async def stream_chat_completion(self, request: dict[str, Any] | Any) -> AsyncIterator[Any]:
+        """Streaming chat completion: yields vLLM's ChatCompletionStreamResponse chunks."""
+        async for chunk in _handle_chunks(await self._chat(request, stream=True),
+                                          self._vllm.ChatCompletionStreamResponse):
             yield chunk
 
     def _completion(self, request: Any, *, stream: bool) -> Awaitable[Any]:
@@ -356,34 +361,38 @@ class OpenAIIngress:
         return self._handle_call(request, self._vllm.PlacedChatCompletionRequest, self._chat_call,
                                  self._frontend.chat.create_chat_completion, stream=stream)
 
-    async def tokenize(self, request: dict[str, Any] | Any) -> dict[str, Any]:
-        """vLLM's /tokenize; raises OpenAIError on bad input."""
+    async def tokenize(self, request: dict[str, Any] | Any) -> Any:
+        """vLLM's /tokenize (its TokenizeResponse); raises OpenAIError on bad input."""
         vllm = self._vllm
         chat = isinstance(request, vllm.TokenizeChatRequest) or (isinstance(request, dict) and "messages" in request)
         parsed = self._parse(vllm.TokenizeChatRequest if chat else vllm.TokenizeCompletionRequest, request)
         return await self._answer(self._frontend.tokenization.create_tokenize(parsed, None))
 
-    async def detokenize(self, request: dict[str, Any] | Any) -> dict[str, Any]:
-        """vLLM's /detokenize; raises OpenAIError on bad input."""
+    async def detokenize(self, request: dict[str, Any] | Any) -> Any:
+        """vLLM's /detokenize (its DetokenizeResponse); raises OpenAIError on bad input."""
         parsed = self._parse(self._vllm.DetokenizeRequest, request)
         return await self._answer(self._frontend.tokenization.create_detokenize(parsed, None))
 
     async def _handle_call(self, request: Any, model: type, make_call: Callable[[Any, RequestOptions], _Call],
                            create: Callable[..., Awaitable[Any]], *, stream: bool) -> Any:
-        if isinstance(request, dict):  # vLLM checks stream options against `stream`
-            request = {**request, "stream": stream}
-        parsed = self._parse(model, request)
-        parsed.stream = stream
+        parsed = self._parse(model, request, stream=stream)
         call = make_call(parsed, RequestOptions())
         result = await self._serve(create, parsed, call)
         return result
 
     # ---- serving through vLLM's layer ---------------------------------------------------
-    def _parse(self, model: type, request: Any) -> Any:
-        """`request` (a dict, or already the model) validated as `model`; 400 when it is not."""
+    def _parse(self, model: type, request: Any, **fields: Any) -> Any:
+        """`request` (a dict, the model, or vLLM's model it extends) validated as `model`, with
+        `fields` set (vLLM checks e.g. stream options against `stream` as it validates); 400
+        when it is not valid."""
         if isinstance(request, model):
+            for name, value in fields.items():
+                setattr(request, name, value)
             return request
-        check_unicode(_json(request))
+        if isinstance(request, BaseModel):  # e.g. vLLM's CompletionRequest: what was set in it
+            request = request.model_dump(exclude_unset=True)
+        request = {**_json(request), **fields}
+        check_unicode(request)
         try:
             return model.model_validate(request)
         except ValidationError as exc:
@@ -391,9 +400,9 @@ class OpenAIIngress:
         except Exception as exc:  # vLLM's checks across fields raise its own errors
             raise self._vllm_error(exc) from None
 
-    async def _answer(self, pending: Awaitable[Any]) -> dict[str, Any]:
-        """A vLLM serving call's response as a dict; its ErrorResponse (or an exception it
-        raised) as OpenAIError with vLLM's status and body."""
+    async def _answer(self, pending: Awaitable[Any]) -> Any:
+        """A vLLM serving call's response model; its ErrorResponse (or an exception it raised)
+        as OpenAIError with vLLM's status and body."""
         try:
             result = await pending
         except OpenAIError:
@@ -402,7 +411,7 @@ class OpenAIIngress:
             raise self._vllm_error(exc) from None
         if isinstance(result, self._vllm.ErrorResponse):
             raise self._vllm_error(result)
-        return result.model_dump()
+        return result
 
     def _vllm_error(self, error: Any) -> OpenAIError:
         body, status = self._vllm.error_body(error)
@@ -412,8 +421,8 @@ class OpenAIIngress:
         return OpenAIError(status, info.get("message", ""), param=info.get("param"), body=body)
 
     async def _serve(self, create: Callable[..., Awaitable[Any]], request: Any, call: _Call) -> Any:
-        """Run vLLM's `create` for `request` under `call`. A response comes back as a dict
-        with the `aladdin` field; a stream as its server-sent events, started only once a
+        """Run vLLM's `create` for `request` under `call`. A response comes back as vLLM's
+        response model with the `aladdin` field; a stream as its server-sent events, started only once a
         generation has produced output (vLLM's Responses API sends events before it starts
         one), so that an error before any output (429, 400, 503) is a status, not an event."""
         token = self._vllm.current_call.set(call)
@@ -427,9 +436,8 @@ class OpenAIIngress:
             if isinstance(result, self._vllm.ErrorResponse):
                 raise self._vllm_error(result)
             if not isinstance(result, AsyncIterator):
-                body = result.model_dump(mode="json", by_alias=True)  # as vLLM's routes send it
-                body["aladdin"] = call.extension()
-                return body
+                result.aladdin = call.extension()  # vLLM's response models take extra fields
+                return result
             held: list[str] = []
             while not call.started and (event := await anext(result, None)) is not None:
                 held.append(event)

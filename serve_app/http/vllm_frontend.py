@@ -27,9 +27,9 @@ from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.engine.protocol import EngineClient
 from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 from vllm.entrypoints.launchers.cli_args import FrontendArgs
-from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest, ChatCompletionStreamResponse
 from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
-from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest, CompletionStreamResponse
 from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
 from vllm.entrypoints.openai.models.serving import OpenAIServingModels
 from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
@@ -49,8 +49,9 @@ from serve_app.tiny_model import CHAT_TEMPLATE
 from serve_app.worker.vllm_engine import engine_kwargs
 from serve_app.worker.worker_protocol import GenerateChunk
 
-__all__ = ["DetokenizeRequest", "ErrorResponse", "RetryableRequestError", "TokenizeChatRequest",
-           "TokenizeCompletionRequest"]  # used by the ingress through this module
+# used by the ingress through this module
+__all__ = ["ChatCompletionStreamResponse", "CompletionStreamResponse", "DetokenizeRequest", "ErrorResponse",
+           "RetryableRequestError", "TokenizeChatRequest", "TokenizeCompletionRequest"]
 
 
 # Fields vLLM removed (guided decoding) and now ignores with a log line: a client setting one
