@@ -16,6 +16,7 @@ per-request count (placement's) keeps each shared block with exactly one holder.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -205,12 +206,14 @@ def pooled_hits(prompts: Iterable[tuple[Prefix | None, int]], capacity_tokens: f
     return hits
 
 
-def prefix_of(token_ids: Sequence[int], block_tokens: int) -> Prefix:
+def prefix_of(token_ids: Sequence[int], block_tokens: int, salt: str | None = None) -> Prefix:
     """The prefix blocks of a prompt's token ids at `block_tokens` a block: each whole block
     named by a hash of the one before it and its own tokens (ints and tuples of ints hash the
-    same in every process, so the ingress and an engine agree)."""
+    same in every process, so the ingress and an engine agree). A `salt` (vLLM's `cache_salt`)
+    starts the chain elsewhere, so salted prompts share blocks only with the same salt, as in
+    vLLM's cache (a string's `hash` differs between processes: it is digested instead)."""
     hashes = []
-    parent = 0
+    parent = 0 if salt is None else int.from_bytes(hashlib.blake2b(salt.encode(), digest_size=8).digest(), "big")
     for start in range(0, len(token_ids) - block_tokens + 1, block_tokens):
         parent = hash((parent, tuple(token_ids[start:start + block_tokens])))
         hashes.append(parent)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.prefix_cache import Prefix, PrefixCache, PrefixDirectory, hit_tokens
+from placement.prefix_cache import Prefix, PrefixCache, PrefixDirectory, hit_tokens, prefix_of
 
 BT = 16
 
@@ -90,3 +90,14 @@ def test_the_directory_knows_which_caches_hold_a_first_block():
     assert directory.caches(1) == {b}
     b.detach()
     assert directory.caches(1) == set() and directory.caches(7) == set()
+
+
+def test_prefix_of_names_whole_blocks_by_their_chain_and_a_salt_starts_another_chain() -> None:
+    ids = list(range(40))
+    plain = prefix_of(ids, 16)
+    assert len(plain.hashes) == 2 and prefix_of(ids[:33], 16) == plain
+    assert prefix_of([99, *ids[1:]], 16).hashes[1] != plain.hashes[1]  # a block is named by its chain
+    salted = prefix_of(ids, 16, "tenant-a")
+    assert salted == prefix_of(ids, 16, "tenant-a")  # the same in every process: a digest, not hash(str)
+    assert not set(salted.hashes) & set(plain.hashes)
+    assert not set(salted.hashes) & set(prefix_of(ids, 16, "tenant-b").hashes)

@@ -671,6 +671,25 @@ def test_placement_counts_each_of_n_samples_as_a_sequence(app):
     assert all(w["generated"] <= 200 for w in seen)
 
 
+def test_cache_salt_keeps_prefix_cache_blocks_apart(app):
+    """vLLM's `cache_salt` reaches the worker's engine: a prompt reuses cached blocks only on a
+    worker that served it with the same salt (usage.prompt_tokens_details.cached_tokens)."""
+    prompt = "salted tenant prompt " * 120  # several of the engine's blocks (128 tokens on CPU)
+    served: dict[str, set[str]] = {}  # worker -> salts it has served this prompt with
+    repeats = 0
+    for salt in ("a", "b", "a", "b", "a", "b"):  # three of each on two workers: each repeats somewhere
+        body = {"model": "tiny", "prompt": prompt, "max_tokens": 1, "cache_salt": salt}
+        out = httpx.post(f"{app.http}/v1/completions", json=body, headers=LENIENT_SLO, timeout=60).json()
+        worker, cached = out["aladdin"]["worker"], out["usage"]["prompt_tokens_details"]["cached_tokens"]
+        if salt in served.setdefault(worker, set()):
+            repeats += 1
+            assert cached > 0, out["usage"]
+        else:  # neither the other salt's blocks nor unsalted ones
+            assert cached == 0, out["usage"]
+        served[worker].add(salt)
+    assert repeats >= 2
+
+
 def test_tool_calls_with_the_configured_parser(client):
     tools = [{"type": "function", "function": {
         "name": "get_weather", "description": "weather in a city",
@@ -702,3 +721,4 @@ def test_responses_api(client):
     types = [event.type for event in stream]
     assert types[0] == "response.created" and types[-1] == "response.completed", types
     assert "response.output_text.delta" in types
+

@@ -491,6 +491,7 @@ class OpenAIIngress:
 
     def _prepare(self, call: _Call, prompt: dict[str, Any], params: Any, request_id: str) -> _Prepared:
         ids = list(prompt["prompt_token_ids"])
+        salt = prompt.get("cache_salt")
         max_tokens = max(1, params.max_tokens or 1)
         chat = call.chat_input(prompt, ids)
         prediction = self._predictor.predict(chat, max_tokens, cap=not call.options.benchmark)
@@ -499,10 +500,10 @@ class OpenAIIngress:
             arrival_s=time.time() if call.options.received_s is None else call.options.received_s,
             input_len=len(ids), pred_mean=prediction.mean, pred_upper=prediction.upper,
             slo_ttft_s=call.slo_ttft_s, slo_atgt_s=call.slo_atgt_s,
-            prefix=None if self._prefix_block is None else prefix_of(ids, self._prefix_block),
+            prefix=None if self._prefix_block is None else prefix_of(ids, self._prefix_block, salt),
             sequences=params.n,
         )
-        generate = GenerateRequest(request_id, ids, msgspec.to_builtins(params), placed)
+        generate = GenerateRequest(request_id, ids, msgspec.to_builtins(params), placed, cache_salt=salt)
         return _Prepared(generate, chat, prediction, params.ignore_eos)
 
     async def _outputs(self, prompt: dict[str, Any], params: Any, request_id: str) -> AsyncIterator[Any]:

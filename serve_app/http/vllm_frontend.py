@@ -117,12 +117,11 @@ class PlacedEngineClient(EngineClient):
     def generate(self, prompt: Any, sampling_params: SamplingParams, request_id: str, *,
                  priority: int = 0, **_: Any) -> AsyncIterator[RequestOutput]:
         # what the placement path does not carry is refused, as vLLM's FCFS engine refuses a
-        # priority, rather than dropped (tracing headers and LoRA-free defaults are nothing to apply)
+        # priority, rather than dropped (tracing headers and LoRA-free defaults are nothing to
+        # apply; the prompt's cache_salt travels with it to the worker's engine)
         if priority:
             raise VLLMValidationError("priority: not supported (requests are ordered by their SLOs)",
                                       parameter="priority")
-        if isinstance(prompt, dict) and prompt.get("cache_salt"):
-            raise VLLMValidationError("cache_salt: not supported by this server", parameter="cache_salt")
         return self._generate(prompt, sampling_params, request_id)
 
     def encode(self, *args: Any, **kwargs: Any) -> Any:
@@ -213,6 +212,8 @@ async def start_frontend(config: AppConfig, generate: PlacedGenerate) -> VllmFro
         chat_template=None if getattr(tokenizer, "chat_template", None) else CHAT_TEMPLATE,
         tool_call_parser=ingress.tool_call_parser,
         enable_auto_tool_choice=ingress.enable_auto_tool_choice,
+        # usage.prompt_tokens_details.cached_tokens, as OpenAI reports it: the engine's prefix hit
+        enable_prompt_tokens_details=True,
     )
     state = State()
     client = PlacedEngineClient(vllm_config, renderer, generate)

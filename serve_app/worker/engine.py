@@ -22,10 +22,11 @@ class Engine(Protocol):
     never waits on the engine."""
 
     def generate(self, prompt_token_ids: list[int], sampling: dict[str, Any],
-                 request_id: str) -> AsyncIterator[GenerateChunk]:
+                 request_id: str, cache_salt: str | None = None) -> AsyncIterator[GenerateChunk]:
         """Stream the request's output as deltas; the last chunk carries the finish reason.
-        `sampling` holds vLLM SamplingParams keyword arguments. Raises InvalidRequest before
-        the first chunk for a request the engine cannot run."""
+        `sampling` holds vLLM SamplingParams keyword arguments; `cache_salt` keeps the prompt's
+        prefix-cache blocks apart from other salts'. Raises InvalidRequest before the first
+        chunk for a request the engine cannot run."""
         ...
 
     async def check_health(self) -> None:

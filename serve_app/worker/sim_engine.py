@@ -154,7 +154,7 @@ class SimEngine:
     # ---- requests ---------------------------------------------------------------------
 
     async def generate(
-        self, prompt_token_ids: list[int], sampling: dict[str, Any], request_id: str
+        self, prompt_token_ids: list[int], sampling: dict[str, Any], request_id: str, cache_salt: str | None = None
     ) -> AsyncIterator[GenerateChunk]:
         """Stream the request's output as deltas; the last chunk carries the finish reason.
 
@@ -171,7 +171,8 @@ class SimEngine:
             output_len, finish_reason = self._plan(len(prompt_token_ids), sampling, request_id)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-        prefix = prefix_of(prompt_token_ids, self._engine.block_size) if self._engine.cache is not None else None
+        prefix = (prefix_of(prompt_token_ids, self._engine.block_size, cache_salt) if self._engine.cache is not None
+                  else None)
         stream = self._admit(request_id, len(prompt_token_ids), output_len, finish_reason, prefix)
         try:
             while True:

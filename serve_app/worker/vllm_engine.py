@@ -76,7 +76,7 @@ class VllmEngine:
             start_reaper(os.getpid(), engine_pids)
 
     async def generate(self, prompt_token_ids: list[int], sampling: dict[str, Any],
-                       request_id: str) -> AsyncIterator[GenerateChunk]:
+                       request_id: str, cache_salt: str | None = None) -> AsyncIterator[GenerateChunk]:
         """See `serve_app.worker.engine.Engine.generate`."""
         import msgspec
         from vllm import SamplingParams, TokensPrompt
@@ -90,6 +90,8 @@ class VllmEngine:
         except (ValueError, TypeError, msgspec.ValidationError) as exc:
             raise InvalidRequest(str(exc)) from None
         prompt = TokensPrompt(prompt_token_ids=prompt_token_ids)
+        if cache_salt is not None:
+            prompt["cache_salt"] = cache_salt
         # its chunks' attention work is counted as the engine schedules them (engine_stats)
         prefilling = self._snapshot.prefilling
         prefilling.add(request_id, len(prompt_token_ids))

@@ -106,7 +106,8 @@ class LLMWorker:
 
     async def _engine_chunks(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         try:
-            async for chunk in self._engine.generate(request.prompt_token_ids, request.sampling, request.request_id):
+            async for chunk in self._engine.generate(request.prompt_token_ids, request.sampling, request.request_id,
+                                                     request.cache_salt):
                 yield chunk
         except InvalidRequest as exc:  # raised before the first chunk
             raise OpenAIError(400, f"the engine refused the request: {exc}") from None

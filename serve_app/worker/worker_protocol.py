@@ -21,6 +21,8 @@ class GenerateRequest:
     placement: RunningRequest | None = None
     # the worker admission placed it on: the router takes it without asking the actor again
     admitted_to: str | None = None
+    # vLLM's cache_salt: its prompt shares prefix-cache blocks only with prompts of the same salt
+    cache_salt: str | None = None
 
 
 @dataclass(frozen=True)
