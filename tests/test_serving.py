@@ -421,6 +421,22 @@ def test_requests_land_on_the_replica_the_placement_actor_chose(app):
     assert set(stats["decisions"]) <= set(stats["residents"])
 
 
+async def _watch_placement(app, actor, body: dict) -> tuple[str | None, list[dict]]:
+    """Stream a completion of one prompt, asking the placement actor after each chunk how it
+    sees the request: (its placement id, the actor's answers while it was resident)."""
+    seen: list[dict] = []
+    rid = None
+    async with httpx.AsyncClient(timeout=120) as http:
+        async with http.stream("POST", f"{app.http}/v1/completions", json=body, headers=LENIENT_SLO) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    rid = rid or json.loads(line[6:])["id"] + "-0"  # its one prompt's id
+                    where = await actor.where.remote(rid)
+                    if where is not None:
+                        seen.append(where)
+    return rid, seen
+
+
 def test_heartbeats_update_placement_state(app):
     """Generated tokens reach the actor in heartbeats; a completion removes the request."""
     import time
@@ -428,22 +444,8 @@ def test_heartbeats_update_placement_state(app):
     import ray
 
     actor = _placement_actor()
-
-    async def watch() -> tuple[str, list[dict]]:
-        seen: list[dict] = []
-        async with httpx.AsyncClient(timeout=120) as http:
-            body = {"model": "tiny", "prompt": "a long one", "max_tokens": 600, "ignore_eos": True, "stream": True}
-            async with http.stream("POST", f"{app.http}/v1/completions", json=body) as response:
-                rid = None
-                async for line in response.aiter_lines():
-                    if line.startswith("data: {"):
-                        rid = rid or json.loads(line[6:])["id"] + "-0"  # its one prompt's id
-                        where = await actor.where.remote(rid)
-                        if where is not None:
-                            seen.append(where)
-        return rid, seen
-
-    rid, seen = asyncio.run(watch())
+    body = {"model": "tiny", "prompt": "a long one", "max_tokens": 600, "ignore_eos": True, "stream": True}
+    rid, seen = asyncio.run(_watch_placement(app, actor, body))
     progress = [w["generated"] for w in seen if w["decoding"]]
     assert progress and max(progress) > 0 and progress == sorted(progress)
     deadline = time.monotonic() + 10
@@ -649,23 +651,8 @@ def test_n_and_echo(client):
 
 
 def test_placement_counts_each_of_n_samples_as_a_sequence(app):
-    actor = _placement_actor()
-
-    async def watch() -> list[dict]:
-        seen: list[dict] = []
-        async with httpx.AsyncClient(timeout=120) as http:
-            body = {"model": "tiny", "prompt": "The sea", "max_tokens": 200, "n": 2, "ignore_eos": True, "stream": True}
-            async with http.stream("POST", f"{app.http}/v1/completions", json=body, headers=LENIENT_SLO) as response:
-                rid = None
-                async for line in response.aiter_lines():
-                    if line.startswith("data: {"):
-                        rid = rid or json.loads(line[6:])["id"] + "-0"  # its one prompt's id
-                        where = await actor.where.remote(rid)
-                        if where is not None:
-                            seen.append(where)
-        return seen
-
-    seen = asyncio.run(watch())
+    body = {"model": "tiny", "prompt": "The sea", "max_tokens": 200, "n": 2, "ignore_eos": True, "stream": True}
+    _, seen = asyncio.run(_watch_placement(app, _placement_actor(), body))
     assert seen and all(w["sequences"] == 2 for w in seen)
     # the worker reports the tokens of both; placement reads each sequence's
     assert all(w["generated"] <= 200 for w in seen)

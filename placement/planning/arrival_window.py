@@ -105,12 +105,13 @@ class ArrivalWindow:
         if rate <= 0:
             return None
         count = len(self._arrivals)
+        repeats = None if self._sequences == count else np.fromiter(
+            (a.sequences for a in self._arrivals), dtype=int, count=count)
 
         def column(values: Iterable[float], dtype: type) -> np.ndarray:
+            """One value per arrival, repeated for each of its sequences."""
             array = np.fromiter(values, dtype=dtype, count=count)
-            return array if self._sequences == count else np.repeat(array, repeats)
-
-        repeats = np.fromiter((a.sequences for a in self._arrivals), dtype=int, count=count)
+            return array if repeats is None else np.repeat(array, repeats)
         return Workload(
             rate_per_s=rate,
             input_lens=column((a.input_len for a in self._arrivals), float),
