@@ -618,6 +618,9 @@ def test_json_schema_response_format_returns_json_that_validates(client):
     picked = client.completions.create(model="tiny", prompt="pick", max_tokens=10, extra_headers=LENIENT_SLO,
                                        extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
     assert picked.choices[0].text in ("yes", "no")
+    streamed = client.completions.create(model="tiny", prompt="pick", max_tokens=10, extra_headers=LENIENT_SLO,
+                                         stream=True, extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
+    assert "".join(c.choices[0].text for c in streamed if c.choices) in ("yes", "no")
 
 
 def test_logprobs_are_present_and_shaped(client):
@@ -688,6 +691,12 @@ def test_tool_calls_with_the_configured_parser(client):
     if out.choices[0].finish_reason != "length":  # a call cut by the limit is not parsed
         assert calls and calls[0].function.name == "get_weather"
         json.loads(calls[0].function.arguments)  # random weights: valid JSON, not always the schema's object
+    stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "weather in Oslo?"}],
+                                            tools=tools, tool_choice="required", max_tokens=200, stream=True,
+                                            extra_headers=LENIENT_SLO)
+    names = [call.function.name for chunk in stream if chunk.choices and chunk.choices[0].delta.tool_calls
+             for call in chunk.choices[0].delta.tool_calls if call.function and call.function.name]
+    assert names and set(names) == {"get_weather"}  # the call's name streams first
     auto = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], tools=tools,
                                           tool_choice="auto", max_tokens=5, extra_headers=LENIENT_SLO)
     assert auto.choices[0].message is not None  # the hermes parser is configured: auto is served
