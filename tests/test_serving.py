@@ -694,9 +694,12 @@ def test_tool_calls_with_the_configured_parser(client):
     stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "weather in Oslo?"}],
                                             tools=tools, tool_choice="required", max_tokens=200, stream=True,
                                             extra_headers=LENIENT_SLO)
-    names = [call.function.name for chunk in stream if chunk.choices and chunk.choices[0].delta.tool_calls
+    chunks = [chunk for chunk in stream if chunk.choices]
+    names = [call.function.name for chunk in chunks if chunk.choices[0].delta.tool_calls
              for call in chunk.choices[0].delta.tool_calls if call.function and call.function.name]
-    assert names and set(names) == {"get_weather"}  # the call's name streams first
+    assert set(names) <= {"get_weather"}
+    if chunks[-1].choices[0].finish_reason != "length":  # random weights may pad with whitespace to the limit
+        assert names  # the call's name streams as soon as it is parsed
     auto = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], tools=tools,
                                           tool_choice="auto", max_tokens=5, extra_headers=LENIENT_SLO)
     assert auto.choices[0].message is not None  # the hermes parser is configured: auto is served
