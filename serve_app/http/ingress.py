@@ -376,9 +376,7 @@ class OpenAIIngress:
     async def _handle_call(self, request: Any, model: type, make_call: Callable[[Any, RequestOptions], _Call],
                            create: Callable[..., Awaitable[Any]], *, stream: bool) -> Any:
         parsed = self._parse(model, request, stream=stream)
-        call = make_call(parsed, RequestOptions())
-        result = await self._serve(create, parsed, call)
-        return result
+        return await self._serve(create, parsed, make_call(parsed, RequestOptions()))
 
     # ---- serving through vLLM's layer ---------------------------------------------------
     def _parse(self, model: type, request: Any, **fields: Any) -> Any:
@@ -391,7 +389,9 @@ class OpenAIIngress:
             return request
         if isinstance(request, BaseModel):  # e.g. vLLM's CompletionRequest: what was set in it
             request = request.model_dump(exclude_unset=True)
-        request = {**_json(request), **fields}
+        request = _json(request)
+        if fields:
+            request = {**request, **fields}
         check_unicode(request)
         try:
             return model.model_validate(request)
