@@ -92,3 +92,54 @@ def test_what_placement_does_not_carry_is_refused() -> None:
     salted = {"prompt_token_ids": [1, 2], "cache_salt": "tenant-a"}
     client.generate(salted, SamplingParams(), "r")  # carried: the ingress reads it from the prompt
     assert len(calls) == 2 and calls[1][0] is salted
+
+
+def test_short_renderer_jobs_run_inline_and_long_ones_on_the_pool() -> None:
+    """A short prompt is tokenized on the caller's thread (no hand-off to vLLM's tokenizer
+    thread); a long one, a long conversation or many token ids to detokenize go to the pool;
+    a job's exception reaches its awaiting caller either way."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from functools import partial
+
+    limit = vllm_frontend.INLINE_RENDER_MAX_CHARS
+
+    def thread_of(*_args: object, **_kwargs: object) -> int:
+        return threading.get_ident()
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    executor = vllm_frontend.ShortJobsInline(pool)
+    here = threading.get_ident()
+    short = {"prompt": "hello"}
+    long = {"prompt": "x" * (limit + 1)}
+    chat = [{"role": "user", "content": "y" * (limit // 2)} for _ in range(3)]
+    assert executor.submit(partial(thread_of, short, None)).result() == here
+    assert executor.submit(partial(thread_of, long, None)).result() != here
+    assert executor.submit(partial(thread_of, conversation=chat)).result() != here
+    assert executor.submit(partial(thread_of, list(range(limit)))).result() != here  # token ids
+    assert executor.submit(partial(thread_of, list(range(10)))).result() == here
+
+    def fails(_prompt: object) -> None:
+        raise ValueError("bad prompt")
+
+    with pytest.raises(ValueError, match="bad prompt"):
+        executor.submit(partial(fails, short)).result()
+    executor.shutdown()
+    assert pool._shutdown
+
+
+def test_the_frontend_renderer_runs_short_jobs_inline() -> None:
+    """vLLM's renderer keeps the executor this was written against (else start-up logs that
+    every prompt goes to the thread): a vLLM upgrade that changes it fails here."""
+    from vllm.config import VllmConfig
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.renderers import renderer_from_config
+
+    from serve_app.config import AppConfig
+    from serve_app.worker.vllm_engine import engine_kwargs
+
+    engine_args = AsyncEngineArgs(**engine_kwargs(AppConfig()))
+    renderer = renderer_from_config(VllmConfig(model_config=engine_args.create_model_config()))
+    assert vllm_frontend.inline_short_renders(renderer)
+    assert isinstance(renderer._executor._inner, vllm_frontend.ShortJobsInline)
+    assert not vllm_frontend.inline_short_renders(renderer)  # once only
