@@ -70,7 +70,7 @@ class BenchIngressResult:
     failed: int = 0
     window_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list, repr=False)
-    cpu_s: dict[str, float] = field(default_factory=dict)  # ingress, proxy, deployment (all)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # by `_groups` name
 
     def to_dict(self) -> dict[str, Any]:
         n = max(self.requests, 1)
@@ -103,10 +103,17 @@ def _cpu_s(procs: list[psutil.Process]) -> float:
 
 
 def _groups(procs: dict[str, psutil.Process]) -> dict[str, list[psutil.Process]]:
-    """The processes to meter: the ingress replica, Serve's proxy and all of this deployment."""
+    """The processes to meter: the ingress replica, Serve's proxy, the workers (the app's other
+    replicas), the placement actor and all of this deployment (Ray's own processes too)."""
+    def named(*parts: str, unless: str | None = None) -> list[psutil.Process]:
+        return [p for name, p in procs.items() if all(part in name for part in parts)
+                and (unless is None or unless not in name)]
+
     return {
-        "ingress": [p for name, p in procs.items() if f"ServeReplica:{APP_NAME}:OpenAIIngress" in name],
-        "proxy": [p for name, p in procs.items() if "ProxyActor" in name],
+        "ingress": named(f"ServeReplica:{APP_NAME}:OpenAIIngress"),
+        "proxy": named("ProxyActor"),
+        "workers": named(f"ServeReplica:{APP_NAME}:", unless="OpenAIIngress"),
+        "placement": named("PlacementActor"),
         "deployment": list(procs.values()),
     }
 
