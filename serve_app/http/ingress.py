@@ -30,11 +30,12 @@ from ray.serve import context as serve_context
 from ray.serve._private.utils import generate_request_id
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from placement.live import RequestTiming, RunningRequest
 from placement.prefix_cache import prefix_of
 from predictors.output_length import ChatInput, PastTurn, Prediction
-from serve_app.http.api_auth import authorized, set_api_keys
+from serve_app.http.api_auth import RequireApiKey, set_api_keys
 from serve_app.http.body_limit import BodyLimit, set_max_body_bytes
 from serve_app.config import AppConfig
 from serve_app.http.errors import OpenAIError, check_unicode, from_validation_errors
@@ -60,27 +61,25 @@ async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
-# Added before the key check, so it runs inside it: an unauthorized client is turned away on
-# its headers, before any of its body is read.
+class StampArrival:
+    """ASGI middleware: records when a request reached the ingress (`request.state.received_s`),
+    before anything else here runs: its TTFT is counted from then, so time spent waiting
+    behind other requests' tokenization counts."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["received_s"] = time.time()
+        await self.app(scope, receive, send)
+
+
+# Outermost last: the arrival is stamped first; an unauthorized client is turned away on its
+# headers, before the body limit reads any of its body.
 api.add_middleware(BodyLimit)
-
-
-@api.middleware("http")
-async def _require_api_key(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-    """401 in OpenAI's shape for a missing or wrong key on /v1/ routes (serve_app.http.api_auth)."""
-    if not authorized(request.url.path, request.headers):
-        err = OpenAIError(401, "missing or incorrect API key (send Authorization: Bearer <key>)",
-                          code="invalid_api_key")
-        return JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
-    return await call_next(request)
-
-
-@api.middleware("http")
-async def _stamp_arrival(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-    """Record when the request reached the ingress, before anything else here runs: its TTFT
-    is counted from then, so time spent waiting behind other requests' tokenization counts."""
-    request.state.received_s = time.time()
-    return await call_next(request)
+api.add_middleware(RequireApiKey)
+api.add_middleware(StampArrival)
 
 
 @api.exception_handler(HTTPException)
