@@ -142,9 +142,9 @@ def decision_loop(
     random worker and a random worker decodes 0-3 steps, so the state keeps changing. With
     `engine_time` the workers also keep pace with the clock as engines would: a placed
     request's prefill runs PREFILL_AFTER decisions later, every worker decodes a step every
-    DECODE_EVERY decisions and its residents end at their upper estimates (else queues only
-    grow and decodes fall ever further behind the clock, and a stall-aware policy rightly finds
-    every worker's residents at risk).
+    DECODE_EVERY decisions (a different 1/DECODE_EVERY of them after each decision) and its
+    residents end at their upper estimates (else queues only grow and decodes fall ever further
+    behind the clock, and a stall-aware policy rightly finds every worker's residents at risk).
     `prepare(i, request, now_s)` may alter a request before it is placed."""
     rng = arrivals.rng
     now_s = 0.0
@@ -170,12 +170,13 @@ def decision_loop(
                 resident = prefilled.residents.get(rid)
                 if resident is not None and resident.decode_from_step is None:
                     prefilled.start_decode(rid, now_s)
-            if i % DECODE_EVERY == 0:
-                for w in cluster:
-                    w.advance(1)
-                    for rid in [rid for rid, r in w.residents.items()
-                                if r.decode_from_step is not None and w.generated(rid) >= r.request.upper_output_tokens]:
-                        w.remove(rid)
+            # engines step independently: a tenth of the workers each decision, in turn, rather
+            # than all at once (a live actor hears of steps one report at a time)
+            for w in cluster[i % DECODE_EVERY::DECODE_EVERY]:
+                w.advance(1)
+                for rid in [rid for rid, r in w.residents.items()
+                            if r.decode_from_step is not None and w.generated(rid) >= r.request.upper_output_tokens]:
+                    w.remove(rid)
 
         rng.choice(cluster).advance(rng.randint(0, 3))
         now_s += 0.001
