@@ -21,6 +21,7 @@ from typing import Any
 
 from placement.admission import Admission, AdmissionLimits, Verdict
 from placement.closed_loop import PrefixHits
+from placement.latency_correction import WorkerCorrection
 from placement.planning.arrival_window import ArrivalWindow
 from placement.live import LiveCluster, RequestTiming, RunningRequest, WorkerReport
 from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
@@ -119,7 +120,6 @@ class ClosedLoopSnapshot:
     ttft_share: float
     atgt_share: float
     new_misses: dict[str, int]
-    corrections: dict[str, tuple[float, float, float]]  # worker id -> decode, prefill, TTFT offset
     # prefix caching, per worker: prompt tokens of the requests finished since the last
     # snapshot, those placement expected the cache to hold, those the engine took from it
     new_prefix_hits: dict[str, PrefixHits] = field(default_factory=dict)
@@ -376,26 +376,29 @@ class PlacementController:
                                            hits.predicted_tokens - seen.predicted_tokens,
                                            hits.engine_tokens - seen.engine_tokens)
                 self._prefix_reported[wid] = replace(hits)
-        return ClosedLoopSnapshot(loop.budget.ttft_share, loop.budget.atgt_share, new, {
-            wid: (c.decode_factor, c.prefill_factor, c.ttft_offset_s) for wid, c in loop.correction.workers.items()
-        }, new_hits)
+        return ClosedLoopSnapshot(loop.budget.ttft_share, loop.budget.atgt_share, new, new_hits)
+
+    def corrections(self) -> dict[str, WorkerCorrection]:
+        """Each worker's latency correction: how far its engine is from the profile (measured
+        under every policy; only a closed loop places by it)."""
+        return dict(self.cluster.correction.workers)
 
     def stats(self) -> dict[str, Any]:
         """What the controller knows: placements per worker, outcomes, residents, the estimate
-        and the closed loop (packing budget, promises missed, each worker's correction)."""
+        each worker's latency correction, and the closed loop (packing budget, promises missed)."""
         loop = self.cluster.loop
         closed_loop = None if loop is None else {
             "ttft_share": loop.budget.ttft_share, "atgt_share": loop.budget.atgt_share,
             "promises_counted": loop.feedback.counted, "promises_missed": dict(loop.feedback.misses),
             "placements": loop.placements, "overcommitted": loop.overcommitted,
             "prefix_hits": {wid: asdict(h) for wid, h in loop.prefix_hits.items()},
-            "corrections": {wid: {"decode_factor": c.decode_factor, "prefill_factor": c.prefill_factor,
-                                  "ttft_offset_s": c.ttft_offset_s, "intervals": c.intervals}
-                            for wid, c in loop.correction.workers.items()},
         }
         profile = self.settings.profile
         return {
             "closed_loop": closed_loop,
+            "latency_corrections": {wid: {"decode_factor": c.decode_factor, "prefill_factor": c.prefill_factor,
+                                          "ttft_offset_s": c.ttft_offset_s, "intervals": c.intervals}
+                                    for wid, c in self.corrections().items()},
             "policy": self.settings.policy,
             "profile": f"{profile.family} tp{profile.tp}",
             "decisions": dict(self._decisions),

@@ -20,10 +20,12 @@ for a full report, which rebuilds the state. From reports the cluster
 
 The engine's real KV capacity (blocks x block size) replaces the profile's when reported.
 
-With a `ClosedLoop` (Aladdin) the cluster also closes the SLO model's loop: every placement it
-makes or records is a promise; the work a report says the engine did (`EngineWork`) corrects
-that worker's profile; the ingress's measurements of finished requests (`RequestTiming`, via
-`observe`) feed the attainment feedback and the reply-length distribution.
+The work a report says the engine did (`EngineWork`) is compared with the profile under every
+policy (`correction`: how far the engines are from the model, for the planner's estimate, the
+operator's metrics and `aladdin fidelity`). With a `ClosedLoop` (Aladdin) the cluster also
+closes the SLO model's loop: every placement it makes or records is a promise; the correction
+is what placement reads each worker through; the ingress's measurements of finished requests
+(`RequestTiming`, via `observe`) feed the attainment feedback and the reply-length distribution.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from placement.closed_loop import ClosedLoop
-from placement.latency_correction import EngineWork
+from placement.latency_correction import EngineWork, LatencyCorrection
 from placement.policy import Decision, PlacementPolicy
 from placement.prefix_cache import Prefix, PrefixCache, PrefixDirectory
 from placement.queue_order import WaitingQueue
@@ -134,6 +136,9 @@ class LiveCluster:
         self.estimator = estimator or SurvivalEstimator()
         self.pending_grace_s = pending_grace_s
         self.loop = loop
+        # the loop's own; a policy without one (the baselines) does not read it, but the
+        # engines are measured against the model all the same
+        self.correction = loop.correction if loop is not None else LatencyCorrection()
         self.token_budget = token_budget
         self.prefix_caching = prefix_caching
         self._prefix_directory = PrefixDirectory()
@@ -154,7 +159,7 @@ class LiveCluster:
 
     def fleet_profile(self) -> WorkerProfile:
         """The default profile as the workers' corrections put it (for planning and admission)."""
-        return self.profile if self.loop is None else self.loop.correction.fleet_profile(self.profile)
+        return self.correction.fleet_profile(self.profile)
 
     def base_profile(self) -> WorkerProfile:
         """The default profile before any correction: what the hardware does idle."""
@@ -255,10 +260,13 @@ class LiveCluster:
                                if now_s - placed > self.pending_grace_s and self._where.get(rid) == worker.id]:
                 self._drop_request(request_id)
         rebalance(worker, self.estimator)
-        if self.loop is not None:
-            base = self._base(worker)
-            if report.work is not None and report.work.busy_s > 0:
+        base = self._base(worker)
+        if report.work is not None and report.work.busy_s > 0:
+            if self.loop is not None:
                 self.loop.busy(worker, report.work.interval(base), base)
+            else:
+                self.correction.observe(worker.id, report.work.interval(base))
+        if self.loop is not None:
             self.loop.refresh(worker, base, now_s)
         return needs_full
 
@@ -286,6 +294,8 @@ class LiveCluster:
                     self.loop.dropped(request_id)
             if self.loop is not None:
                 self.loop.forget_worker(worker_id)
+            else:
+                self.correction.forget(worker_id)
 
     def abandon(self, request_id: str) -> bool:
         """Drop a placement no worker has reported yet: its caller gave up waiting for the

@@ -457,12 +457,11 @@ def record_capacity(estimate_workers: float, estimate_gpus: float, workers_held:
 
 def record_closed_loop(
     ttft_share: float, atgt_share: float, missed: dict[str, int],
-    corrections: dict[str, tuple[float, float, float]],
     prefix_tokens: dict[str, tuple[int, int, int]] | None = None,
 ) -> None:
     """Set the packing budget's shares, count promises missed since the last call (`missed`:
-    per SLO), set each worker's correction (decode factor, prefill factor, TTFT offset s), and
-    count each worker's prefix tokens since the last call (prompt, predicted hit, engine hit)."""
+    per SLO), and count each worker's prefix tokens since the last call (prompt, predicted
+    hit, engine hit)."""
     reg = _get_registry()
     if reg is None:
         return
@@ -475,6 +474,13 @@ def record_closed_loop(
     for slo, n in missed.items():
         if n > 0:
             _inc(reg, PROMISES_MISSED, {"slo": slo}, n)
+
+
+def record_corrections(corrections: dict[str, tuple[float, float, float]]) -> None:
+    """Set each worker's latency correction (decode factor, prefill factor, TTFT offset s)."""
+    reg = _get_registry()
+    if reg is None:
+        return
     for worker, (decode, prefill, offset) in corrections.items():
         _set(reg, WORKER_CORRECTION, decode, {"worker": worker, "term": "decode"})
         _set(reg, WORKER_CORRECTION, prefill, {"worker": worker, "term": "prefill"})
@@ -494,6 +500,7 @@ __all__ = [
     "forget_worker",
     "record_capacity",
     "record_closed_loop",
+    "record_corrections",
     "record_placement",
     "record_queue_length",
     "record_request",

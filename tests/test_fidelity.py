@@ -124,12 +124,42 @@ def test_replay_on_the_corrections_the_run_recorded_undoes_a_wrong_profile(profi
                 for t, r in zip(trace, records)]
     # placement started from a profile that puts decode at half its time; the live loop learned 2x
     half = profile.model_copy(update={"decode": DecodeModel(d0_s=0.002, d1_s_per_seq=0.0004, d2_s_per_context_token=1e-7)})
-    recorded = {"corrections": {"w0": {"decode_factor": 2.0, "prefill_factor": 1.0, "ttft_offset_s": 0.0, "intervals": 50},
-                                "w1": {"decode_factor": 2.0, "prefill_factor": 1.0, "ttft_offset_s": 0.0, "intervals": 40}}}
+    recorded = {"w0": {"decode_factor": 2.0, "prefill_factor": 1.0, "ttft_offset_s": 0.0, "intervals": 50},
+                "w1": {"decode_factor": 2.0, "prefill_factor": 1.0, "ttft_offset_s": 0.0, "intervals": 40}}
     timing = corrected_timing(half, recorded)
     assert timing.decode_step_s(4, 1000) == pytest.approx(profile.decode_step_s(4, 1000))
     kwargs = dict(policy="jsq", workers=2, slo_ttft_s=0.5, slo_atgt_s=ATGT_SLO, engine=ENGINE)
     wrong = simulate_observed(observed, half, **kwargs)
     corrected = simulate_observed(observed, half, timing_profile=timing, **kwargs)
     assert corrected.atgt_median_rel_error < 0.01 < wrong.atgt_median_rel_error
-    assert corrected_timing(half, None) is None and corrected_timing(half, {"corrections": {}}) is None
+    assert corrected_timing(half, None) is None and corrected_timing(half, {}) is None
+    # a baseline's run measured the factors only; the TTFT offset comes from elsewhere
+    assert corrected_timing(half, recorded, ttft_offset_s=0.2).serving_overhead_s == pytest.approx(
+        half.serving_overhead_s + 0.2)
+
+
+def test_a_run_is_replayed_on_its_own_corrections_with_the_offset_a_closed_loop_learned(profile):
+    """A baseline's run (p2c: no closed loop) measured its engines' factors itself; its TTFT
+    offset comes from the runs that learned one; a run that recorded nothing takes everyone's."""
+    from placement.evaluation.fidelity import run_timing
+
+    def measured(decode: float, offset_s: float) -> dict:
+        return {"decode_factor": decode, "prefill_factor": 1.0, "ttft_offset_s": offset_s, "intervals": 30}
+
+    aladdin = {"placement_closed_loop": {"ttft_share": 1.0}, "placement_latency_corrections": {"w0": measured(1.5, 0.1)}}
+    p2c = {"placement_closed_loop": None, "placement_latency_corrections": {"w0": measured(3.0, 0.0)}}
+    legacy = {"placement_closed_loop": {"corrections": {"w0": measured(2.0, 0.3)}}}
+    rayllm: dict = {}
+    runs = [aladdin, p2c, legacy, rayllm]
+    step = profile.decode_step_s(4, 1000) - profile.decode.d0_s
+
+    def scaled(summary: dict) -> tuple[float, float]:
+        timing = run_timing(profile, summary, runs)
+        return ((timing.decode_step_s(4, 1000) - timing.decode.d0_s) / step,
+                timing.serving_overhead_s - profile.serving_overhead_s)
+
+    assert scaled(aladdin) == pytest.approx((1.5, 0.1))
+    assert scaled(p2c) == pytest.approx((3.0, 0.2))  # the median of 0.1 and 0.3
+    assert scaled(legacy) == pytest.approx((2.0, 0.3))
+    assert scaled(rayllm) == pytest.approx((2.0, 0.2))  # medians of 1.5, 3.0, 2.0 and of 0.1, 0.3
+    assert run_timing(profile, rayllm, [rayllm]) is None

@@ -172,15 +172,16 @@ def test_placement_and_capacity(fake: m._Registry, caplog: pytest.LogCaptureFixt
 
 
 def test_closed_loop_gauges_and_missed_counter(fake: m._Registry) -> None:
-    m.record_closed_loop(0.8, 0.6, {"ttft": 0, "atgt": 3}, {"a": (1.2, 1.5, 0.04)})
+    m.record_closed_loop(0.8, 0.6, {"ttft": 0, "atgt": 3})
     assert calls(fake, m.PACKING_SHARE) == [("set", 0.8, {"slo": "ttft"}), ("set", 0.6, {"slo": "atgt"})]
     assert calls(fake, m.PROMISES_MISSED) == [("inc", 3.0, {"slo": "atgt"})]  # nothing new for ttft
+    m.record_corrections({"a": (1.2, 1.5, 0.04)})
     assert calls(fake, m.WORKER_CORRECTION) == [("set", 1.2, {"worker": "a", "term": "decode"}),
                                                  ("set", 1.5, {"worker": "a", "term": "prefill"})]
     assert calls(fake, m.WORKER_TTFT_OFFSET) == [("set", 0.04, {"worker": "a"})]
     m.forget_worker("a")
     assert calls(fake, m.WORKER_TTFT_OFFSET)[-1] == ("set", 0.0, {"worker": "a"})
-    m.record_closed_loop(0.8, 0.6, {}, {}, {"a": (1000, 600, 512)})
+    m.record_closed_loop(0.8, 0.6, {}, {"a": (1000, 600, 512)})
     assert calls(fake, m.PREFIX_TOKENS) == [("inc", 1000.0, {"worker": "a", "kind": "prompt"}),
                                             ("inc", 600.0, {"worker": "a", "kind": "predicted_hit"}),
                                             ("inc", 512.0, {"worker": "a", "kind": "engine_hit"})]
@@ -239,9 +240,9 @@ def test_metrics_reach_prometheus(ray_cluster: Any) -> None:
                 metrics.record_placement("test", outcome)
             metrics.record_capacity(2, 2, 3, 3)
             metrics.record_closed_loop(0.8, 0.7, {"ttft": 1, "atgt": 2},
-                                       {keep: (1.2, 1.5, 0.05), gone: (0.9, 1.0, 0.0)},
                                        # counters never expire: under a worker of their own
                                        {f"prefix-{keep}": (1000, 600, 512)})
+            metrics.record_corrections({keep: (1.2, 1.5, 0.05), gone: (0.9, 1.0, 0.0)})
 
         def forget(self, worker_id: str) -> None:
             from serve_app import metrics

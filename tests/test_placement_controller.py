@@ -153,10 +153,28 @@ def test_engine_work_in_heartbeats_corrects_the_worker_and_the_fleet_profile() -
     for i in range(40):
         ctl.heartbeat(WorkerReport("w0", kv_capacity_tokens=KV_TOKENS,
                                    work=replace(work, busy_s=2 * predicted)), 0.25 * i)
-    decode, _, _ = ctl.closed_loop_snapshot().corrections["w0"]
-    assert decode == pytest.approx(2.0, rel=0.1)
-    assert ctl.stats()["closed_loop"]["corrections"]["w0"]["intervals"] > 0
+    assert ctl.corrections()["w0"].decode_factor == pytest.approx(2.0, rel=0.1)
+    assert ctl.stats()["latency_corrections"]["w0"]["intervals"] > 0
     assert ctl.cluster.fleet_profile().decode.d0_s > base.decode.d0_s
+
+
+def test_engines_are_measured_against_the_profile_under_a_baseline_policy_too() -> None:
+    """p2c reads no latency, but the engines' work still corrects the fleet's profile (the
+    planner's estimate, the metrics and `aladdin fidelity` use it); workers keep the profile they
+    were given and the correction goes with a worker that is gone."""
+    ctl = _controller(policy="p2c", admission=False)
+    work = EngineWork(decode_iterations=100, decode_sequences=400, decode_context_tokens=400_000)
+    base = ctl.cluster.fleet_profile()
+    predicted = work.interval(base).decode_model_s
+    for i in range(40):
+        ctl.heartbeat(WorkerReport("w0", kv_capacity_tokens=KV_TOKENS,
+                                   work=replace(work, busy_s=3 * predicted)), 0.25 * i)
+    assert ctl.stats()["closed_loop"] is None
+    assert ctl.stats()["latency_corrections"]["w0"]["decode_factor"] == pytest.approx(3.0, rel=0.1)
+    assert ctl.cluster.fleet_profile().decode.d0_s > base.decode.d0_s
+    assert ctl.cluster.workers["w0"].profile.decode == base.decode
+    ctl.cluster.forget(["w0"])
+    assert ctl.corrections() == {}
 
 
 def test_a_correction_learned_under_load_does_not_wave_requests_past_admission() -> None:
@@ -169,7 +187,7 @@ def test_a_correction_learned_under_load_does_not_wave_requests_past_admission()
     for i in range(80):
         ctl.heartbeat(WorkerReport("w0", kv_capacity_tokens=KV_TOKENS, work=replace(work, busy_s=30 * predicted)),
                       0.25 * i)
-    assert ctl.closed_loop_snapshot().corrections["w0"][0] > 15
+    assert ctl.corrections()["w0"].decode_factor > 15
     tight = RunningRequest("tight", 20.0, 1000, 100, 100, 5.0, 0.02)
     assert ctl.admit(tight, 20.0) is None and ctl.admission_waiting == 1
 

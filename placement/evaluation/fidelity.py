@@ -69,14 +69,43 @@ def replay_trace(
     return replayed, [TraceRequest(o.sent_s - t0, o.input_len, max(1, o.output_len)) for o in replayed]
 
 
-def corrected_timing(profile: WorkerProfile, closed_loop: dict[str, Any] | None) -> WorkerProfile | None:
+def recorded_corrections(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The latency corrections a run's placement actor recorded, per worker (runs from before
+    every policy measured them kept Aladdin's inside its closed loop's stats)."""
+    legacy = (summary.get("placement_closed_loop") or {}).get("corrections")
+    return summary.get("placement_latency_corrections") or legacy or {}
+
+
+def corrected_timing(
+    profile: WorkerProfile, corrections: dict[str, dict[str, Any]] | None, ttft_offset_s: float | None = None
+) -> WorkerProfile | None:
     """`profile` scaled by the median of the latency corrections a run's placement actor
-    recorded (its `closed_loop` stats); None when it recorded none."""
-    corrections = [c for c in ((closed_loop or {}).get("corrections") or {}).values() if c.get("intervals")]
-    if not corrections:
+    recorded per worker (`recorded_corrections`); None when it recorded none. `ttft_offset_s`
+    replaces their TTFT offset: a policy without a closed loop makes no promises to learn one
+    from (its factors come from the engines' busy time alone)."""
+    measured = [c for c in (corrections or {}).values() if c.get("intervals")]
+    if not measured:
         return None
-    median = lambda key: float(np.median([c[key] for c in corrections]))  # noqa: E731
-    return scaled_profile(profile, median("decode_factor"), median("prefill_factor"), median("ttft_offset_s"))
+    median = lambda key: float(np.median([c[key] for c in measured]))  # noqa: E731
+    offset = median("ttft_offset_s") if ttft_offset_s is None else ttft_offset_s
+    return scaled_profile(profile, median("decode_factor"), median("prefill_factor"), offset)
+
+
+def run_timing(
+    profile: WorkerProfile, summary: dict[str, Any], summaries: Sequence[dict[str, Any]]
+) -> WorkerProfile | None:
+    """How the engines of the run `summary` (one of `summaries`, runs on the same host) timed
+    against `profile`: its own recorded corrections, else those of every run in `summaries`
+    (Ray Serve LLM's runs, and runs from before every policy measured them, recorded none).
+    The TTFT offset of a run without a closed loop (which alone learns one, from its promises)
+    is the median of the offsets the runs with one learned."""
+    pooled = {f"{i}:{w}": c for i, s in enumerate(summaries) for w, c in recorded_corrections(s).items()}
+    offset_s = None
+    if not summary.get("placement_closed_loop"):
+        learned = [c["ttft_offset_s"] for s in summaries if s.get("placement_closed_loop")
+                   for c in recorded_corrections(s).values() if c.get("intervals")]
+        offset_s = float(np.median(learned)) if learned else None
+    return corrected_timing(profile, recorded_corrections(summary) or pooled, offset_s)
 
 
 def simulate_observed(

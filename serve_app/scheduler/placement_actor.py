@@ -43,6 +43,7 @@ from serve_app.metrics import (
     forget_worker,
     record_capacity,
     record_closed_loop,
+    record_corrections,
     record_placement,
     record_queue_length,
     record_worker,
@@ -268,9 +269,11 @@ class PlacementActor:
             needed_elsewhere, held_elsewhere = self._controller.demand_elsewhere
             workers, held_all = estimate.workers + needed_elsewhere, held + held_elsewhere
             record_capacity(workers, workers * estimate.tp, held_all, held_all * estimate.tp)
+        record_corrections({wid: (c.decode_factor, c.prefill_factor, c.ttft_offset_s)
+                            for wid, c in self._controller.corrections().items()})
         snapshot = self._controller.closed_loop_snapshot()
         if snapshot is not None:
-            record_closed_loop(snapshot.ttft_share, snapshot.atgt_share, snapshot.new_misses, snapshot.corrections, {
+            record_closed_loop(snapshot.ttft_share, snapshot.atgt_share, snapshot.new_misses, {
                 wid: (h.prompt_tokens, h.predicted_tokens, h.engine_tokens)
                 for wid, h in snapshot.new_prefix_hits.items()})
         record_queue_length(result.queue_length)

@@ -81,12 +81,13 @@ def _calibrate(run_dirs: list[Path], out: Path, spec: SystemSpec) -> SystemSpec:
     return replace(spec, profile_path=str(path))
 
 
-def _closed_loop(system: str, spec: SystemSpec, quiet: bool = False) -> dict[str, Any] | None:
-    """What the app's placement actor has learned so far (budget, latency corrections), kept
-    with each run so `aladdin fidelity` can replay it with the workers as they measured. The
+def _placement_stats(system: str, spec: SystemSpec, quiet: bool = False) -> dict[str, Any] | None:
+    """What the app's placement actor has learned so far (its workers' latency corrections,
+    under every policy; aladdin's closed loop), kept with each run so `aladdin fidelity` can
+    replay it with the workers as they measured. None for a system that is not this app. The
     actor is looked up by this system's config: the previous system's actor may still be
     alive (it exits once idle)."""
-    if system != "aladdin":
+    if system not in APP_POLICIES:
         return None
     import ray
 
@@ -94,17 +95,17 @@ def _closed_loop(system: str, spec: SystemSpec, quiet: bool = False) -> dict[str
 
     name = placement_actor_name(APP_NAME, app_config(system, spec).model_dump(mode="json"))
     try:
-        return ray.get(ray.get_actor(name, namespace=NAMESPACE).stats.remote(), timeout=10)["closed_loop"]
+        return ray.get(ray.get_actor(name, namespace=NAMESPACE).stats.remote(), timeout=10)
     except Exception as exc:  # the figures are extra: a run without them still counts
         if not quiet:
-            print(f"[{system}] placement actor's closed loop not recorded ({exc!r})", flush=True)
+            print(f"[{system}] placement actor's stats not recorded ({exc!r})", flush=True)
         return None
 
 
 class ClosedLoopSeries:
-    """Samples the placement actor's closed loop every `period_s` while a run goes (a thread),
-    so a run records how its latency corrections and packing budget moved, not only where they
-    ended: how fast the model converged, and what it said when it refused."""
+    """Samples the placement actor's latency corrections and closed loop every `period_s` while
+    a run goes (a thread), so a run records how they moved, not only where they ended: how fast
+    the model converged, and (aladdin) its packing budget when it refused."""
 
     def __init__(self, system: str, spec: SystemSpec, period_s: float = 2.0) -> None:
         self._system, self._spec, self._period_s = system, spec, period_s
@@ -113,7 +114,7 @@ class ClosedLoopSeries:
         self._thread = threading.Thread(target=self._run, name="closed-loop-series", daemon=True)
 
     def __enter__(self) -> ClosedLoopSeries:
-        if self._system == "aladdin":
+        if self._system in APP_POLICIES:
             self._thread.start()
         return self
 
@@ -125,11 +126,12 @@ class ClosedLoopSeries:
     def _run(self) -> None:
         t0 = time.perf_counter()
         while not self._stop.wait(self._period_s):
-            loop = _closed_loop(self._system, self._spec, quiet=True)
-            if loop is not None:
+            stats = _placement_stats(self._system, self._spec, quiet=True)
+            if stats is not None:
+                loop = stats["closed_loop"] or {}
                 self.samples.append({"t_s": round(time.perf_counter() - t0, 2),
-                                     "ttft_share": loop["ttft_share"], "atgt_share": loop["atgt_share"],
-                                     "corrections": loop["corrections"]})
+                                     "ttft_share": loop.get("ttft_share"), "atgt_share": loop.get("atgt_share"),
+                                     "corrections": stats["latency_corrections"]})
 
 
 def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]]:
@@ -176,10 +178,12 @@ def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]
                     with ClosedLoopSeries(system, spec) as series:
                         run = run_bench(url, workload, model=model, slo_ttft_ms=spec.slo_ttft_ms,
                                         slo_atgt_ms=spec.slo_atgt_ms, label=f"{system} x{k:g} rep{rep}")
+                    stats = _placement_stats(system, spec) or {}
                     run.summary.update(system=system, rate_scale=k, rep=rep, slice=slice_dict(trace_slice),
                                        placement_profile=spec.profile_path if system in APP_POLICIES else None,
                                        placement_atgt_margin=spec.atgt_margin if system in APP_POLICIES else None,
-                                       placement_closed_loop=_closed_loop(system, spec),
+                                       placement_closed_loop=stats.get("closed_loop"),
+                                       placement_latency_corrections=stats.get("latency_corrections"),
                                        placement_closed_loop_series=series.samples or None)
                     run_dirs.append(out / system / f"x{k:g}" / f"rep{rep}")
                     write_run(run, run_dirs[-1])

@@ -20,7 +20,7 @@ def _aladdin_options(policy: str, summary: dict, atgt_margin: float | None) -> d
 
 def _run(args: argparse.Namespace) -> int:
     from placement.admission import AdmissionLimits
-    from placement.evaluation.fidelity import corrected_timing, simulate_observed
+    from placement.evaluation.fidelity import run_timing, simulate_observed
     from placement.simulator.worker_engine import EngineOptions
     from predictors.latency import load_profile_family
     from predictors.latency.profile import load_profile
@@ -29,16 +29,12 @@ def _run(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile) if args.profile else load_profile_family(args.profile_family).profile(1)
     engine = EngineOptions(max_num_seqs=args.max_num_seqs, chunked_prefill=True, max_batched_tokens=args.max_batched_tokens)
     runs = [(run_dir, *observed_requests(run_dir)) for run_dir in args.runs]
-    # the host's corrections, as the runs that recorded them measured it: what the runs of
-    # policies without a closed loop (the baselines) ran on too
-    recorded = [s["placement_closed_loop"] for _, s, _ in runs if s.get("placement_closed_loop")]
-    pooled = {"corrections": {f"{i}:{w}": c for i, loop in enumerate(recorded)
-                              for w, c in (loop.get("corrections") or {}).items()}}
+    summaries = [summary for _, summary, _ in runs]
     rows = []
     for run_dir, summary, observed in runs:
         policy = args.policy or summary.get("system") or "aladdin"
         admits = args.admission == "on" or (args.admission == "auto" and policy == "aladdin")
-        timing = corrected_timing(profile, summary.get("placement_closed_loop") or pooled) if args.corrected else None
+        timing = run_timing(profile, summary, summaries) if args.corrected else None
         report = simulate_observed(
             observed, profile, policy=policy, workers=args.workers, slo_ttft_s=summary["slo_ttft_ms"] / 1e3,
             slo_atgt_s=summary["slo_atgt_ms"] / 1e3, engine=engine, seed=args.seed,
@@ -82,7 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--uncorrected", dest="corrected", action="store_false",
                    help="simulated engines on the profile as given, not scaled by the latency corrections the "
-                        "runs' placement actor recorded (runs without their own use the others')")
+                        "runs' placement actor recorded (runs without their own use the others'; a run without "
+                        "a closed loop takes its TTFT offset from those with one)")
     p.add_argument("--out", help="also write the rows as JSON to this file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run)
