@@ -400,3 +400,15 @@ def test_prefill_progress_hands_chunk_tokens_out_in_scheduling_order():
     # in all, a prompt's chunks add up to its L^2, whatever the chunk size
     progress.add("p", 5000)
     assert sum(progress.chunks(1, t) for t in (1000, 1000, 3000)) == 5000**2
+
+
+def test_an_iteration_is_busy_from_the_previous_one_while_the_engine_had_requests_left():
+    """vLLM times the model only; the time between iterations of a busy engine (scheduling,
+    output processing) is spent between a request's tokens too, so it counts as busy. An
+    iteration after an idle spell counts its own timing only, and never less."""
+    snap = Snapshot()
+    assert snap.iteration_busy_s(10.0, 0.004, work_left=True) == 0.004  # the first one
+    assert snap.iteration_busy_s(10.006, 0.004, work_left=True) == pytest.approx(0.006)
+    assert snap.iteration_busy_s(10.009, 0.004, work_left=False) == 0.004  # handled early
+    assert snap.iteration_busy_s(15.0, 0.005, work_left=True) == 0.005  # after idling
+    assert snap.iteration_busy_s(15.007, 0.005, work_left=True) == pytest.approx(0.007)

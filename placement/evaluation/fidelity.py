@@ -35,7 +35,8 @@ class ObservedRequest:
 
 @dataclass(frozen=True)
 class FidelityReport:
-    """Median relative errors |sim - real| / real over requests served in both, and attainment."""
+    """Median relative errors |sim - real| / real over requests served in both, the median of
+    sim / real over them (below 1: the simulator is faster than the real run), and attainment."""
 
     requests: int
     compared: int
@@ -43,6 +44,8 @@ class FidelityReport:
     atgt_median_rel_error: float
     real_attainment: float
     sim_attainment: float
+    ttft_median_ratio: float = math.nan
+    atgt_median_ratio: float = math.nan
 
     @property
     def attainment_gap_points(self) -> float:
@@ -55,6 +58,11 @@ class FidelityReport:
 def _median_rel_error(sim: np.ndarray, real: np.ndarray) -> float:
     keep = real > 0
     return float(np.median(np.abs(sim[keep] - real[keep]) / real[keep])) if keep.any() else math.nan
+
+
+def _median_ratio(sim: np.ndarray, real: np.ndarray) -> float:
+    keep = real > 0
+    return float(np.median(sim[keep] / real[keep])) if keep.any() else math.nan
 
 
 def replay_trace(
@@ -159,4 +167,6 @@ def simulate_observed(
         atgt_median_rel_error=_median_rel_error(np.array(sim_atgt), np.array(real_atgt)),
         real_attainment=real_met / n if n else math.nan,
         sim_attainment=sim_met / n if n else math.nan,
+        ttft_median_ratio=_median_ratio(np.array(sim_ttft), np.array(real_ttft)),
+        atgt_median_ratio=_median_ratio(np.array(sim_atgt), np.array(real_atgt)),
     )

@@ -8,6 +8,7 @@ hits Aladdin's placement predicted against those the engines reported."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -129,14 +130,16 @@ def prefix_hits_table(runs: list[dict[str, Any]]) -> str | None:
 
 
 def fidelity_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| run | policy | offered req/s | requests (replayed) | TTFT median rel. error | "
-             "ATGT median rel. error | attainment real / sim (gap, points) |",
+    lines = ["| run | policy | offered req/s | requests (replayed) | TTFT median rel. error (sim/real) | "
+             "ATGT median rel. error (sim/real) | attainment real / sim (gap, points) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         name = "/".join(Path(r["run"]).parts[-3:])
+        # runs replayed before the ratios were reported have none
+        ttft_ratio, atgt_ratio = r.get("ttft_median_ratio", math.nan), r.get("atgt_median_ratio", math.nan)
         lines.append(
             f"| {name} | {r['policy']} | {r['offered_rate_per_s']:.2f} | {r['requests']} ({r['compared']}) | "
-            f"{r['ttft_median_rel_error']:.1%} | {r['atgt_median_rel_error']:.1%} | "
+            f"{r['ttft_median_rel_error']:.1%} ({ttft_ratio:.2f}) | {r['atgt_median_rel_error']:.1%} ({atgt_ratio:.2f}) | "
             f"{r['real_attainment']:.3f} / {r['sim_attainment']:.3f} ({r['attainment_gap_points']:.1f}) |"
         )
     return "\n".join(lines)

@@ -55,6 +55,23 @@ class EngineSnapshot:
     block_size: int = 0
     work: EngineWork = field(default_factory=EngineWork)
     prefilling: PrefillProgress = field(default_factory=PrefillProgress)
+    # when the last iteration was recorded, and whether the engine had requests left after it
+    _last_iteration_s: float | None = None
+    _work_left: bool = False
+
+    def iteration_busy_s(self, now_s: float, engine_s: float, work_left: bool) -> float:
+        """The wall time the iteration recorded at `now_s` took: since the previous one was
+        recorded if the engine had requests left then (its loop went straight on, so
+        scheduling, output processing and the model all count, as they do between a request's
+        tokens), else the engine's own timing of it (`engine_s`: vLLM times only the model's
+        execution; it started from idle). `work_left`: requests remain after this iteration."""
+        previous, self._last_iteration_s = self._last_iteration_s, now_s
+        went_on, self._work_left = self._work_left, work_left
+        if previous is None or not went_on:
+            return engine_s
+        # at least the engine's timing: a record the front end handled late is followed by
+        # one handled early
+        return max(now_s - previous, engine_s)
 
     def take_work(self) -> EngineWork:
         """The work accumulated so far, and start again from none."""

@@ -15,9 +15,17 @@ chunks at a quarter), and the prefill correction factor grew to 7-13x to cover i
 prompt's whole L^2 when its first token came out put that work in a later report than the
 iterations that did it, and the decode factor grew instead (BENCHMARKS.md, "Prefix cache",
 real engines). The decoding batch's context is estimated as the KV cache in use (it also
-holds the chunks being prefilled)."""
+holds the chunks being prefilled).
+
+An iteration's busy time is the wall time since the previous iteration while the engine had
+requests left (`EngineSnapshot.iteration_busy_s`), not vLLM's `elapsed_ms`, which times the
+model's execution only: scheduling and output processing come between a request's tokens
+too, and on a CPU engine they were a quarter to a third of the time between them
+(BENCHMARKS.md, "Simulator fidelity" of issue 13)."""
 
 from __future__ import annotations
+
+import time
 
 from vllm.config import VllmConfig
 from vllm.v1.metrics.loggers import StatLoggerBase
@@ -27,12 +35,14 @@ from placement.latency_correction import EngineWork
 from serve_app.worker.engine_snapshot import EngineSnapshot, PrefillProgress
 
 
-def iteration_work(details: SchedulerIterationDetails, kv_tokens: float, prefilling: PrefillProgress) -> EngineWork:
-    """One iteration's work (see the module docstring)."""
+def iteration_work(
+    details: SchedulerIterationDetails, kv_tokens: float, prefilling: PrefillProgress, busy_s: float
+) -> EngineWork:
+    """One iteration's work (see the module docstring), which took `busy_s`."""
     chunks, chunk_tokens = details.num_ctx_requests, details.num_ctx_tokens
     decoding = details.num_generation_requests
     return EngineWork(
-        busy_s=details.elapsed_ms / 1000,
+        busy_s=busy_s,
         prefill_iterations=1 if chunks else 0, prefill_prompts=chunks, prefill_tokens=chunk_tokens,
         prefill_squared_tokens=prefilling.chunks(chunks, chunk_tokens) if chunks else 0.0,
         decode_iterations=1 if decoding else 0, decode_sequences=decoding,
@@ -62,7 +72,9 @@ class SnapshotLogger(StatLoggerBase):
             details = scheduler_stats.iteration_details
             if details is not None and not details.is_dummy and details.elapsed_ms > 0:
                 kv_tokens = scheduler_stats.kv_cache_usage * snap.kv_blocks_total * snap.block_size
-                snap.work += iteration_work(details, kv_tokens, snap.prefilling)
+                busy_s = snap.iteration_busy_s(time.monotonic(), details.elapsed_ms / 1000,
+                                               work_left=snap.running + snap.waiting > 0)
+                snap.work += iteration_work(details, kv_tokens, snap.prefilling, busy_s)
 
     def log_engine_initialized(self) -> None:
         cache = self._config.cache_config
