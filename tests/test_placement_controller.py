@@ -13,6 +13,7 @@ from placement.latency_correction import EngineWork
 from placement.live import RequestTiming, RunningRequest, WorkerReport
 from placement.policies.registry import make_policies
 from predictors.latency.families import load_profile_family
+from predictors.latency.profile import WorkerProfile
 from serve_app.config import AppConfig
 
 PROFILE = load_profile_family("tiny-cpu").profile(1)
@@ -144,15 +145,21 @@ def test_the_serving_config_sets_the_controller() -> None:
     assert AppConfig.from_args({"placement.policy": "jsq"}).controller_settings().admission is None
 
 
-def test_engine_work_in_heartbeats_corrects_the_worker_and_the_fleet_profile() -> None:
-    ctl = _controller()
-    # the engine took twice as long as the profile says for the same decode work
+def _report_slow_engine(ctl: PlacementController, slowdown: float, periods: int = 40) -> WorkerProfile:
+    """Worker w0 reports `periods` heartbeats of decode work taking `slowdown` x what the
+    profile says; returns the fleet profile from before."""
     work = EngineWork(decode_iterations=100, decode_sequences=400, decode_context_tokens=400_000)
     base = ctl.cluster.fleet_profile()
     predicted = work.interval(base).decode_model_s
-    for i in range(40):
+    for i in range(periods):
         ctl.heartbeat(WorkerReport("w0", kv_capacity_tokens=KV_TOKENS,
-                                   work=replace(work, busy_s=2 * predicted)), 0.25 * i)
+                                   work=replace(work, busy_s=slowdown * predicted)), 0.25 * i)
+    return base
+
+
+def test_engine_work_in_heartbeats_corrects_the_worker_and_the_fleet_profile() -> None:
+    ctl = _controller()
+    base = _report_slow_engine(ctl, 2.0)
     assert ctl.corrections()["w0"].decode_factor == pytest.approx(2.0, rel=0.1)
     assert ctl.stats()["latency_corrections"]["w0"]["intervals"] > 0
     assert ctl.cluster.fleet_profile().decode.d0_s > base.decode.d0_s
@@ -163,12 +170,7 @@ def test_engines_are_measured_against_the_profile_under_a_baseline_policy_too() 
     planner's estimate, the metrics and `aladdin fidelity` use it); workers keep the profile they
     were given and the correction goes with a worker that is gone."""
     ctl = _controller(policy="p2c", admission=False)
-    work = EngineWork(decode_iterations=100, decode_sequences=400, decode_context_tokens=400_000)
-    base = ctl.cluster.fleet_profile()
-    predicted = work.interval(base).decode_model_s
-    for i in range(40):
-        ctl.heartbeat(WorkerReport("w0", kv_capacity_tokens=KV_TOKENS,
-                                   work=replace(work, busy_s=3 * predicted)), 0.25 * i)
+    base = _report_slow_engine(ctl, 3.0)
     assert ctl.stats()["closed_loop"] is None
     assert ctl.stats()["latency_corrections"]["w0"]["decode_factor"] == pytest.approx(3.0, rel=0.1)
     assert ctl.cluster.fleet_profile().decode.d0_s > base.decode.d0_s
@@ -182,11 +184,7 @@ def test_a_correction_learned_under_load_does_not_wave_requests_past_admission()
     20 ms ATGT that the hardware's profile meets (~2 ms a token): the request waits for room
     instead of going ahead at once as if no worker could ever serve it."""
     ctl = _controller()
-    work = EngineWork(decode_iterations=100, decode_sequences=400, decode_context_tokens=400_000)
-    predicted = work.interval(ctl.cluster.fleet_profile()).decode_model_s
-    for i in range(80):
-        ctl.heartbeat(WorkerReport("w0", kv_capacity_tokens=KV_TOKENS, work=replace(work, busy_s=30 * predicted)),
-                      0.25 * i)
+    _report_slow_engine(ctl, 30.0, periods=80)
     assert ctl.corrections()["w0"].decode_factor > 15
     tight = RunningRequest("tight", 20.0, 1000, 100, 100, 5.0, 0.02)
     assert ctl.admit(tight, 20.0) is None and ctl.admission_waiting == 1
