@@ -25,6 +25,7 @@ from placement.latency_correction import WorkerCorrection
 from placement.planning.arrival_window import ArrivalWindow
 from placement.live import LiveCluster, RequestTiming, RunningRequest, WorkerReport
 from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
+from placement.path_delay import PathDelay
 from placement.policies.registry import make_policies
 from placement.sharding import ShardSummary, summarize
 from placement.planning.worker_estimate import OverloadWatch, WorkerEstimate, estimate_workers, scale_target
@@ -138,6 +139,7 @@ class PlacementController:
         if parts.wait_policy is not None and settings.admission is not None:
             self.admission = Admission(self.cluster, parts.wait_policy, settings.admission)
         self.window = ArrivalWindow(settings.scaling.window_s)
+        self.path_delay = PathDelay()
         self._overload = OverloadWatch()
         self._estimate: WorkerEstimate | None = None
         self._estimated_at = -float("inf")
@@ -159,10 +161,17 @@ class PlacementController:
 
     # admission (aladdin)
 
+    def _arrived(self, request: RunningRequest, now_s: float) -> None:
+        """`request` reached placement (admission or routing): count its arrival and, the first
+        time, how long after it arrived."""
+        if self.window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean,
+                           request.sequences):
+            self.path_delay.observe(now_s - request.arrival_s)
+
     def admit(self, request: RunningRequest, now_s: float) -> Verdict | None:
         """Admit `request` at once, refuse it, or queue it (None: its verdict comes from a
         later `drain` or `heartbeat`). Without admission every request is admitted unplaced."""
-        self.window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean, request.sequences)
+        self._arrived(request, now_s)
         if self.admission is None:
             return Verdict(request.request_id)
         verdict = self.admission.offer(request.to_request(), now_s)
@@ -236,7 +245,7 @@ class PlacementController:
         decision = self.cluster.place(request.to_request(), candidates, now_s, feasible_only=feasible_only)
         if feasible_only and not decision.feasible:
             return Routing(None, "passed")
-        self.window.add(request.request_id, request.arrival_s, request.input_len, request.pred_mean, request.sequences)
+        self._arrived(request, now_s)
         if decision.worker is None:
             routing = Routing(None, "waited")
         else:  # least violation: nothing was feasible, the policy took the mildest miss
@@ -396,6 +405,7 @@ class PlacementController:
         profile = self.settings.profile
         return {
             "closed_loop": closed_loop,
+            "path_delay": self.path_delay.to_dict(),
             "latency_corrections": {wid: {"decode_factor": c.decode_factor, "prefill_factor": c.prefill_factor,
                                           "ttft_offset_s": c.ttft_offset_s, "intervals": c.intervals}
                                     for wid, c in self.corrections().items()},

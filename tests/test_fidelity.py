@@ -163,3 +163,6 @@ def test_a_run_is_replayed_on_its_own_corrections_with_the_offset_a_closed_loop_
     assert scaled(legacy) == pytest.approx((2.0, 0.3))
     assert scaled(rayllm) == pytest.approx((2.0, 0.2))  # medians of 1.5, 3.0, 2.0 and of 0.1, 0.3
     assert run_timing(profile, rayllm, [rayllm]) is None
+    # the run's delay before placement adds to its TTFT, on top of the offset
+    delayed = {**aladdin, "placement_path_delay_s": 0.05}
+    assert scaled(delayed) == pytest.approx((1.5, 0.15))

@@ -257,3 +257,27 @@ def test_the_target_adds_the_workers_other_shards_need() -> None:
     own = ctl.heartbeat(_report("w0"), 0.0).estimate.workers
     ctl.demand_elsewhere = (5, 2)  # what shard 0's table says the other shards need and hold
     assert ctl.heartbeat(_report("w0"), 0.1).target_workers == min(16, max(own + 5, 1 + 2)) >= 5
+
+
+def test_the_delay_before_placement_is_kept_per_request_at_first_sight() -> None:
+    """Admission sees a request first (then routing does not count it again); without
+    admission routing does. A clock behind the arrival stamp counts as no delay."""
+    from placement.path_delay import PathDelay
+
+    ctl = _controller()
+    ctl.heartbeat(_report("w0"), 0.0)
+    ctl.admit(_req(1, t=10.0), 10.04)
+    ctl.place(_req(1, t=10.0), ["w0"], 10.5)
+    ctl.admit(_req(2, t=11.0), 11.02)
+    ctl.admit(_req(3, t=12.0), 11.99)
+    assert ctl.stats()["path_delay"] == {"p50_s": pytest.approx(0.02), "p90_s": pytest.approx(0.036), "requests": 3}
+    plain = _controller(policy="p2c", admission=False)
+    plain.heartbeat(_report("w0"), 0.0)
+    plain.place(_req(1, t=5.0), ["w0"], 5.1)
+    plain.place(_req(1, t=5.0), ["w0"], 5.3)  # a retried routing call
+    assert plain.stats()["path_delay"]["p50_s"] == pytest.approx(0.1)
+    assert PathDelay().to_dict() == {"p50_s": None, "p90_s": None, "requests": 0}
+    recent = PathDelay(recent=2)
+    for delay in (5.0, 0.1, 0.3):
+        recent.observe(delay)
+    assert recent.quantile(1.0) == pytest.approx(0.3)  # the oldest is gone

@@ -85,18 +85,22 @@ def recorded_corrections(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def corrected_timing(
-    profile: WorkerProfile, corrections: dict[str, dict[str, Any]] | None, ttft_offset_s: float | None = None
+    profile: WorkerProfile, corrections: dict[str, dict[str, Any]] | None, ttft_offset_s: float | None = None,
+    path_delay_s: float = 0.0,
 ) -> WorkerProfile | None:
     """`profile` scaled by the median of the latency corrections a run's placement actor
     recorded per worker (`recorded_corrections`); None when it recorded none. `ttft_offset_s`
     replaces their TTFT offset: a policy without a closed loop makes no promises to learn one
-    from (its factors come from the engines' busy time alone)."""
+    from (its factors come from the engines' busy time alone). `path_delay_s` is added to
+    every TTFT: how long the run's requests took to reach placement (`placement.path_delay`),
+    which the simulator, placing each at its arrival, does not spend and the offset, learned
+    after placement, does not hold."""
     measured = [c for c in (corrections or {}).values() if c.get("intervals")]
     if not measured:
         return None
     median = lambda key: float(np.median([c[key] for c in measured]))  # noqa: E731
     offset = median("ttft_offset_s") if ttft_offset_s is None else ttft_offset_s
-    return scaled_profile(profile, median("decode_factor"), median("prefill_factor"), offset)
+    return scaled_profile(profile, median("decode_factor"), median("prefill_factor"), offset + path_delay_s)
 
 
 def run_timing(
@@ -106,14 +110,16 @@ def run_timing(
     against `profile`: its own recorded corrections, else those of every run in `summaries`
     (Ray Serve LLM's runs, and runs from before every policy measured them, recorded none).
     The TTFT offset of a run without a closed loop (which alone learns one, from its promises)
-    is the median of the offsets the runs with one learned."""
+    is the median of the offsets the runs with one learned; the run's own median delay before
+    placement (`placement_path_delay_s`, where it recorded one) is added to it."""
     pooled = {f"{i}:{w}": c for i, s in enumerate(summaries) for w, c in recorded_corrections(s).items()}
     offset_s = None
     if not summary.get("placement_closed_loop"):
         learned = [c["ttft_offset_s"] for s in summaries if s.get("placement_closed_loop")
                    for c in recorded_corrections(s).values() if c.get("intervals")]
         offset_s = float(np.median(learned)) if learned else None
-    return corrected_timing(profile, recorded_corrections(summary) or pooled, offset_s)
+    return corrected_timing(profile, recorded_corrections(summary) or pooled, offset_s,
+                            summary.get("placement_path_delay_s") or 0.0)
 
 
 def simulate_observed(

@@ -43,10 +43,11 @@ class ArrivalWindow:
         if self.window_s <= 0:
             raise ValueError("window_s must be > 0")
 
-    def add(self, request_id: str, arrival_s: float, input_len: int, pred_mean: float, sequences: int = 1) -> None:
-        """Count an arrival of `sequences` sequences (idempotent per request id)."""
+    def add(self, request_id: str, arrival_s: float, input_len: int, pred_mean: float, sequences: int = 1) -> bool:
+        """Count an arrival of `sequences` sequences (idempotent per request id); True if it
+        was not counted yet."""
         if request_id in self._by_id:
-            return
+            return False
         if self.started_s is None:
             self.started_s = arrival_s
         item = _Arrival(arrival_s, input_len, pred_mean, sequences=sequences)
@@ -54,6 +55,7 @@ class ArrivalWindow:
         self._arrivals.append(item)
         self._ids.append(request_id)
         self._by_id[request_id] = item
+        return True
 
     def cached(self, request_id: str, tokens: int) -> None:
         """Placement expects `tokens` of the request's prompt from its worker's prefix cache."""

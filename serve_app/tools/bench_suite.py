@@ -184,6 +184,7 @@ def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]
                                        placement_atgt_margin=spec.atgt_margin if system in APP_POLICIES else None,
                                        placement_closed_loop=stats.get("closed_loop"),
                                        placement_latency_corrections=stats.get("latency_corrections"),
+                                       placement_path_delay_s=(stats.get("path_delay") or {}).get("p50_s"),
                                        placement_closed_loop_series=series.samples or None)
                     run_dirs.append(out / system / f"x{k:g}" / f"rep{rep}")
                     write_run(run, run_dirs[-1])
