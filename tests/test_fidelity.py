@@ -132,6 +132,12 @@ def test_replay_on_the_corrections_the_run_recorded_undoes_a_wrong_profile(profi
     wrong = simulate_observed(observed, half, **kwargs)
     corrected = simulate_observed(observed, half, timing_profile=timing, **kwargs)
     assert corrected.atgt_median_rel_error < 0.01 < wrong.atgt_median_rel_error
+    # the serving path the run measured (the offset, the delay before placement) is the hosts'
+    # too: every replayed TTFT carries it
+    late = {w: {**c, "ttft_offset_s": 0.03} for w, c in recorded.items()}
+    shifted = simulate_observed(observed, half, timing_profile=corrected_timing(half, late, path_delay_s=0.02), **kwargs)
+    assert shifted.ttft_median_ratio > corrected.ttft_median_ratio
+    assert shifted.atgt_median_rel_error == corrected.atgt_median_rel_error  # the schedule is the same
     assert corrected_timing(half, None) is None and corrected_timing(half, {}) is None
     # a baseline's run measured the factors only; the TTFT offset comes from elsewhere
     assert corrected_timing(half, recorded, ttft_offset_s=0.2).serving_overhead_s == pytest.approx(

@@ -282,7 +282,8 @@ class Cluster:
             output_len=item.output_len,
             prefix=trace_prefix(item) if self.config.engine.prefix_caching else None,
         )
-        overhead_s = self.profile.serving_overhead_at_s(self._unfinished)
+        # the serving path is the hosts', like the engines' time: the timing profile's when given
+        overhead_s = (self.config.timing_profile or self.profile).serving_overhead_at_s(self._unfinished)
         record = RequestRecord(request, item.output_len, overhead_s=overhead_s)
         self.records.append(record)
         self._records_by_id[request.id] = record
