@@ -393,8 +393,9 @@ class PlacementController:
         return dict(self.cluster.correction.workers)
 
     def stats(self) -> dict[str, Any]:
-        """What the controller knows: placements per worker, outcomes, residents, the estimate
-        each worker's latency correction, and the closed loop (packing budget, promises missed)."""
+        """What the controller knows: placements per worker, outcomes, residents, the estimate,
+        each worker's latency correction, the delay before placement, and the closed loop
+        (packing budget, promises missed)."""
         loop = self.cluster.loop
         closed_loop = None if loop is None else {
             "ttft_share": loop.budget.ttft_share, "atgt_share": loop.budget.atgt_share,
