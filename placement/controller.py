@@ -354,8 +354,11 @@ class PlacementController:
         settings, scaling = self.settings, self.settings.scaling
         budget = None if self.cluster.loop is None else self.cluster.loop.budget
         in_flight = sum(len(w.residents) for w in self.cluster.workers.values())
+        # what is left of the TTFT SLO once a request reaches placement: the serving path before
+        # it (`path_delay`) is spent whatever the cluster's size (the simulator has none)
+        slo_ttft_s = max(settings.slo_ttft_s - (self.path_delay.quantile(0.5) or 0.0), 1e-3)
         estimate = estimate_workers(
-            self.window, self.cluster.fleet_profile(), now_s, settings.slo_ttft_s, settings.slo_atgt_s,
+            self.window, self.cluster.fleet_profile(), now_s, slo_ttft_s, settings.slo_atgt_s,
             scaling.headroom,
             # plan for the ATGT budget the policy packs to, as the simulator's planner scaler does
             atgt_margin=1.0 if budget is None else budget.atgt_share, in_flight=in_flight,

@@ -252,6 +252,21 @@ def test_a_placement_asked_for_only_where_it_fits_passes_without_a_trace() -> No
     assert ctl.place(_req(2), ["w0"], 0.0).outcome == "least_violation"  # the last shard places it anyway
 
 
+def test_the_estimate_plans_for_the_ttft_left_after_the_path_before_placement() -> None:
+    """The same arrivals, reaching placement at once or after most of their 5 s TTFT SLO: the
+    second plans for what is left of it (more workers for the same prefills, or none at all)."""
+    def estimate(delay_s: float):
+        ctl = _controller("jsq", admission=False, estimate_period_s=5.0, window_s=10.0, max_workers=64)
+        ctl.heartbeat(_report("w0"), 0.0)
+        for i in range(200):
+            ctl.admit(RunningRequest(f"r{i}", i * 0.05, 3000, 50, 50, 5.0, 0.05), i * 0.05 + delay_s)
+        return ctl.heartbeat(_report("w0"), 11.0).estimate
+
+    prompt, rushed = estimate(0.0), estimate(4.99)
+    assert prompt.usable and prompt.workers >= 1
+    assert not rushed.usable or rushed.workers > prompt.workers
+
+
 def test_the_target_adds_the_workers_other_shards_need() -> None:
     ctl = _controller(max_workers=16)
     own = ctl.heartbeat(_report("w0"), 0.0).estimate.workers
