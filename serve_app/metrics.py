@@ -137,6 +137,11 @@ WORKER_WAITING = MetricSpec(
 QUEUE_LENGTH = MetricSpec(
     "aladdin_queue_length", "gauge", "Requests waiting in the placement queue (not yet on a worker).",
 )
+PATH_DELAY = MetricSpec(
+    "aladdin_path_delay_seconds", "gauge",
+    "Time from a request's arrival to placement's first sight of it over recent requests (quantile=0.5|0.9), s: "
+    "the part of its TTFT SLO spent before placement.", ("quantile",),
+)
 PLACEMENT_DECISIONS = MetricSpec(
     "aladdin_placement_decisions", "counter",
     "Placement decisions; outcome=placed (fits every SLO), least_violation (no worker fits; the "
@@ -179,7 +184,7 @@ GPUS_HELD = MetricSpec("aladdin_gpus_held", "gauge", "GPUs currently held by wor
 #: Every metric the app exports, in the order docs/metrics.md lists them.
 METRICS: tuple[MetricSpec, ...] = (
     TTFT, ATGT, SLO_MET, SLO_MISSED, LENGTH_ERROR, LENGTH_RELATIVE_ERROR, OUTPUT_TOKENS,
-    WORKER_KV_USED, WORKER_RUNNING, WORKER_WAITING, QUEUE_LENGTH, PLACEMENT_DECISIONS,
+    WORKER_KV_USED, WORKER_RUNNING, WORKER_WAITING, QUEUE_LENGTH, PATH_DELAY, PLACEMENT_DECISIONS,
     MIN_WORKERS_ESTIMATE, MIN_GPUS_ESTIMATE, WORKERS_HELD, GPUS_HELD,
     PACKING_SHARE, PROMISES_MISSED, WORKER_CORRECTION, WORKER_TTFT_OFFSET, PREFIX_TOKENS,
 )
@@ -426,6 +431,16 @@ def record_queue_length(n: int) -> None:
         _set(reg, QUEUE_LENGTH, n)
 
 
+def record_path_delay(p50_s: float | None, p90_s: float | None) -> None:
+    """Set the recent delays from arrival to placement (None before any request: not set)."""
+    reg = _get_registry()
+    if reg is None:
+        return
+    for quantile, value in (("0.5", p50_s), ("0.9", p90_s)):
+        if value is not None:
+            _set(reg, PATH_DELAY, value, {"quantile": quantile})
+
+
 def record_placement(policy: str, outcome: PlacementOutcome | str) -> None:
     """Count one placement decision.
 
@@ -501,6 +516,7 @@ __all__ = [
     "record_capacity",
     "record_closed_loop",
     "record_corrections",
+    "record_path_delay",
     "record_placement",
     "record_queue_length",
     "record_request",

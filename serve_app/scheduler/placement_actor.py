@@ -44,6 +44,7 @@ from serve_app.metrics import (
     record_capacity,
     record_closed_loop,
     record_corrections,
+    record_path_delay,
     record_placement,
     record_queue_length,
     record_worker,
@@ -271,6 +272,8 @@ class PlacementActor:
             record_capacity(workers, workers * estimate.tp, held_all, held_all * estimate.tp)
         record_corrections({wid: (c.decode_factor, c.prefill_factor, c.ttft_offset_s)
                             for wid, c in self._controller.corrections().items()})
+        delay = self._controller.path_delay
+        record_path_delay(delay.quantile(0.5), delay.quantile(0.9))
         snapshot = self._controller.closed_loop_snapshot()
         if snapshot is not None:
             record_closed_loop(snapshot.ttft_share, snapshot.atgt_share, snapshot.new_misses, {
