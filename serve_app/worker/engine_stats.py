@@ -20,8 +20,8 @@ holds the chunks being prefilled).
 An iteration's busy time is the wall time since the previous iteration while the engine had
 requests left (`EngineSnapshot.iteration_busy_s`), not vLLM's `elapsed_ms`, which times the
 model's execution only: scheduling and output processing come between a request's tokens
-too, and on a CPU engine they were a quarter to a third of the time between them
-(BENCHMARKS.md, "Simulator fidelity" of issue 13)."""
+too (on the tiny CPU engines, counting them raised the decode factor by 15-18 %:
+BENCHMARKS.md, "Simulator fidelity: each run replayed on its own engines' corrections")."""
 
 from __future__ import annotations
 
