@@ -145,3 +145,30 @@ def test_cached_prefixes_lower_the_plan_and_a_finite_cache_less_than_an_unbounde
     planned = plan_tp(profile, replace(base, prefixes=tuple(prefixes)), 0.0)
     assert unbounded.needed_workers < cold.needed_workers
     assert unbounded.needed_workers <= planned.needed_workers <= cold.needed_workers
+
+
+def test_plan_command_plans_the_trace_as_compare_does_bursts_and_all(tmp_path, capsys):
+    from placement.traces import load_trace, synthetic
+
+    bursty = synthetic(1500, 8.0, arrival="gamma", cv=4.0, seed=3)
+    path = tmp_path / "bursty.jsonl"
+    path.write_text("".join(json.dumps({"timestamp": int(r.arrival_s * 1000), "input_length": r.input_len,
+                                        "output_length": r.output_len, "hash_ids": []}) + "\n" for r in bursty))
+    base = ["plan", "--trace", str(path), "--profile-family", "llama-2-7b-a100",
+            "--slo-ttft", "1", "--slo-atgt", "0.05", "--json"]
+    assert main(base) == 0
+    report = json.loads(capsys.readouterr().out)
+    # compare's planner reads the trace through the same Workload: the same choice
+    expected = plan(FAMILY, Workload.of_trace(load_trace(str(path)), 1.0, 0.05))
+    assert report["choice"]["gpus"] == expected.choice.gpus
+    assert report["trace"]["planning_rate_per_s"] > 1.1 * report["trace"]["rate_per_s"]
+    # --rate scales the arrivals (their bursts too), not only the mean
+    assert main([*base, "--rate", str(2 * report["trace"]["rate_per_s"])]) == 0
+    doubled = json.loads(capsys.readouterr().out)
+    # (not exactly twice: the windows the bursts are counted over stay as long)
+    assert doubled["trace"]["planning_rate_per_s"] > 1.5 * report["trace"]["planning_rate_per_s"]
+    assert doubled["choice"]["gpus"] > report["choice"]["gpus"]
+    for bad in (["--target", "1.5"], ["--rate", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*base, *bad])
+        assert exit_.value.code not in (0, None)

@@ -26,12 +26,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import numpy as np
 
 from placement.planning.planner import Plan, Workload, fewest_meeting, plan
 from placement.simulator.autoscale import DEFAULT_TARGET_ONGOING_REQUESTS
 from placement.simulator.scenario import Scenario, run
-from placement.traces import trace_prefix
 from predictors.latency.families import ProfileFamily
 
 DEFAULT_TP = 4  # one worker per 4-GPU node
@@ -230,20 +228,8 @@ def queue_length_at_target(
 
 
 def _workload(base: Scenario) -> Workload:
-    trace = base.trace
-    duration = max(trace[-1].arrival_s, 1e-9)
-    # the planner works out the hits its planned workers' caches can give
-    prefixes = tuple(trace_prefix(r) for r in trace) if base.engine.prefix_caching else None
-    return Workload(
-        rate_per_s=len(trace) / duration,
-        input_lens=np.array([r.input_len for r in trace]),
-        output_lens=np.array([r.output_len for r in trace]),
-        slo_ttft_s=base.slo_ttft_s,
-        slo_atgt_s=base.slo_atgt_s,
-        target_attainment=base.target_attainment,
-        arrival_s=np.array([r.arrival_s for r in trace]),
-        prefixes=prefixes,
-    )
+    return Workload.of_trace(base.trace, base.slo_ttft_s, base.slo_atgt_s, base.target_attainment,
+                             prefix_caching=base.engine.prefix_caching)
 
 
 def _planned_workers(planned: Plan, tp: int) -> int:

@@ -39,7 +39,7 @@ TP group stays inside a node).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -47,6 +47,7 @@ import numpy as np
 from placement.interference import stall_breaking_lengths, token_interval_s
 from placement.packing_budget import DEFAULT_TARGET_ATTAINMENT
 from placement.prefix_cache import Prefix, pooled_hits
+from placement.traces import TraceRequest, trace_prefix
 from predictors.latency.families import ProfileFamily
 from predictors.latency.profile import WorkerProfile, vllm_token_budget
 
@@ -75,6 +76,24 @@ class Workload:
     # prompts' prefixes, from which the planner works them out for the caches it plans
     cached_lens: np.ndarray | None = None
     prefixes: tuple[Prefix | None, ...] | None = None
+
+    @classmethod
+    def of_trace(cls, trace: Sequence[TraceRequest], slo_ttft_s: float, slo_atgt_s: float,
+                 target_attainment: float = DEFAULT_TARGET_ATTAINMENT, prefix_caching: bool = False) -> Workload:
+        """What a trace asks for: its mean rate, lengths and arrival times (how steady the rate
+        is), and with prefix caching its prompts' prefixes (the planner works out the hits its
+        planned workers' caches can give). `compare`'s planner and `aladdin plan` both read
+        traces through this."""
+        return cls(
+            rate_per_s=len(trace) / max(trace[-1].arrival_s, 1e-9),
+            input_lens=np.array([r.input_len for r in trace]),
+            output_lens=np.array([r.output_len for r in trace]),
+            slo_ttft_s=slo_ttft_s,
+            slo_atgt_s=slo_atgt_s,
+            target_attainment=target_attainment,
+            arrival_s=np.array([r.arrival_s for r in trace]),
+            prefixes=tuple(trace_prefix(r) for r in trace) if prefix_caching else None,
+        )
 
     def __post_init__(self) -> None:
         if self.rate_per_s <= 0 or self.slo_ttft_s <= 0 or self.slo_atgt_s <= 0:
