@@ -178,3 +178,25 @@ def test_simulated_admission_places_an_unmeetable_request_on_an_idle_worker():
     summary = run(scenario, "aladdin", 2).summary
     assert summary.finished + summary.refused == summary.requests == 20
     assert summary.finished > summary.refused
+
+
+def test_a_request_reaches_simulated_placement_after_the_paths_delay_its_deadline_from_arrival():
+    """`Scenario.placement_delay_s`: placement sees each request that long after its arrival (the
+    live path's delay before the placement actor): every TTFT carries it, and admission, whose
+    deadlines still run from arrival, sheds more of an overload the later it sees it."""
+    from dataclasses import replace
+
+    from placement.simulator.scenario import run
+
+    limits = AdmissionLimits(max_waiting=32)
+    prompt = run(_overload_scenario(limits), "aladdin", 2)
+    late = run(replace(_overload_scenario(limits), placement_delay_s=0.05), "aladdin", 2)
+    assert late.summary.refused > prompt.summary.refused
+    assert all(r.ttft_s >= 0.05 for r in late.records if not r.refused)
+    # a baseline places the same requests on the same workers, each first token 0.05 s later
+    calm = _overload_scenario(None)
+    now, later = run(calm, "jsq", 2), run(replace(calm, placement_delay_s=0.05), "jsq", 2)
+    assert [r.worker_id for r in later.records] == [r.worker_id for r in now.records]
+    assert [r.ttft_s for r in later.records] == pytest.approx([r.ttft_s + 0.05 for r in now.records])
+    with pytest.raises(ValueError, match="placement_delay_s"):
+        run(replace(calm, placement_delay_s=-1.0), "jsq", 2)

@@ -135,9 +135,11 @@ def test_replay_on_the_corrections_the_run_recorded_undoes_a_wrong_profile(profi
     # the serving path the run measured (the offset, the delay before placement) is the hosts'
     # too: every replayed TTFT carries it
     late = {w: {**c, "ttft_offset_s": 0.03} for w, c in recorded.items()}
-    shifted = simulate_observed(observed, half, timing_profile=corrected_timing(half, late, path_delay_s=0.02), **kwargs)
+    shifted = simulate_observed(observed, half, timing_profile=corrected_timing(half, late), placement_delay_s=0.02,
+                                **kwargs)
     assert shifted.ttft_median_ratio > corrected.ttft_median_ratio
-    assert shifted.atgt_median_rel_error == corrected.atgt_median_rel_error  # the schedule is the same
+    # the schedule is the same, 0.02 s later
+    assert shifted.atgt_median_rel_error == pytest.approx(corrected.atgt_median_rel_error, abs=1e-9)
     assert corrected_timing(half, None) is None and corrected_timing(half, {}) is None
     # a baseline's run measured the factors only; the TTFT offset comes from elsewhere
     assert corrected_timing(half, recorded, ttft_offset_s=0.2).serving_overhead_s == pytest.approx(
@@ -169,6 +171,9 @@ def test_a_run_is_replayed_on_its_own_corrections_with_the_offset_a_closed_loop_
     assert scaled(legacy) == pytest.approx((2.0, 0.3))
     assert scaled(rayllm) == pytest.approx((2.0, 0.2))  # medians of 1.5, 3.0, 2.0 and of 0.1, 0.3
     assert run_timing(profile, rayllm, [rayllm]) is None
-    # the run's delay before placement adds to its TTFT, on top of the offset
+    # the run's delay before placement is not the engines': the replay places requests that late
+    from placement.evaluation.fidelity import recorded_placement_delay_s
+
     delayed = {**aladdin, "placement_path_delay_s": 0.05}
-    assert scaled(delayed) == pytest.approx((1.5, 0.15))
+    assert scaled(delayed) == pytest.approx((1.5, 0.1))
+    assert recorded_placement_delay_s(delayed) == 0.05 and recorded_placement_delay_s(rayllm) == 0.0

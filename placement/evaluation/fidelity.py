@@ -86,21 +86,17 @@ def recorded_corrections(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def corrected_timing(
     profile: WorkerProfile, corrections: dict[str, dict[str, Any]] | None, ttft_offset_s: float | None = None,
-    path_delay_s: float = 0.0,
 ) -> WorkerProfile | None:
     """`profile` scaled by the median of the latency corrections a run's placement actor
     recorded per worker (`recorded_corrections`); None when it recorded none. `ttft_offset_s`
     replaces their TTFT offset: a policy without a closed loop makes no promises to learn one
-    from (its factors come from the engines' busy time alone). `path_delay_s` is added to
-    every TTFT: how long the run's requests took to reach placement (`placement.path_delay`),
-    which the simulator, placing each at its arrival, does not spend and the offset, learned
-    after placement, does not hold."""
+    from (its factors come from the engines' busy time alone)."""
     measured = [c for c in (corrections or {}).values() if c.get("intervals")]
     if not measured:
         return None
     median = lambda key: float(np.median([c[key] for c in measured]))  # noqa: E731
     offset = median("ttft_offset_s") if ttft_offset_s is None else ttft_offset_s
-    return scaled_profile(profile, median("decode_factor"), median("prefill_factor"), offset + path_delay_s)
+    return scaled_profile(profile, median("decode_factor"), median("prefill_factor"), offset)
 
 
 def run_timing(
@@ -110,16 +106,22 @@ def run_timing(
     against `profile`: its own recorded corrections, else those of every run in `summaries`
     (Ray Serve LLM's runs, and runs from before every policy measured them, recorded none).
     The TTFT offset of a run without a closed loop (which alone learns one, from its promises)
-    is the median of the offsets the runs with one learned; the run's own median delay before
-    placement (`placement_path_delay_s`, where it recorded one) is added to it."""
+    is the median of the offsets the runs with one learned."""
     pooled = {f"{i}:{w}": c for i, s in enumerate(summaries) for w, c in recorded_corrections(s).items()}
     offset_s = None
     if not summary.get("placement_closed_loop"):
         learned = [c["ttft_offset_s"] for s in summaries if s.get("placement_closed_loop")
                    for c in recorded_corrections(s).values() if c.get("intervals")]
         offset_s = float(np.median(learned)) if learned else None
-    return corrected_timing(profile, recorded_corrections(summary) or pooled, offset_s,
-                            summary.get("placement_path_delay_s") or 0.0)
+    return corrected_timing(profile, recorded_corrections(summary) or pooled, offset_s)
+
+
+def recorded_placement_delay_s(summary: dict[str, Any]) -> float:
+    """The run's median delay from a request's arrival to placement (`placement.path_delay`;
+    0 where the run recorded none): the replay places each request that much after its send, so
+    the simulated admission and placement see it as late as the live ones did, and the offset,
+    learned after placement, does not have to hold it."""
+    return float(summary.get("placement_path_delay_s") or 0.0)
 
 
 def simulate_observed(
@@ -136,6 +138,7 @@ def simulate_observed(
     admission: AdmissionLimits | None = None,
     policy_options: dict[str, Any] | None = None,
     timing_profile: WorkerProfile | None = None,
+    placement_delay_s: float = 0.0,
 ) -> FidelityReport:
     """Simulate the observed requests that reached the engines (same send times and lengths) on
     `workers` workers under `policy`, and compare with what was measured. With `admission`
@@ -143,11 +146,12 @@ def simulate_observed(
     admission; requests that failed otherwise never reached an engine and are not replayed.
     Whatever either side did not serve counts as missed in its attainment. `timing_profile`: the
     workers' latencies as the run's placement corrected them (`corrected_timing`), when the
-    simulated engines should run on those rather than on `profile`."""
+    simulated engines should run on those rather than on `profile`. `placement_delay_s`: how long
+    after its send each request reached placement (`recorded_placement_delay_s`)."""
     replayed, trace = replay_trace(observed, with_refused=admission is not None)
     scenario = Scenario(trace=trace, profile=profile, slo_ttft_s=slo_ttft_s, slo_atgt_s=slo_atgt_s,
                         length_model=length_model, engine=engine, seed=seed, admission=admission,
-                        timing_profile=timing_profile)
+                        timing_profile=timing_profile, placement_delay_s=placement_delay_s)
     records = run(scenario, policy, workers, policy_options=policy_options).records if trace else []
     sim_ttft, real_ttft, sim_atgt, real_atgt = [], [], [], []
     real_met = sim_met = 0

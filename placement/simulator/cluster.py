@@ -52,6 +52,13 @@ class SimConfig:
     # what the workers' time really is, when it differs from the profile placement starts from
     # (a slower host; placement's latency correction then has something to learn)
     timing_profile: WorkerProfile | None = None
+    # how long after its arrival a request reaches placement (the live serving path before the
+    # placement actor: `placement.path_delay`); its TTFT and deadline still count from arrival
+    placement_delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.placement_delay_s < 0:
+            raise ValueError("placement_delay_s must be >= 0")
 
 
 @dataclass
@@ -362,10 +369,11 @@ class Cluster:
         if self.autoscaler is not None:
             self._push(0.0, _TICK, None, 0)
         trace = self.trace
+        delay = self.config.placement_delay_s
         i = 0
         events = self._events
         while True:
-            next_arrival = trace[i].arrival_s if i < len(trace) else math.inf
+            next_arrival = trace[i].arrival_s + delay if i < len(trace) else math.inf
             if events and events[0][0] <= next_arrival:
                 t, _, kind, obj, version = heapq.heappop(events)
                 self.now_s = t

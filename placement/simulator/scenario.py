@@ -41,6 +41,7 @@ class Scenario:
     target_attainment: float = DEFAULT_TARGET_ATTAINMENT  # what Aladdin's budget adapts to
     timing_profile: WorkerProfile | None = None  # the workers' real latencies, if not `profile`'s
     shards: int = 1  # placement shards (placement.sharding): K policies over a partition each
+    placement_delay_s: float = 0.0  # arrival to placement (the live path's delay); TTFTs count from arrival
 
     @classmethod
     def fitted(cls, trace: Sequence[TraceRequest], profile: WorkerProfile, **settings: Any) -> Scenario:
@@ -92,6 +93,7 @@ def sim_config(scenario: Scenario, workers: int) -> SimConfig:
         rebalance=scenario.rebalance,
         admission=scenario.admission,
         timing_profile=scenario.timing_profile,
+        placement_delay_s=scenario.placement_delay_s,
     )
 
 

@@ -20,7 +20,7 @@ def _aladdin_options(policy: str, summary: dict, atgt_margin: float | None) -> d
 
 def _run(args: argparse.Namespace) -> int:
     from placement.admission import AdmissionLimits
-    from placement.evaluation.fidelity import run_timing, simulate_observed
+    from placement.evaluation.fidelity import recorded_placement_delay_s, run_timing, simulate_observed
     from placement.simulator.worker_engine import EngineOptions
     from predictors.latency import load_profile_family
     from predictors.latency.profile import load_profile
@@ -40,6 +40,7 @@ def _run(args: argparse.Namespace) -> int:
             slo_atgt_s=summary["slo_atgt_ms"] / 1e3, engine=engine, seed=args.seed,
             admission=AdmissionLimits(args.max_waiting) if admits else None,
             policy_options=_aladdin_options(policy, summary, args.atgt_margin), timing_profile=timing,
+            placement_delay_s=recorded_placement_delay_s(summary) if args.corrected else 0.0,
         )
         rows.append({"run": str(run_dir), "policy": policy, "offered_rate_per_s": summary.get("offered_rate_per_s"),
                      "corrected": timing is not None, **report.to_dict()})
