@@ -252,3 +252,68 @@ def test_aladdin_meets_atgt_under_a_steady_stream_of_long_prompts():
     atgt = np.array([r.atgt_s for r in result.records if r.output_len > 1])
     assert np.mean(atgt <= 0.05 * 1.1) >= 0.98
     assert len({r.worker_id for r in result.records}) >= 2
+
+
+def test_a_finished_request_leaves_placements_view_at_the_workers_next_report():
+    """`EngineOptions.report_period_s`: the engine frees a finished request at once, placement's
+    view (the worker's `WorkerState`) at the next multiple of the period, as live heartbeats
+    report it; the schedule does not change."""
+    from placement.simulator.worker_engine import WorkerEngine
+    from placement.simulator.metrics import RequestRecord
+    from placement.state import Request, WorkerState
+
+    with pytest.raises(ValueError, match="report_period_s"):
+        EngineOptions(report_period_s=-1.0)
+
+    def serve(period: float):
+        state = WorkerState(id="w", profile=PROFILE)
+        engine = WorkerEngine(state, EngineOptions(report_period_s=period))
+        request = Request("r", 0.0, 200, 20, 20, 1.0, 1.0, 20)
+        state.admit(request, 0.0)
+        record = RequestRecord(request, 20)
+        engine.enqueue(record)
+        end = engine.start_next(0.0)
+        while end is not None:
+            engine.complete(end)
+            end = engine.start_next(end)
+        return state, engine, record
+
+    state, engine, record = serve(0.0)
+    assert not state.residents and engine.next_report_s is None
+    state, engine, lagged = serve(0.25)
+    assert lagged.finish_s == record.finish_s < 0.25  # the engine's schedule is the same
+    assert "r" in state.residents and engine.next_report_s == 0.25
+    engine.sync(0.2499)
+    assert "r" in state.residents
+    engine.sync(0.25)
+    assert not state.residents and engine.next_report_s is None
+
+
+def test_with_report_lag_every_request_still_finishes_or_is_refused():
+    """A stale view delays room, never loses a request: waiting ones are offered again at each
+    report (the `_REPORT` event), with admission too."""
+    from dataclasses import replace
+
+    from placement.admission import AdmissionLimits
+    from placement.simulator.scenario import Scenario, run
+    from placement.traces import LengthMix
+
+    trace = synthetic(400, 120.0, lengths=LengthMix(input_mean=600, output_mean=150), seed=4)
+    profile = load_profile_family("tiny-cpu").profile(1)
+    for admission, policy in ((None, "jsq"), (None, "aladdin"), (AdmissionLimits(max_waiting=32), "aladdin")):
+        base = Scenario.fitted(trace, profile, slo_ttft_s=0.1, slo_atgt_s=0.004, admission=admission)
+        lagged = run(replace(base, engine=EngineOptions(report_period_s=0.25)), policy, 2).summary
+        assert lagged.finished + lagged.refused == lagged.requests == 400
+
+
+def test_a_request_waiting_for_room_is_placed_when_the_report_shows_it():
+    """Only one 4,000-token request fits the worker's KV: the second waits (Aladdin, "wait"
+    when nothing fits), and the room the first leaves shows at the worker's next report, not
+    when it finished; the report itself places the second (nothing else happens after it)."""
+    profile = _small_kv(300)  # 4,800 tokens
+    trace = [TraceRequest(0.0, 3900, 50), TraceRequest(0.001, 3900, 50)]
+    cluster = Cluster(trace, profile, make_policy("aladdin", on_infeasible="wait"), make_queue_order("fifo"),
+                      make_length_model("oracle"),
+                      SimConfig(slo_ttft_s=60.0, slo_atgt_s=1.0, workers=1, engine=EngineOptions(report_period_s=5.0)))
+    first, second = cluster.run().records
+    assert first.finish_s < 5.0 and second.finish_s > second.first_token_s >= 5.0

@@ -33,9 +33,9 @@ from placement.state import Request, WorkerState
 from placement.traces import TraceRequest, trace_prefix
 from predictors.latency.profile import WorkerProfile
 
-_WORKER_DONE, _WORKER_READY, _TICK = 0, 1, 2
+_WORKER_DONE, _WORKER_READY, _TICK, _REPORT = 0, 1, 2, 3
 # event kinds from this one up are left to subclasses (`_dispatch`)
-FIRST_EXTRA_EVENT = 3
+FIRST_EXTRA_EVENT = 4
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,7 @@ class Cluster:
         )
         self._prefix_directory = PrefixDirectory()  # placement's caches' first blocks
         self._admission: Admission | None = None
+        self._report_pushed_s = -math.inf  # the latest report time an event is queued for
         if self.config.admission is not None:
             if self.wait_policy is None:
                 raise ValueError("admission needs the policy in wait mode (Cluster.wait_policy)")
@@ -330,6 +331,10 @@ class Cluster:
                                    record.cached_tokens if self.config.engine.prefix_caching else None)
         if finished:
             self._offer_waiting()
+        report_s = engine.next_report_s
+        if report_s is not None and report_s > self._report_pushed_s:  # one event per report time
+            self._report_pushed_s = report_s
+            self._push(report_s, _REPORT, None, 0)
         if engine.idle:
             self._kick(engine)
         worker = self._by_id[engine.state.id]
@@ -353,6 +358,8 @@ class Cluster:
                 self._worker_done(obj)  # type: ignore[arg-type]
         elif kind == _WORKER_READY:
             self._make_ready(obj)  # type: ignore[arg-type]
+            self._offer_waiting()
+        elif kind == _REPORT:  # workers' reports took finished requests out of placement's view
             self._offer_waiting()
         elif kind == _TICK:
             self.autoscaler.tick(self)  # type: ignore[union-attr]

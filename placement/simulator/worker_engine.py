@@ -67,6 +67,15 @@ class EngineOptions:
     # vLLM's automatic prefix caching (on by default in vLLM; off here unless asked, so runs
     # without it reproduce the earlier results)
     prefix_caching: bool = False
+    # How often the worker reports to placement (the live heartbeat, `placement.heartbeat_s`): a
+    # finished request leaves placement's view at the next report, a multiple of this period
+    # (0: at once, the simulator's exact view, so earlier results reproduce). What placement
+    # admits is seen at once either way: it places it.
+    report_period_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.report_period_s < 0:
+            raise ValueError("report_period_s must be >= 0")
 
     def token_budget(self, profile: WorkerProfile) -> int:
         if self.max_batched_tokens is not None:
@@ -165,6 +174,7 @@ class WorkerEngine:
         self.end_s = math.inf
         self.version = 0  # bumped when planned work changes, so stale end events are ignored
         self.preemptions = 0
+        self._unreported: deque[tuple[float, str]] = deque()  # (report time, id) of finished requests
 
     @property
     def idle(self) -> bool:
@@ -250,9 +260,28 @@ class WorkerEngine:
         self.version += 1
         return self.end_s
 
+    @property
+    def next_report_s(self) -> float | None:
+        """When the next report takes finished requests out of placement's view (None: none left)."""
+        return self._unreported[0][0] if self._unreported else None
+
+    def _leave_view(self, request_id: str, now: float) -> None:
+        """A request finished: out of placement's view at once, or at the next report."""
+        period = self.options.report_period_s
+        if not period:
+            self.state.remove(request_id)
+            return
+        self._unreported.append(((math.floor(now / period) + 1) * period, request_id))
+
+    def _report(self, now: float) -> None:
+        while self._unreported and self._unreported[0][0] <= now:
+            self.state.remove(self._unreported.popleft()[1])
+
     def sync(self, now: float) -> None:
         """Count the decode steps of the current run completed by `now` into `state`, so a
-        policy reading it sees the batch as it is (the run's end does not change)."""
+        policy reading it sees the batch as it is (the run's end does not change), and take
+        out of it the finished requests reported by `now`."""
+        self._report(now)
         if self._mode != _DECODE:
             return
         j = steps_until(self._t0, self._dt, now - self._start_s)
@@ -327,7 +356,7 @@ class WorkerEngine:
             del self._finish_step[rid]
             self.blocks.remove(self._block_keys.pop(rid))
             self._release(record)
-            self.state.remove(rid)
+            self._leave_view(rid, now)
             record.produced = record.output_len
             record.finish_s = now
             finished.append(record)
@@ -345,7 +374,7 @@ class WorkerEngine:
             self.cache.acquire(rid, record.request.prefix)  # its whole prompt is computed now
         if record.produced >= record.output_len:
             self._release(record)
-            self.state.remove(rid)
+            self._leave_view(rid, now)
             record.finish_s = now
             finished.append(record)
             return

@@ -27,7 +27,10 @@ def _run(args: argparse.Namespace) -> int:
     from serve_app.tools.bench import observed_requests
 
     profile = load_profile(args.profile) if args.profile else load_profile_family(args.profile_family).profile(1)
-    engine = EngineOptions(max_num_seqs=args.max_num_seqs, chunked_prefill=True, max_batched_tokens=args.max_batched_tokens)
+    if args.report_period < 0:
+        raise SystemExit("--report-period must be >= 0")
+    engine = EngineOptions(max_num_seqs=args.max_num_seqs, chunked_prefill=True, max_batched_tokens=args.max_batched_tokens,
+                           report_period_s=args.report_period)
     runs = [(run_dir, *observed_requests(run_dir)) for run_dir in args.runs]
     summaries = [summary for _, summary, _ in runs]
     rows = []
@@ -60,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from placement.admission import AdmissionLimits
-    from serve_app.config import EngineConfig
+    from serve_app.config import EngineConfig, PlacementConfig
 
     p = sub.add_parser("fidelity", help="compare the simulator with real benchmark runs, request by request")
     p.add_argument("--runs", nargs="+", required=True, help="`aladdin bench --out` folders (results.json)")
@@ -72,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-num-seqs", type=int, default=EngineConfig().max_num_seqs,
                    help="vLLM max_num_seqs of the real engines (default: this app's)")
     p.add_argument("--max-batched-tokens", type=int, help="vLLM max_num_batched_tokens (default: the simulator's)")
+    p.add_argument("--report-period", type=float, default=PlacementConfig().heartbeat_s,
+                   help="the workers' heartbeat period, s: a finished request leaves simulated placement's view at "
+                        "the next report, as it left the live actor's (default: this app's)")
     p.add_argument("--admission", choices=("auto", "on", "off"), default="auto",
                    help="simulate the server's SLO-aware admission (auto: for aladdin, as the server's default)")
     p.add_argument("--max-waiting", type=int, default=AdmissionLimits.max_waiting,

@@ -25,6 +25,9 @@ def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
                    help="prefill-first iterations (vLLM v0) instead of v1's chunked prefill, the default")
     p.add_argument("--max-batched-tokens", type=int, help="token budget of one iteration")
     p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--report-period", type=float, default=0.0,
+                   help="workers report to placement this often, s (the live heartbeat, 0.25): a finished "
+                        "request leaves placement's view at the next report (default 0: at once)")
     p.add_argument("--warmup-s", type=float, default=0.0, help="delay before an added worker serves")
     p.add_argument("--no-rebalance", action="store_true", help="turn error-aware rebalancing off")
     p.add_argument("--prefix-cache", action="store_true",
@@ -59,6 +62,8 @@ def build_scenario(args: argparse.Namespace, tp: int):
     from placement.traces import load_trace, scale_rate
     from predictors.latency import load_profile_family
 
+    if args.report_period < 0:
+        raise SystemExit("--report-period must be >= 0")
     trace = load_trace(args.trace)
     if args.limit is not None:
         trace = trace[: args.limit]
@@ -69,6 +74,7 @@ def build_scenario(args: argparse.Namespace, tp: int):
         max_batched_tokens=args.max_batched_tokens,
         chunked_prefill=not args.no_chunked_prefill,
         prefix_caching=args.prefix_cache,
+        report_period_s=args.report_period,
     )
     return Scenario.fitted(
         trace,
