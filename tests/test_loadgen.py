@@ -18,6 +18,8 @@ async def _completions(request: web.Request) -> web.StreamResponse:
                                  headers={"Retry-After": "1"})
     stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await stream.prepare(request)
+    if body["max_tokens"] == 7:  # a server that stops answering mid-stream
+        await asyncio.sleep(1.0)
     for i in range(body["max_tokens"]):
         await asyncio.sleep(0.01)
         event = {"choices": [{"text": f"t{i}", "finish_reason": None}], "aladdin": {"worker": "w1"}}
@@ -28,7 +30,7 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     return stream
 
 
-async def _run(items: list[WorkItem]):
+async def _run(items: list[WorkItem], timeout_s: float = 300.0):
     app = web.Application()
     app.router.add_post("/v1/completions", _completions)
     runner = web.AppRunner(app)
@@ -37,7 +39,7 @@ async def _run(items: list[WorkItem]):
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     try:
-        return await run_open_loop(f"http://127.0.0.1:{port}", "m", items)
+        return await run_open_loop(f"http://127.0.0.1:{port}", "m", items, timeout_s=timeout_s)
     finally:
         await runner.cleanup()
 
@@ -50,3 +52,11 @@ def test_a_stream_is_timed_and_a_refusal_reported() -> None:
     assert 0 < served.ttft_s < served.latency_s and served.atgt_s > 0
     assert not refused.ok and refused.status == 429 and "busy" in refused.error
     assert refused.sent_s >= 0.05 and wall >= served.latency_s
+
+
+def test_the_timeout_bounds_each_wait_not_a_whole_stream() -> None:
+    # a stream of 8 chunks 10 ms apart outlasts the 50 ms timeout and is served; a server that
+    # goes silent for 1 s is given up on
+    (long, stalled), _ = asyncio.run(_run([WorkItem("a", 8, 0.0), WorkItem("a", 7, 0.0)], timeout_s=0.05))
+    assert long.ok and long.latency_s > 0.05 and long.output_tokens == 8
+    assert not stalled.ok and "Timeout" in stalled.error

@@ -150,7 +150,8 @@ async def run_open_loop(
     bar = tqdm(total=len(workload), unit="req", disable=not progress, dynamic_ncols=True)
     # every request its own connection (open loop: none waits for a free one); SSE lines up to 1 MiB
     connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    # a limit on each wait (connecting, each read), not on a whole stream, as httpx's timeout was
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=1 << 20) as session:
         t0 = time.perf_counter()
 
