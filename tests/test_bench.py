@@ -165,3 +165,11 @@ def test_ray_serve_llm_systems_build(system):
     from serve_app.tools.bench_systems import SystemSpec, build_system
 
     assert build_system(system, SystemSpec()) is not None
+
+
+def test_a_run_that_served_nothing_prints_instead_of_stopping_the_suite():
+    from serve_app.tools.bench_suite import _num
+
+    empty = summarize([RequestResult(ok=False, status=429)], 1.0, slo_ttft_ms=500, slo_atgt_ms=20)
+    assert empty["ttft_ms_p50"] is None and _num(empty["ttft_ms_p50"], ".0f") == "-"
+    assert _num(empty["attainment"], ".3f") == "0.000"

@@ -134,6 +134,11 @@ class ClosedLoopSeries:
                                      "corrections": stats["latency_corrections"]})
 
 
+def _num(value: float | None, spec: str) -> str:
+    """A summary figure as printed; "-" where the run has none (no request served, e.g.)."""
+    return "-" if value is None else format(value, spec)
+
+
 def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]]:
     """Run every system at every rate; return one summary row per run (also in suite.json)."""
     import ray
@@ -190,10 +195,10 @@ def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]
                     write_run(run, run_dirs[-1])
                     rows.append(run.summary)
                     s = run.summary
-                    print(f"[{system}] x{k:g} rep{rep}: {s['offered_rate_per_s']:.2f} req/s offered, "
-                          f"attainment {s['attainment']:.3f}, goodput {s['goodput_per_s']:.2f}/s, "
-                          f"TTFT p50/p99 {s['ttft_ms_p50']:.0f}/{s['ttft_ms_p99']:.0f} ms, "
-                          f"ATGT p50/p99 {s['atgt_ms_p50']:.1f}/{s['atgt_ms_p99']:.1f} ms, "
+                    print(f"[{system}] x{k:g} rep{rep}: {_num(s['offered_rate_per_s'], '.2f')} req/s offered, "
+                          f"attainment {_num(s['attainment'], '.3f')}, goodput {_num(s['goodput_per_s'], '.2f')}/s, "
+                          f"TTFT p50/p99 {_num(s['ttft_ms_p50'], '.0f')}/{_num(s['ttft_ms_p99'], '.0f')} ms, "
+                          f"ATGT p50/p99 {_num(s['atgt_ms_p50'], '.1f')}/{_num(s['atgt_ms_p99'], '.1f')} ms, "
                           f"{s['failed']} failed", flush=True)
                     (out / "suite.json").write_text(json.dumps(
                         {"options": asdict(options), "runs": rows}, indent=1, default=str))
