@@ -128,5 +128,16 @@ def test_time_queued_in_front_of_the_ingress_counts_when_a_proxy_stamps_it(burst
         late = http.post(f"{burst_app}/v1/completions", json=body, headers={"x-request-start": held})
         fresh = http.post(f"{burst_app}/v1/completions", json=body,
                           headers={"x-request-start": held, **LENIENT_SLO})
+        # the shed reads the SLO in the body before validating it; one validation refuses is a 400
+        lenient_body = http.post(f"{burst_app}/v1/completions", json={**body, "slo_ttft_ms": 3_600_000},
+                                 headers={"x-request-start": held})
+        bad_body = http.post(f"{burst_app}/v1/completions", json={**body, "slo_ttft_ms": "soon"},
+                             headers={"x-request-start": held})
+        # shed unread: a late request is not validated (nor tokenized) first
+        late_bad_tokens = http.post(f"{burst_app}/v1/completions", json={**body, "max_tokens": -1},
+                                    headers={"x-request-start": held})
     assert late.status_code == 429 and int(late.headers["retry-after"]) >= 1, late.text
     assert fresh.status_code == 200, fresh.text
+    assert lenient_body.status_code == 200, lenient_body.text
+    assert bad_body.status_code == 400 and bad_body.json()["error"]["param"] == "slo_ttft_ms", bad_body.text
+    assert late_bad_tokens.status_code == 429, late_bad_tokens.text

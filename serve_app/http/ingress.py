@@ -43,7 +43,7 @@ from serve_app.metrics import record_request
 from serve_app.model_source import resolve_tokenizer_dir
 from serve_app.prediction.request_predictor import RequestPredictor
 from serve_app.scheduler.placement_shards import PlacementShards
-from serve_app.http.request_options import RequestOptions, request_options
+from serve_app.http.request_options import MAX_SLO_MS, RequestOptions, request_options
 from serve_app.worker.worker_protocol import GenerateChunk, GenerateRequest
 
 logger = logging.getLogger("ray.serve")
@@ -274,22 +274,25 @@ class OpenAIIngress:
 
     @api.post("/v1/completions")
     async def http_completions(self, request: Request, body: Any = Body(...)) -> Any:
-        parsed = self._parse(self._vllm.PlacedCompletionRequest, _json(body))
-        call = self._completion_call(parsed, self._http_options(parsed, request))
+        options = self._http_options(_json(body), request)  # a request held too long is shed unread
+        parsed = self._parse(self._vllm.PlacedCompletionRequest, body)
+        call = self._completion_call(parsed, options)
         result = await self._serve(self._frontend.completion.create_completion, parsed, call)
         return self._http_response(result, call)
 
     @api.post("/v1/chat/completions")
     async def http_chat_completions(self, request: Request, body: Any = Body(...)) -> Any:
-        parsed = self._parse(self._vllm.PlacedChatCompletionRequest, _json(body))
-        call = self._chat_call(parsed, self._http_options(parsed, request))
+        options = self._http_options(_json(body), request)  # a request held too long is shed unread
+        parsed = self._parse(self._vllm.PlacedChatCompletionRequest, body)
+        call = self._chat_call(parsed, options)
         result = await self._serve(self._frontend.chat.create_chat_completion, parsed, call)
         return self._http_response(result, call)
 
     @api.post("/v1/responses")
     async def http_responses(self, request: Request, body: Any = Body(...)) -> Any:
-        parsed = self._parse(self._vllm.PlacedResponsesRequest, _json(body))
-        call = self._turns_call(parsed, self._http_options(parsed, request), _response_turns(parsed))
+        options = self._http_options(_json(body), request)  # a request held too long is shed unread
+        parsed = self._parse(self._vllm.PlacedResponsesRequest, body)
+        call = self._turns_call(parsed, options, _response_turns(parsed))
         result = await self._serve(self._create_response, parsed, call)
         return self._http_response(result, call)
 
@@ -304,13 +307,18 @@ class OpenAIIngress:
             return StreamingResponse(result, media_type="text/event-stream", headers=call.headers())
         return JSONResponse(result.model_dump(mode="json", by_alias=True), headers=call.headers())
 
-    def _http_options(self, body: Any, request: Request) -> RequestOptions:
-        """The request's options, and under admission a 429 at once, before it is tokenized,
-        if it has already waited its whole TTFT SLO in this ingress (a burst queues requests
-        here first: tokenizing and predicting them would only delay the rest)."""
+    def _http_options(self, body: dict[str, Any], request: Request) -> RequestOptions:
+        """The request's options, and under admission a 429 at once, before its body is
+        validated or tokenized, if it has already waited its whole TTFT SLO (a burst queues
+        requests in front of the ingress: reading them would only delay the rest). `body` is
+        the raw JSON; a TTFT SLO in it that validation will refuse skips the shed (a 400 then)."""
         options = request_options(request.headers, getattr(request.state, "received_s", None))
         if self._config.placement.admits and options.received_s is not None:
-            slo_s = self._slo_s(body, options, "ttft")
+            raw = body.get("slo_ttft_ms")
+            if raw is not None and (isinstance(raw, bool) or not isinstance(raw, (int, float))
+                                    or not 0 < raw <= MAX_SLO_MS):
+                return options
+            slo_s = (raw or options.slo_ms.get("ttft") or self._config.slo.ttft_ms) / 1e3
             waited = time.time() - options.received_s
             if waited > slo_s:
                 retry = max(1, math.ceil(waited))

@@ -10,6 +10,8 @@ from typing import Any
 from serve_app.http.errors import OpenAIError
 
 SLO_HEADERS = {"ttft": "x-slo-ttft-ms", "atgt": "x-slo-atgt-ms"}
+# the largest SLO a request may ask for, ms (an hour), in a header or its body
+MAX_SLO_MS = 3_600_000
 # A benchmark forces reply lengths with max_tokens + ignore_eos; capping the prediction by
 # max_tokens would then hand the predictor the true length. Marked requests are not capped.
 BENCHMARK_HEADER = "x-aladdin-benchmark"
@@ -42,8 +44,8 @@ def request_options(headers: Any, received_s: float | None = None) -> RequestOpt
             value = float(raw)
         except ValueError:
             value = -1.0
-        if not 0 < value <= 3_600_000:
-            raise OpenAIError(400, f"header {name} must be a number of milliseconds in (0, 3600000]", param=name)
+        if not 0 < value <= MAX_SLO_MS:
+            raise OpenAIError(400, f"header {name} must be a number of milliseconds in (0, {MAX_SLO_MS}]", param=name)
         slo_ms[key] = value
     start = headers.get(REQUEST_START_HEADER)
     if start is not None and received_s is not None:

@@ -48,6 +48,7 @@ from vllm.renderers import renderer_from_config
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
 from serve_app.config import AppConfig
+from serve_app.http.request_options import MAX_SLO_MS
 from serve_app.tiny_model import CHAT_TEMPLATE
 from serve_app.worker.vllm_engine import engine_kwargs
 from serve_app.worker.worker_protocol import GenerateChunk
@@ -68,8 +69,8 @@ class SloFields(BaseModel):
     """This project's request fields: per-request SLOs (headers x-slo-ttft-ms / x-slo-atgt-ms
     also set them). Also refuses the fields vLLM removed (`REMOVED_FIELDS`)."""
 
-    slo_ttft_ms: float | None = Field(None, gt=0, le=3_600_000)
-    slo_atgt_ms: float | None = Field(None, gt=0, le=3_600_000)
+    slo_ttft_ms: float | None = Field(None, gt=0, le=MAX_SLO_MS)
+    slo_atgt_ms: float | None = Field(None, gt=0, le=MAX_SLO_MS)
 
     @model_validator(mode="before")
     @classmethod
