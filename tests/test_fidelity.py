@@ -177,3 +177,26 @@ def test_a_run_is_replayed_on_its_own_corrections_with_the_offset_a_closed_loop_
     delayed = {**aladdin, "placement_path_delay_s": 0.05}
     assert scaled(delayed) == pytest.approx((1.5, 0.1))
     assert recorded_placement_delay_s(delayed) == 0.05 and recorded_placement_delay_s(rayllm) == 0.0
+
+
+def test_the_atgt_ratio_by_batch_shows_a_decode_step_that_grows_too_slowly_with_the_batch(profile, simulated):
+    """The replay's ATGT sim/real per third of the requests by decoding batch: flat (1.0) when
+    the simulated step is the real one, falling from the low to the high third when the
+    simulated step grows more slowly with the batch than the real one did."""
+    from placement.evaluation.fidelity import decode_batches
+
+    trace, records = simulated
+    observed = [ObservedRequest(r.request.arrival_s, t.input_len, t.output_len, True, r.ttft_s,
+                                r.atgt_s if t.output_len > 1 else None) for t, r in zip(trace, records)]
+    kwargs = dict(policy="jsq", workers=2, slo_ttft_s=0.5, slo_atgt_s=ATGT_SLO, engine=ENGINE)
+    same = simulate_observed(observed, profile, **kwargs)
+    assert same.atgt_ratio_by_batch == pytest.approx((1.0, 1.0, 1.0), abs=1e-6)
+    # the same mean step at the run's typical batch, but flatter: too slow when few decode, too fast when many
+    batch = sorted(decode_batches(records).values())
+    typical = batch[len(batch) // 2]
+    d = profile.decode
+    flat = profile.model_copy(update={"decode": d.model_copy(update={
+        "d0_s": d.d0_s + 0.75 * d.d1_s_per_seq * typical, "d1_s_per_seq": d.d1_s_per_seq / 4})})
+    low, mid, high = simulate_observed(observed, profile, timing_profile=flat, **kwargs).atgt_ratio_by_batch
+    assert low > 1.0 > high and low > mid > high
+    assert batch[0] >= 1.0 and batch[-1] > typical > batch[0]

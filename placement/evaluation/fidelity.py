@@ -12,7 +12,7 @@ import numpy as np
 
 from placement.admission import AdmissionLimits
 from placement.latency_correction import scaled_profile
-from placement.simulator.metrics import meets_slos
+from placement.simulator.metrics import RequestRecord, meets_slos
 from placement.simulator.length_model import DEFAULT_LENGTH_MODEL
 from placement.simulator.scenario import Scenario, run
 from placement.simulator.worker_engine import EngineOptions
@@ -46,6 +46,9 @@ class FidelityReport:
     sim_attainment: float
     ttft_median_ratio: float = math.nan
     atgt_median_ratio: float = math.nan
+    # the ATGT ratio in each third of the compared requests by their simulated decoding batch
+    # (low, mid, high): flat when the decode step grows with the batch as the real one did
+    atgt_ratio_by_batch: tuple[float, float, float] = (math.nan, math.nan, math.nan)
 
     @property
     def attainment_gap_points(self) -> float:
@@ -63,6 +66,30 @@ def _median_rel_error(sim: np.ndarray, real: np.ndarray) -> float:
 def _median_ratio(sim: np.ndarray, real: np.ndarray) -> float:
     keep = real > 0
     return float(np.median(sim[keep] / real[keep])) if keep.any() else math.nan
+
+
+def decode_batches(records: Sequence[RequestRecord]) -> dict[str, float]:
+    """Per finished request of more than one token, by id: the mean number of requests its
+    worker was decoding (itself included) over its decode, from first token to finish."""
+    by_worker: dict[str | None, list[RequestRecord]] = {}
+    for r in records:
+        if r.output_len > 1 and not math.isnan(r.finish_s) and r.finish_s > r.first_token_s:
+            by_worker.setdefault(r.worker_id, []).append(r)
+    batches = {}
+    for group in by_worker.values():
+        starts = np.array([r.first_token_s for r in group])
+        ends = np.array([r.finish_s for r in group])
+        for r in group:
+            overlap = np.clip(np.minimum(ends, r.finish_s) - np.maximum(starts, r.first_token_s), 0.0, None)
+            batches[r.request.id] = float(overlap.sum() / (r.finish_s - r.first_token_s))
+    return batches
+
+
+def _ratio_by_batch(sim: np.ndarray, real: np.ndarray, batch: np.ndarray) -> tuple[float, float, float]:
+    if len(batch) < 3:
+        return (math.nan, math.nan, math.nan)
+    order = np.argsort(batch, kind="stable")
+    return tuple(_median_ratio(sim[part], real[part]) for part in np.array_split(order, 3))  # type: ignore[return-value]
 
 
 def replay_trace(
@@ -153,7 +180,8 @@ def simulate_observed(
                         length_model=length_model, engine=engine, seed=seed, admission=admission,
                         timing_profile=timing_profile, placement_delay_s=placement_delay_s)
     records = run(scenario, policy, workers, policy_options=policy_options).records if trace else []
-    sim_ttft, real_ttft, sim_atgt, real_atgt = [], [], [], []
+    batches = decode_batches(records)
+    sim_ttft, real_ttft, sim_atgt, real_atgt, batch = [], [], [], [], []
     real_met = sim_met = 0
     for record, obs in zip(records, replayed):
         served = obs.ok and obs.ttft_s is not None
@@ -169,6 +197,7 @@ def simulate_observed(
         if obs.atgt_s is not None and record.output_len > 1:
             sim_atgt.append(record.atgt_s)
             real_atgt.append(obs.atgt_s)
+            batch.append(batches.get(record.request.id, 1.0))
     n = len(observed)
     return FidelityReport(
         requests=n,
@@ -179,4 +208,5 @@ def simulate_observed(
         sim_attainment=sim_met / n if n else math.nan,
         ttft_median_ratio=_median_ratio(np.array(sim_ttft), np.array(real_ttft)),
         atgt_median_ratio=_median_ratio(np.array(sim_atgt), np.array(real_atgt)),
+        atgt_ratio_by_batch=_ratio_by_batch(np.array(sim_atgt), np.array(real_atgt), np.array(batch)),
     )

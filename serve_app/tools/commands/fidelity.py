@@ -53,11 +53,12 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1))
     else:
         print(f"{'run':<40} {'req':>5} {'TTFT err':>9} {'sim/real':>8} {'ATGT err':>9} {'sim/real':>8} "
-              f"{'real att':>9} {'sim att':>8}")
+              f"{'by batch (low/mid/high)':>23} {'real att':>9} {'sim att':>8}")
         for r in rows:
+            by_batch = "/".join(f"{v:.2f}" for v in r["atgt_ratio_by_batch"])
             print(f"{r['run'][-40:]:<40} {r['requests']:>5} {r['ttft_median_rel_error']:>9.1%} "
                   f"{r['ttft_median_ratio']:>8.2f} {r['atgt_median_rel_error']:>9.1%} {r['atgt_median_ratio']:>8.2f} "
-                  f"{r['real_attainment']:>9.3f} {r['sim_attainment']:>8.3f}")
+                  f"{by_batch:>23} {r['real_attainment']:>9.3f} {r['sim_attainment']:>8.3f}")
     return 0
 
 
