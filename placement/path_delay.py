@@ -4,7 +4,7 @@ or routing where nothing admits). That much of a request's TTFT budget is spent 
 engine (HTTP, tokenization, the output-length prediction, the actor call) before placement
 runs; the simulator places a request at its arrival. Kept over the most recent requests, for
 operators (the controller's stats) and for replaying a run in the simulator (`aladdin
-fidelity` adds the median to every simulated TTFT).
+fidelity` places each replayed request the median later: `Scenario.placement_delay_s`).
 """
 
 from __future__ import annotations
