@@ -89,7 +89,8 @@ def _ratio_by_batch(sim: np.ndarray, real: np.ndarray, batch: np.ndarray) -> tup
     if len(batch) < 3:
         return (math.nan, math.nan, math.nan)
     order = np.argsort(batch, kind="stable")
-    return tuple(_median_ratio(sim[part], real[part]) for part in np.array_split(order, 3))  # type: ignore[return-value]
+    low, mid, high = (_median_ratio(sim[part], real[part]) for part in np.array_split(order, 3))
+    return low, mid, high
 
 
 def replay_trace(
