@@ -410,7 +410,9 @@ class PlacementController:
         return {
             "closed_loop": closed_loop,
             "path_delay": self.path_delay.to_dict(),
-            "latency_corrections": {wid: {"decode_factor": c.decode_factor, "prefill_factor": c.prefill_factor,
+            "latency_corrections": {wid: {"decode_fixed_factor": c.decode_fixed_factor,
+                                          "decode_batch_factor": c.decode_batch_factor,
+                                          "prefill_factor": c.prefill_factor,
                                           "ttft_offset_s": c.ttft_offset_s, "intervals": c.intervals}
                                     for wid, c in self.corrections().items()},
             "policy": self.settings.policy,

@@ -6,13 +6,19 @@ slower than an idle one, and one host is not another, so every worker reports wh
 intervals of busy time (`BusyInterval`: the wall time, and what its base profile predicts for
 the work done in it) and the correction fits, per worker,
 
-    elapsed = decode_factor x decode_model_s + prefill_factor x prefill_model_s
+    elapsed = decode_fixed_factor x decode_fixed_model_s + decode_batch_factor x decode_batch_model_s
+              + prefill_factor x prefill_model_s
 
 by least squares over the intervals with decaying memory (`MEMORY_S` of busy time), each
 interval weighted by its length (up to MAX_WEIGHT_S) and down-weighted when its relative
-residual is an outlier (Huber, so one stalled interval moves little), with a weak prior at factor 1 that keeps a
-term the worker has not exercised at the profile's value. Factors stay within
-[1 / MAX_FACTOR, MAX_FACTOR]. The TTFT the ingress measures adds the serving path's latency
+residual is an outlier (Huber, so one stalled interval moves little). The decode step has two
+factors because a host's step does not grow with the batch as the profile's does (the CPU
+engines' per-sequence cost under load is many times the idle profile's, their fixed cost a few
+times): the fixed part (d0, per iteration) and the batch part (d1 per sequence, d2 per context
+token). Two weak priors resolve what the intervals do not show: one ties the two decode factors
+together (intervals all at one batch size cannot tell them apart, and one shared factor is
+then the answer), and a weaker one keeps a term the worker has not exercised at the profile's
+value (factor 1). Factors stay within [1 / MAX_FACTOR, MAX_FACTOR]. The TTFT the ingress measures adds the serving path's latency
 outside the engine (`observe_ttft`): a robust running mean of measured minus predicted TTFT,
 added to the profile's `serving_overhead_s`.
 
@@ -30,10 +36,11 @@ from dataclasses import dataclass
 from predictors.latency.profile import WorkerProfile
 
 MEMORY_S = 30.0  # busy seconds after which an interval's weight has fallen to 1/e
-PRIOR_WEIGHT_S = 0.001  # keeps a term no interval exercises at the profile's value, and no more
+TIE_WEIGHT_S = 1e-5  # ties the two decode factors where the batch sizes seen cannot separate them
+PRIOR_WEIGHT_S = 1e-8  # keeps a term no interval exercises at the profile's value, and no more
 HUBER_K = 3.0  # residuals beyond HUBER_K x the running scale are down-weighted
 MAX_WEIGHT_S = 1.0  # one interval counts as at most this much busy time (a long stall is one event)
-MAX_FACTOR = 20.0
+MAX_FACTOR = 50.0
 GRID = 0.02  # factors are rounded to steps of 2 % (in log space)
 TTFT_MEMORY = 50  # the TTFT offset is a running mean over about this many requests
 
@@ -41,11 +48,16 @@ TTFT_MEMORY = 50  # the TTFT offset is a running mean over about this many reque
 @dataclass(frozen=True, slots=True)
 class BusyInterval:
     """A stretch of wall time a worker spent working, and what its base profile predicts for
-    the decode steps and prefills it ran in it."""
+    the decode steps (their fixed and their batch part) and the prefills it ran in it."""
 
     elapsed_s: float
-    decode_model_s: float
+    decode_fixed_model_s: float
+    decode_batch_model_s: float
     prefill_model_s: float
+
+    @property
+    def decode_model_s(self) -> float:
+        return self.decode_fixed_model_s + self.decode_batch_model_s
 
 
 @dataclass(frozen=True)
@@ -80,55 +92,65 @@ class EngineWork:
         p, d = profile.prefill, profile.decode
         prefill_s = (p.c0_s * self.prefill_iterations + p.cp_s_per_prompt * self.prefill_prompts
                      + p.c1_s_per_token * self.prefill_tokens + p.c2_s_per_token_sq * self.prefill_squared_tokens)
-        decode_s = (d.d0_s * self.decode_iterations + d.d1_s_per_seq * self.decode_sequences
-                    + d.d2_s_per_context_token * self.decode_context_tokens)
-        return BusyInterval(self.busy_s, decode_s, prefill_s)
+        batch_s = d.d1_s_per_seq * self.decode_sequences + d.d2_s_per_context_token * self.decode_context_tokens
+        return BusyInterval(self.busy_s, d.d0_s * self.decode_iterations, batch_s, prefill_s)
 
 
 class WorkerCorrection:
     """One worker's factors (see the module docstring)."""
 
     def __init__(self) -> None:
-        # normal equations of the relative fit (x / elapsed) . factors = 1, decayed
-        self._a = [0.0, 0.0, 0.0]  # A00, A01, A11
-        self._b = [0.0, 0.0]
+        # normal equations of the relative fit (x / elapsed) . factors = 1, decayed (the terms
+        # decode fixed f, decode batch b, prefill p): A_ff, A_fb, A_fp, A_bb, A_bp, A_pp, b_f, b_b, b_p
+        self._sums = [0.0] * 9
         self._scale = 0.1  # running mean of |relative residual|
-        self.decode_factor = 1.0
+        self.decode_fixed_factor = 1.0
+        self.decode_batch_factor = 1.0
         self.prefill_factor = 1.0
         self.ttft_offset_s = 0.0
         self._ttft_count = 0
         self._ttft_scale = 0.0  # running mean of |TTFT error|
         self.intervals = 0
 
+    def factors(self) -> tuple[float, float, float]:
+        """The decode fixed, decode batch and prefill factors."""
+        return self.decode_fixed_factor, self.decode_batch_factor, self.prefill_factor
+
     def observe(self, interval: BusyInterval) -> None:
         elapsed = interval.elapsed_s
-        if elapsed <= 0 or (interval.decode_model_s <= 0 and interval.prefill_model_s <= 0):
+        model_f, model_b, model_p = interval.decode_fixed_model_s, interval.decode_batch_model_s, interval.prefill_model_s
+        if elapsed <= 0 or max(model_f, model_b, model_p) <= 0:
             return
-        xd, xp = interval.decode_model_s / elapsed, interval.prefill_model_s / elapsed
-        residual = 1.0 - (xd * self.decode_factor + xp * self.prefill_factor)
+        xf, xb, xp = model_f / elapsed, model_b / elapsed, model_p / elapsed
+        residual = 1.0 - (xf * self.decode_fixed_factor + xb * self.decode_batch_factor + xp * self.prefill_factor)
         limit = HUBER_K * self._scale
         weight = min(elapsed, MAX_WEIGHT_S) * min(1.0, limit / max(abs(residual), 1e-12))
         keep = math.exp(-elapsed / MEMORY_S)
-        a, b = self._a, self._b
-        a[0] = a[0] * keep + weight * xd * xd
-        a[1] = a[1] * keep + weight * xd * xp
-        a[2] = a[2] * keep + weight * xp * xp
-        b[0] = b[0] * keep + weight * xd
-        b[1] = b[1] * keep + weight * xp
+        terms = (xf * xf, xf * xb, xf * xp, xb * xb, xb * xp, xp * xp, xf, xb, xp)
+        self._sums = [s * keep + weight * t for s, t in zip(self._sums, terms)]
         # the scale is robust too: an outlier moves it as if it were at the limit
         self._scale += (min(abs(residual), limit) - self._scale) * min(1.0, elapsed / MEMORY_S)
         self.intervals += 1
         self._solve()
 
     def _solve(self) -> None:
-        a00, a01, a11 = self._a[0] + PRIOR_WEIGHT_S, self._a[1], self._a[2] + PRIOR_WEIGHT_S
-        b0, b1 = self._b[0] + PRIOR_WEIGHT_S, self._b[1] + PRIOR_WEIGHT_S
-        det = a00 * a11 - a01 * a01
+        aff, afb, afp, abb, abp, app, bf, bb, bp = self._sums
+        # the priors: TIE_WEIGHT_S x (fixed - batch)^2 and PRIOR_WEIGHT_S x (factor - 1)^2 each
+        aff += TIE_WEIGHT_S + PRIOR_WEIGHT_S
+        abb += TIE_WEIGHT_S + PRIOR_WEIGHT_S
+        afb -= TIE_WEIGHT_S
+        app += PRIOR_WEIGHT_S
+        bf, bb, bp = bf + PRIOR_WEIGHT_S, bb + PRIOR_WEIGHT_S, bp + PRIOR_WEIGHT_S
+        # the symmetric 3x3 solved by its adjugate: cheaper by hand than through numpy
+        cff, cfb, cfp = abb * app - abp * abp, afp * abp - afb * app, afb * abp - afp * abb
+        cbb, cbp, cpp = aff * app - afp * afp, afb * afp - aff * abp, aff * abb - afb * afb
+        det = aff * cff + afb * cfb + afp * cfp
         if det <= 0:
             return
-        bound = lambda f: min(MAX_FACTOR, max(1.0 / MAX_FACTOR, f))  # noqa: E731
-        self.decode_factor = bound((b0 * a11 - b1 * a01) / det)
-        self.prefill_factor = bound((b1 * a00 - b0 * a01) / det)
+        bound = lambda f: min(MAX_FACTOR, max(1.0 / MAX_FACTOR, f / det))  # noqa: E731
+        self.decode_fixed_factor = bound(cff * bf + cfb * bb + cfp * bp)
+        self.decode_batch_factor = bound(cfb * bf + cbb * bb + cbp * bp)
+        self.prefill_factor = bound(cfp * bf + cbp * bb + cpp * bp)
 
     def observe_ttft(self, error_s: float) -> None:
         """One request's measured TTFT minus what placement predicted with the corrected
@@ -147,13 +169,15 @@ def _grid(factor: float) -> float:
     return math.exp(round(math.log(factor) / GRID) * GRID)
 
 
-def scaled_profile(base: WorkerProfile, decode_factor: float, prefill_factor: float,
-                   ttft_offset_s: float = 0.0) -> WorkerProfile:
-    """`base` with its decode and prefill times multiplied by the factors and the serving
-    overhead moved by `ttft_offset_s` (never below 0)."""
+def scaled_profile(base: WorkerProfile, *, decode_fixed_factor: float = 1.0, decode_batch_factor: float = 1.0,
+                   prefill_factor: float = 1.0, ttft_offset_s: float = 0.0) -> WorkerProfile:
+    """`base` with its decode step's fixed part (d0) and batch part (d1, d2) and its prefill
+    times multiplied by the factors and the serving overhead moved by `ttft_offset_s` (never
+    below 0)."""
     decode = base.decode.model_copy(update={
-        "d0_s": base.decode.d0_s * decode_factor, "d1_s_per_seq": base.decode.d1_s_per_seq * decode_factor,
-        "d2_s_per_context_token": base.decode.d2_s_per_context_token * decode_factor,
+        "d0_s": base.decode.d0_s * decode_fixed_factor,
+        "d1_s_per_seq": base.decode.d1_s_per_seq * decode_batch_factor,
+        "d2_s_per_context_token": base.decode.d2_s_per_context_token * decode_batch_factor,
     })
     prefill = base.prefill.model_copy(update={
         "c0_s": base.prefill.c0_s * prefill_factor, "cp_s_per_prompt": base.prefill.cp_s_per_prompt * prefill_factor,
@@ -175,7 +199,7 @@ class LatencyCorrection:
         self._fleet: tuple[WorkerProfile, int, WorkerProfile] | None = None  # base, at, fleet profile
         # (id(base), factors on the grid, offset) -> (base, corrected): the base is kept so its
         # id cannot be reused by another object while the entry lives
-        self._profiles: dict[tuple[int, float, float, float], tuple[WorkerProfile, WorkerProfile]] = {}
+        self._profiles: dict[tuple[int, float, float, float, float], tuple[WorkerProfile, WorkerProfile]] = {}
 
     def of(self, worker_id: str) -> WorkerCorrection:
         correction = self.workers.get(worker_id)
@@ -204,9 +228,10 @@ class LatencyCorrection:
         profile = base
         if corrections:
             median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
-            profile = scaled_profile(base, _grid(median([c.decode_factor for c in corrections])),
-                                     _grid(median([c.prefill_factor for c in corrections])),
-                                     median([c.ttft_offset_s for c in corrections]))
+            fixed, batch, prefill = (_grid(median([c.factors()[i] for c in corrections])) for i in range(3))
+            profile = scaled_profile(base, decode_fixed_factor=fixed, decode_batch_factor=batch,
+                                     prefill_factor=prefill,
+                                     ttft_offset_s=median([c.ttft_offset_s for c in corrections]))
         self._fleet = (base, self._observed, profile)
         return profile
 
@@ -215,12 +240,15 @@ class LatencyCorrection:
         c = self.workers.get(worker_id)
         if c is None:
             return base
-        key = (id(base), _grid(c.decode_factor), _grid(c.prefill_factor), round(c.ttft_offset_s, 3))
-        if key[1:] == (1.0, 1.0, 0.0):
+        fixed, batch, prefill = (_grid(f) for f in c.factors())
+        key = (id(base), fixed, batch, prefill, round(c.ttft_offset_s, 3))
+        if key[1:] == (1.0, 1.0, 1.0, 0.0):
             return base
         entry = self._profiles.get(key)
         if entry is None:
             if len(self._profiles) > 4096:  # bases come and go (KV resizes): keep the cache bounded
                 self._profiles.clear()
-            entry = self._profiles[key] = (base, scaled_profile(base, *key[1:]))
+            entry = self._profiles[key] = (base, scaled_profile(
+                base, decode_fixed_factor=fixed, decode_batch_factor=batch, prefill_factor=prefill,
+                ttft_offset_s=key[4]))
         return entry[1]

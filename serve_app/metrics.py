@@ -166,7 +166,8 @@ PROMISES_MISSED = MetricSpec(
 )
 WORKER_CORRECTION = MetricSpec(
     "aladdin_worker_latency_factor", "gauge",
-    "A worker's measured over profiled time (term=decode|prefill), from its busy intervals.", ("worker", "term"),
+    "A worker's measured over profiled time (term=decode_fixed|decode_batch|prefill), from its busy intervals.",
+    ("worker", "term"),
 )
 WORKER_TTFT_OFFSET = MetricSpec(
     "aladdin_worker_ttft_offset_seconds", "gauge",
@@ -491,14 +492,15 @@ def record_closed_loop(
             _inc(reg, PROMISES_MISSED, {"slo": slo}, n)
 
 
-def record_corrections(corrections: dict[str, tuple[float, float, float]]) -> None:
-    """Set each worker's latency correction (decode factor, prefill factor, TTFT offset s)."""
+def record_corrections(corrections: dict[str, tuple[tuple[float, float, float], float]]) -> None:
+    """Set each worker's latency correction: its (decode fixed, decode batch, prefill) factors
+    and its TTFT offset in seconds."""
     reg = _get_registry()
     if reg is None:
         return
-    for worker, (decode, prefill, offset) in corrections.items():
-        _set(reg, WORKER_CORRECTION, decode, {"worker": worker, "term": "decode"})
-        _set(reg, WORKER_CORRECTION, prefill, {"worker": worker, "term": "prefill"})
+    for worker, (factors, offset) in corrections.items():
+        for term, factor in zip(("decode_fixed", "decode_batch", "prefill"), factors):
+            _set(reg, WORKER_CORRECTION, factor, {"worker": worker, "term": term})
         _set(reg, WORKER_TTFT_OFFSET, offset, {"worker": worker})
 
 

@@ -124,7 +124,9 @@ def test_replay_on_the_corrections_the_run_recorded_undoes_a_wrong_profile(profi
                 for t, r in zip(trace, records)]
     # placement started from a profile that puts decode at half its time; the live loop learned 2x
     half = profile.model_copy(update={"decode": DecodeModel(d0_s=0.002, d1_s_per_seq=0.0004, d2_s_per_context_token=1e-7)})
-    recorded = {"w0": {"decode_factor": 2.0, "prefill_factor": 1.0, "ttft_offset_s": 0.0, "intervals": 50},
+    # (w1 as recorded before the decode step had two factors)
+    recorded = {"w0": {"decode_fixed_factor": 2.0, "decode_batch_factor": 2.0, "prefill_factor": 1.0,
+                       "ttft_offset_s": 0.0, "intervals": 50},
                 "w1": {"decode_factor": 2.0, "prefill_factor": 1.0, "ttft_offset_s": 0.0, "intervals": 40}}
     timing = corrected_timing(half, recorded)
     assert timing.decode_step_s(4, 1000) == pytest.approx(profile.decode_step_s(4, 1000))

@@ -145,41 +145,68 @@ def test_shares_stay_within_bounds():
     assert budget.ttft_share == MIN_SHARE and budget.atgt_share == 1.0
 
 
+def _decode_work(sequences: int, iterations: int = 10) -> EngineWork:
+    return EngineWork(decode_iterations=iterations, decode_sequences=sequences * iterations,
+                      decode_context_tokens=sequences * iterations * 500)
+
+
 @settings(max_examples=30, deadline=None)
-@given(st.floats(0.5, 4.0), st.floats(0.5, 4.0), st.integers(0, 1000))
-def test_correction_recovers_the_factors_of_a_slower_or_faster_host(decode_factor, prefill_factor, seed):
+@given(st.floats(0.5, 4.0), st.floats(0.5, 30.0), st.floats(0.5, 4.0), st.integers(0, 1000))
+def test_correction_recovers_the_factors_of_a_slower_or_faster_host(fixed_factor, batch_factor, prefill_factor, seed):
+    """A host whose decode step grows with the batch faster (or slower) than the profile's, and
+    whose prefills are slower or faster: the fit recovers all three factors from intervals of
+    mixed work at varying batch sizes."""
     rng = random.Random(seed)
     correction = LatencyCorrection()
+    factors = (fixed_factor, batch_factor, prefill_factor)
+
+    def true_time(interval: BusyInterval) -> float:
+        model = (interval.decode_fixed_model_s, interval.decode_batch_model_s, interval.prefill_model_s)
+        return sum(m * f for m, f in zip(model, factors))
+
     for _ in range(400):
-        decode, prefill = rng.uniform(0, 0.2), rng.choice([0.0, rng.uniform(0, 0.3)])
-        noise = rng.uniform(0.97, 1.03)
-        elapsed = (decode * decode_factor + prefill * prefill_factor) * noise
+        work = _decode_work(rng.randint(1, 32), rng.randint(0, 40))
+        prefill = rng.choice([0.0, rng.uniform(0, 0.3)])
+        interval = replace(work.interval(PROFILE), prefill_model_s=prefill)
+        elapsed = true_time(interval) * rng.uniform(0.97, 1.03)
         if elapsed > 0:
-            correction.observe("w", BusyInterval(elapsed, decode, prefill))
+            correction.observe("w", replace(interval, elapsed_s=elapsed))
     for _ in range(3):  # outliers (a stalled host for a moment) move it little
-        correction.observe("w", BusyInterval(5.0, 0.05, 0.0))
+        correction.observe("w", BusyInterval(5.0, 0.04, 0.01, 0.0))
     c = correction.of("w")
     # what placement needs: the time of a mix of work predicted within the noise; a term that
     # is a small part of the time is the less certain one
     for _ in range(20):
-        decode, prefill = rng.uniform(0.01, 0.2), rng.uniform(0, 0.3)
-        truth = decode * decode_factor + prefill * prefill_factor
-        assert decode * c.decode_factor + prefill * c.prefill_factor == pytest.approx(truth, rel=0.04)
-    assert c.decode_factor == pytest.approx(decode_factor, rel=0.1)
-    assert c.prefill_factor == pytest.approx(prefill_factor, rel=0.1)
+        interval = replace(_decode_work(rng.randint(1, 32)).interval(PROFILE), prefill_model_s=rng.uniform(0, 0.3))
+        fitted = (interval.decode_fixed_model_s * c.decode_fixed_factor
+                  + interval.decode_batch_model_s * c.decode_batch_factor + interval.prefill_model_s * c.prefill_factor)
+        assert fitted == pytest.approx(true_time(interval), rel=0.04)
+    assert c.factors() == pytest.approx(factors, rel=0.1)
     corrected = correction.profile_for("w", PROFILE)
-    assert corrected.decode_step_s(4, 1000) == pytest.approx(PROFILE.decode_step_s(4, 1000) * decode_factor, rel=0.06)
+    for batch in (1, 4, 32):
+        truth = PROFILE.decode.d0_s * fixed_factor + (PROFILE.decode_step_s(batch, 500 * batch) - PROFILE.decode.d0_s) * batch_factor
+        assert corrected.decode_step_s(batch, 500 * batch) == pytest.approx(truth, rel=0.06)
     assert corrected.kv == PROFILE.kv
+
+
+def test_one_batch_size_cannot_tell_the_decode_factors_apart_and_they_stay_one():
+    correction = LatencyCorrection()
+    interval = _decode_work(8).interval(PROFILE)
+    for _ in range(200):
+        correction.observe("w", replace(interval, elapsed_s=3 * interval.decode_model_s))
+    c = correction.of("w")
+    assert c.decode_fixed_factor == pytest.approx(3.0, rel=0.02)
+    assert c.decode_batch_factor == pytest.approx(3.0, rel=0.02)
 
 
 def test_a_term_never_exercised_keeps_the_profiles_value():
     correction = LatencyCorrection()
     for _ in range(200):
-        correction.observe("w", BusyInterval(0.03, 0.01, 0.0))  # decode 3x slower, no prefills
+        correction.observe("w", BusyInterval(0.03, 0.006, 0.004, 0.0))  # decode 3x slower, no prefills
     c = correction.of("w")
-    assert c.decode_factor == pytest.approx(3.0, rel=0.02) and c.prefill_factor == pytest.approx(1.0)
+    assert c.factors() == pytest.approx((3.0, 3.0, 1.0), rel=0.02)
     assert correction.profile_for("other", PROFILE) is PROFILE
-    assert scaled_profile(PROFILE, 1.0, 1.0) == PROFILE
+    assert scaled_profile(PROFILE) == PROFILE
 
 
 def test_overcommits_void_the_atgt_promises_of_their_worker_s_residents():
@@ -223,15 +250,15 @@ def test_the_ttft_share_absorbs_the_corrected_models_error_not_the_slos():
 def test_simulated_workers_slower_than_their_profile_are_learned():
     trace = synthetic(600, 6.0, lengths=LengthMix(800, 0.5, 60, 1.0), seed=2)
     scenario = Scenario.fitted(trace, PROFILE, slo_ttft_s=1.0, slo_atgt_s=0.05)
-    slow = replace(scenario, timing_profile=scaled_profile(PROFILE, 1.6, 2.0))
+    slow = replace(scenario, timing_profile=scaled_profile(PROFILE, decode_fixed_factor=1.6, decode_batch_factor=2.5,
+                                                           prefill_factor=2.0))
     from placement.simulator.cluster import Cluster
     from placement.simulator.scenario import cluster_parts, sim_config
 
     parts = cluster_parts(slow, "aladdin")
     result = Cluster(**parts, config=sim_config(slow, 2)).run()
     for c in parts["loop"].correction.workers.values():
-        assert c.decode_factor == pytest.approx(1.6, rel=0.05)
-        assert c.prefill_factor == pytest.approx(2.0, rel=0.05)
+        assert c.factors() == pytest.approx((1.6, 2.5, 2.0), rel=0.05)
     # the same run with a fixed budget still learns the correction (it is part of the loop)
     assert result.summary.finished == len(trace)
     assert run(slow, "jsq", 2).summary.finished == len(trace)
@@ -254,7 +281,7 @@ def test_a_live_cluster_closes_the_loop_from_reports_and_ingress_timings():
         cluster.report(WorkerReport("w0", running=running, work=work), now_s=0.5 + t * 0.25)
     worker = cluster.workers["w0"]
     assert worker.residents["r1"].decode_started_s == 0.2
-    assert cluster.loop.correction.of("w0").decode_factor == pytest.approx(3.0, rel=0.02)
+    assert cluster.loop.correction.of("w0").factors()[:2] == pytest.approx((3.0, 3.0), rel=0.02)
     assert worker.profile.decode_step_s(4, 8000) == pytest.approx(3 * PROFILE.decode_step_s(4, 8000), rel=0.03)
     feedback = cluster.loop.feedback
     cluster.observe([RequestTiming("r1", ttft_s=0.2, atgt_s=0.5, output_tokens=30)])  # a promised ATGT missed

@@ -122,9 +122,12 @@ def corrected_timing(
     measured = [c for c in (corrections or {}).values() if c.get("intervals")]
     if not measured:
         return None
-    median = lambda key: float(np.median([c[key] for c in measured]))  # noqa: E731
+    # runs from before the decode step had two factors recorded one, "decode_factor"
+    median = lambda key: float(np.median([c.get(key, c.get("decode_factor")) for c in measured]))  # noqa: E731
     offset = median("ttft_offset_s") if ttft_offset_s is None else ttft_offset_s
-    return scaled_profile(profile, median("decode_factor"), median("prefill_factor"), offset)
+    return scaled_profile(profile, decode_fixed_factor=median("decode_fixed_factor"),
+                          decode_batch_factor=median("decode_batch_factor"),
+                          prefill_factor=median("prefill_factor"), ttft_offset_s=offset)
 
 
 def run_timing(
