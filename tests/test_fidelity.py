@@ -130,6 +130,11 @@ def test_replay_on_the_corrections_the_run_recorded_undoes_a_wrong_profile(profi
                 "w1": {"decode_factor": 2.0, "prefill_factor": 1.0, "ttft_offset_s": 0.0, "intervals": 40}}
     timing = corrected_timing(half, recorded)
     assert timing.decode_step_s(4, 1000) == pytest.approx(profile.decode_step_s(4, 1000))
+    # a worker that saw little work (its factors the least certain) counts for as much as it saw
+    idle = {"decode_fixed_factor": 8.0, "decode_batch_factor": 8.0, "prefill_factor": 1.0, "ttft_offset_s": 0.0,
+            "intervals": 3}
+    step = corrected_timing(half, {**recorded, "w2": idle}).decode_step_s(4, 1000)
+    assert profile.decode_step_s(4, 1000) < step < 1.1 * profile.decode_step_s(4, 1000)
     kwargs = dict(policy="jsq", workers=2, slo_ttft_s=0.5, slo_atgt_s=ATGT_SLO, engine=ENGINE)
     wrong = simulate_observed(observed, half, **kwargs)
     corrected = simulate_observed(observed, half, timing_profile=timing, **kwargs)
@@ -171,7 +176,8 @@ def test_a_run_is_replayed_on_its_own_corrections_with_the_offset_a_closed_loop_
     assert scaled(aladdin) == pytest.approx((1.5, 0.1))
     assert scaled(p2c) == pytest.approx((3.0, 0.2))  # the median of 0.1 and 0.3
     assert scaled(legacy) == pytest.approx((2.0, 0.3))
-    assert scaled(rayllm) == pytest.approx((2.0, 0.2))  # medians of 1.5, 3.0, 2.0 and of 0.1, 0.3
+    # the geometric mean of 1.5, 3.0 and 2.0 (equal intervals); the offsets' median of 0.1 and 0.3
+    assert scaled(rayllm) == pytest.approx((9.0 ** (1 / 3), 0.2))
     assert run_timing(profile, rayllm, [rayllm]) is None
     # the run's delay before placement is not the engines': the replay places requests that late
     from placement.evaluation.fidelity import recorded_placement_delay_s

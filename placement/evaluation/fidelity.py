@@ -115,19 +115,25 @@ def recorded_corrections(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def corrected_timing(
     profile: WorkerProfile, corrections: dict[str, dict[str, Any]] | None, ttft_offset_s: float | None = None,
 ) -> WorkerProfile | None:
-    """`profile` scaled by the median of the latency corrections a run's placement actor
-    recorded per worker (`recorded_corrections`); None when it recorded none. `ttft_offset_s`
-    replaces their TTFT offset: a policy without a closed loop makes no promises to learn one
-    from (its factors come from the engines' busy time alone)."""
+    """`profile` scaled by the mean of the latency corrections a run's placement actor recorded
+    per worker (`recorded_corrections`; the simulated engines share one timing): each factor's
+    geometric mean, the TTFT offset's mean, each worker weighted by the busy intervals its
+    correction rests on (a worker that saw little work has the least certain factors). None when
+    it recorded none. `ttft_offset_s` replaces their TTFT offset: a policy without a
+    closed loop makes no promises to learn one from (its factors come from the engines' busy
+    time alone)."""
     measured = [c for c in (corrections or {}).values() if c.get("intervals")]
     if not measured:
         return None
+    weights = [c["intervals"] for c in measured]
     # runs from before the decode step had two factors recorded one, "decode_factor"
-    median = lambda key: float(np.median([c.get(key, c.get("decode_factor")) for c in measured]))  # noqa: E731
-    offset = median("ttft_offset_s") if ttft_offset_s is None else ttft_offset_s
-    return scaled_profile(profile, decode_fixed_factor=median("decode_fixed_factor"),
-                          decode_batch_factor=median("decode_batch_factor"),
-                          prefill_factor=median("prefill_factor"), ttft_offset_s=offset)
+    factor = lambda key: float(np.exp(np.average(  # noqa: E731
+        [math.log(c.get(key, c.get("decode_factor"))) for c in measured], weights=weights)))
+    offset = float(np.average([c["ttft_offset_s"] for c in measured], weights=weights)) \
+        if ttft_offset_s is None else ttft_offset_s
+    return scaled_profile(profile, decode_fixed_factor=factor("decode_fixed_factor"),
+                          decode_batch_factor=factor("decode_batch_factor"),
+                          prefill_factor=factor("prefill_factor"), ttft_offset_s=offset)
 
 
 def run_timing(
