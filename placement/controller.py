@@ -413,7 +413,8 @@ class PlacementController:
             "latency_corrections": {wid: {"decode_fixed_factor": c.decode_fixed_factor,
                                           "decode_batch_factor": c.decode_batch_factor,
                                           "prefill_factor": c.prefill_factor,
-                                          "ttft_offset_s": c.ttft_offset_s, "intervals": c.intervals}
+                                          "ttft_offset_s": c.ttft_offset_s, "intervals": c.intervals,
+                                          "relative_error": c.relative_error}
                                     for wid, c in self.corrections().items()},
             "policy": self.settings.policy,
             "profile": f"{profile.family} tp{profile.tp}",

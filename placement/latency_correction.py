@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from predictors.latency.profile import WorkerProfile
 
 MEMORY_S = 30.0  # busy seconds after which an interval's weight has fallen to 1/e
-TIE_WEIGHT_S = 1e-5  # ties the two decode factors where the batch sizes seen cannot separate them
+TIE_WEIGHT_S = 3e-4  # ties the two decode factors (relative): worth the evidence of a few short intervals
 PRIOR_WEIGHT_S = 1e-8  # keeps a term no interval exercises at the profile's value, and no more
 HUBER_K = 3.0  # residuals beyond HUBER_K x the running scale are down-weighted
 MAX_WEIGHT_S = 1.0  # one interval counts as at most this much busy time (a long stall is one event)
@@ -103,7 +103,8 @@ class WorkerCorrection:
         # normal equations of the relative fit (x / elapsed) . factors = 1, decayed (the terms
         # decode fixed f, decode batch b, prefill p): A_ff, A_fb, A_fp, A_bb, A_bp, A_pp, b_f, b_b, b_p
         self._sums = [0.0] * 9
-        self._scale = 0.1  # running mean of |relative residual|
+        self._scale = 0.1  # running mean of |relative residual|, each clipped at the Huber limit
+        self.relative_error = 0.0  # running mean of |predicted - elapsed| / elapsed, before each update
         self.decode_fixed_factor = 1.0
         self.decode_batch_factor = 1.0
         self.prefill_factor = 1.0
@@ -129,16 +130,22 @@ class WorkerCorrection:
         terms = (xf * xf, xf * xb, xf * xp, xb * xb, xb * xp, xp * xp, xf, xb, xp)
         self._sums = [s * keep + weight * t for s, t in zip(self._sums, terms)]
         # the scale is robust too: an outlier moves it as if it were at the limit
-        self._scale += (min(abs(residual), limit) - self._scale) * min(1.0, elapsed / MEMORY_S)
+        rate = min(1.0, elapsed / MEMORY_S)
+        self._scale += (min(abs(residual), limit) - self._scale) * rate
         self.intervals += 1
+        # what the model got wrong before it saw the interval, unclipped (shown, not fitted)
+        self.relative_error += (abs(residual) - self.relative_error) * max(rate, 1.0 / self.intervals)
         self._solve()
 
     def _solve(self) -> None:
         aff, afb, afp, abb, abp, app, bf, bb, bp = self._sums
-        # the priors: TIE_WEIGHT_S x (fixed - batch)^2 and PRIOR_WEIGHT_S x (factor - 1)^2 each
-        aff += TIE_WEIGHT_S + PRIOR_WEIGHT_S
-        abb += TIE_WEIGHT_S + PRIOR_WEIGHT_S
-        afb -= TIE_WEIGHT_S
+        # the priors: TIE_WEIGHT_S x ((fixed - batch) / level)^2, relative to the factors' level
+        # as the intervals' evidence is (a factor of 20 is known to +-1 as one of 2 to +-0.1),
+        # and PRIOR_WEIGHT_S x (factor - 1)^2 each
+        tie = TIE_WEIGHT_S / (self.decode_fixed_factor * self.decode_batch_factor)
+        aff += tie + PRIOR_WEIGHT_S
+        abb += tie + PRIOR_WEIGHT_S
+        afb -= tie
         app += PRIOR_WEIGHT_S
         bf, bb, bp = bf + PRIOR_WEIGHT_S, bb + PRIOR_WEIGHT_S, bp + PRIOR_WEIGHT_S
         # the symmetric 3x3 solved by its adjugate: cheaper by hand than through numpy
