@@ -266,7 +266,8 @@ def test_metrics_reach_prometheus(ray_cluster: Any) -> None:
         return {name for name, labels in samples if labels.get("worker") == rid}
 
     worker_names = {m.WORKER_KV_USED.prometheus_name, m.WORKER_RUNNING.prometheus_name, m.WORKER_WAITING.prometheus_name,
-                    m.WORKER_CORRECTION.prometheus_name, m.WORKER_TTFT_OFFSET.prometheus_name}
+                    m.WORKER_CORRECTION.prometheus_name, m.WORKER_TTFT_OFFSET.prometheus_name,
+                    m.WORKER_MODEL_ERROR.prometheus_name}
     # wait for this recorder's own series: earlier tests' workers may already export every name
     deadline = time.monotonic() + APPEAR_DEADLINE_S
     samples: list[tuple[str, dict[str, str]]] = []
