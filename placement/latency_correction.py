@@ -16,9 +16,12 @@ factors because a host's step does not grow with the batch as the profile's does
 engines' per-sequence cost under load is many times the idle profile's, their fixed cost a few
 times): the fixed part (d0, per iteration) and the batch part (d1 per sequence, d2 per context
 token). Two weak priors resolve what the intervals do not show: one ties the two decode factors
-together (intervals all at one batch size cannot tell them apart, and one shared factor is
-then the answer), and a weaker one keeps a term the worker has not exercised at the profile's
-value (factor 1). Factors stay within [1 / MAX_FACTOR, MAX_FACTOR]. The TTFT the ingress measures adds the serving path's latency
+together relative to their level (intervals all at one batch size cannot tell them apart, and
+one shared factor is then the answer; a worker's first few intervals cannot pull them far
+apart), and a weaker one keeps a term the worker has not exercised at the profile's value
+(factor 1). Factors stay within [1 / MAX_FACTOR, MAX_FACTOR]. Each interval is judged before
+the fit learns from it: `relative_error` is the running mean of |predicted - elapsed| / elapsed,
+the loop's own error, for the metrics and the benchmarks. The TTFT the ingress measures adds the serving path's latency
 outside the engine (`observe_ttft`): a robust running mean of measured minus predicted TTFT,
 added to the profile's `serving_overhead_s`.
 
