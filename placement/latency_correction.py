@@ -20,8 +20,9 @@ together relative to their level (intervals all at one batch size cannot tell th
 one shared factor is then the answer; a worker's first few intervals cannot pull them far
 apart), and a weaker one keeps a term the worker has not exercised at the profile's value
 (factor 1). Factors stay within [1 / MAX_FACTOR, MAX_FACTOR]. Each interval is judged before
-the fit learns from it: `relative_error` is the running mean of |predicted - elapsed| / elapsed,
-the loop's own error, for the metrics and the benchmarks. The TTFT the ingress measures adds the serving path's latency
+the fit learns from it: `relative_error` is the running mean of |predicted - elapsed| / elapsed
+over the last ~ERROR_INTERVALS intervals, the loop's own error, for the metrics and the
+benchmarks. The TTFT the ingress measures adds the serving path's latency
 outside the engine (`observe_ttft`): a robust running mean of measured minus predicted TTFT,
 added to the profile's `serving_overhead_s`.
 
@@ -36,6 +37,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from predictors.latency.profile import WorkerProfile
 
 MEMORY_S = 30.0  # busy seconds after which an interval's weight has fallen to 1/e
@@ -44,6 +47,7 @@ PRIOR_WEIGHT_S = 1e-8  # keeps a term no interval exercises at the profile's val
 HUBER_K = 3.0  # residuals beyond HUBER_K x the running scale are down-weighted
 MAX_WEIGHT_S = 1.0  # one interval counts as at most this much busy time (a long stall is one event)
 MAX_FACTOR = 50.0
+ERROR_INTERVALS = 20  # the error shown is a running mean over about this many intervals
 GRID = 0.02  # factors are rounded to steps of 2 % (in log space)
 TTFT_MEMORY = 50  # the TTFT offset is a running mean over about this many requests
 
@@ -107,7 +111,7 @@ class WorkerCorrection:
         # decode fixed f, decode batch b, prefill p): A_ff, A_fb, A_fp, A_bb, A_bp, A_pp, b_f, b_b, b_p
         self._sums = [0.0] * 9
         self._scale = 0.1  # running mean of |relative residual|, each clipped at the Huber limit
-        self.relative_error = 0.0  # running mean of |predicted - elapsed| / elapsed, before each update
+        self.relative_error = 0.0  # recent mean of |predicted - elapsed| / elapsed, before each update
         self.decode_fixed_factor = 1.0
         self.decode_batch_factor = 1.0
         self.prefill_factor = 1.0
@@ -137,7 +141,7 @@ class WorkerCorrection:
         self._scale += (min(abs(residual), limit) - self._scale) * rate
         self.intervals += 1
         # what the model got wrong before it saw the interval, unclipped (shown, not fitted)
-        self.relative_error += (abs(residual) - self.relative_error) * max(rate, 1.0 / self.intervals)
+        self.relative_error += (abs(residual) - self.relative_error) / min(self.intervals, ERROR_INTERVALS)
         self._solve()
 
     def _solve(self) -> None:
@@ -157,10 +161,11 @@ class WorkerCorrection:
         det = aff * cff + afb * cfb + afp * cfp
         if det <= 0:
             return
-        bound = lambda f: min(MAX_FACTOR, max(1.0 / MAX_FACTOR, f / det))  # noqa: E731
-        self.decode_fixed_factor = bound(cff * bf + cfb * bb + cfp * bp)
-        self.decode_batch_factor = bound(cfb * bf + cbb * bb + cbp * bp)
-        self.prefill_factor = bound(cfp * bf + cbp * bb + cpp * bp)
+        factors = [(cff * bf + cfb * bb + cfp * bp) / det, (cfb * bf + cbb * bb + cbp * bp) / det,
+                   (cfp * bf + cbp * bb + cpp * bp) / det]
+        if not all(1.0 / MAX_FACTOR <= f <= MAX_FACTOR for f in factors):
+            factors = _bounded_solve([[aff, afb, afp], [afb, abb, abp], [afp, abp, app]], [bf, bb, bp])
+        self.decode_fixed_factor, self.decode_batch_factor, self.prefill_factor = factors
 
     def observe_ttft(self, error_s: float) -> None:
         """One request's measured TTFT minus what placement predicted with the corrected
@@ -173,6 +178,25 @@ class WorkerCorrection:
             error_s = max(-limit, min(limit, error_s))
         self._ttft_scale += (abs(error_s) - self._ttft_scale) * rate
         self.ttft_offset_s += error_s * rate
+
+
+def _bounded_solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """The least-squares factors within [1 / MAX_FACTOR, MAX_FACTOR]: a factor out of bounds is
+    held at its bound and the others solved again given it (clipping each alone would leave
+    the others fitted to the value it was clipped from)."""
+    held: dict[int, float] = {}
+    while True:
+        free = [i for i in range(3) if i not in held]
+        solved = dict(held)
+        if free:
+            rhs = [b[i] - sum(a[i][k] * v for k, v in held.items()) for i in free]
+            x = np.linalg.solve(np.array([[a[i][j] for j in free] for i in free]), np.array(rhs))
+            solved.update(zip(free, (float(v) for v in x)))
+        out = {i: min(MAX_FACTOR, max(1.0 / MAX_FACTOR, v)) for i, v in solved.items()
+               if i not in held and not 1.0 / MAX_FACTOR <= v <= MAX_FACTOR}
+        if not out:
+            return [solved[i] for i in range(3)]
+        held.update(out)
 
 
 def _grid(factor: float) -> float:

@@ -207,6 +207,22 @@ def test_one_batch_size_cannot_tell_the_decode_factors_apart_and_they_stay_one()
     assert c.decode_batch_factor == pytest.approx(3.0, rel=0.02)
 
 
+def test_a_factor_at_its_bound_leaves_the_others_fitted_given_it():
+    """Intervals that want a negative fixed part (the step's whole time grows with the batch,
+    and more): the fixed factor is held at its bound and the others are the least-squares fit
+    given it, not the values fitted beside the negative one."""
+    from placement.latency_correction import MAX_FACTOR, _bounded_solve
+
+    a = np.array([[2.0, 1.5, 0.2], [1.5, 2.0, 0.1], [0.2, 0.1, 1.0]])
+    b = a @ np.array([-1.0, 6.0, 2.0])
+    factors = _bounded_solve(a.tolist(), b.tolist())
+    assert factors[0] == pytest.approx(1 / MAX_FACTOR)
+    rest = np.linalg.solve(a[1:, 1:], b[1:] - a[1:, 0] * factors[0])
+    assert factors[1:] == pytest.approx(rest.tolist())
+    assert factors[1] < 5.5  # clipped alone, the fixed factor would have left it at 6
+    assert _bounded_solve(a.tolist(), (a @ np.array([1.0, 2.0, 3.0])).tolist()) == pytest.approx([1.0, 2.0, 3.0])
+
+
 def test_the_models_error_is_measured_before_each_correction_and_falls_as_it_learns():
     correction = LatencyCorrection()
     interval = _decode_work(4).interval(PROFILE)
