@@ -15,14 +15,15 @@ residual is an outlier (Huber, so one stalled interval moves little). The decode
 factors because a host's step does not grow with the batch as the profile's does (the CPU
 engines' per-sequence cost under load is many times the idle profile's, their fixed cost a few
 times): the fixed part (d0, per iteration) and the batch part (d1 per sequence, d2 per context
-token). Two weak priors resolve what the intervals do not show: one ties the two decode factors
-together relative to their level (intervals all at one batch size cannot tell them apart, and
-one shared factor is then the answer; a worker's first few intervals cannot pull them far
-apart), and a weaker one keeps a term the worker has not exercised at the profile's value
-(factor 1). Factors stay within [1 / MAX_FACTOR, MAX_FACTOR]. Each interval is judged before
-the fit learns from it: `relative_error` is the running mean of |predicted - elapsed| / elapsed
-over the last ~ERROR_INTERVALS intervals, the loop's own error, for the metrics and the
-benchmarks. The TTFT the ingress measures adds the serving path's latency
+token). A weak prior resolves what the intervals do not show: it ties the three factors to each
+other relative to their level, so one factor for the whole host is the answer until the
+intervals tell the terms apart (intervals all at one batch size cannot separate the decode
+parts; a term never exercised takes the host's level; a worker's first few intervals cannot
+send one term to its bound while another takes the time, as a first live run did with prefill
+at 1/50 and the batch part at 19). Factors stay within [1 / MAX_FACTOR, MAX_FACTOR]. Each
+interval is judged before the fit learns from it: `relative_error` is the running mean of
+|predicted - elapsed| / elapsed over the last ~ERROR_INTERVALS intervals, the loop's own error,
+for the metrics and the benchmarks. The TTFT the ingress measures adds the serving path's latency
 outside the engine (`observe_ttft`): a robust running mean of measured minus predicted TTFT,
 added to the profile's `serving_overhead_s`.
 
@@ -42,8 +43,7 @@ import numpy as np
 from predictors.latency.profile import WorkerProfile
 
 MEMORY_S = 30.0  # busy seconds after which an interval's weight has fallen to 1/e
-TIE_WEIGHT_S = 3e-4  # ties the two decode factors (relative): worth the evidence of a few short intervals
-PRIOR_WEIGHT_S = 1e-8  # keeps a term no interval exercises at the profile's value, and no more
+TIE_WEIGHT_S = 3e-4  # ties the factors to each other (relative): worth the evidence of a few short intervals
 HUBER_K = 3.0  # residuals beyond HUBER_K x the running scale are down-weighted
 MAX_WEIGHT_S = 1.0  # one interval counts as at most this much busy time (a long stall is one event)
 MAX_FACTOR = 50.0
@@ -146,15 +146,15 @@ class WorkerCorrection:
 
     def _solve(self) -> None:
         aff, afb, afp, abb, abp, app, bf, bb, bp = self._sums
-        # the priors: TIE_WEIGHT_S x ((fixed - batch) / level)^2, relative to the factors' level
-        # as the intervals' evidence is (a factor of 20 is known to +-1 as one of 2 to +-0.1),
-        # and PRIOR_WEIGHT_S x (factor - 1)^2 each
-        tie = TIE_WEIGHT_S / (self.decode_fixed_factor * self.decode_batch_factor)
-        aff += tie + PRIOR_WEIGHT_S
-        abb += tie + PRIOR_WEIGHT_S
-        afb -= tie
-        app += PRIOR_WEIGHT_S
-        bf, bb, bp = bf + PRIOR_WEIGHT_S, bb + PRIOR_WEIGHT_S, bp + PRIOR_WEIGHT_S
+        # the prior: TIE_WEIGHT_S x ((f_i - f_j) / level)^2 for each pair of factors, relative to
+        # their level as the intervals' evidence is (a factor of 20 is known to +-1 as one of 2
+        # to +-0.1); with any interval's evidence of the level the system is positive definite
+        f, b, p = self.factors()
+        tie_fb, tie_fp, tie_bp = TIE_WEIGHT_S / (f * b), TIE_WEIGHT_S / (f * p), TIE_WEIGHT_S / (b * p)
+        aff += tie_fb + tie_fp
+        abb += tie_fb + tie_bp
+        app += tie_fp + tie_bp
+        afb, afp, abp = afb - tie_fb, afp - tie_fp, abp - tie_bp
         # the symmetric 3x3 solved by its adjugate: cheaper by hand than through numpy
         cff, cfb, cfp = abb * app - abp * abp, afp * abp - afb * app, afb * abp - afp * abb
         cbb, cbp, cpp = aff * app - afp * afp, afb * afp - aff * abp, aff * abb - afb * afb

@@ -160,8 +160,8 @@ def _report_slow_engine(ctl: PlacementController, slowdown: float, periods: int 
 def test_engine_work_in_heartbeats_corrects_the_worker_and_the_fleet_profile() -> None:
     ctl = _controller()
     base = _report_slow_engine(ctl, 2.0)
-    # one batch size throughout: the two decode factors cannot be told apart and stay one
-    assert ctl.corrections()["w0"].factors() == pytest.approx((2.0, 2.0, 1.0), rel=0.1)
+    # one batch size throughout, no prefills: nothing tells the terms apart, one factor for all
+    assert ctl.corrections()["w0"].factors() == pytest.approx((2.0, 2.0, 2.0), rel=0.1)
     assert ctl.stats()["latency_corrections"]["w0"]["intervals"] > 0
     assert ctl.cluster.fleet_profile().decode.d0_s > base.decode.d0_s
 
