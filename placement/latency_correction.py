@@ -43,7 +43,7 @@ import numpy as np
 from predictors.latency.profile import WorkerProfile
 
 MEMORY_S = 30.0  # busy seconds after which an interval's weight has fallen to 1/e
-TIE_WEIGHT_S = 3e-4  # ties the factors to each other (relative): worth the evidence of a few short intervals
+TIE_WEIGHT_S = 0.1  # ties the factors to each other, per unit of the intervals' squared relative noise
 HUBER_K = 3.0  # residuals beyond HUBER_K x the running scale are down-weighted
 MAX_WEIGHT_S = 1.0  # one interval counts as at most this much busy time (a long stall is one event)
 MAX_FACTOR = 50.0
@@ -146,11 +146,14 @@ class WorkerCorrection:
 
     def _solve(self) -> None:
         aff, afb, afp, abb, abp, app, bf, bb, bp = self._sums
-        # the prior: TIE_WEIGHT_S x ((f_i - f_j) / level)^2 for each pair of factors, relative to
-        # their level as the intervals' evidence is (a factor of 20 is known to +-1 as one of 2
-        # to +-0.1); with any interval's evidence of the level the system is positive definite
+        # the prior: TIE_WEIGHT_S x scale^2 x ((f_i - f_j) / level)^2 for each pair of factors:
+        # relative to their level as the intervals' evidence is (a factor of 20 is known to +-1
+        # as one of 2 to +-0.1), and as strong against them as they are noisy (the sums are not
+        # divided by the residuals' variance: noisy intervals say less). With any interval's
+        # evidence of the level the system is positive definite.
         f, b, p = self.factors()
-        tie_fb, tie_fp, tie_bp = TIE_WEIGHT_S / (f * b), TIE_WEIGHT_S / (f * p), TIE_WEIGHT_S / (b * p)
+        tie = TIE_WEIGHT_S * self._scale * self._scale
+        tie_fb, tie_fp, tie_bp = tie / (f * b), tie / (f * p), tie / (b * p)
         aff += tie_fb + tie_fp
         abb += tie_fb + tie_bp
         app += tie_fp + tie_bp
