@@ -151,9 +151,9 @@ class WorkerCorrection:
         # as one of 2 to +-0.1), and as strong against them as they are noisy (the sums are not
         # divided by the residuals' variance: noisy intervals say less). With any interval's
         # evidence of the level the system is positive definite.
-        f, b, p = self.factors()
+        kf, kb, kp = self.factors()
         tie = TIE_WEIGHT_S * self._scale * self._scale
-        tie_fb, tie_fp, tie_bp = tie / (f * b), tie / (f * p), tie / (b * p)
+        tie_fb, tie_fp, tie_bp = tie / (kf * kb), tie / (kf * kp), tie / (kb * kp)
         aff += tie_fb + tie_fp
         abb += tie_fb + tie_bp
         app += tie_fp + tie_bp
@@ -166,7 +166,7 @@ class WorkerCorrection:
             return
         factors = [(cff * bf + cfb * bb + cfp * bp) / det, (cfb * bf + cbb * bb + cbp * bp) / det,
                    (cfp * bf + cbp * bb + cpp * bp) / det]
-        if not all(1.0 / MAX_FACTOR <= f <= MAX_FACTOR for f in factors):
+        if not all(1.0 / MAX_FACTOR <= k <= MAX_FACTOR for k in factors):
             factors = _bounded_solve([[aff, afb, afp], [afb, abb, abp], [afp, abp, app]], [bf, bb, bp])
         self.decode_fixed_factor, self.decode_batch_factor, self.prefill_factor = factors
 
