@@ -414,7 +414,7 @@ class PlacementController:
                                           "decode_batch_factor": c.decode_batch_factor,
                                           "prefill_factor": c.prefill_factor,
                                           "ttft_offset_s": c.ttft_offset_s, "intervals": c.intervals,
-                                          "relative_error": c.relative_error}
+                                          "relative_error": c.relative_error, "recent_intervals": c.recent_rows()}
                                     for wid, c in self.corrections().items()},
             "policy": self.settings.policy,
             "profile": f"{profile.family} tp{profile.tp}",

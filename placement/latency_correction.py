@@ -36,7 +36,8 @@ controller feeds it from heartbeats and ingress measurements, the simulator from
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import astuple, dataclass
 
 import numpy as np
 
@@ -48,6 +49,7 @@ HUBER_K = 3.0  # residuals beyond HUBER_K x the running scale are down-weighted
 MAX_WEIGHT_S = 1.0  # one interval counts as at most this much busy time (a long stall is one event)
 MAX_FACTOR = 50.0
 ERROR_INTERVALS = 20  # the error shown is a running mean over about this many intervals
+RECENT_INTERVALS = 32  # the last intervals kept as they came, for offline study of the fit
 GRID = 0.02  # factors are rounded to steps of 2 % (in log space)
 TTFT_MEMORY = 50  # the TTFT offset is a running mean over about this many requests
 
@@ -119,6 +121,7 @@ class WorkerCorrection:
         self._ttft_count = 0
         self._ttft_scale = 0.0  # running mean of |TTFT error|
         self.intervals = 0
+        self.recent: deque[tuple[int, BusyInterval]] = deque(maxlen=RECENT_INTERVALS)  # (number, interval)
 
     def factors(self) -> tuple[float, float, float]:
         """The decode fixed, decode batch and prefill factors."""
@@ -140,6 +143,7 @@ class WorkerCorrection:
         rate = min(1.0, elapsed / MEMORY_S)
         self._scale += (min(abs(residual), limit) - self._scale) * rate
         self.intervals += 1
+        self.recent.append((self.intervals, interval))
         # what the model got wrong before it saw the interval, unclipped (shown, not fitted)
         self.relative_error += (abs(residual) - self.relative_error) / min(self.intervals, ERROR_INTERVALS)
         self._solve()
@@ -169,6 +173,11 @@ class WorkerCorrection:
         if not all(1.0 / MAX_FACTOR <= k <= MAX_FACTOR for k in factors):
             factors = _bounded_solve([[aff, afb, afp], [afb, abb, abp], [afp, abp, app]], [bf, bb, bp])
         self.decode_fixed_factor, self.decode_batch_factor, self.prefill_factor = factors
+
+    def recent_rows(self) -> list[list[float]]:
+        """The last intervals as [number, elapsed_s, decode_fixed_model_s, decode_batch_model_s,
+        prefill_model_s] rows (a benchmark that samples them often enough has every interval)."""
+        return [[n, *astuple(interval)] for n, interval in self.recent]
 
     def observe_ttft(self, error_s: float) -> None:
         """One request's measured TTFT minus what placement predicted with the corrected

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from dataclasses import replace
+from dataclasses import astuple, replace
 
 import numpy as np
 import pytest
@@ -233,6 +233,11 @@ def test_the_models_error_is_measured_before_each_correction_and_falls_as_it_lea
     for _ in range(300):
         correction.observe("w", slow)
     assert correction.of("w").relative_error < 0.02
+    # the last intervals are kept as they came, numbered, for offline study
+    from placement.latency_correction import RECENT_INTERVALS
+
+    rows = correction.of("w").recent_rows()
+    assert len(rows) == RECENT_INTERVALS and rows[-1] == [301, *astuple(slow)]
 
 
 def test_a_term_never_exercised_takes_the_hosts_level():
