@@ -45,6 +45,7 @@ from predictors.latency.profile import WorkerProfile
 
 MEMORY_S = 30.0  # busy seconds after which an interval's weight has fallen to 1/e
 TIE_WEIGHT_S = 0.1  # ties the factors to each other, per unit of the intervals' squared relative noise
+MIN_NOISE = 0.01  # noise below 1 % is not believed (exact intervals, as the simulator's, keep a tie)
 HUBER_K = 3.0  # residuals beyond HUBER_K x the running scale are down-weighted
 MAX_WEIGHT_S = 1.0  # one interval counts as at most this much busy time (a long stall is one event)
 MAX_FACTOR = 50.0
@@ -156,7 +157,8 @@ class WorkerCorrection:
         # divided by the residuals' variance: noisy intervals say less). With any interval's
         # evidence of the level the system is positive definite.
         kf, kb, kp = self.factors()
-        tie = TIE_WEIGHT_S * self._scale * self._scale
+        noise = max(self._scale, MIN_NOISE)
+        tie = TIE_WEIGHT_S * noise * noise
         tie_fb, tie_fp, tie_bp = tie / (kf * kb), tie / (kf * kp), tie / (kb * kp)
         aff += tie_fb + tie_fp
         abb += tie_fb + tie_bp
@@ -202,7 +204,8 @@ def _bounded_solve(a: list[list[float]], b: list[float]) -> list[float]:
         solved = dict(held)
         if free:
             rhs = [b[i] - sum(a[i][k] * v for k, v in held.items()) for i in free]
-            x = np.linalg.solve(np.array([[a[i][j] for j in free] for i in free]), np.array(rhs))
+            # least squares, not solve: a term no interval exercised leaves the reduced system singular
+            x = np.linalg.lstsq(np.array([[a[i][j] for j in free] for i in free]), np.array(rhs), rcond=None)[0]
             solved.update(zip(free, (float(v) for v in x)))
         out = {i: min(MAX_FACTOR, max(1.0 / MAX_FACTOR, v)) for i, v in solved.items()
                if i not in held and not 1.0 / MAX_FACTOR <= v <= MAX_FACTOR}

@@ -388,3 +388,15 @@ def test_engine_work_adds_every_field():
 
     a, b = EngineWork(*range(1, 9)), EngineWork(*range(10, 18))
     assert astuple(a + b) == tuple(x + y for x, y in zip(astuple(a), astuple(b), strict=True))
+
+
+def test_a_term_never_exercised_leaves_the_bounded_fit_defined():
+    """Exact intervals (the simulator's) that never ran a prefill and want a negative fixed part:
+    with the fixed factor held at its bound, what is left is singular in the prefill term; the
+    fit stays finite and inside its bounds."""
+    from placement.latency_correction import MAX_FACTOR, _bounded_solve
+
+    a = [[1.0, 2.0, 0.0], [2.0, 4.5, 0.0], [0.0, 0.0, 0.0]]
+    b = [-1.0, 1.0, 0.0]
+    factors = _bounded_solve(a, b)
+    assert all(math.isfinite(k) and 1 / MAX_FACTOR <= k <= MAX_FACTOR for k in factors)
