@@ -217,6 +217,12 @@ class PlacementConfig(_Section):
         1.0, gt=0, description="The router falls back to power-of-two choices past this wait."
     )
     heartbeat_s: float = Field(0.25, gt=0, description="Period of the workers' batched reports.")
+    heartbeat_relay: bool = Field(
+        False,
+        description="Workers report through one relay actor per node, which hands their reports to the "
+        "placement actor in one call per tick (serve_app.scheduler.heartbeat_relay): for clusters of many "
+        "workers per node, where per-worker heartbeats are most of the actor's calls.",
+    )
     shards: int = Field(
         1, ge=1, le=64,
         description="Placement actors, each owning the workers whose replica id hashes to it "

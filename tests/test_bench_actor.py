@@ -84,6 +84,8 @@ def test_the_result_counts_outcomes_and_takes_percentiles_in_ms() -> None:
 def test_more_shards_than_workers_are_refused_with_exit_code_2(capsys) -> None:
     assert main(["bench-actor", "--workers", "2", "--shards", "3"]) == 2
     assert "shards <= workers" in capsys.readouterr().err
+    assert main(["bench-actor", "--workers-per-node", "0"]) == 2
+    assert "workers per node >= 1" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +102,11 @@ def local_ray():
 
 
 @pytest.mark.serving
-@pytest.mark.parametrize(("admission", "shards"), [(False, 1), (True, 1), (True, 2)])
-def test_a_tiny_run_places_on_the_simulated_workers(local_ray, admission: bool, shards: int) -> None:
+@pytest.mark.parametrize(("admission", "shards", "per_node"), [(False, 1, 1), (True, 1, 1), (True, 2, 2)])
+def test_a_tiny_run_places_on_the_simulated_workers(local_ray, admission: bool, shards: int, per_node: int) -> None:
     result = run_bench_actor(BenchActorOptions(workers=4, running=2, callers=2, admission=admission,
-                                               shards=shards, duration_s=2.0, warmup_s=1.0))
+                                               shards=shards, workers_per_node=per_node, duration_s=2.0,
+                                               warmup_s=1.0))
     d = result.to_dict()
     assert JSON_KEYS <= d.keys()
     assert result.placements > 0 and result.heartbeat_sweep_ms is not None

@@ -46,6 +46,24 @@ def test_calls_alone_go_alone_and_concurrent_ones_go_together() -> None:
     asyncio.run(scenario())
 
 
+def test_a_linger_gathers_calls_that_arrive_a_little_apart_into_one_batch() -> None:
+    async def scenario() -> None:
+        actor = _Actor()
+        coalescer = CallCoalescer(actor.send, linger_s=0.05)
+        calls = []
+        for i in range(4):  # 10 ms apart: without the linger the first would go alone
+            calls.append(asyncio.ensure_future(coalescer.call(i)))
+            await asyncio.sleep(0.01)
+        assert await asyncio.gather(*calls) == [0, 10, 20, 30]
+        assert actor.batches == [[0, 1, 2, 3]]
+        assert await coalescer.call(7) == 70  # a later quiet spell: lingers again, then goes
+        assert actor.batches[1:] == [[7]]
+        with pytest.raises(ValueError, match="linger_s"):
+            CallCoalescer(actor.send, linger_s=-1)
+
+    asyncio.run(scenario())
+
+
 def test_a_caller_that_gives_up_leaves_the_others_their_results() -> None:
     async def scenario() -> None:
         actor = _Actor()

@@ -2,7 +2,9 @@
 four `sim` workers. Each shard's actor knows only the workers whose replica id hashes to it,
 every request is placed by exactly one shard on one of its own workers, and killing a shard's
 actor under load loses no request (the router falls back, the actor restarts and rebuilds
-its workers from their heartbeats)."""
+its workers from their heartbeats). The workers report through per-node heartbeat relays
+(placement.heartbeat_relay; the other serving tests cover direct heartbeats), so the kill also
+covers a relay finding its shard's restarted actor."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def sharded_app(ray_cluster):
     serve_run(
         ray_cluster, "serve_app.app:build_app", "engine.kind=sim", "engine.cpus_per_rank=0.25",
         f"workers.num_workers={WORKERS}", "ingress.num_cpus=0.25", "placement.policy=aladdin",
-        f"placement.shards={SHARDS}", "placement.actor_timeout_s=5",
+        f"placement.shards={SHARDS}", "placement.actor_timeout_s=5", "placement.heartbeat_relay=true",
         "--name", APP, "--route-prefix", f"/{APP}", name=APP,
     )
     yield f"{ray_cluster.http}/{APP}"
@@ -44,6 +46,17 @@ def _actors() -> list:
     from serve_app.scheduler.placement_actor import find_placement_actor
 
     return [find_placement_actor(APP, shard) for shard in range(SHARDS)]
+
+
+def _relays() -> dict[str, dict[str, int]]:
+    """Each of the app's heartbeat relays (one per shard on this one node) and its counts."""
+    import ray
+
+    from serve_app.scheduler.placement_actor import NAMESPACE
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == NAMESPACE and a["name"].startswith(f"relay:placement:{APP}:")]
+    return {name: ray.get(ray.get_actor(name, namespace=NAMESPACE).stats.remote(), timeout=30) for name in names}
 
 
 def _workers_by_shard() -> dict[int, set[str]]:
@@ -78,6 +91,10 @@ def test_each_shard_owns_its_workers_and_places_only_on_them(sharded_app):
     summaries = [ray.get(a.summary.remote()) for a in _actors()]
     assert [s["workers"] for s in summaries] == [len(known[k]) for k in range(SHARDS)]
     assert all(0.0 <= s["room"] <= 1.0 for s in summaries)
+    # the reports came through one relay per shard owning workers, several to a call
+    relays = _relays()
+    assert len(relays) == sum(1 for w in known.values() if w), relays
+    assert sum(r["reports"] for r in relays.values()) > sum(r["calls"] for r in relays.values()) > 0, relays
 
 
 def test_every_shard_learns_the_demand_and_workers_of_the_others(sharded_app):

@@ -4,7 +4,9 @@ calls that arrive wait and go together in the next one.
 The placement actor pays Ray's per-call overhead (a task, its arguments and its reply
 serialized, a turn of its event loop) once per call, not per request. At light load every call
 goes alone, so no latency is added; under load the batch grows by itself to what arrived
-during one round trip (Nagle's rule without a timer). A caller that gives up (its task is
+during one round trip (Nagle's rule without a timer). `linger_s` > 0 holds the first call of
+a quiet spell that long before sending it, for callers that arrive together but not at once
+(the workers of one node reporting on the same tick: serve_app.scheduler.heartbeat_relay). A caller that gives up (its task is
 cancelled, e.g. by a timeout) leaves its batch unaffected. A failed batch call fails each of
 its callers with the same exception.
 """
@@ -22,11 +24,15 @@ R = TypeVar("R")
 class CallCoalescer(Generic[T, R]):
     """Calls `send(items)` (one result per item, in order) with the items of concurrent `call`s."""
 
-    def __init__(self, send: Callable[[list[T]], Awaitable[Sequence[R]]], max_batch: int = 256) -> None:
+    def __init__(self, send: Callable[[list[T]], Awaitable[Sequence[R]]], max_batch: int = 256,
+                 linger_s: float = 0.0) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if linger_s < 0:
+            raise ValueError("linger_s must be >= 0")
         self._send = send
         self._max_batch = max_batch
+        self._linger_s = linger_s
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._pump: asyncio.Task | None = None
         self.calls = 0  # batch calls sent
@@ -41,6 +47,8 @@ class CallCoalescer(Generic[T, R]):
         return await future
 
     async def _send_pending(self) -> None:
+        if self._linger_s:
+            await asyncio.sleep(self._linger_s)
         while self._pending:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]

@@ -9,7 +9,9 @@
 - `place` is called by the worker deployment's request router (serve_app.scheduler.placement_router) for
   every request and returns the worker to use (the admitted one, when there is one).
 - `heartbeat` is called by every worker on a short period with a batched `WorkerReport`
-  (tokens generated per running request, completions, KV capacity). The actor's state is
+  (tokens generated per running request, completions, KV capacity), or `heartbeat_many` with
+  the reports of one node's workers by that node's relay (serve_app.scheduler.heartbeat_relay,
+  `placement.heartbeat_relay`). The actor's state is
   rebuilt from these alone, so a restarted actor (max_restarts=-1) converges within one
   heartbeat period, and requests placed by the router's fallback are accounted for too.
 - Every `scaling.estimate_period_s` the actor turns its sliding window of arrivals into the
@@ -30,6 +32,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -57,6 +60,20 @@ NAMESPACE = "aladdin"
 IDLE_EXIT_S = 300.0
 # Waiting requests are tried this many times per heartbeat period (over the workers that reported)
 DRAINS_PER_HEARTBEAT = 10
+
+
+async def exit_when_idle(last_call: Callable[[], float], what: str, before_exit: Callable[[], None] = lambda: None) -> None:
+    """Exit the calling actor once `last_call()` (time.monotonic) is `IDLE_EXIT_S` old: a
+    detached actor of a deleted application must not stay behind. `before_exit` runs first."""
+    while True:
+        await asyncio.sleep(IDLE_EXIT_S / 10)
+        if time.monotonic() - last_call() > IDLE_EXIT_S:
+            logger.info("%s idle for %.0f s: exiting", what, IDLE_EXIT_S)
+            before_exit()
+            try:
+                ray.actor.exit_actor()  # marks the actor to exit once its calls are done
+            except ray.exceptions.AsyncioActorExit:  # meant for a method's caller: none here
+                return
 
 
 def placement_actor_name(app_name: str, config: dict[str, Any], shard: int = 0) -> str:
@@ -120,7 +137,8 @@ class PlacementActor:
         self._admitting: dict[str, asyncio.Future] = {}  # waiting request id -> its verdict
         self._drain_task: asyncio.Task | None = None
         self._last_call = time.monotonic()
-        self._idle_task = asyncio.get_event_loop().create_task(self._exit_when_idle())
+        self._idle_task = asyncio.get_event_loop().create_task(
+            exit_when_idle(lambda: self._last_call, "placement actor", self._node_scaler.release))
         profile = self._controller.settings.profile
         logger.info("placement actor up: policy %s, profile %s tp%d, shard %d of %d", self._policy, profile.family,
                     profile.tp, shard, self._config.placement.shards)
@@ -260,6 +278,11 @@ class PlacementActor:
             self._estimated(result)
         return result.reply()
 
+    async def heartbeat_many(self, reports: list[WorkerReport]) -> list[dict[str, Any]]:
+        """`heartbeat` of each report, in order: one call for the workers of a node
+        (serve_app.scheduler.heartbeat_relay)."""
+        return [await self.heartbeat(report) for report in reports]
+
     def _estimated(self, result: HeartbeatResult) -> None:
         estimate, held = result.estimate, result.workers_held
         if estimate.workers != self._logged_estimate:
@@ -322,13 +345,3 @@ class PlacementActor:
         """A resident request as placement sees it now (None once finished or unknown)."""
         return self._controller.where(request_id)
 
-    async def _exit_when_idle(self) -> None:
-        while True:
-            await asyncio.sleep(IDLE_EXIT_S / 10)
-            if time.monotonic() - self._last_call > IDLE_EXIT_S:
-                logger.info("placement actor idle for %.0f s: exiting", IDLE_EXIT_S)
-                self._node_scaler.release()
-                try:
-                    ray.actor.exit_actor()  # marks the actor to exit once its calls are done
-                except ray.exceptions.AsyncioActorExit:  # meant for a method's caller: none here
-                    return

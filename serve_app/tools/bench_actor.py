@@ -22,6 +22,11 @@ it, with no engines, through the same client as the ingress and router
   callers' concurrent `admit`s and `place`s are coalesced into `admit_many` / `place_many`
   calls (`CallCoalescer`; `--no-coalesce`: one call each). Finished placed requests' timings
   go to `observe` once a period, as the ingress batches them.
+- `--workers-per-node N` > 1: the workers are grouped N to a node and each node's reports reach
+  the actor as its heartbeat relay sends them (`placement.heartbeat_relay`: one
+  `heartbeat_many` per node and tick, gathered by the relay's own `CallCoalescer` and linger).
+  The relays themselves run in this process here; in a cluster they run on the workers' nodes,
+  so the actor's figures are what it would see there.
   Callers place one request after another as fast as the actor answers, which can be faster
   than W workers take requests within their SLOs (at small W): without admission the excess is
   placed anyway (`least_violation` in `actor_outcomes`); with admission it waits for room, so
@@ -58,6 +63,8 @@ from placement.evaluation.bench import INPUT_CV, INPUT_MEAN, OUTPUT_CV, OUTPUT_M
 from placement.latency_correction import EngineWork
 from placement.live import RequestTiming, RunningRequest, WorkerReport
 from predictors.latency.profile import WorkerProfile
+from serve_app.scheduler.call_coalescer import CallCoalescer
+from serve_app.scheduler.heartbeat_relay import RELAY_LINGER_SHARE
 from serve_app.scheduler.placement_shards import PlacementShards
 from serve_app.worker.heartbeat_reports import HeartbeatReports
 
@@ -77,6 +84,7 @@ class BenchActorOptions:
     admission: bool = False
     coalesce: bool = True  # callers' calls go through CallCoalescer, as the ingress's and router's do
     full_heartbeats: bool = False  # every report full (as before delta heartbeats), to compare
+    workers_per_node: int = 1  # > 1: each node's reports reach the actor through its relay
     duration_s: float = 10.0
     warmup_s: float = 2.0
     profile_family: str = "llama-2-7b-a100"
@@ -85,8 +93,8 @@ class BenchActorOptions:
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= self.workers:
             raise ValueError("need 1 <= shards <= workers")
-        if self.workers < 1 or self.callers < 1 or self.running < 0:
-            raise ValueError("need workers >= 1, callers >= 1 and running >= 0")
+        if self.workers < 1 or self.callers < 1 or self.running < 0 or self.workers_per_node < 1:
+            raise ValueError("need workers >= 1, callers >= 1, running >= 0 and workers per node >= 1")
         if self.duration_s <= 0 or self.warmup_s < 0:
             raise ValueError("need duration > 0 s and warm-up >= 0 s")
 
@@ -113,6 +121,7 @@ class BenchActorResult:
     admission: bool
     coalesce: bool
     full_heartbeats: bool
+    workers_per_node: int
     duration_s: float
     placements: int
     refused: int
@@ -143,7 +152,8 @@ class BenchActorResult:
             f"{self.placements_per_s:.0f} placements/s ({self.placements} placed, {self.refused} refused) on "
             f"{self.workers} workers x {self.running} running, {self.callers} callers"
             f"{', admission' if self.admission else ''}{'' if self.coalesce else ', calls not coalesced'}"
-            f"{', full heartbeats' if self.full_heartbeats else ''}: "
+            f"{', full heartbeats' if self.full_heartbeats else ''}"
+            f"{f', relayed per {self.workers_per_node} workers' if self.workers_per_node > 1 else ''}: "
             f"round trip p50 {_ms(self.p50_ms)} p99 {_ms(self.p99_ms)}, "
             f"heartbeat sweep {_ms(self.heartbeat_sweep_ms)} (p99 {_ms(self.heartbeat_sweep_p99_ms)}), "
             f"actor CPU {_ms(self.actor_cpu_ms_per_placement)}/placement ({self.actor_cpu_share:.0%} of a core; "
@@ -198,7 +208,7 @@ def build_result(
     return BenchActorResult(
         workers=options.workers, running=options.running, callers=options.callers, shards=options.shards,
         admission=options.admission, coalesce=options.coalesce, full_heartbeats=options.full_heartbeats,
-        duration_s=window_s,
+        workers_per_node=options.workers_per_node, duration_s=window_s,
         placements=placements, refused=tally.outcomes["refused"], unplaced=tally.outcomes["unplaced"],
         placements_per_s=placements / window_s,
         p50_ms=percentile_ms(tally.round_trips_s, 50), p99_ms=percentile_ms(tally.round_trips_s, 99),
@@ -347,9 +357,25 @@ class _Run:
     heartbeat_s: float
     window: tuple[float, float]  # perf_counter bounds of the measured window
     tally: Tally = field(default_factory=Tally)
+    relays: dict[tuple[int, int], CallCoalescer[WorkerReport, dict[str, Any]]] = field(default_factory=dict)
 
     def measured(self, start: float, end: float) -> bool:
         return self.window[0] <= start and end <= self.window[1]
+
+    async def heartbeat(self, index: int, report: WorkerReport) -> dict[str, Any]:
+        """The reply to the `index`th worker's report: from its shard's actor, directly or
+        through its node's relay (serve_app.scheduler.heartbeat_relay)."""
+        shard = self.shards.of_worker(report.worker_id)
+        actor = self.shards.actor(shard)
+        if self.options.workers_per_node == 1:
+            return await actor.heartbeat.remote(report)
+        node = index // self.options.workers_per_node
+        relay = self.relays.get((node, shard))
+        if relay is None:
+            relay = self.relays[node, shard] = CallCoalescer(
+                lambda reports, actor=actor: actor.heartbeat_many.remote(reports),
+                linger_s=RELAY_LINGER_SHARE * self.heartbeat_s)
+        return await relay.call(report)
 
 
 async def _route(run: _Run, request: RunningRequest) -> tuple[str | None, bool]:
@@ -390,8 +416,7 @@ async def _heartbeats(run: _Run) -> None:
             timings += done
         running = sum(w.running for w in run.workers.values()) / len(reports)
         start = time.perf_counter()
-        replies = await asyncio.gather(*(run.shards.actor(run.shards.of_worker(r.worker_id)).heartbeat.remote(r)
-                                         for r in reports))
+        replies = await asyncio.gather(*(run.heartbeat(i, r) for i, r in enumerate(reports)))
         end = time.perf_counter()
         for worker, report, reply in zip(run.workers.values(), reports, replies, strict=True):
             worker.acknowledged(report, reply)

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import ray
 from ray import serve
 
 from placement.live import WorkerReport
@@ -148,20 +149,26 @@ class LLMWorker:
         )
 
     async def _heartbeat_loop(self, app_name: str) -> None:
-        """Every `placement.heartbeat_s`, one batched report to the placement actor."""
+        """Every `placement.heartbeat_s`, one batched report to the placement actor, or with
+        `placement.heartbeat_relay` to this node's relay, on the node's tick."""
+        from serve_app.scheduler.heartbeat_relay import get_heartbeat_relay, next_tick_s, tick_phase_s
         from serve_app.scheduler.placement_actor import get_placement_actor
 
         period = self._config.placement.heartbeat_s
         payload = self._config.model_dump(mode="json")
         shard = shard_of(self._worker_id, self._config.placement.shards)  # the actor that owns this worker
+        node_id = ray.get_runtime_context().get_node_id() if self._config.placement.heartbeat_relay else None
+        phase_s = tick_phase_s(node_id, period) if node_id is not None else None
         actor = None
         failing = False
         while True:
-            await asyncio.sleep(period)
+            now_s = time.time()
+            await asyncio.sleep(period if phase_s is None else next_tick_s(now_s, period, phase_s) - now_s)
             report = self._report()
             try:
                 if actor is None:
-                    actor = get_placement_actor(app_name, payload, shard)
+                    actor = (get_placement_actor(app_name, payload, shard) if node_id is None
+                             else get_heartbeat_relay(app_name, payload, shard, node_id))
                 async with asyncio.timeout(max(2.0, 8 * period)):
                     reply = await actor.heartbeat.remote(report)
             except Exception as exc:  # actor restarting or gone: keep the finished ones for later
