@@ -414,7 +414,8 @@ class PlacementController:
                                           "decode_batch_factor": c.decode_batch_factor,
                                           "prefill_factor": c.prefill_factor,
                                           "ttft_offset_s": c.ttft_offset_s, "intervals": c.intervals,
-                                          "relative_error": c.relative_error, "recent_intervals": c.recent_rows()}
+                                          "relative_error": c.relative_error, "memory_s": c.memory_s,
+                                          "recent_intervals": c.recent_rows()}
                                     for wid, c in self.corrections().items()},
             "policy": self.settings.policy,
             "profile": f"{profile.family} tp{profile.tp}",

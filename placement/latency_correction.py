@@ -9,9 +9,14 @@ the work done in it) and the correction fits, per worker,
     elapsed = decode_fixed_factor x decode_fixed_model_s + decode_batch_factor x decode_batch_model_s
               + prefill_factor x prefill_model_s
 
-by least squares over the intervals with decaying memory (`MEMORY_S` of busy time), each
-interval weighted by its length (up to MAX_WEIGHT_S) and down-weighted when its relative
-residual is an outlier (Huber, so one stalled interval moves little). The decode step has two
+by least squares over the intervals with decaying memory, each interval weighted by its length
+(up to MAX_WEIGHT_S) and down-weighted when its relative residual is an outlier (Huber, so one
+stalled interval moves little). How long to remember is the loop's own choice: a host whose
+speed drifts (the 2-core VM's engines share their cores with the client and Serve's proxy)
+wants a short memory, a steady one a long memory that averages its noise out. Each worker
+keeps one fit per memory in `MEMORIES_S` (busy seconds), judges each interval by each fit
+before it learns from it, and uses the longest memory whose recent error is within
+`SHORTER_GAIN` of the least (a shorter memory only when it is clearly better). The decode step has two
 factors because a host's step does not grow with the batch as the profile's does (the CPU
 engines' per-sequence cost under load is many times the idle profile's, their fixed cost a few
 times): the fixed part (d0, per iteration) and the batch part (d1 per sequence, d2 per context
@@ -43,7 +48,12 @@ import numpy as np
 
 from predictors.latency.profile import WorkerProfile
 
-MEMORY_S = 30.0  # busy seconds after which an interval's weight has fallen to 1/e
+# candidate memories: busy seconds after which an interval's weight has fallen to 1/e
+MEMORIES_S = (3.0, 10.0, 30.0)
+# the memories' errors are compared as running means over about this many intervals (~25 s
+# at 0.25 s heartbeats): over fewer, noise alone makes a short memory look better on a steady host
+CHOICE_INTERVALS = 100
+SHORTER_GAIN = 0.9  # a shorter memory is used when its error is below this share of every longer one's
 TIE_WEIGHT_S = 0.1  # ties the factors to each other, per unit of the intervals' squared relative noise
 MIN_NOISE = 0.01  # noise below 1 % is not believed (exact intervals, as the simulator's, keep a tie)
 HUBER_K = 3.0  # residuals beyond HUBER_K x the running scale are down-weighted
@@ -106,48 +116,35 @@ class EngineWork:
         return BusyInterval(self.busy_s, d.d0_s * self.decode_iterations, batch_s, prefill_s)
 
 
-class WorkerCorrection:
-    """One worker's factors (see the module docstring)."""
+class DecayedFit:
+    """The three factors fitted over a worker's intervals with one memory, and the running
+    error of its predictions (each interval judged before the fit learns from it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory_s: float) -> None:
+        self.memory_s = memory_s
         # normal equations of the relative fit (x / elapsed) . factors = 1, decayed (the terms
         # decode fixed f, decode batch b, prefill p): A_ff, A_fb, A_fp, A_bb, A_bp, A_pp, b_f, b_b, b_p
         self._sums = [0.0] * 9
         self._scale = 0.1  # running mean of |relative residual|, each clipped at the Huber limit
-        self.relative_error = 0.0  # recent mean of |predicted - elapsed| / elapsed, before each update
-        self.decode_fixed_factor = 1.0
-        self.decode_batch_factor = 1.0
-        self.prefill_factor = 1.0
-        self.ttft_offset_s = 0.0
-        self._ttft_count = 0
-        self._ttft_scale = 0.0  # running mean of |TTFT error|
-        self.intervals = 0
-        self.recent: deque[tuple[int, BusyInterval]] = deque(maxlen=RECENT_INTERVALS)  # (number, interval)
+        self.factors = (1.0, 1.0, 1.0)  # decode fixed, decode batch, prefill
+        self.error = 0.0  # running mean of |relative residual| over ~CHOICE_INTERVALS, before each update
 
-    def factors(self) -> tuple[float, float, float]:
-        """The decode fixed, decode batch and prefill factors."""
-        return self.decode_fixed_factor, self.decode_batch_factor, self.prefill_factor
-
-    def observe(self, interval: BusyInterval) -> None:
-        elapsed = interval.elapsed_s
-        model_f, model_b, model_p = interval.decode_fixed_model_s, interval.decode_batch_model_s, interval.prefill_model_s
-        if elapsed <= 0 or max(model_f, model_b, model_p) <= 0:
-            return
-        xf, xb, xp = model_f / elapsed, model_b / elapsed, model_p / elapsed
-        residual = 1.0 - (xf * self.decode_fixed_factor + xb * self.decode_batch_factor + xp * self.prefill_factor)
+    def observe(self, xf: float, xb: float, xp: float, elapsed_s: float, count: int) -> float:
+        """Learn from an interval of `elapsed_s` whose model parts over it are `xf`, `xb`, `xp`
+        (the `count`th interval): returns its relative residual before learning."""
+        kf, kb, kp = self.factors
+        residual = 1.0 - (xf * kf + xb * kb + xp * kp)
+        self.error += (abs(residual) - self.error) / min(count, CHOICE_INTERVALS)
         limit = HUBER_K * self._scale
-        weight = min(elapsed, MAX_WEIGHT_S) * min(1.0, limit / max(abs(residual), 1e-12))
-        keep = math.exp(-elapsed / MEMORY_S)
+        busy_s = min(elapsed_s, MAX_WEIGHT_S)  # a long stall is one event: it weighs and ages as one
+        weight = busy_s * min(1.0, limit / max(abs(residual), 1e-12))
+        keep = math.exp(-busy_s / self.memory_s)
         terms = (xf * xf, xf * xb, xf * xp, xb * xb, xb * xp, xp * xp, xf, xb, xp)
         self._sums = [s * keep + weight * t for s, t in zip(self._sums, terms)]
         # the scale is robust too: an outlier moves it as if it were at the limit
-        rate = min(1.0, elapsed / MEMORY_S)
-        self._scale += (min(abs(residual), limit) - self._scale) * rate
-        self.intervals += 1
-        self.recent.append((self.intervals, interval))
-        # what the model got wrong before it saw the interval, unclipped (shown, not fitted)
-        self.relative_error += (abs(residual) - self.relative_error) / min(self.intervals, ERROR_INTERVALS)
+        self._scale += (min(abs(residual), limit) - self._scale) * min(1.0, busy_s / self.memory_s)
         self._solve()
+        return residual
 
     def _solve(self) -> None:
         aff, afb, afp, abb, abp, app, bf, bb, bp = self._sums
@@ -156,7 +153,7 @@ class WorkerCorrection:
         # as one of 2 to +-0.1), and as strong against them as they are noisy (the sums are not
         # divided by the residuals' variance: noisy intervals say less). With any interval's
         # evidence of the level the system is positive definite.
-        kf, kb, kp = self.factors()
+        kf, kb, kp = self.factors
         noise = max(self._scale, MIN_NOISE)
         tie = TIE_WEIGHT_S * noise * noise
         tie_fb, tie_fp, tie_bp = tie / (kf * kb), tie / (kf * kp), tie / (kb * kp)
@@ -174,7 +171,62 @@ class WorkerCorrection:
                    (cfp * bf + cbp * bb + cpp * bp) / det]
         if not all(1.0 / MAX_FACTOR <= k <= MAX_FACTOR for k in factors):
             factors = _bounded_solve([[aff, afb, afp], [afb, abb, abp], [afp, abp, app]], [bf, bb, bp])
-        self.decode_fixed_factor, self.decode_batch_factor, self.prefill_factor = factors
+        self.factors = (factors[0], factors[1], factors[2])
+
+
+class WorkerCorrection:
+    """One worker's factors (see the module docstring): a fit per candidate memory, the one in use."""
+
+    def __init__(self, memories_s: tuple[float, ...] = MEMORIES_S) -> None:
+        if not memories_s or min(memories_s) <= 0:
+            raise ValueError("need at least one memory, each > 0 s")
+        self.fits = [DecayedFit(m) for m in sorted(memories_s)]
+        self._in_use = self.fits[-1]
+        self.relative_error = 0.0  # recent mean of |predicted - elapsed| / elapsed, before each update
+        self.ttft_offset_s = 0.0
+        self._ttft_count = 0
+        self._ttft_scale = 0.0  # running mean of |TTFT error|
+        self.intervals = 0
+        self.recent: deque[tuple[int, BusyInterval]] = deque(maxlen=RECENT_INTERVALS)  # (number, interval)
+
+    def factors(self) -> tuple[float, float, float]:
+        """The decode fixed, decode batch and prefill factors."""
+        return self._in_use.factors
+
+    @property
+    def decode_fixed_factor(self) -> float:
+        return self._in_use.factors[0]
+
+    @property
+    def decode_batch_factor(self) -> float:
+        return self._in_use.factors[1]
+
+    @property
+    def prefill_factor(self) -> float:
+        return self._in_use.factors[2]
+
+    @property
+    def memory_s(self) -> float:
+        """The memory of the fit in use."""
+        return self._in_use.memory_s
+
+    def observe(self, interval: BusyInterval) -> None:
+        elapsed = interval.elapsed_s
+        model_f, model_b, model_p = interval.decode_fixed_model_s, interval.decode_batch_model_s, interval.prefill_model_s
+        if elapsed <= 0 or max(model_f, model_b, model_p) <= 0:
+            return
+        xf, xb, xp = model_f / elapsed, model_b / elapsed, model_p / elapsed
+        self.intervals += 1
+        self.recent.append((self.intervals, interval))
+        for fit in self.fits:
+            residual = fit.observe(xf, xb, xp, elapsed, self.intervals)
+            if fit is self._in_use:
+                # what the model placement read got wrong, unclipped (shown, not fitted)
+                self.relative_error += (abs(residual) - self.relative_error) / min(self.intervals, ERROR_INTERVALS)
+        # the longest memory whose error is within the tolerance of the least: a shorter one
+        # must be clearly better, or the comparison's noise would pick it on a steady host
+        tolerated = min(fit.error for fit in self.fits) / SHORTER_GAIN
+        self._in_use = max((fit for fit in self.fits if fit.error <= tolerated), key=lambda fit: fit.memory_s)
 
     def recent_rows(self) -> list[list[float]]:
         """The last intervals as [number, elapsed_s, decode_fixed_model_s, decode_batch_model_s,

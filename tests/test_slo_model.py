@@ -198,6 +198,28 @@ def test_correction_recovers_the_factors_of_a_slower_or_faster_host(fixed_factor
     assert corrected.kv == PROFILE.kv
 
 
+def test_a_drifting_host_gets_a_short_memory_and_a_steady_one_keeps_the_long_one() -> None:
+    """A host whose speed moves by half every few seconds of busy time (as the 2-core VM's
+    engines beside the client): the fit with a short memory predicts its next interval better,
+    and the correction switches to it; on a steady noisy host it keeps the longest."""
+    from placement.latency_correction import MEMORIES_S, WorkerCorrection
+
+    rng = random.Random(3)
+    drifting, steady, long_only = WorkerCorrection(), WorkerCorrection(), WorkerCorrection((max(MEMORIES_S),))
+    for i in range(600):
+        interval = _decode_work(rng.randint(1, 32), 10).interval(PROFILE)
+        speed = 2.0 * (1.5 + 0.5 * math.sin(i / 12))  # busy time 2x-4x the profile, a period of ~30 s
+        drifted = replace(interval, elapsed_s=interval.decode_model_s * speed * rng.uniform(0.97, 1.03))
+        drifting.observe(drifted)
+        long_only.observe(drifted)
+        steady.observe(replace(interval, elapsed_s=interval.decode_model_s * 3.0 * rng.uniform(0.95, 1.05)))
+    assert drifting.memory_s == min(MEMORIES_S)
+    assert drifting.relative_error < 0.7 * long_only.relative_error
+    assert steady.memory_s == max(MEMORIES_S)
+    with pytest.raises(ValueError, match="memory"):
+        WorkerCorrection(())
+
+
 def test_one_batch_size_cannot_tell_the_decode_factors_apart_and_they_stay_one():
     correction = LatencyCorrection()
     interval = _decode_work(8).interval(PROFILE)
