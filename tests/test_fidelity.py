@@ -208,3 +208,46 @@ def test_the_atgt_ratio_by_batch_shows_a_decode_step_that_grows_too_slowly_with_
     low, mid, high = simulate_observed(observed, profile, timing_profile=flat, **kwargs).atgt_ratio_by_batch
     assert low > 1.0 > high and low > mid > high
     assert batch[0] >= 1.0 and batch[-1] > typical > batch[0]
+
+
+def test_a_run_with_recorded_intervals_is_timed_by_one_fit_over_all_of_them(profile):
+    """bench-suite's closed-loop series holds every interval of the run: the replay's timing is
+    one fit over both workers' intervals (not the live fits' end-of-run factors), leaving out
+    those already in the series' first sample (they may predate the run)."""
+    import random
+
+    from placement.evaluation.fidelity import recorded_intervals, run_corrections, run_timing
+    from placement.latency_correction import EngineWork
+
+    rng = random.Random(0)
+    truth = (2.0, 5.0, 3.0)
+
+    def row(number: int, speed: float = 1.0) -> list[float]:
+        prompts = rng.randint(0, 3)
+        work = EngineWork(decode_iterations=20, decode_sequences=20 * (b := rng.randint(1, 16)),
+                          decode_context_tokens=20 * b * 600, prefill_iterations=prompts, prefill_prompts=prompts,
+                          prefill_tokens=prompts * (n := rng.randint(50, 800)),
+                          prefill_squared_tokens=float(prompts * n * n))
+        i = work.interval(profile)
+        elapsed = speed * (i.decode_fixed_model_s * truth[0] + i.decode_batch_model_s * truth[1]
+                           + i.prefill_model_s * truth[2]) * rng.uniform(0.97, 1.03)
+        return [number, elapsed, i.decode_fixed_model_s, i.decode_batch_model_s, i.prefill_model_s]
+
+    rows = {w: [row(n, speed=100.0 if n <= 5 else 1.0) for n in range(1, 201)] for w in ("w0", "w1")}
+    series = [{"t_s": 2.0 * (k + 1), "corrections": {w: {"recent_intervals": r[max(0, 5 + 20 * k - 32): 5 + 20 * k]}
+                                                     for w, r in rows.items()}} for k in range(10)]
+    summary = {"placement_closed_loop": {"ttft_share": 1.0}, "placement_closed_loop_series": series,
+               "placement_latency_corrections": {w: {"decode_fixed_factor": 1.0, "decode_batch_factor": 1.0,
+                                                     "prefill_factor": 1.0, "ttft_offset_s": 0.1, "intervals": 200,
+                                                     "recent_intervals": r[-32:]} for w, r in rows.items()}}
+    kept = recorded_intervals(summary)
+    assert {w: len(v) for w, v in kept.items()} == {"w0": 195, "w1": 195}  # 1-5 were in the first sample
+    (fit,) = run_corrections(summary).values()
+    assert fit["intervals"] == 390 and fit["ttft_offset_s"] == pytest.approx(0.1)
+    # the prefills are a small part of these intervals' time: their factor is the least certain
+    assert [fit["decode_fixed_factor"], fit["decode_batch_factor"]] == pytest.approx(truth[:2], rel=0.05)
+    assert fit["prefill_factor"] == pytest.approx(truth[2], rel=0.15)
+    timing = run_timing(profile, summary, [summary])
+    assert timing.decode.d0_s == pytest.approx(profile.decode.d0_s * truth[0], rel=0.05)
+    # without a series, the recorded end-of-run corrections, as before
+    assert run_corrections({**summary, "placement_closed_loop_series": None}) == summary["placement_latency_corrections"]

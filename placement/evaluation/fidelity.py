@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from placement.admission import AdmissionLimits
-from placement.latency_correction import scaled_profile
+from placement.latency_correction import BusyInterval, WorkerCorrection, scaled_profile
 from placement.simulator.metrics import RequestRecord, meets_slos
 from placement.simulator.length_model import DEFAULT_LENGTH_MODEL
 from placement.simulator.scenario import Scenario, run
@@ -112,6 +112,49 @@ def recorded_corrections(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return summary.get("placement_latency_corrections") or legacy or {}
 
 
+def recorded_intervals(summary: dict[str, Any]) -> dict[str, list[BusyInterval]]:
+    """Each worker's busy intervals over the run, in order, from `bench-suite`'s closed-loop
+    series (every 2 s, each worker's last intervals: every one of them when sampled that
+    often) and the stats at its end. Intervals already in the series' first sample are left
+    out: they may predate the run (the previous load's tail). Empty for runs without a series."""
+    series = summary.get("placement_closed_loop_series") or []
+    if not series:
+        return {}
+    before = {w: max((int(r[0]) for r in c.get("recent_intervals") or []), default=0)
+              for w, c in series[0]["corrections"].items()}
+    rows: dict[str, dict[int, list[float]]] = {}
+    for sample in [*series[1:], {"corrections": recorded_corrections(summary)}]:
+        for w, c in sample["corrections"].items():
+            for number, *row in c.get("recent_intervals") or []:
+                if number > before.get(w, 0):
+                    rows.setdefault(w, {})[int(number)] = row
+    return {w: [BusyInterval(*by_number[n]) for n in sorted(by_number)] for w, by_number in rows.items()}
+
+
+def run_corrections(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The latency correction of a run's engines as one fit over every worker's intervals
+    (`recorded_intervals`; each worker's k-th of n taken at k / n of the run, so the heartbeats
+    keep about their order), with a memory as long as their busy time, so the intervals count
+    about alike: the replay times the whole run with one timing for all its workers, while the
+    live fits' factors at the run's end hold only its last seconds where the live loop chose a
+    short memory, and one worker's intervals alone trade its decode step's fixed part against
+    its batch part. The TTFT offset is the recorded ones' mean. Runs without recorded
+    intervals: their recorded end-of-run corrections."""
+    recorded = recorded_corrections(summary)
+    intervals = recorded_intervals(summary)
+    if not intervals:
+        return recorded
+    merged = sorted(((k / len(rows), interval) for rows in intervals.values() for k, interval in enumerate(rows)),
+                    key=lambda position: position[0])
+    fit = WorkerCorrection((max(sum(interval.elapsed_s for _, interval in merged), 1.0),))
+    for _, interval in merged:
+        fit.observe(interval)
+    offsets = [c["ttft_offset_s"] for c in recorded.values() if c.get("intervals")]
+    kf, kb, kp = fit.factors()
+    return {"run": {"decode_fixed_factor": kf, "decode_batch_factor": kb, "prefill_factor": kp,
+                    "intervals": fit.intervals, "ttft_offset_s": float(np.mean(offsets)) if offsets else 0.0}}
+
+
 def corrected_timing(
     profile: WorkerProfile, corrections: dict[str, dict[str, Any]] | None, ttft_offset_s: float | None = None,
 ) -> WorkerProfile | None:
@@ -140,17 +183,17 @@ def run_timing(
     profile: WorkerProfile, summary: dict[str, Any], summaries: Sequence[dict[str, Any]]
 ) -> WorkerProfile | None:
     """How the engines of the run `summary` (one of `summaries`, runs on the same host) timed
-    against `profile`: its own recorded corrections, else those of every run in `summaries`
+    against `profile`: its own corrections (`run_corrections`), else those of every run in `summaries`
     (Ray Serve LLM's runs, and runs from before every policy measured them, recorded none).
     The TTFT offset of a run without a closed loop (which alone learns one, from its promises)
     is the median of the offsets the runs with one learned."""
-    pooled = {f"{i}:{w}": c for i, s in enumerate(summaries) for w, c in recorded_corrections(s).items()}
+    pooled = {f"{i}:{w}": c for i, s in enumerate(summaries) for w, c in run_corrections(s).items()}
     offset_s = None
     if not summary.get("placement_closed_loop"):
         learned = [c["ttft_offset_s"] for s in summaries if s.get("placement_closed_loop")
                    for c in recorded_corrections(s).values() if c.get("intervals")]
         offset_s = float(np.median(learned)) if learned else None
-    return corrected_timing(profile, recorded_corrections(summary) or pooled, offset_s)
+    return corrected_timing(profile, run_corrections(summary) or pooled, offset_s)
 
 
 def recorded_placement_delay_s(summary: dict[str, Any]) -> float:
