@@ -16,8 +16,8 @@ speed drifts (the 2-core VM's engines share their cores with the client and Serv
 wants a short memory, a steady one a long memory that averages its noise out. Each worker
 keeps one fit per memory in `MEMORIES_S` (busy seconds), judges each interval by each fit
 before it learns from it, and uses the longest memory whose recent error is within
-`SHORTER_GAIN` of the least (a shorter memory only when it is clearly better). The decode step has two
-factors because a host's step does not grow with the batch as the profile's does (the CPU
+`SHORTER_GAIN` of the least (a shorter memory only when it is clearly better). The decode step
+has two factors because a host's step does not grow with the batch as the profile's does (the CPU
 engines' per-sequence cost under load is many times the idle profile's, their fixed cost a few
 times): the fixed part (d0, per iteration) and the batch part (d1 per sequence, d2 per context
 token). A weak prior resolves what the intervals do not show: it ties the three factors to each
@@ -175,7 +175,8 @@ class DecayedFit:
 
 
 class WorkerCorrection:
-    """One worker's factors (see the module docstring): a fit per candidate memory, the one in use."""
+    """One worker's factors (see the module docstring): a fit per candidate memory in
+    `memories_s` (one memory: that memory always), and the fit in use."""
 
     def __init__(self, memories_s: tuple[float, ...] = MEMORIES_S) -> None:
         if not memories_s or min(memories_s) <= 0:

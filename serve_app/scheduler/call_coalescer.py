@@ -6,9 +6,9 @@ serialized, a turn of its event loop) once per call, not per request. At light l
 goes alone, so no latency is added; under load the batch grows by itself to what arrived
 during one round trip (Nagle's rule without a timer). `linger_s` > 0 holds the first call of
 a quiet spell that long before sending it, for callers that arrive together but not at once
-(the workers of one node reporting on the same tick: serve_app.scheduler.heartbeat_relay). A caller that gives up (its task is
-cancelled, e.g. by a timeout) leaves its batch unaffected. A failed batch call fails each of
-its callers with the same exception.
+(the workers of one node reporting on the same tick: serve_app.scheduler.heartbeat_relay). A
+caller that gives up (its task is cancelled, e.g. by a timeout) leaves its batch unaffected. A
+failed batch call fails each of its callers with the same exception.
 """
 
 from __future__ import annotations
