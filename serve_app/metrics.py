@@ -174,6 +174,12 @@ WORKER_MODEL_ERROR = MetricSpec(
     "A worker's recent busy-time prediction error, |predicted - measured| / measured, before each correction step.",
     ("worker",),
 )
+WORKER_MODEL_MEMORY = MetricSpec(
+    "aladdin_worker_latency_model_memory_seconds", "gauge",
+    "The memory (busy seconds) of the latency-correction fit a worker's model uses, chosen by its own error: "
+    "short while the worker's speed drifts.",
+    ("worker",),
+)
 WORKER_TTFT_OFFSET = MetricSpec(
     "aladdin_worker_ttft_offset_seconds", "gauge",
     "Serving-path latency added to a worker's TTFT model from measured TTFTs, seconds.", ("worker",),
@@ -192,7 +198,8 @@ METRICS: tuple[MetricSpec, ...] = (
     TTFT, ATGT, SLO_MET, SLO_MISSED, LENGTH_ERROR, LENGTH_RELATIVE_ERROR, OUTPUT_TOKENS,
     WORKER_KV_USED, WORKER_RUNNING, WORKER_WAITING, QUEUE_LENGTH, PATH_DELAY, PLACEMENT_DECISIONS,
     MIN_WORKERS_ESTIMATE, MIN_GPUS_ESTIMATE, WORKERS_HELD, GPUS_HELD,
-    PACKING_SHARE, PROMISES_MISSED, WORKER_CORRECTION, WORKER_MODEL_ERROR, WORKER_TTFT_OFFSET, PREFIX_TOKENS,
+    PACKING_SHARE, PROMISES_MISSED, WORKER_CORRECTION, WORKER_MODEL_ERROR, WORKER_MODEL_MEMORY, WORKER_TTFT_OFFSET,
+    PREFIX_TOKENS,
 )
 
 # ---- per-process registry ---------------------------------------------------------------
@@ -497,17 +504,19 @@ def record_closed_loop(
             _inc(reg, PROMISES_MISSED, {"slo": slo}, n)
 
 
-def record_corrections(corrections: dict[str, tuple[tuple[float, float, float], float, float]]) -> None:
+def record_corrections(corrections: dict[str, tuple[tuple[float, float, float], float, float, float]]) -> None:
     """Set each worker's latency correction: its (decode fixed, decode batch, prefill) factors,
-    its TTFT offset in seconds and its model's recent relative error."""
+    its TTFT offset in seconds, its model's recent relative error and its fit's memory in
+    seconds."""
     reg = _get_registry()
     if reg is None:
         return
-    for worker, (factors, offset, error) in corrections.items():
+    for worker, (factors, offset, error, memory_s) in corrections.items():
         for term, factor in zip(("decode_fixed", "decode_batch", "prefill"), factors):
             _set(reg, WORKER_CORRECTION, factor, {"worker": worker, "term": term})
         _set(reg, WORKER_TTFT_OFFSET, offset, {"worker": worker})
         _set(reg, WORKER_MODEL_ERROR, error, {"worker": worker})
+        _set(reg, WORKER_MODEL_MEMORY, memory_s, {"worker": worker})
 
 
 __all__ = [

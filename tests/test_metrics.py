@@ -175,7 +175,7 @@ def test_closed_loop_gauges_and_missed_counter(fake: m._Registry) -> None:
     m.record_closed_loop(0.8, 0.6, {"ttft": 0, "atgt": 3})
     assert calls(fake, m.PACKING_SHARE) == [("set", 0.8, {"slo": "ttft"}), ("set", 0.6, {"slo": "atgt"})]
     assert calls(fake, m.PROMISES_MISSED) == [("inc", 3.0, {"slo": "atgt"})]  # nothing new for ttft
-    m.record_corrections({"a": ((1.2, 4.0, 1.5), 0.04, 0.08)})
+    m.record_corrections({"a": ((1.2, 4.0, 1.5), 0.04, 0.08, 3.0)})
     m.record_path_delay(None, None)  # before any request: nothing set
     m.record_path_delay(0.03, 0.08)
     assert calls(fake, m.PATH_DELAY) == [("set", 0.03, {"quantile": "0.5"}), ("set", 0.08, {"quantile": "0.9"})]
@@ -184,6 +184,7 @@ def test_closed_loop_gauges_and_missed_counter(fake: m._Registry) -> None:
                                                  ("set", 1.5, {"worker": "a", "term": "prefill"})]
     assert calls(fake, m.WORKER_TTFT_OFFSET) == [("set", 0.04, {"worker": "a"})]
     assert calls(fake, m.WORKER_MODEL_ERROR) == [("set", 0.08, {"worker": "a"})]
+    assert calls(fake, m.WORKER_MODEL_MEMORY) == [("set", 3.0, {"worker": "a"})]
     m.forget_worker("a")
     assert calls(fake, m.WORKER_TTFT_OFFSET)[-1] == ("set", 0.0, {"worker": "a"})
     m.record_closed_loop(0.8, 0.6, {}, {"a": (1000, 600, 512)})
@@ -247,7 +248,7 @@ def test_metrics_reach_prometheus(ray_cluster: Any) -> None:
             metrics.record_closed_loop(0.8, 0.7, {"ttft": 1, "atgt": 2},
                                        # counters never expire: under a worker of their own
                                        {f"prefix-{keep}": (1000, 600, 512)})
-            metrics.record_corrections({keep: ((1.2, 4.0, 1.5), 0.05, 0.1), gone: ((0.9, 0.9, 1.0), 0.0, 0.2)})
+            metrics.record_corrections({keep: ((1.2, 4.0, 1.5), 0.05, 0.1, 3.0), gone: ((0.9, 0.9, 1.0), 0.0, 0.2, 30.0)})
             metrics.record_path_delay(0.03, 0.08)
 
         def forget(self, worker_id: str) -> None:
@@ -267,7 +268,7 @@ def test_metrics_reach_prometheus(ray_cluster: Any) -> None:
 
     worker_names = {m.WORKER_KV_USED.prometheus_name, m.WORKER_RUNNING.prometheus_name, m.WORKER_WAITING.prometheus_name,
                     m.WORKER_CORRECTION.prometheus_name, m.WORKER_TTFT_OFFSET.prometheus_name,
-                    m.WORKER_MODEL_ERROR.prometheus_name}
+                    m.WORKER_MODEL_ERROR.prometheus_name, m.WORKER_MODEL_MEMORY.prometheus_name}
     # wait for this recorder's own series: earlier tests' workers may already export every name
     deadline = time.monotonic() + APPEAR_DEADLINE_S
     samples: list[tuple[str, dict[str, str]]] = []

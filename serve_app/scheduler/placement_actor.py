@@ -293,7 +293,7 @@ class PlacementActor:
             needed_elsewhere, held_elsewhere = self._controller.demand_elsewhere
             workers, held_all = estimate.workers + needed_elsewhere, held + held_elsewhere
             record_capacity(workers, workers * estimate.tp, held_all, held_all * estimate.tp)
-        record_corrections({wid: (c.factors(), c.ttft_offset_s, c.relative_error)
+        record_corrections({wid: (c.factors(), c.ttft_offset_s, c.relative_error, c.memory_s)
                             for wid, c in self._controller.corrections().items()})
         delay = self._controller.path_delay
         record_path_delay(delay.quantile(0.5), delay.quantile(0.9))
