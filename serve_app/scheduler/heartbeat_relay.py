@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import math
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import ray
@@ -38,12 +38,19 @@ from serve_app.config import AppConfig
 from serve_app.scheduler.call_coalescer import CallCoalescer
 from serve_app.scheduler.placement_actor import NAMESPACE, exit_when_idle, get_placement_actor, placement_actor_name
 
-logger = logging.getLogger("ray.serve")
-
 # A relay waits this share of the heartbeat period after the first report of a tick before
 # forwarding: one node's workers wake on the same tick but their event loops answer a few ms
 # apart (engine streams), and each report left out of the batch costs the actor one more call
 RELAY_LINGER_SHARE = 0.02
+
+
+def tick_batcher(
+    send: Callable[[list[WorkerReport]], Awaitable[Sequence[dict[str, Any]]]], heartbeat_s: float,
+) -> CallCoalescer[WorkerReport, dict[str, Any]]:
+    """How a relay gathers one tick's reports into one `send` (its `CallCoalescer`, lingering
+    `RELAY_LINGER_SHARE` of the period); `aladdin bench-actor` relays its simulated nodes' reports
+    through the same."""
+    return CallCoalescer(send, linger_s=RELAY_LINGER_SHARE * heartbeat_s)
 
 
 def relay_name(app_name: str, config: dict[str, Any], shard: int, node_id: str) -> str:
@@ -87,7 +94,7 @@ class HeartbeatRelay:
         # the worker's own heartbeat call is bounded by max(2, 8 periods): fail before it does
         self._timeout_s = max(1.0, 4 * placement.heartbeat_s)
         self._placement: Any = None
-        self._reports = CallCoalescer(self._forward, linger_s=RELAY_LINGER_SHARE * placement.heartbeat_s)
+        self._reports = tick_batcher(self._forward, placement.heartbeat_s)
         self._last_call = time.monotonic()
         self._idle_task = asyncio.get_event_loop().create_task(
             exit_when_idle(lambda: self._last_call, "heartbeat relay"))

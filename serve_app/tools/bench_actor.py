@@ -24,7 +24,7 @@ it, with no engines, through the same client as the ingress and router
   go to `observe` once a period, as the ingress batches them.
 - `--workers-per-node N` > 1: the workers are grouped N to a node and each node's reports reach
   the actor as its heartbeat relay sends them (`placement.heartbeat_relay`: one
-  `heartbeat_many` per node and tick, gathered by the relay's own `CallCoalescer` and linger).
+  `heartbeat_many` per node and tick, gathered as the relay gathers them: `tick_batcher`).
   The relays themselves run in this process here; in a cluster they run on the workers' nodes,
   so the actor's figures are what it would see there.
   Callers place one request after another as fast as the actor answers, which can be faster
@@ -64,7 +64,7 @@ from placement.latency_correction import EngineWork
 from placement.live import RequestTiming, RunningRequest, WorkerReport
 from predictors.latency.profile import WorkerProfile
 from serve_app.scheduler.call_coalescer import CallCoalescer
-from serve_app.scheduler.heartbeat_relay import RELAY_LINGER_SHARE
+from serve_app.scheduler.heartbeat_relay import tick_batcher
 from serve_app.scheduler.placement_shards import PlacementShards
 from serve_app.worker.heartbeat_reports import HeartbeatReports
 
@@ -372,9 +372,8 @@ class _Run:
         node = index // self.options.workers_per_node
         relay = self.relays.get((node, shard))
         if relay is None:
-            relay = self.relays[node, shard] = CallCoalescer(
-                lambda reports, actor=actor: actor.heartbeat_many.remote(reports),
-                linger_s=RELAY_LINGER_SHARE * self.heartbeat_s)
+            relay = self.relays[node, shard] = tick_batcher(
+                lambda reports, actor=actor: actor.heartbeat_many.remote(reports), self.heartbeat_s)
         return await relay.call(report)
 
 
