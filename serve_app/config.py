@@ -258,6 +258,13 @@ class PlacementConfig(_Section):
                              "(or set placement.profile_path)")
         return value
 
+    @model_validator(mode="after")
+    def _relay_needs_actor(self) -> "PlacementConfig":
+        if self.heartbeat_relay and not self.uses_actor:
+            raise ValueError("placement.heartbeat_relay relays heartbeats to the placement actor; policy "
+                             "serve-p2c has none (leave the relay off, or pick a policy of this app)")
+        return self
+
     @property
     def uses_actor(self) -> bool:
         return self.policy != "serve-p2c"

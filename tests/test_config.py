@@ -40,6 +40,7 @@ def test_engine_extra_accepts_json_string():
         ({"scaling.min_workers": 5, "scaling.max_workers": 2}, "min_workers"),
         ({"engine.kv_cache_gib": None}, "kv_cache_gib"),
         ({"placement.policy": "magic"}, "policy"),
+        ({"placement.policy": "serve-p2c", "placement.heartbeat_relay": True}, "heartbeat_relay"),
     ],
 )
 def test_bad_values_name_the_key(args, word):
