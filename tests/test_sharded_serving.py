@@ -98,15 +98,18 @@ def test_each_shard_owns_its_workers_and_places_only_on_them(sharded_app):
 
 
 def test_every_shard_learns_the_demand_and_workers_of_the_others(sharded_app):
-    """Shard 0's table: each shard's worker target counts every shard's workers."""
+    """Shard 0's table: each shard's worker target counts every shard's workers. Shard 0 learns
+    them even when no worker hashes to it (it asks for the nodes); another shard without
+    workers has no estimate to send, so nothing to learn (ids are random: either can happen)."""
     import ray
 
     known = _workers_by_shard()
+    learners = [k for k in range(SHARDS) if k == 0 or known[k]]
     deadline = time.monotonic() + 120  # shards report once per estimate period (5 s)
     while time.monotonic() < deadline:
         asyncio.run(_complete(sharded_app, 2))
         stats = [ray.get(a.stats.remote()) for a in _actors()]
-        if [s["demand_elsewhere"]["held"] for s in stats] == [WORKERS - len(known[k]) for k in range(SHARDS)]:
+        if [stats[k]["demand_elsewhere"]["held"] for k in learners] == [WORKERS - len(known[k]) for k in learners]:
             return
         time.sleep(1)
     raise AssertionError(f"shards own {known}; they see {[(s['residents'], s['demand_elsewhere']) for s in stats]}")

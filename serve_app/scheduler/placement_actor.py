@@ -232,6 +232,7 @@ class PlacementActor:
         # shard 0 asks for nodes and records the capacity gauges from its heartbeats; when no
         # worker hashes to it, it does so from the other shards' reports instead
         needed, held = self._demand.elsewhere(0, now_s)
+        self._controller.demand_elsewhere = (needed, held)
         scaling = self._config.scaling
         tp = self._controller.settings.profile.tp
         record_capacity(needed, needed * tp, held, held * tp)
