@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from itertools import islice
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,6 +29,8 @@ from predictors.latency.profile import WorkerProfile
 #: order of the waiting queue (UELLM's SLO-ODBS: TTFT deadline, then shorter replies first)
 DEFAULT_QUEUE_ORDER = "slo-odbs"
 _RATE_WINDOW_S = 10.0  # admissions counted over this long to estimate how fast the queue drains
+_DIAGNOSED_WORKERS = 8  # a refusal names the tests the closest of this many workers failed
+_LATE = "its TTFT SLO cannot be met any more"
 
 
 class AdmissionCluster(Protocol):
@@ -113,7 +116,7 @@ class Admission:
             if idle is not None:  # the model says no, but an idle worker is its own test of that
                 self.cluster.admit(idle, request, now_s)
                 return self._admitted(request, idle, now_s)
-            return self._refused(request, "its TTFT SLO cannot be met any more", now_s)
+            return self._refused(request, self._late_reason(request, now_s), now_s)
         if not self._fits_alone(request, now_s):  # waiting cannot help it: place it as best it can
             decision = self.cluster.place(request, list(self.cluster.workers), now_s)
             return self._admitted(request, None if decision.worker is None else decision.worker.id, now_s)
@@ -156,11 +159,22 @@ class Admission:
         """Refuse waiting requests past their deadline, then admit, in queue order, those that
         fit now on `worker_ids` (None: on any worker). Returns a verdict for each request that
         left the queue."""
-        verdicts = [self._refused(r, "its TTFT SLO cannot be met any more", now_s, queued=True)
+        verdicts = [self._refused(r, self._late_reason(r, now_s), now_s, queued=True)
                     for r in self.queue.remove_if(lambda r: now_s > self.deadline_s(r))]
         for request, decision in self.cluster.place_waiting(self.queue, now_s, self.policy, worker_ids):
             verdicts.append(self._admitted(request, decision.worker.id, now_s, queued=True))
         return verdicts
+
+    def _late_reason(self, request: Request, now_s: float) -> str:
+        """Why `request` is refused as late: how long it waited and what kept it off the worker
+        closest to fitting it now (the policy's own tests, of up to `_DIAGNOSED_WORKERS`)."""
+        workers = list(islice(self.cluster.workers.values(), _DIAGNOSED_WORKERS))
+        waited = f"{_LATE} (waited {(now_s - request.arrival_s) * 1e3:.0f} ms"
+        if not workers:
+            return f"{waited}; no worker)"
+        fits = [check(w, request, now_s, self.policy.budget) for w in workers]
+        closest = min(fits, key=lambda f: (len(f.shortfalls()), f.violation))
+        return f"{waited}; on the closest of {len(fits)} workers: {', '.join(closest.shortfalls()) or 'it fits now'})"
 
     def withdraw(self, request_id: str) -> bool:
         """Take a request out of the queue (its caller went away); True if it was waiting."""

@@ -83,6 +83,19 @@ class Fit:
         """Feasible if the TTFT SLO is dropped (for a request that can no longer meet it)."""
         return self.accepting and self.kv_ok and self.atgt_ok and self.stall_ok
 
+    def shortfalls(self) -> list[str]:
+        """Each test this fit failed, with its figures (what a refusal reports)."""
+        out = [] if self.accepting else ["not accepting"]
+        if not self.kv_ok:
+            out.append(f"KV {self.peak_kv_tokens} > {self.kv_capacity_tokens} tokens")
+        if not self.atgt_ok:
+            out.append(f"ATGT {self.atgt_s * 1e3:.1f} > {self.atgt_slo_s * 1e3:.1f} ms")
+        if not self.stall_ok:
+            out.append(f"prefill stall breaks {self.stall_breaks:.2f} residents' ATGT")
+        if not self.ttft_ok:
+            out.append(f"TTFT {self.ttft_s * 1e3:.0f} > {self.ttft_slo_s * 1e3:.0f} ms")
+        return out
+
     @property
     def kv_leftover(self) -> float:
         """Free KV at the projected peak, as a fraction of capacity (negative when over)."""

@@ -68,6 +68,8 @@ def test_a_request_past_its_deadline_is_refused_not_queued_forever():
     assert adm.drain(0.4) == []
     [verdict] = adm.drain(0.6)
     assert verdict.refused and verdict.request_id == "r5" and verdict.waited_s == pytest.approx(0.6)
+    # the reason says what kept it waiting: the two residents fill the worker's KV
+    assert "waited 600 ms" in verdict.reason and "KV" in verdict.reason and "4096 tokens" in verdict.reason
     late = adm.offer(_req(6, t=0.0, ttft=1.0), 2.0)  # arrived 2 s ago with a 1 s TTFT SLO
     assert late.refused and "TTFT" in late.reason
 

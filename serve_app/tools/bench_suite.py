@@ -81,6 +81,13 @@ def _calibrate(run_dirs: list[Path], out: Path, spec: SystemSpec) -> SystemSpec:
     return replace(spec, profile_path=str(path))
 
 
+def _outcomes_since(before: dict[str, int], after: dict[str, int] | None) -> dict[str, int] | None:
+    """The placement actor's outcome counts of one run (its counters run across the suite)."""
+    if after is None:
+        return None
+    return {outcome: n - before.get(outcome, 0) for outcome, n in after.items() if n > before.get(outcome, 0)}
+
+
 def _placement_stats(system: str, spec: SystemSpec, quiet: bool = False) -> dict[str, Any] | None:
     """What the app's placement actor has learned so far (its workers' latency corrections,
     under every policy; aladdin's closed loop), kept with each run so `aladdin fidelity` can
@@ -180,6 +187,7 @@ def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]
             for k in options.rate_scales:
                 trace_slice, workload = workloads[k]
                 for rep in range(reps):
+                    before = (_placement_stats(system, spec, quiet=True) or {}).get("outcomes") or {}
                     with ClosedLoopSeries(system, spec) as series:
                         run = run_bench(url, workload, model=model, slo_ttft_ms=spec.slo_ttft_ms,
                                         slo_atgt_ms=spec.slo_atgt_ms, label=f"{system} x{k:g} rep{rep}")
@@ -188,6 +196,7 @@ def run_suite(options: SuiteOptions, out_dir: str | Path) -> list[dict[str, Any]
                                        placement_profile=spec.profile_path if system in APP_POLICIES else None,
                                        placement_atgt_margin=spec.atgt_margin if system in APP_POLICIES else None,
                                        placement_closed_loop=stats.get("closed_loop"),
+                                       placement_outcomes=_outcomes_since(before, stats.get("outcomes")),
                                        placement_latency_corrections=stats.get("latency_corrections"),
                                        placement_path_delay_s=(stats.get("path_delay") or {}).get("p50_s"),
                                        placement_closed_loop_series=series.samples or None)
