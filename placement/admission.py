@@ -8,6 +8,16 @@ newcomer, and TTFT. Only what waiting can fix is waited for: a request that woul
 even on an idle worker by the hardware's profile (an SLO tighter than the hardware allows) is
 placed at once by the cluster's own policy (least violation). Pure state, no clock or Ray: the
 placement controller (placement.controller) and the simulator drive it.
+
+A waiting request's last chance: when its deadline comes before the next drain (drains come
+about as often as the recent ones did), the `last_chance` policy is asked too, which lets its
+prefill stall the residents further (`PackingBudget.last_chance_risk`): refusing it is a sure
+miss, which a smaller expected one on the residents beats. How much further is what the
+target leaves unspent (`MissBudget`): over the recent requests the target allows a share of
+misses; each refusal spends one, each last-chance placement what it was allowed to risk. Held
+to the stall test alone, requests the baselines served in time were refused at light load
+(BENCHMARKS.md, "Aladdin's refusals at light load"); under overload the refusals spend the
+budget and admission sheds as before.
 """
 
 from __future__ import annotations
@@ -19,7 +29,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from placement.attainment_feedback import WINDOW_MISSES
 from placement.feasibility import check
+from placement.packing_budget import edge_miss_rate
 from placement.policy import Decision, PlacementPolicy
 from placement.prefix_cache import hit_tokens
 from placement.queue_order import WaitingQueue, make_queue_order
@@ -30,6 +42,7 @@ from predictors.latency.profile import WorkerProfile
 DEFAULT_QUEUE_ORDER = "slo-odbs"
 _RATE_WINDOW_S = 10.0  # admissions counted over this long to estimate how fast the queue drains
 _DIAGNOSED_WORKERS = 8  # a refusal names the tests the closest of this many workers failed
+_DRAIN_GAPS = 8  # the next drain is expected within the longest of this many recent gaps
 _LATE = "its TTFT SLO cannot be met any more"
 
 
@@ -50,6 +63,30 @@ class AdmissionCluster(Protocol):
                       worker_ids: Collection[str] | None = None) -> list[tuple[Request, Decision]]: ...
 
     def admit(self, worker_id: str, request: Request, now_s: float) -> None: ...
+
+
+class MissBudget:
+    """The SLO misses `target_attainment` leaves unspent over the last requests admission
+    settled (about `WINDOW_MISSES` allowed over them; requests not yet seen count as met). A
+    refusal spends one miss, a request placed at its last chance what it was allowed to risk."""
+
+    def __init__(self, target_attainment: float) -> None:
+        self.size = math.ceil(WINDOW_MISSES / (1.0 - target_attainment))
+        self.allowed = (1.0 - target_attainment) * self.size
+        self._spent: deque[float] = deque()
+        self._total = 0.0
+
+    @property
+    def left(self) -> float:
+        """Misses still unspent (0 once spent)."""
+        return max(0.0, self.allowed - self._total)
+
+    def spend(self, misses: float) -> None:
+        """One more request settled, at the cost of `misses` (0 for an ordinary admission)."""
+        self._spent.append(misses)
+        self._total += misses
+        if len(self._spent) > self.size:
+            self._total -= self._spent.popleft()
 
 
 @dataclass(frozen=True)
@@ -90,13 +127,17 @@ class Admission:
 
     def __init__(
         self, cluster: AdmissionCluster, policy: PlacementPolicy, limits: AdmissionLimits = AdmissionLimits(),
-        order: str = DEFAULT_QUEUE_ORDER,
+        order: str = DEFAULT_QUEUE_ORDER, last_chance: PlacementPolicy | None = None,
     ) -> None:
         self.cluster = cluster
         self.policy = policy  # the cluster's policy in "wait" mode: None when nothing fits
+        self.last_chance = last_chance  # the same for a request at its last chance (None: no such chance)
         self.limits = limits
         self.queue = WaitingQueue(make_queue_order(order))
         self._admitted_at: deque[float] = deque()
+        self._drained_at: float | None = None
+        self._drain_gaps: deque[float] = deque(maxlen=_DRAIN_GAPS)
+        self.misses = MissBudget(policy.budget.target_attainment)
 
     def deadline_s(self, request: Request) -> float:
         """The last moment `request` can start and still meet its TTFT SLO (by the profile, its
@@ -124,6 +165,10 @@ class Admission:
             decision = self.cluster.place(request, list(self.cluster.workers), now_s, policy=self.policy)
             if decision.worker is not None:
                 return self._admitted(request, decision.worker.id, now_s)
+        if self._due(request, now_s):
+            placed = self._place_last_chance(request, now_s)
+            if placed is not None:
+                return self._admitted(request, placed[0], now_s, risked=placed[1])
         if len(self.queue) >= self.limits.max_waiting:
             return self._refused(request, f"{len(self.queue)} requests are already waiting", now_s)
         self.queue.push(request, now_s)
@@ -163,7 +208,34 @@ class Admission:
                     for r in self.queue.remove_if(lambda r: now_s > self.deadline_s(r))]
         for request, decision in self.cluster.place_waiting(self.queue, now_s, self.policy, worker_ids):
             verdicts.append(self._admitted(request, decision.worker.id, now_s, queued=True))
+        placed = set()
+        for request in [r for r in self.queue if self._due(r, now_s)]:
+            chance = self._place_last_chance(request, now_s)
+            if chance is not None:
+                placed.add(request.id)
+                verdicts.append(self._admitted(request, chance[0], now_s, queued=True, risked=chance[1]))
+        if placed:
+            self.queue.remove_if(lambda r: r.id in placed)
+        if self._drained_at is not None and math.isfinite(now_s - self._drained_at):
+            self._drain_gaps.append(now_s - self._drained_at)
+        self._drained_at = now_s
         return verdicts
+
+    def _due(self, request: Request, now_s: float) -> bool:
+        """Whether `request`'s deadline comes before the next drain is expected: its last
+        chance (never without a `last_chance` policy)."""
+        return self.last_chance is not None and now_s + max(self._drain_gaps, default=0.0) >= self.deadline_s(request)
+
+    def _place_last_chance(self, request: Request, now_s: float) -> tuple[str, float] | None:
+        """Place `request` where the `last_chance` policy fits it, risking at most the misses
+        unspent (and less than the one its refusal is); (the worker, the risk), or None."""
+        budget = self.policy.budget
+        risk = min(1.0 - edge_miss_rate(budget.target_attainment), self.misses.left)
+        if risk <= budget.stall_risk:  # nothing to risk beyond the ordinary test
+            return None
+        budget.last_chance_risk = risk
+        decision = self.cluster.place(request, list(self.cluster.workers), now_s, policy=self.last_chance)
+        return None if decision.worker is None else (decision.worker.id, risk)
 
     def _late_reason(self, request: Request, now_s: float) -> str:
         """Why `request` is refused as late: how long it waited and what kept it off the worker
@@ -189,12 +261,15 @@ class Admission:
             return 1.0
         return float(max(1, math.ceil((len(self.queue) + 1) / rate)))
 
-    def _admitted(self, request: Request, worker_id: str | None, now_s: float, queued: bool = False) -> Verdict:
+    def _admitted(self, request: Request, worker_id: str | None, now_s: float, queued: bool = False,
+                  risked: float = 0.0) -> Verdict:
+        self.misses.spend(risked)
         self._admitted_at.append(now_s)
         self._expire(now_s)
         return Verdict(request.id, worker_id, waited_s=max(0.0, now_s - request.arrival_s), queued=queued)
 
     def _refused(self, request: Request, reason: str, now_s: float, queued: bool = False) -> Verdict:
+        self.misses.spend(1.0)
         return Verdict(request.id, refused=True, reason=reason, retry_after_s=self.retry_after_s(now_s),
                        waited_s=max(0.0, now_s - request.arrival_s), queued=queued)
 

@@ -137,7 +137,8 @@ class PlacementController:
                                    prefix_caching=settings.prefix_caching)
         self.admission: Admission | None = None
         if parts.wait_policy is not None and settings.admission is not None:
-            self.admission = Admission(self.cluster, parts.wait_policy, settings.admission)
+            self.admission = Admission(self.cluster, parts.wait_policy, settings.admission,
+                                       last_chance=parts.last_chance_policy)
         self.window = ArrivalWindow(settings.scaling.window_s)
         self.path_delay = PathDelay()
         self._overload = OverloadWatch()

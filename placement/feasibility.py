@@ -215,12 +215,13 @@ def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float,
     return total
 
 
-def check(worker: WorkerState, request: Request, now_s: float, budget: PackingBudget | None = None) -> Fit:
+def check(worker: WorkerState, request: Request, now_s: float, budget: PackingBudget | None = None,
+          stall_limit: float | None = None) -> Fit:
     """Whether `request` fits on `worker` now, with the margins best-fit scoring needs, under
     `budget` (default: the SLOs themselves, stalls counted on average only): the projected time
     between tokens within `budget.atgt_share` x the tightest ATGT SLO (`Fit.atgt_slo_s`), the
     TTFT within `budget.ttft_share` x its SLO, and the request's prefill expected to break at
-    most `budget.stall_risk` of the residents' ATGT SLOs."""
+    most `stall_limit` (default `budget.stall_risk`) of the residents' ATGT SLOs."""
     budget = budget or NO_MARGIN
     cached, discount = worker.prefix_hit(request)
     projection = project(worker, request, discount)
@@ -236,7 +237,7 @@ def check(worker: WorkerState, request: Request, now_s: float, budget: PackingBu
         kv_ok=projection.peak_kv_tokens <= capacity,
         atgt_ok=atgt <= atgt_slo,
         ttft_ok=ttft <= request.slo_ttft_s * budget.ttft_share,
-        stall_ok=breaks <= budget.stall_risk,
+        stall_ok=breaks <= (budget.stall_risk if stall_limit is None else stall_limit),
         accepting=worker.accepting,
         peak_kv_tokens=projection.peak_kv_tokens,
         kv_capacity_tokens=capacity,

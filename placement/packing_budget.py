@@ -41,6 +41,9 @@ class PackingBudget:
     target_attainment: float = DEFAULT_TARGET_ATTAINMENT
     replies: ReplyLengths | None = field(default_factory=ReplyLengths)
     fixed: bool = False  # True: the shares are an expert's override and feedback leaves them
+    # expected misses the placement of a request at its last chance may cause on its worker's
+    # residents (placement.admission sets it from the misses the target leaves unspent)
+    last_chance_risk: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("atgt_share", "ttft_share"):

@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 import pytest
 
 from placement.admission import Admission, AdmissionLimits
+from placement.packing_budget import edge_miss_rate
 from placement.live import LiveCluster, WorkerReport, with_kv_capacity
 from placement.policies.registry import make_policy
 from placement.queue_order import make_queue_order
@@ -202,3 +203,54 @@ def test_a_request_reaches_simulated_placement_after_the_paths_delay_its_deadlin
     assert [r.ttft_s for r in later.records] == pytest.approx([r.ttft_s + 0.05 for r in now.records])
     with pytest.raises(ValueError, match="placement_delay_s"):
         run(replace(calm, placement_delay_s=-1.0), "jsq", 2)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 0.0, 0.0, 0.3, 1.0]), max_size=3000),
+       st.sampled_from([0.9, 0.99, 0.999]))
+def test_the_miss_budget_is_what_the_target_leaves_over_the_last_requests(costs, target):
+    from placement.admission import MissBudget
+
+    budget = MissBudget(target)
+    for cost in costs:
+        budget.spend(cost)
+    recent = costs[-budget.size:]
+    assert budget.allowed == pytest.approx((1 - target) * budget.size)
+    assert budget.left == pytest.approx(max(0.0, budget.allowed - sum(recent)), abs=1e-9)
+
+
+def _stalled_admission(misses_spent: int) -> tuple[Admission, Request]:
+    """A worker whose two residents' short replies a 1,000-token prefill would stall past their
+    ATGT (about half a miss expected: the stall test keeps the newcomer waiting), and the
+    newcomer, queued at 0 s with a 1 s TTFT SLO; `misses_spent` refusals already counted."""
+    from placement.policies.registry import make_policies
+
+    profile = with_kv_capacity(load_profile_family("tiny-cpu").profile(1), 1 << 16)
+    parts = make_policies("aladdin", admission=True)
+    cluster = LiveCluster(profile, parts.policy, loop=parts.loop)
+    cluster.worker("w0")
+    adm = Admission(cluster, parts.wait_policy, AdmissionLimits(8), last_chance=parts.last_chance_policy)
+    for i in range(2):
+        adm.offer(Request(id=f"r{i}", arrival_s=0.0, input_len=100, pred_mean=8, pred_upper=8, slo_ttft_s=5.0,
+                          slo_atgt_s=0.006), 0.0)
+    for _ in range(misses_spent):
+        adm.misses.spend(1.0)
+    new = Request(id="new", arrival_s=0.0, input_len=1000, pred_mean=100, pred_upper=100, slo_ttft_s=1.0,
+                  slo_atgt_s=0.05)
+    assert adm.offer(new, 0.0) is None
+    return adm, new
+
+
+def test_a_request_held_by_the_stall_test_alone_is_placed_at_its_last_chance():
+    adm, new = _stalled_admission(misses_spent=0)
+    assert adm.drain(0.1) == [] and adm.drain(0.5) == []  # drains 0.4 s apart: not due yet
+    [verdict] = adm.drain(0.7)  # its deadline (~1 s less its prefill) comes before the next drain
+    assert verdict.worker_id == "w0" and verdict.queued and not verdict.refused
+    assert adm.misses.left == pytest.approx(adm.misses.allowed - (1 - edge_miss_rate(0.99)))  # what it risked
+
+
+def test_without_misses_to_spend_the_stall_test_holds_until_the_request_is_refused():
+    adm, new = _stalled_admission(misses_spent=10)  # the target's misses went to refusals
+    assert adm.drain(0.1) == adm.drain(0.5) == adm.drain(0.7) == adm.drain(0.95) == []
+    [verdict] = adm.drain(1.2)
+    assert verdict.refused and "prefill stall breaks 0.48" in verdict.reason

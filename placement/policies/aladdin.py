@@ -40,7 +40,9 @@ A request whose TTFT can no longer be met on any worker (wait so far + its own p
 the SLO) is placed by KV and ATGT alone: waiting cannot help it, and it should still be served
 within its ATGT. When nothing fits, `on_infeasible="wait"` returns None (the caller queues the request and
 counts it as demand); `"least-violation"` returns the worker with the smallest normalized
-shortfall, estimated from the table's bounds.
+shortfall, estimated from the table's bounds. With `last_chance` (admission's twin for a
+request that cannot wait any longer) its prefill may stall the residents up to
+`PackingBudget.last_chance_risk` (placement.admission): refusing it would be a sure miss.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ class AladdinPolicy:
     def __init__(
         self, on_infeasible: str = "wait", tight_checks: int = 0, atgt_margin: float | None = None,
         budget: PackingBudget | None = None, prefix_aware: bool = True, spread: bool = False,
+        last_chance: bool = False,
     ) -> None:
         """`budget` is shared with whoever adapts it (default: a fresh adaptive one);
         `atgt_margin` fixes its ATGT share instead (an expert override, in (0, 1]).
@@ -119,7 +122,8 @@ class AladdinPolicy:
         the feasible workers take the one with the most room (worst fit) rather than the least
         (best fit, which empties workers for scale-down): at a fixed size it keeps headroom on
         every worker for bursts (BENCHMARKS.md, "Placement at cluster scale"); not yet the
-        default, which the workload matrix has to decide."""
+        default, which the workload matrix has to decide. `last_chance`: see the module
+        docstring."""
         if on_infeasible not in ON_INFEASIBLE:
             raise ValueError(f"on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}")
         if tight_checks < 0:
@@ -132,6 +136,7 @@ class AladdinPolicy:
         self.tight_checks = tight_checks
         self.uses_prefix_cache = prefix_aware
         self.spread = spread
+        self.last_chance = last_chance
         self.budget = budget
         self.table = WorkerTable()
         self._scratch = _Scratch(0)
@@ -294,7 +299,8 @@ class AladdinPolicy:
             if self._exact_left <= 0:
                 return None
             self._exact_left -= 1
-            fit = check(worker, request, now_s, budget)
+            fit = check(worker, request, now_s, budget,
+                        stall_limit=budget.last_chance_risk if self.last_chance else None)
             if fit.feasible if need_ttft else fit.feasible_apart_from_ttft:
                 return worker
         return None

@@ -60,6 +60,7 @@ class Policies:
     policy: PlacementPolicy
     loop: ClosedLoop | None = None
     wait_policy: PlacementPolicy | None = None
+    last_chance_policy: PlacementPolicy | None = None  # admission's, for a request that cannot wait
 
 
 def make_policies(
@@ -68,7 +69,8 @@ def make_policies(
 ) -> Policies:
     """Fresh policy objects for a cluster. Aladdin packs to one budget
     (`PackingBudget.for_target`) shared by its policy (least violation where nothing fits),
-    admission's wait-mode twin and the closed loop that adapts it; the others have none, and
+    admission's wait-mode twins (the second for requests at their last chance) and the closed
+    loop that adapts it; the others have none, and
     admission is aladdin's alone. `options` go to the policies' constructors. With `shards` > 1
     each is a `placement.sharding.ShardedPolicy` of that many copies."""
     if not is_slo_aware(name):
@@ -81,8 +83,11 @@ def make_policies(
     # a request no worker can take would wait forever under "wait" on a cluster that cannot
     # grow: placement takes the least-violating worker; only admission waits
     options = {"on_infeasible": "least-violation", **options, "budget": budget}
-    wait_policy = _sharded(name, seed, shards, {**options, "on_infeasible": "wait"}) if admission else None
-    return Policies(_sharded(name, seed, shards, options), ClosedLoop(budget), wait_policy)
+    if not admission:
+        return Policies(_sharded(name, seed, shards, options), ClosedLoop(budget))
+    wait = {**options, "on_infeasible": "wait"}
+    return Policies(_sharded(name, seed, shards, options), ClosedLoop(budget), _sharded(name, seed, shards, wait),
+                    _sharded(name, seed, shards, {**wait, "last_chance": True}))
 
 
 def _sharded(name: str, seed: int, shards: int, options: dict[str, Any]) -> PlacementPolicy:

@@ -115,6 +115,7 @@ class Cluster:
     autoscaler: Autoscaler | None = None
     arrival_window_s: float = 60.0  # how far back `recent_arrivals` looks
     wait_policy: PlacementPolicy | None = None  # `policy` in "wait" mode: what admission fits by
+    last_chance_policy: PlacementPolicy | None = None  # and what it fits a request by that cannot wait
     loop: ClosedLoop | None = None  # feedback from finished requests to the policy's budget
     now_s: float = 0.0
     records: list[RequestRecord] = field(default_factory=list)
@@ -142,7 +143,8 @@ class Cluster:
         if self.config.admission is not None:
             if self.wait_policy is None:
                 raise ValueError("admission needs the policy in wait mode (Cluster.wait_policy)")
-            self._admission = Admission(_AdmissionView(self), self.wait_policy, self.config.admission)
+            self._admission = Admission(_AdmissionView(self), self.wait_policy, self.config.admission,
+                                        last_chance=self.last_chance_policy)
 
     # ---- the view an autoscaler uses -------------------------------------------------
 

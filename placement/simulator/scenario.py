@@ -79,6 +79,7 @@ def cluster_parts(scenario: Scenario, policy: str, policy_options: dict[str, Any
         ),
         "truncated": scenario.truncated,
         "wait_policy": parts.wait_policy,
+        "last_chance_policy": parts.last_chance_policy,
     }
 
 
