@@ -170,14 +170,22 @@ def project(worker: WorkerState, new: Request | None = None, new_discount: int =
     return Projection(peak_kv, peak_step)
 
 
-def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float, budget: PackingBudget) -> float:
+def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float, budget: PackingBudget,
+               step_hi_s: float | None = None) -> float:
     """Expected number of `worker`'s residents whose ATGT one more prefill stall of `stall_s`
     breaks, their decode running at `step_s` per token from now on and packed to
     `budget.atgt_share` x their SLO (`placement.interference.stall_breaking_lengths`, weighed by
     how likely each is to be that short: `budget.replies`). The stalls already committed count
     as spent: the prompts queued on the worker will be prefilled while a decoding resident
     waits for its next tokens, and after the first token of a resident still queued (which is
-    counted as if it had just produced it) those queued behind it. 0 without a reply model."""
+    counted as if it had just produced it) those queued behind it. 0 without a reply model.
+
+    With `step_hi_s` (>= `step_s`): a lower bound of the risk at every step in [step_s,
+    step_hi_s], counting only the lengths broken at all of them. Both ends of a resident's
+    breaking lengths move one way as the step grows (the upper one up wherever the stall can
+    break anything), so those are the lengths between the larger lower end and the upper end
+    at `step_s`: a worker whose peak step is known only within a range can be rejected
+    without projecting it."""
     replies = budget.replies
     if replies is None or not worker.residents:
         return 0.0
@@ -195,6 +203,9 @@ def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float,
     for i, resident in enumerate(queued):
         request = resident.request
         lo, hi = stall_breaking_lengths(behind[i], 0, step_s, request.slo_atgt_s * share, stall_s)
+        if step_hi_s is not None:
+            lo, hi = _at_every_step(lo, hi, stall_breaking_lengths(behind[i], 0, step_hi_s, request.slo_atgt_s * share,
+                                                                   stall_s)[0])
         if hi > 1.0:
             total += replies.p_end_between(request.pred_mean, 1.0, lo, hi)
     for resident in worker.residents.values():
@@ -210,9 +221,20 @@ def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float,
         if spent + stall_s <= decoded * budget_s:
             continue
         lo, hi = stall_breaking_lengths(spent, decoded, step_s, budget_s, stall_s)
+        if step_hi_s is not None:
+            lo, hi = _at_every_step(lo, hi, stall_breaking_lengths(spent, decoded, step_hi_s, budget_s, stall_s)[0])
         if hi > decoded + 1.0:
             total += replies.p_end_between(request.pred_mean, decoded + 1.0, lo, hi)
     return total
+
+
+_ROUNDING_TOKENS = 1e-9  # keeps a bound's lengths inside the exact ones despite float rounding
+
+
+def _at_every_step(lo: float, hi: float, lo_at_hi_step: float) -> tuple[float, float]:
+    """The breaking lengths [lo, hi) at the low step narrowed to those broken at the high one
+    too (its lower end `lo_at_hi_step`; inf where the stall breaks nothing there)."""
+    return max(lo, lo_at_hi_step) + _ROUNDING_TOKENS, hi - _ROUNDING_TOKENS
 
 
 def check(worker: WorkerState, request: Request, now_s: float, budget: PackingBudget | None = None,

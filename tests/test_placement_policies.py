@@ -335,7 +335,10 @@ def _bench_choices(
 # - the default budget (ATGT share 1 until feedback moves it, the stall test on with the prior
 #   reply lengths): pinned from the commit that introduced it; the two least-violation states
 #   re-pinned when equal violations (inf on every worker, for a prefill longer than the prefill
-#   window) began to go to the earliest first token instead of the first row.
+#   window) began to go to the earliest first token instead of the first row. The 200-worker
+#   state re-pinned when rows the stall test rejects over a range of steps stopped counting
+#   against MAX_EXACT_CHECKS: 33 of its 400 requests had found no worker within the cap; the
+#   new choices are exactly those of the old policy without the cap.
 _BENCH_STATES = [
     dict(workers=200, inflight=10_000, decisions=400, seed=0),
     dict(workers=20, inflight=4000, decisions=300, seed=4, on_infeasible="least-violation"),
@@ -355,7 +358,7 @@ _BENCH_STATES = [
             [dict(state, share=0.6) for state in _BENCH_STATES],
             ["a05f840e2db6a20b", "60ea9629106efb8d", "a66d311fe7747a13", "6194e3ed5fc44daa"],
         ),
-        *zip(_BENCH_STATES, ["af6185d0d0bed7c9", "07f22f09af2b3eb0", "451631463150c76a", "2a0a18fd2f8c2bc3"]),
+        *zip(_BENCH_STATES, ["57a425121409a79b", "07f22f09af2b3eb0", "451631463150c76a", "2a0a18fd2f8c2bc3"]),
     ],
 )
 def test_aladdin_choices_on_bench_states_are_unchanged(config, digest):

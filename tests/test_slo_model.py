@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from placement.attainment_feedback import MIN_SHARE, AttainmentFeedback, Outcome
 from placement.closed_loop import ClosedLoop
-from placement.feasibility import check, stall_risk
+from placement.feasibility import check, project, stall_risk
 from placement.interference import stall_breaking_lengths
 from placement.latency_correction import BusyInterval, EngineWork, LatencyCorrection, scaled_profile
 from placement.packing_budget import PackingBudget, edge_miss_rate
@@ -100,6 +100,32 @@ def test_a_long_prompt_breaks_a_fresh_short_reply_but_not_a_long_one_far_along()
     newcomer = _request("new", input_len=2000, arrival=0.0)
     assert not check(fresh, newcomer, 0.0, budget).stall_ok
     assert check(fresh, newcomer, 0.0, PackingBudget.fixed_shares(1.0)).stall_ok  # without the model
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 2000), st.floats(1.0, 400.0), st.integers(0, 300), st.booleans(),
+                          st.sampled_from([0.02, 0.03, 0.05, 0.1])), min_size=1, max_size=12),
+       st.floats(0.001, 0.5), st.floats(0.0, 3.0), st.floats(0.001, 0.06), st.floats(0.0, 0.05), st.floats(0.0, 1.0))
+def test_the_stall_risk_over_a_range_of_steps_is_below_the_risk_at_each_of_them(residents, stall, now, step_lo, width,
+                                                                               at):
+    """`stall_risk(..., step_hi_s=)` is what lets admission reject a worker without projecting
+    its peak step: it must never exceed the exact risk at any step in the range."""
+    budget = PackingBudget.fixed_shares(1.0, replies=ReplyLengths.from_lengths([2, 3, 5, 8, 13, 20, 40, 100, 400]))
+    worker = WorkerState("w", PROFILE)
+    for i, (input_len, mean, decoded, started, slo) in enumerate(residents):
+        worker.admit(_request(i, input_len=input_len, mean=mean, slo_atgt=slo), now_s=0.0)
+        if started:
+            worker.start_decode(str(i), now_s=0.0)
+    worker.advance(max(d for _, _, d, _, _ in residents))
+    step_hi = step_lo + width
+    floor = stall_risk(worker, stall, step_lo, now, budget, step_hi_s=step_hi)
+    exact = stall_risk(worker, stall, step_lo + at * width, now, budget)
+    assert floor <= exact + 1e-12
+    # the low end aladdin takes, the step now with the newcomer, is at most the projected peak
+    new = _request("new", input_len=int(stall * 4000) + 1, mean=30.0)
+    step_now = PROFILE.decode_step_s(worker.resident_sequences + new.sequences,
+                                     worker.context_tokens + worker.queued_prompt_tokens + new.prompt_tokens_all)
+    assert step_now <= project(worker, new).peak_step_s * (1 + 1e-12)
 
 
 def test_the_share_is_where_a_p_quantile_of_recent_promises_would_have_met():

@@ -271,6 +271,7 @@ class AladdinPolicy:
         request's upper final size (all sequences), `own_prefill_s` its prefill time on each row's worker, `cached`
         its prompt tokens cached there."""
         budget = self.budget
+        stall_limit = budget.last_chance_risk if self.last_chance else budget.stall_risk
         for _ in range(limit):
             row = int(key.argmin())
             if key[row] == math.inf:
@@ -292,15 +293,22 @@ class AladdinPolicy:
                            + worker.ttft_s(request.input_len, cached_tokens=_at(cached, row))
                            <= request.slo_ttft_s * budget.ttft_share)
                 # a resident the stall can touch at all makes the risk depend on the step: then
-                # the exact check decides (at the bound, none is: that does not depend on it)
-                if (ttft_ok and token_interval_s(step_bound, share) <= atgt_slo[row]
-                        and stall_risk(worker, own_s, step_bound, now_s, budget) == 0.0):
-                    return worker
+                # the exact check decides (at the bound, none is: that does not depend on it),
+                # unless the risk over every step from now's to the bound already exceeds the
+                # limit, which rejects the row as the exact check would (KV and ATGT pass at
+                # the bound, so only the stall test was left to fail)
+                if ttft_ok and token_interval_s(step_bound, share) <= atgt_slo[row]:
+                    if stall_risk(worker, own_s, step_bound, now_s, budget) == 0.0:
+                        return worker
+                    step_now = worker.profile.decode_step_s(
+                        worker.resident_sequences + request.sequences,
+                        worker.context_tokens + worker.queued_prompt_tokens + request.prompt_tokens_all)
+                    if stall_risk(worker, own_s, step_now, now_s, budget, step_hi_s=step_bound) > stall_limit:
+                        continue
             if self._exact_left <= 0:
                 return None
             self._exact_left -= 1
-            fit = check(worker, request, now_s, budget,
-                        stall_limit=budget.last_chance_risk if self.last_chance else None)
+            fit = check(worker, request, now_s, budget, stall_limit=stall_limit)
             if fit.feasible if need_ttft else fit.feasible_apart_from_ttft:
                 return worker
         return None
