@@ -191,27 +191,18 @@ def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float,
         return 0.0
     share = budget.atgt_share
     steps = worker.steps
-    prefill_s = worker.profile.prefill.uncached_time_s
-    # the queued prompts in admission order, and the prefill time queued after each of them
-    queued = [r for r in worker.residents.values() if r.decode_from_step is None]
-    behind = [0.0] * len(queued)
-    pending = 0.0
-    for i in range(len(queued) - 1, -1, -1):
-        behind[i] = pending
-        pending += queued[i].request.sequences * prefill_s(queued[i].request.input_len, queued[i].cached_tokens)
+    # the queued prompts in admission order with the prefill time queued after each of them
+    queued, decoding, pending = worker.stall_exposure()
     total = 0.0
-    for i, resident in enumerate(queued):
-        request = resident.request
-        lo, hi = stall_breaking_lengths(behind[i], 0, step_s, request.slo_atgt_s * share, stall_s)
+    for request, behind in queued:
+        lo, hi = stall_breaking_lengths(behind, 0, step_s, request.slo_atgt_s * share, stall_s)
         if step_hi_s is not None:
-            lo, hi = _at_every_step(lo, hi, stall_breaking_lengths(behind[i], 0, step_hi_s, request.slo_atgt_s * share,
+            lo, hi = _at_every_step(lo, hi, stall_breaking_lengths(behind, 0, step_hi_s, request.slo_atgt_s * share,
                                                                    stall_s)[0])
         if hi > 1.0:
             total += replies.p_end_between(request.pred_mean, 1.0, lo, hi)
-    for resident in worker.residents.values():
+    for resident in decoding:
         start = resident.decode_from_step
-        if start is None:
-            continue
         request = resident.request
         budget_s = request.slo_atgt_s * share
         decoded = steps - start

@@ -180,6 +180,9 @@ class WorkerState:
     # cached min over decoding residents of the step they reach their upper estimate (None:
     # recompute on next read)
     _min_upper_end_step: float | None = math.inf
+    # cached `stall_exposure()` (None: recompute on next read; any change but `advance` resets it)
+    _stall_exposure: tuple[list[tuple[Request, float]], list[Resident], float] | None = field(
+        default=None, repr=False, compare=False)
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -195,6 +198,7 @@ class WorkerState:
         self.change_logs.append(weakref.ref(log))
 
     def _changed(self) -> None:
+        self._stall_exposure = None
         dead = False
         for ref in self.change_logs:
             log = ref()
@@ -204,6 +208,24 @@ class WorkerState:
                 log.append(self)
         if dead:
             self.change_logs = [ref for ref in self.change_logs if ref() is not None]
+
+    def stall_exposure(self) -> tuple[list[tuple[Request, float]], list[Resident], float]:
+        """What one more prefill stall meets here (placement.feasibility.stall_risk): the queued
+        requests in admission order, each with the prefill seconds queued behind it; the
+        decoding residents; and the prefill seconds of everything queued. Cached until the
+        worker changes (the steps it advances do not move any of it)."""
+        if self._stall_exposure is None:
+            prefill_s = self.profile.prefill.uncached_time_s
+            queued = [r for r in self.residents.values() if r.decode_from_step is None]
+            behind: list[tuple[Request, float]] = []
+            pending = 0.0
+            for resident in reversed(queued):
+                behind.append((resident.request, pending))
+                pending += resident.request.sequences * prefill_s(resident.request.input_len, resident.cached_tokens)
+            behind.reverse()
+            decoding = [r for r in self.residents.values() if r.decode_from_step is not None]
+            self._stall_exposure = (behind, decoding, pending)
+        return self._stall_exposure
 
     @property
     def min_slo_atgt_s(self) -> float:

@@ -292,19 +292,21 @@ class AladdinPolicy:
                            or now_s - request.arrival_s
                            + worker.ttft_s(request.input_len, cached_tokens=_at(cached, row))
                            <= request.slo_ttft_s * budget.ttft_share)
-                # a resident the stall can touch at all makes the risk depend on the step: then
-                # the exact check decides (at the bound, none is: that does not depend on it),
-                # unless the risk over every step from now's to the bound already exceeds the
-                # limit, which rejects the row as the exact check would (KV and ATGT pass at
-                # the bound, so only the stall test was left to fail)
+                # KV and ATGT pass at the bound, so only the stall test is left. Its risk over
+                # every step from now's (with the newcomer) to the bound is at most the risk at
+                # the peak, which lies between: above the limit, the row fails as the exact
+                # check would; above 0, the risk at the bound is too, so the exact check
+                # decides; at 0, a risk of 0 at the bound accepts it (no resident the stall
+                # can touch at all: that does not depend on the step)
                 if ttft_ok and token_interval_s(step_bound, share) <= atgt_slo[row]:
-                    if stall_risk(worker, own_s, step_bound, now_s, budget) == 0.0:
-                        return worker
                     step_now = worker.profile.decode_step_s(
                         worker.resident_sequences + request.sequences,
                         worker.context_tokens + worker.queued_prompt_tokens + request.prompt_tokens_all)
-                    if stall_risk(worker, own_s, step_now, now_s, budget, step_hi_s=step_bound) > stall_limit:
+                    floor = stall_risk(worker, own_s, step_now, now_s, budget, step_hi_s=step_bound)
+                    if floor > stall_limit:
                         continue
+                    if floor == 0.0 and stall_risk(worker, own_s, step_bound, now_s, budget) == 0.0:
+                        return worker
             if self._exact_left <= 0:
                 return None
             self._exact_left -= 1
