@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from itertools import islice
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Protocol
 
 from placement.attainment_feedback import WINDOW_MISSES
