@@ -42,6 +42,9 @@ from predictors.latency.profile import WorkerProfile
 DEFAULT_QUEUE_ORDER = "slo-odbs"
 _RATE_WINDOW_S = 10.0  # admissions counted over this long to estimate how fast the queue drains
 _DIAGNOSED_WORKERS = 8  # a refusal names the tests the closest of this many workers failed
+# ... at most this often (each diagnosis is up to _DIAGNOSED_WORKERS exact checks, ~1 ms at 16
+# residents a worker: unbounded, an overload's refusals would take the actor's core)
+_DIAGNOSIS_PERIOD_S = 0.1
 _DRAIN_GAPS = 8  # the next drain is expected within the longest of this many recent gaps
 _LATE = "its TTFT SLO cannot be met any more"
 
@@ -138,6 +141,7 @@ class Admission:
         self._drained_at: float | None = None
         self._drain_gaps: deque[float] = deque(maxlen=_DRAIN_GAPS)
         self.misses = MissBudget(policy.budget.target_attainment)
+        self._diagnosed_at = -math.inf
 
     def deadline_s(self, request: Request) -> float:
         """The last moment `request` can start and still meet its TTFT SLO (by the profile, its
@@ -238,10 +242,14 @@ class Admission:
         return None if decision.worker is None else (decision.worker.id, risk)
 
     def _late_reason(self, request: Request, now_s: float) -> str:
-        """Why `request` is refused as late: how long it waited and what kept it off the worker
-        closest to fitting it now (the policy's own tests, of up to `_DIAGNOSED_WORKERS`)."""
-        workers = list(islice(self.cluster.workers.values(), _DIAGNOSED_WORKERS))
+        """Why `request` is refused as late: how long it waited and, for one refusal every
+        `_DIAGNOSIS_PERIOD_S`, what kept it off the worker closest to fitting it now (the
+        policy's own tests, of up to `_DIAGNOSED_WORKERS`)."""
         waited = f"{_LATE} (waited {(now_s - request.arrival_s) * 1e3:.0f} ms"
+        if now_s - self._diagnosed_at < _DIAGNOSIS_PERIOD_S:
+            return f"{waited})"
+        self._diagnosed_at = now_s
+        workers = list(islice(self.cluster.workers.values(), _DIAGNOSED_WORKERS))
         if not workers:
             return f"{waited}; no worker)"
         fits = [check(w, request, now_s, self.policy.budget) for w in workers]

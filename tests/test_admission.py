@@ -254,3 +254,16 @@ def test_without_misses_to_spend_the_stall_test_holds_until_the_request_is_refus
     assert adm.drain(0.1) == adm.drain(0.5) == adm.drain(0.7) == adm.drain(0.95) == []
     [verdict] = adm.drain(1.2)
     assert verdict.refused and "prefill stall breaks 0.48" in verdict.reason
+
+
+def test_refusals_in_a_burst_are_diagnosed_once_per_period():
+    """Each diagnosis costs exact checks: under overload only one refusal in a period gets one."""
+    adm = _admission(max_waiting=8, max_wait_s=0.5)
+    for i in range(2):
+        adm.offer(_req(i), 0.0)
+    for i in range(2, 6):
+        assert adm.offer(_req(i), 0.0) is None
+    verdicts = adm.drain(0.6)
+    assert [v.refused for v in verdicts] == [True] * 4
+    assert ["closest" in v.reason for v in verdicts] == [True, False, False, False]
+    assert all("waited 600 ms" in v.reason for v in verdicts)
