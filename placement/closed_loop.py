@@ -8,7 +8,9 @@ so far); when the request finishes (`finished`: its measured TTFT, ATGT and leng
 - feeds the TTFT error to the worker's latency correction,
 - turns the outcome into an `Outcome` for `AttainmentFeedback`, counting an SLO only if it was
   promised and, for the ATGT, only if its worker took no overcommitted placement (least
-  violation, a fallback) while it was there: those break residents' promises, not the model's.
+  violation, a fallback) and no placement at its last chance (`Decision.risked`: the stall
+  test relaxed by admission) while it was there: those break residents' promises, not the
+  model's.
 Workers' busy intervals (`busy`) go to `LatencyCorrection`, and the worker is then read
 through its corrected profile. With prefix caching the prompt tokens placement expected the
 worker's cache to hold are compared with what the engine reported it took from it
@@ -83,8 +85,8 @@ class ClosedLoop:
         one: pass an infeasible Decision for a placement no policy checked, e.g. a fallback)."""
         worker_id = worker.id
         self.placements += 1
-        if not decision.feasible:
-            self.overcommitted += not decision.unfit
+        if not decision.feasible or decision.risked:  # the residents' ATGT promises are off
+            self.overcommitted += not decision.feasible and not decision.unfit
             self._overcommits[worker_id] = self._overcommits.get(worker_id, 0) + 1
         base = self._bases.get(worker_id, worker.profile)
         resident = worker.residents.get(request.id)

@@ -19,12 +19,15 @@ class Decision:
     with None: it waits). `ttft_lost`: no worker could meet its TTFT any more, so only its
     other SLOs were weighed. `unfit`: nothing fitted though a candidate worker was empty, so
     no added worker would have fitted it either (a scaler must not read it as demand).
-    Baselines test nothing: any worker they pick is `feasible`."""
+    `risked`: feasible only with the stall test relaxed (admission's last chance), so the
+    residents of its worker lost their ATGT promises. Baselines test nothing: any worker they
+    pick is `feasible`."""
 
     worker: WorkerState | None
     feasible: bool
     ttft_lost: bool = False
     unfit: bool = False
+    risked: bool = False
 
 
 class PlacementPolicy(Protocol):

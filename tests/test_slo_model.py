@@ -316,6 +316,14 @@ def test_overcommits_void_the_atgt_promises_of_their_worker_s_residents():
     squeezed = loop.finished("squeezed", 0.1, 0.2, 20)
     assert (squeezed.ttft_ratio, squeezed.atgt_ratio) == (None, None)
     assert loop.finished("unknown", 0.1, 0.2, 20) is None
+    # a placement at its last chance (the stall test relaxed) keeps its own promises and voids
+    # those of the residents it may stall; it is no overcommit for the scaler
+    for rid in ("resident", "last"):
+        worker.admit(_request(rid), now_s=0.0)
+        loop.placed(worker.residents[rid].request, worker, Decision(worker, True, risked=rid == "last"), 0.0)
+    assert loop.overcommitted == 1  # "squeezed" alone
+    assert loop.finished("resident", 0.1, 0.2, 20).atgt_ratio is None
+    assert loop.finished("last", 0.1, 0.2, 20).atgt_ratio == pytest.approx(4.0)
 
 
 def test_the_ttft_share_absorbs_the_corrected_models_error_not_the_slos():

@@ -218,7 +218,7 @@ class AladdinPolicy:
         if self.tight_checks:
             chosen = find(np.where(eligible & ~safe, rank, math.inf), limit=self.tight_checks)
             if chosen is not None:
-                return Decision(chosen, True, not need_ttft)
+                return Decision(chosen, True, not need_ttft, risked=self.last_chance)
         # KV-safe workers within the ATGT bound first: unless a resident is overdue they are
         # proven feasible without an exact projection; then the other KV-safe ones, then the
         # tight ones, so None means nothing is feasible (each group built only when reached)
@@ -230,7 +230,7 @@ class AladdinPolicy:
         if chosen is None:
             chosen = find(np.where(eligible & ~safe, rank, math.inf), limit=n)
         if chosen is not None:
-            return Decision(chosen, True, not need_ttft)
+            return Decision(chosen, True, not need_ttft, risked=self.last_chance)
         if self.on_infeasible == "least-violation":
             ttft_slo = request.slo_ttft_s * budget.ttft_share
             ttft_over = (ttft_s - ttft_slo) / ttft_slo if need_ttft else 0.0
