@@ -219,7 +219,7 @@ def test_the_miss_budget_is_what_the_target_leaves_over_the_last_requests(costs,
     assert budget.left == pytest.approx(max(0.0, budget.allowed - sum(recent)), abs=1e-9)
 
 
-def _stalled_admission(misses_spent: int) -> tuple[Admission, Request]:
+def _stalled_admission(misses_spent: int) -> Admission:
     """A worker whose two residents' short replies a 1,000-token prefill would stall past their
     ATGT (about half a miss expected: the stall test keeps the newcomer waiting), and the
     newcomer, queued at 0 s with a 1 s TTFT SLO; `misses_spent` refusals already counted."""
@@ -238,11 +238,11 @@ def _stalled_admission(misses_spent: int) -> tuple[Admission, Request]:
     new = Request(id="new", arrival_s=0.0, input_len=1000, pred_mean=100, pred_upper=100, slo_ttft_s=1.0,
                   slo_atgt_s=0.05)
     assert adm.offer(new, 0.0) is None
-    return adm, new
+    return adm
 
 
 def test_a_request_held_by_the_stall_test_alone_is_placed_at_its_last_chance():
-    adm, new = _stalled_admission(misses_spent=0)
+    adm = _stalled_admission(misses_spent=0)
     assert adm.drain(0.1) == [] and adm.drain(0.5) == []  # drains 0.4 s apart: not due yet
     [verdict] = adm.drain(0.7)  # its deadline (~1 s less its prefill) comes before the next drain
     assert verdict.worker_id == "w0" and verdict.queued and not verdict.refused
@@ -250,7 +250,7 @@ def test_a_request_held_by_the_stall_test_alone_is_placed_at_its_last_chance():
 
 
 def test_without_misses_to_spend_the_stall_test_holds_until_the_request_is_refused():
-    adm, new = _stalled_admission(misses_spent=10)  # the target's misses went to refusals
+    adm = _stalled_admission(misses_spent=10)  # the target's misses went to refusals
     assert adm.drain(0.1) == adm.drain(0.5) == adm.drain(0.7) == adm.drain(0.95) == []
     [verdict] = adm.drain(1.2)
     assert verdict.refused and "prefill stall breaks 0.48" in verdict.reason

@@ -70,9 +70,9 @@ def make_policies(
     """Fresh policy objects for a cluster. Aladdin packs to one budget
     (`PackingBudget.for_target`) shared by its policy (least violation where nothing fits),
     admission's wait-mode twins (the second for requests at their last chance) and the closed
-    loop that adapts it; the others have none, and
-    admission is aladdin's alone. `options` go to the policies' constructors. With `shards` > 1
-    each is a `placement.sharding.ShardedPolicy` of that many copies."""
+    loop that adapts it; the others have none, and admission is aladdin's alone. `options` go to
+    the policies' constructors. With `shards` > 1 each is a `placement.sharding.ShardedPolicy`
+    of that many copies."""
     if not is_slo_aware(name):
         if admission:
             raise ValueError("admission is the aladdin policy's (the server admits only under it)")
