@@ -36,6 +36,7 @@ All latencies come from the worker's `WorkerProfile`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from placement.interference import stall_breaking_lengths, token_interval_s
@@ -171,7 +172,7 @@ def project(worker: WorkerState, new: Request | None = None, new_discount: int =
 
 
 def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float, budget: PackingBudget,
-               step_hi_s: float | None = None) -> float:
+               step_hi_s: float | None = None, stop_above: float = math.inf) -> float:
     """Expected number of `worker`'s residents whose ATGT one more prefill stall of `stall_s`
     breaks, their decode running at `step_s` per token from now on and packed to
     `budget.atgt_share` x their SLO (`placement.interference.stall_breaking_lengths`, weighed by
@@ -185,7 +186,10 @@ def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float,
     breaking lengths move one way as the step grows (the upper one up wherever the stall can
     break anything), so those are the lengths between the larger lower end and the upper end
     at `step_s`: a worker whose peak step is known only within a range can be rejected
-    without projecting it."""
+    without projecting it.
+
+    `stop_above`: the sum so far as soon as it exceeds this (a caller that only compares the
+    risk with a limit need not walk the other residents; the terms are >= 0)."""
     replies = budget.replies
     if replies is None or not worker.residents:
         return 0.0
@@ -201,6 +205,8 @@ def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float,
                                                                    stall_s)[0])
         if hi > 1.0:
             total += replies.p_end_between(request.pred_mean, 1.0, lo, hi)
+            if total > stop_above:
+                return total
     for resident in decoding:
         start = resident.decode_from_step
         request = resident.request
@@ -216,6 +222,8 @@ def stall_risk(worker: WorkerState, stall_s: float, step_s: float, now_s: float,
             lo, hi = _at_every_step(lo, hi, stall_breaking_lengths(spent, decoded, step_hi_s, budget_s, stall_s)[0])
         if hi > decoded + 1.0:
             total += replies.p_end_between(request.pred_mean, decoded + 1.0, lo, hi)
+            if total > stop_above:
+                return total
     return total
 
 

@@ -121,6 +121,11 @@ def test_the_stall_risk_over_a_range_of_steps_is_below_the_risk_at_each_of_them(
     floor = stall_risk(worker, stall, step_lo, now, budget, step_hi_s=step_hi)
     exact = stall_risk(worker, stall, step_lo + at * width, now, budget)
     assert floor <= exact + 1e-12
+    # stopping once past a limit answers "above the limit?" as the whole sum does
+    for limit in (0.0, 0.00125, exact / 2, exact):
+        partial = stall_risk(worker, stall, step_lo + at * width, now, budget, stop_above=limit)
+        assert (partial > limit) == (exact > limit)
+        assert partial == exact or partial > limit
     # the low end aladdin takes, the step now with the newcomer, is at most the projected peak
     new = _request("new", input_len=int(stall * 4000) + 1, mean=30.0)
     step_now = PROFILE.decode_step_s(worker.resident_sequences + new.sequences,

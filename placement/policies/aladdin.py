@@ -281,32 +281,33 @@ class AladdinPolicy:
             if not worker.accepting:
                 continue
             if atgt_slo is not None and worker.steps <= worker.min_upper_end_step:
-                # the same prefill share and stretch as check(), over a step bound >= its peak
+                # a step bound >= its peak. The stall risk over every step from now's (with the
+                # newcomer) to the bound is at most the risk at the peak, which lies between:
+                # above the limit, the row fails as the exact check would (tested first: most
+                # rows of a loaded cluster fail here, and it needs no TTFT or projection)
                 own_s = float(own_prefill_s[row])
-                share = worker.prefill_share_placing(now_s, own_s)
                 step_bound = worker.profile.decode_step_s(worker.resident_sequences + request.sequences,
                                                           worker.final_context_tokens + final)
+                step_now = worker.profile.decode_step_s(
+                    worker.resident_sequences + request.sequences,
+                    worker.context_tokens + worker.queued_prompt_tokens + request.prompt_tokens_all)
+                floor = stall_risk(worker, own_s, step_now, now_s, budget, step_hi_s=step_bound, stop_above=stall_limit)
+                if floor > stall_limit:
+                    continue
                 # with chunked prefill the filter's TTFT read the decode step at the row's last
                 # refresh, which has grown since: only the exact TTFT proves it
                 ttft_ok = (not need_ttft or worker.token_budget is None
                            or now_s - request.arrival_s
                            + worker.ttft_s(request.input_len, cached_tokens=_at(cached, row))
                            <= request.slo_ttft_s * budget.ttft_share)
-                # KV and ATGT pass at the bound, so only the stall test is left. Its risk over
-                # every step from now's (with the newcomer) to the bound is at most the risk at
-                # the peak, which lies between: above the limit, the row fails as the exact
-                # check would; above 0, the risk at the bound is too, so the exact check
-                # decides; at 0, a risk of 0 at the bound accepts it (no resident the stall
-                # can touch at all: that does not depend on the step)
-                if ttft_ok and token_interval_s(step_bound, share) <= atgt_slo[row]:
-                    step_now = worker.profile.decode_step_s(
-                        worker.resident_sequences + request.sequences,
-                        worker.context_tokens + worker.queued_prompt_tokens + request.prompt_tokens_all)
-                    floor = stall_risk(worker, own_s, step_now, now_s, budget, step_hi_s=step_bound)
-                    if floor > stall_limit:
-                        continue
-                    if floor == 0.0 and stall_risk(worker, own_s, step_bound, now_s, budget) == 0.0:
-                        return worker
+                # KV passes at the bound; with the ATGT (same prefill share and stretch as
+                # check()) and the TTFT too, a floor of 0 and a risk of 0 at the bound accept
+                # it (no resident the stall can touch at all: that does not depend on the step);
+                # otherwise the exact check decides
+                share = worker.prefill_share_placing(now_s, own_s)
+                if (ttft_ok and floor == 0.0 and token_interval_s(step_bound, share) <= atgt_slo[row]
+                        and stall_risk(worker, own_s, step_bound, now_s, budget, stop_above=0.0) == 0.0):
+                    return worker
             if self._exact_left <= 0:
                 return None
             self._exact_left -= 1
