@@ -102,11 +102,13 @@ def local_ray():
 
 
 @pytest.mark.serving
-@pytest.mark.parametrize(("admission", "shards", "per_node"), [(False, 1, 1), (True, 1, 1), (True, 2, 2)])
-def test_a_tiny_run_places_on_the_simulated_workers(local_ray, admission: bool, shards: int, per_node: int) -> None:
+@pytest.mark.parametrize(("admission", "shards", "per_node", "in_phase"),
+                         [(False, 1, 1, False), (True, 1, 1, True), (True, 2, 2, False)])
+def test_a_tiny_run_places_on_the_simulated_workers(local_ray, admission: bool, shards: int, per_node: int,
+                                                    in_phase: bool) -> None:
     result = run_bench_actor(BenchActorOptions(workers=4, running=2, callers=2, admission=admission,
-                                               shards=shards, workers_per_node=per_node, duration_s=2.0,
-                                               warmup_s=1.0))
+                                               shards=shards, workers_per_node=per_node, in_phase=in_phase,
+                                               duration_s=2.0, warmup_s=1.0))
     d = result.to_dict()
     assert JSON_KEYS <= d.keys()
     assert result.placements > 0 and result.heartbeat_sweep_ms is not None

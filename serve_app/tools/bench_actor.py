@@ -34,9 +34,11 @@ it, with no engines, through the same client as the ingress and router
 
 Everything runs in the driver's asyncio loop (one process besides the actors); at a few
 hundred workers, building the reports costs the driver some of the CPU it shares with the actor.
-The W heartbeats of a period are sent at once: the sweep (send to last reply) is how long the
-actor takes to apply one period of reports, and callers see it as a burst, a worst case (real
-workers' periods are out of phase).
+Each node (each worker, without relays) reports on its own phase of the period, as in a
+cluster (`heartbeat_relay.tick_phase_s` of the node's name); the sweep is the time from sending
+one node's reports to the last reply. `--in-phase`: every worker reports at the same instant,
+the worst case (the sweep is then how long the actor takes to apply a whole period of reports,
+and callers see it as a burst).
 
 Measured after a warm-up: placements/s, the round trip of each request's whole sequence of
 calls (p50, p99), the sweep (median, p99) and the actor process's CPU time per placement and
@@ -64,7 +66,7 @@ from placement.latency_correction import EngineWork
 from placement.live import RequestTiming, RunningRequest, WorkerReport
 from predictors.latency.profile import WorkerProfile
 from serve_app.scheduler.call_coalescer import CallCoalescer
-from serve_app.scheduler.heartbeat_relay import tick_batcher
+from serve_app.scheduler.heartbeat_relay import next_tick_s, tick_batcher, tick_phase_s
 from serve_app.scheduler.placement_shards import PlacementShards
 from serve_app.worker.heartbeat_reports import HeartbeatReports
 
@@ -85,6 +87,7 @@ class BenchActorOptions:
     coalesce: bool = True  # callers' calls go through CallCoalescer, as the ingress's and router's do
     full_heartbeats: bool = False  # every report full (as before delta heartbeats), to compare
     workers_per_node: int = 1  # > 1: each node's reports reach the actor through its relay
+    in_phase: bool = False  # every node reports at the same instant (else each on its own phase)
     duration_s: float = 10.0
     warmup_s: float = 2.0
     profile_family: str = "llama-2-7b-a100"
@@ -122,6 +125,7 @@ class BenchActorResult:
     coalesce: bool
     full_heartbeats: bool
     workers_per_node: int
+    in_phase: bool
     duration_s: float
     placements: int
     refused: int
@@ -153,7 +157,8 @@ class BenchActorResult:
             f"{self.workers} workers x {self.running} running, {self.callers} callers"
             f"{', admission' if self.admission else ''}{'' if self.coalesce else ', calls not coalesced'}"
             f"{', full heartbeats' if self.full_heartbeats else ''}"
-            f"{f', relayed per {self.workers_per_node} workers' if self.workers_per_node > 1 else ''}: "
+            f"{f', relayed per {self.workers_per_node} workers' if self.workers_per_node > 1 else ''}"
+            f"{', all reporting in phase' if self.in_phase else ''}: "
             f"round trip p50 {_ms(self.p50_ms)} p99 {_ms(self.p99_ms)}, "
             f"heartbeat sweep {_ms(self.heartbeat_sweep_ms)} (p99 {_ms(self.heartbeat_sweep_p99_ms)}), "
             f"actor CPU {_ms(self.actor_cpu_ms_per_placement)}/placement ({self.actor_cpu_share:.0%} of a core; "
@@ -208,7 +213,7 @@ def build_result(
     return BenchActorResult(
         workers=options.workers, running=options.running, callers=options.callers, shards=options.shards,
         admission=options.admission, coalesce=options.coalesce, full_heartbeats=options.full_heartbeats,
-        workers_per_node=options.workers_per_node, duration_s=window_s,
+        workers_per_node=options.workers_per_node, in_phase=options.in_phase, duration_s=window_s,
         placements=placements, refused=tally.outcomes["refused"], unplaced=tally.outcomes["unplaced"],
         placements_per_s=placements / window_s,
         p50_ms=percentile_ms(tally.round_trips_s, 50), p99_ms=percentile_ms(tally.round_trips_s, 99),
@@ -405,26 +410,49 @@ async def _caller(run: _Run, index: int) -> None:
 
 
 async def _heartbeats(run: _Run) -> None:
-    next_at = time.monotonic()
+    """Every worker's reports, node by node on each node's phase (all at once `in_phase`), and
+    the finished requests' timings once a period, as the ingress batches them."""
+    period = run.heartbeat_s
+    indexed = list(enumerate(run.workers.values()))
+    if run.options.in_phase:
+        nodes = [(0.0, indexed)]
+    else:
+        size = run.options.workers_per_node
+        nodes = [(tick_phase_s(f"bench-node-{n}", period), indexed[n * size:(n + 1) * size])
+                 for n in range(math.ceil(len(indexed) / size))]
+    timings: list[RequestTiming] = []
+    await asyncio.gather(_observe(run, timings), *(_node_heartbeats(run, phase_s, workers, timings)
+                                                   for phase_s, workers in nodes))
+
+
+async def _node_heartbeats(run: _Run, phase_s: float, workers: list[tuple[int, SimulatedWorker]],
+                           timings: list[RequestTiming]) -> None:
     while True:
         now_s = time.time()
-        reports, timings = [], []
-        for worker in run.workers.values():
+        await asyncio.sleep(next_tick_s(now_s, run.heartbeat_s, phase_s) - now_s)  # a late sweep skips a tick
+        now_s = time.time()
+        reports = []
+        for _, worker in workers:
             report, done = worker.report(now_s)
             reports.append(report)
             timings += done
-        running = sum(w.running for w in run.workers.values()) / len(reports)
+        running = sum(w.running for _, w in workers) / len(reports)
         start = time.perf_counter()
-        replies = await asyncio.gather(*(run.heartbeat(i, r) for i, r in enumerate(reports)))
+        replies = await asyncio.gather(*(run.heartbeat(i, r) for (i, _), r in zip(workers, reports, strict=True)))
         end = time.perf_counter()
-        for worker, report, reply in zip(run.workers.values(), reports, replies, strict=True):
+        for (_, worker), report, reply in zip(workers, reports, replies, strict=True):
             worker.acknowledged(report, reply)
         if run.measured(start, end):
             run.tally.sweep(end - start, running, sum(len(r.running) for r in reports) / len(reports))
+
+
+async def _observe(run: _Run, timings: list[RequestTiming]) -> None:
+    while True:
+        await asyncio.sleep(run.heartbeat_s)
         if timings:  # to every shard, as the ingress sends them
-            await asyncio.gather(*(run.shards.actor(k).observe.remote(timings) for k in range(run.shards.count)))
-        next_at = max(next_at + run.heartbeat_s, time.monotonic())  # a late sweep delays, never bunches
-        await asyncio.sleep(next_at - time.monotonic())
+            batch = timings[:]
+            timings.clear()
+            await asyncio.gather(*(run.shards.actor(k).observe.remote(batch) for k in range(run.shards.count)))
 
 
 async def _cpu_s(run: _Run, actor_pids: list[int]) -> tuple[float, float]:

@@ -18,7 +18,7 @@ def _bench(args: argparse.Namespace) -> int:
         options = BenchActorOptions(
             workers=args.workers, running=args.running, callers=args.callers, shards=args.shards,
             admission=args.admission, coalesce=not args.no_coalesce, full_heartbeats=args.full_heartbeats,
-            workers_per_node=args.workers_per_node, duration_s=args.duration, warmup_s=args.warmup,
+            workers_per_node=args.workers_per_node, in_phase=args.in_phase, duration_s=args.duration, warmup_s=args.warmup,
             profile_family=args.profile_family, seed=args.seed,
         )
     except ValueError as exc:
@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="every heartbeat a full report (workers send deltas), to measure what deltas save")
     p.add_argument("--workers-per-node", type=int, default=1,
                    help="> 1: each node's workers report through its heartbeat relay (placement.heartbeat_relay)")
+    p.add_argument("--in-phase", action="store_true",
+                   help="every worker reports at the same instant (the worst case; else each node on its own phase, as in a cluster)")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds run before measuring")
     p.add_argument("--profile-family", default="llama-2-7b-a100")
