@@ -22,11 +22,8 @@ the workers measured, the simulator with simulated requests, so both adapt the s
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
-
-# Promises kept for requests not yet measured; beyond this the oldest go (a request whose
-# measurement never comes, e.g. its client went away, must not be kept forever).
-MAX_PROMISES = 100_000
 
 from placement.attainment_feedback import AttainmentFeedback, Outcome
 from placement.latency_correction import BusyInterval, LatencyCorrection
@@ -34,6 +31,15 @@ from placement.packing_budget import PackingBudget
 from placement.policy import Decision
 from placement.state import Request, WorkerState
 from predictors.latency.profile import WorkerProfile
+
+# Promises kept for requests not yet measured; beyond this the oldest go (a request whose
+# measurement never comes, e.g. its client went away, must not be kept forever).
+MAX_PROMISES = 100_000
+# A request its worker reported ended keeps its promise this long for its timing (the ingress
+# sends timings once a heartbeat period); past it none will come (the client went away, a call
+# that bypassed the ingress) and the promise goes: thousands kept for nothing per second of
+# traffic would each cost the actor's garbage collector a visit on every full collection.
+TIMING_GRACE_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,7 @@ class ClosedLoop:
         self.feedback = AttainmentFeedback(budget)
         self.correction = correction if correction is not None else LatencyCorrection()
         self._promises: dict[str, _Promise] = {}
+        self._ended: deque[tuple[float, str]] = deque()  # (when its worker reported it ended, request id)
         self._overcommits: dict[str, int] = {}  # worker id -> overcommitted placements taken
         self.placements = 0  # every placement seen, and those overcommitted for want of room
         self.overcommitted = 0  # (not `Decision.unfit`): a scaler's sign (placement.planning.worker_estimate)
@@ -183,6 +190,24 @@ class ClosedLoop:
         )
         self.feedback.observe(outcome)
         return outcome
+
+    @property
+    def pending(self) -> int:
+        """Promises waiting for their requests' timings."""
+        return len(self._promises)
+
+    def ended(self, request_id: str, now_s: float) -> None:
+        """`request_id`'s worker reported at `now_s` that it ended: its timing is due within
+        `TIMING_GRACE_S` (`expire`)."""
+        if request_id in self._promises:
+            self._ended.append((now_s, request_id))
+
+    def expire(self, now_s: float) -> None:
+        """Drop the promises of requests that ended more than `TIMING_GRACE_S` before `now_s`
+        and never got their timing."""
+        horizon = now_s - TIMING_GRACE_S
+        while self._ended and self._ended[0][0] < horizon:
+            self._promises.pop(self._ended.popleft()[1], None)
 
     def dropped(self, request_id: str) -> None:
         """A placed request ended without measurements (cancelled, failed): forget its promise."""

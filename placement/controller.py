@@ -399,12 +399,12 @@ class PlacementController:
     def stats(self) -> dict[str, Any]:
         """What the controller knows: placements per worker, outcomes, residents, the estimate,
         each worker's latency correction, the delay before placement, and the closed loop
-        (packing budget, promises missed)."""
+        (packing budget, promises missed and still waiting for their timings)."""
         loop = self.cluster.loop
         closed_loop = None if loop is None else {
             "ttft_share": loop.budget.ttft_share, "atgt_share": loop.budget.atgt_share,
             "promises_counted": loop.feedback.counted, "promises_missed": dict(loop.feedback.misses),
-            "placements": loop.placements, "overcommitted": loop.overcommitted,
+            "promises_pending": loop.pending, "placements": loop.placements, "overcommitted": loop.overcommitted,
             "prefix_hits": {wid: asdict(h) for wid, h in loop.prefix_hits.items()},
         }
         profile = self.settings.profile

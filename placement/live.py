@@ -226,6 +226,8 @@ class LiveCluster:
         for request_id, _ in report.finished:
             if self._where.get(request_id) == worker.id:
                 self._drop_request(request_id)
+                if self.loop is not None:
+                    self.loop.ended(request_id, now_s)
         running = {r.request_id: r for r in report.running}
         for request_id, item in running.items():
             if self._where.get(request_id) != worker.id:
@@ -268,6 +270,7 @@ class LiveCluster:
                 self.correction.observe(worker.id, report.work.interval(base))
         if self.loop is not None:
             self.loop.refresh(worker, base, now_s)
+            self.loop.expire(now_s)
         return needs_full
 
     def _new_prefix_cache(self) -> PrefixCache | None:

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from placement.admission import AdmissionLimits
+from placement.closed_loop import TIMING_GRACE_S
 from placement.controller import STALE_HEARTBEATS, ControllerSettings, PlacementController, ScalingSettings
 from placement.latency_correction import EngineWork
 from placement.live import RequestTiming, RunningRequest, WorkerReport
@@ -205,6 +206,23 @@ def test_observed_timings_count_promises_and_the_snapshot_reports_new_misses_onc
     assert stats["promises_counted"] == 2 and stats["promises_missed"] == {"ttft": 0, "atgt": 1}
     assert ctl.closed_loop_snapshot().new_misses == {"ttft": 0, "atgt": 1}
     assert ctl.closed_loop_snapshot().new_misses == {"ttft": 0, "atgt": 0}  # reported once
+
+
+def test_a_promise_whose_timing_never_comes_goes_a_grace_after_its_worker_reported_it_ended() -> None:
+    """Timings come from the ingress; a request whose client went away, or a call that bypassed
+    the ingress, never gets one: its promise must not stay until MAX_PROMISES."""
+    ctl = _controller()
+    ctl.heartbeat(_report("w0"), 0.0)
+    for i in range(2):
+        assert ctl.admit(_req(i, out=10.0), 0.0).worker_id == "w0"
+    ctl.heartbeat(_report("w0", finished=("r0", "r1")), 1.0)
+    ctl.observe([RequestTiming("r0", 0.1, 0.01, 10)])  # r1's timing never comes
+    assert ctl.stats()["closed_loop"]["promises_pending"] == 1
+    ctl.heartbeat(_report("w0"), 1.0 + TIMING_GRACE_S / 2)
+    assert ctl.stats()["closed_loop"]["promises_pending"] == 1  # still within the grace
+    ctl.heartbeat(_report("w0"), 1.0 + TIMING_GRACE_S + 0.5)
+    stats = ctl.stats()["closed_loop"]
+    assert stats["promises_pending"] == 0 and stats["promises_counted"] == 1
 
 
 def test_a_fallback_placement_is_recorded_as_an_overcommit() -> None:
