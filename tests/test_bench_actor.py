@@ -11,6 +11,7 @@ from predictors.latency.families import load_profile_family
 from serve_app.tools.bench_actor import (
     PLACED_LIFETIME_PERIODS,
     BenchActorOptions,
+    CallCounts,
     SimulatedWorker,
     Tally,
     Workload,
@@ -68,8 +69,10 @@ def test_the_result_counts_outcomes_and_takes_percentiles_in_ms() -> None:
         tally.request((k + 1) / 1e3, f"w{k % 2}", refused=False)
     tally.request(0.5, None, refused=True)
     tally.sweep(0.004, 3.0, 1.0)
+    # the counts at the window's end less those at its start
+    calls = CallCounts(placement_calls=25, placement_requests=110, heartbeat_calls=10, reports=20) - CallCounts(5, 10, 2, 4)
     result = build_result(BenchActorOptions(workers=2, running=3, callers=1), tally, 2.0, actor_cpu_s=0.5,
-                          driver_cpu_s=1.0, actor_outcomes={"placed": 100})
+                          driver_cpu_s=1.0, actor_outcomes={"placed": 100}, calls=calls)
     d = result.to_dict()
     assert JSON_KEYS <= d.keys()
     assert (d["placements"], d["refused"], d["placements_per_s"]) == (100, 1, 50.0)
@@ -77,6 +80,8 @@ def test_the_result_counts_outcomes_and_takes_percentiles_in_ms() -> None:
     assert d["actor_cpu_ms_per_placement"] == pytest.approx(5.0) and d["actor_cpu_share"] == pytest.approx(0.25)
     assert d["driver_cpu_share"] == pytest.approx(0.5)
     assert d["heartbeat_sweep_ms"] == pytest.approx(4.0) and d["mean_running_per_worker"] == 3.0
+    assert (d["placement_calls_per_s"], d["requests_per_placement_call"]) == (10.0, 5.0)
+    assert (d["heartbeat_calls_per_s"], d["reports_per_heartbeat_call"]) == (4.0, 2.0)
     assert percentile_ms([], 50) is None and percentile_ms([0.001, 0.003], 50) == pytest.approx(2.0)
     assert "50 placements/s" in result.summary()
 
@@ -112,5 +117,7 @@ def test_a_tiny_run_places_on_the_simulated_workers(local_ray, admission: bool, 
     d = result.to_dict()
     assert JSON_KEYS <= d.keys()
     assert result.placements > 0 and result.heartbeat_sweep_ms is not None
+    assert result.heartbeat_calls_per_s > 0 and result.reports_per_heartbeat_call >= 1
+    assert result.placement_calls_per_s > 0 and result.requests_per_placement_call >= 1
     assert set(result.placements_per_worker) <= {f"w{i}" for i in range(4)}
     assert sum(result.placements_per_worker.values()) == result.placements

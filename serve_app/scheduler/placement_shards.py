@@ -57,6 +57,12 @@ class PlacementShards:
         self._admissions: dict[int, CallCoalescer[RunningRequest, Verdict | None]] = {}
         self._placements: dict[tuple[int, bool], CallCoalescer[tuple[RunningRequest, list[str]], str | None]] = {}
 
+    def coalesced(self) -> tuple[int, int]:
+        """Actor calls sent so far by the coalescers of `admit` and `place`, and the requests
+        they carried (0, 0 without coalescing)."""
+        coalescers = [*self._admissions.values(), *self._placements.values()]
+        return sum(c.calls for c in coalescers), sum(c.items for c in coalescers)
+
     def actor(self, shard: int = 0) -> Any:
         """Shard `shard`'s actor (created on first use by whoever asks first)."""
         if shard not in self._actors:

@@ -137,6 +137,12 @@ class BenchActorResult:
     heartbeat_sweep_p99_ms: float | None
     actor_cpu_ms_per_placement: float | None
     actor_cpu_share: float  # actor CPU seconds per wall second
+    # the actor calls the callers' admissions and placements went in (coalesced: None without),
+    # and those the heartbeats went in (one per report, or one per node and tick through relays)
+    placement_calls_per_s: float | None
+    requests_per_placement_call: float | None
+    heartbeat_calls_per_s: float
+    reports_per_heartbeat_call: float | None
     driver_cpu_share: float  # the same of this process (simulated workers and callers): near 1, it limits the run
     # requests running per worker (the actor's picture of a worker), and of them those a report
     # carried in full (the rest as token counts, in delta reports)
@@ -162,6 +168,8 @@ class BenchActorResult:
             f"round trip p50 {_ms(self.p50_ms)} p99 {_ms(self.p99_ms)}, "
             f"heartbeat sweep {_ms(self.heartbeat_sweep_ms)} (p99 {_ms(self.heartbeat_sweep_p99_ms)}), "
             f"actor CPU {_ms(self.actor_cpu_ms_per_placement)}/placement ({self.actor_cpu_share:.0%} of a core; "
+            f"{self.heartbeat_calls_per_s:.0f} heartbeat calls/s"
+            f"{f', {self.placement_calls_per_s:.0f} placement calls/s' if self.placement_calls_per_s is not None else ''}; "
             f"driver {self.driver_cpu_share:.0%})"
         )
 
@@ -203,12 +211,27 @@ class Tally:
         self.sent_in_full.append(mean_sent_in_full)
 
 
+@dataclass(frozen=True)
+class CallCounts:
+    """Actor calls over the measured window and what they carried."""
+
+    placement_calls: int = 0  # coalesced admit_many / place_many
+    placement_requests: int = 0
+    heartbeat_calls: int = 0
+    reports: int = 0
+
+    def __sub__(self, other: CallCounts) -> CallCounts:
+        return CallCounts(self.placement_calls - other.placement_calls,
+                          self.placement_requests - other.placement_requests,
+                          self.heartbeat_calls - other.heartbeat_calls, self.reports - other.reports)
+
+
 def build_result(
     options: BenchActorOptions, tally: Tally, window_s: float, actor_cpu_s: float, driver_cpu_s: float,
-    actor_outcomes: dict[str, int],
+    actor_outcomes: dict[str, int], calls: CallCounts = CallCounts(),
 ) -> BenchActorResult:
     """The result of a run from what it tallied over `window_s`, the CPU seconds the actor and
-    the driver spent in it, and the actor's own outcome counts."""
+    the driver spent in it, the actor's own outcome counts and the calls it got."""
     placements = tally.outcomes["placed"]
     return BenchActorResult(
         workers=options.workers, running=options.running, callers=options.callers, shards=options.shards,
@@ -220,6 +243,11 @@ def build_result(
         heartbeat_sweep_ms=percentile_ms(tally.sweeps_s, 50), heartbeat_sweep_p99_ms=percentile_ms(tally.sweeps_s, 99),
         actor_cpu_ms_per_placement=actor_cpu_s * 1e3 / placements if placements else None,
         actor_cpu_share=actor_cpu_s / window_s, driver_cpu_share=driver_cpu_s / window_s,
+        placement_calls_per_s=calls.placement_calls / window_s if options.coalesce else None,
+        requests_per_placement_call=(calls.placement_requests / calls.placement_calls
+                                     if options.coalesce and calls.placement_calls else None),
+        heartbeat_calls_per_s=calls.heartbeat_calls / window_s,
+        reports_per_heartbeat_call=calls.reports / calls.heartbeat_calls if calls.heartbeat_calls else None,
         mean_running_per_worker=float(np.mean(tally.running)) if tally.running else None,
         mean_sent_in_full_per_report=float(np.mean(tally.sent_in_full)) if tally.sent_in_full else None,
         placements_per_worker=dict(sorted(tally.placements_per_worker.items())),
@@ -363,9 +391,18 @@ class _Run:
     window: tuple[float, float]  # perf_counter bounds of the measured window
     tally: Tally = field(default_factory=Tally)
     relays: dict[tuple[int, int], CallCoalescer[WorkerReport, dict[str, Any]]] = field(default_factory=dict)
+    direct_heartbeats: int = 0  # reports sent without a relay, one call each
 
     def measured(self, start: float, end: float) -> bool:
         return self.window[0] <= start and end <= self.window[1]
+
+    def calls(self) -> CallCounts:
+        """The actor calls sent so far."""
+        placement_calls, placement_requests = self.shards.coalesced()
+        relays = self.relays.values()
+        return CallCounts(placement_calls, placement_requests,
+                          self.direct_heartbeats + sum(r.calls for r in relays),
+                          self.direct_heartbeats + sum(r.items for r in relays))
 
     async def heartbeat(self, index: int, report: WorkerReport) -> dict[str, Any]:
         """The reply to the `index`th worker's report: from its shard's actor, directly or
@@ -373,6 +410,7 @@ class _Run:
         shard = self.shards.of_worker(report.worker_id)
         actor = self.shards.actor(shard)
         if self.options.workers_per_node == 1:
+            self.direct_heartbeats += 1
             return await actor.heartbeat.remote(report)
         node = index // self.options.workers_per_node
         relay = self.relays.get((node, shard))
@@ -455,18 +493,18 @@ async def _observe(run: _Run, timings: list[RequestTiming]) -> None:
             await asyncio.gather(*(run.shards.actor(k).observe.remote(batch) for k in range(run.shards.count)))
 
 
-async def _cpu_s(run: _Run, actor_pids: list[int]) -> tuple[float, float]:
+async def _window(run: _Run, actor_pids: list[int]) -> tuple[float, float, CallCounts]:
     """CPU seconds (user + system) of the actors' processes (summed) and of this one over the
-    measured window."""
+    measured window, and the actor calls sent in it."""
     import psutil
 
     processes = [psutil.Process(pid) for pid in actor_pids] + [psutil.Process()]
     await asyncio.sleep(run.window[0] - time.perf_counter())
-    before = [p.cpu_times() for p in processes]
+    before, calls_before = [p.cpu_times() for p in processes], run.calls()
     await asyncio.sleep(run.window[1] - time.perf_counter())
-    after = [p.cpu_times() for p in processes]
+    after, calls_after = [p.cpu_times() for p in processes], run.calls()
     used = [(a.user + a.system) - (b.user + b.system) for a, b in zip(after, before, strict=True)]
-    return sum(used[:-1]), used[-1]
+    return sum(used[:-1]), used[-1], calls_after - calls_before
 
 
 async def _drive(shards: PlacementShards, pids: list[int], options: BenchActorOptions,
@@ -482,7 +520,7 @@ async def _drive(shards: PlacementShards, pids: list[int], options: BenchActorOp
                for i in range(options.workers)}
     start = time.perf_counter() + options.warmup_s
     run = _Run(shards, options, workers, workload, app.placement.heartbeat_s, (start, start + options.duration_s))
-    window = asyncio.create_task(_cpu_s(run, pids))
+    window = asyncio.create_task(_window(run, pids))
     load = [asyncio.create_task(_heartbeats(run))] + [
         asyncio.create_task(_caller(run, i)) for i in range(options.callers)]
     done, _ = await asyncio.wait([window, *load], return_when=asyncio.FIRST_COMPLETED)
@@ -496,7 +534,8 @@ async def _drive(shards: PlacementShards, pids: list[int], options: BenchActorOp
     for k in range(shards.count):
         async with asyncio.timeout(END_TIMEOUT_S):
             outcomes.update((await shards.actor(k).stats.remote())["outcomes"])
-    return build_result(options, run.tally, options.duration_s, *window.result(), dict(outcomes))
+    actor_cpu_s, driver_cpu_s, calls = window.result()
+    return build_result(options, run.tally, options.duration_s, actor_cpu_s, driver_cpu_s, dict(outcomes), calls)
 
 
 def _process_id(_actor: object) -> int:
