@@ -294,20 +294,21 @@ class AladdinPolicy:
                 floor = stall_risk(worker, own_s, step_now, now_s, budget, step_hi_s=step_bound, stop_above=stall_limit)
                 if floor > stall_limit:
                     continue
-                # with chunked prefill the filter's TTFT read the decode step at the row's last
-                # refresh, which has grown since: only the exact TTFT proves it
-                ttft_ok = (not need_ttft or worker.token_budget is None
-                           or now_s - request.arrival_s
-                           + worker.ttft_s(request.input_len, cached_tokens=_at(cached, row))
-                           <= request.slo_ttft_s * budget.ttft_share)
-                # KV passes at the bound; with the ATGT (same prefill share and stretch as
-                # check()) and the TTFT too, a floor of 0 and a risk of 0 at the bound accept
-                # it (no resident the stall can touch at all: that does not depend on the step);
-                # otherwise the exact check decides
-                share = worker.prefill_share_placing(now_s, own_s)
-                if (ttft_ok and floor == 0.0 and token_interval_s(step_bound, share) <= atgt_slo[row]
-                        and stall_risk(worker, own_s, step_bound, now_s, budget, stop_above=0.0) == 0.0):
-                    return worker
+                # above 0 the exact check decides. At 0, with KV passing at the bound, the ATGT
+                # (same prefill share and stretch as check()) and the TTFT too, a risk of 0 at
+                # the bound accepts it (no resident the stall can touch at all: that does not
+                # depend on the step). With chunked prefill the filter's TTFT read the decode
+                # step at the row's last refresh, which has grown since: only the exact TTFT
+                # proves it
+                if floor == 0.0:
+                    ttft_ok = (not need_ttft or worker.token_budget is None
+                               or now_s - request.arrival_s
+                               + worker.ttft_s(request.input_len, cached_tokens=_at(cached, row))
+                               <= request.slo_ttft_s * budget.ttft_share)
+                    share = worker.prefill_share_placing(now_s, own_s)
+                    if (ttft_ok and token_interval_s(step_bound, share) <= atgt_slo[row]
+                            and stall_risk(worker, own_s, step_bound, now_s, budget, stop_above=0.0) == 0.0):
+                        return worker
             if self._exact_left <= 0:
                 return None
             self._exact_left -= 1
