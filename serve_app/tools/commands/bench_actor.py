@@ -18,7 +18,8 @@ def _bench(args: argparse.Namespace) -> int:
         options = BenchActorOptions(
             workers=args.workers, running=args.running, callers=args.callers, shards=args.shards,
             admission=args.admission, coalesce=not args.no_coalesce, full_heartbeats=args.full_heartbeats,
-            workers_per_node=args.workers_per_node, in_phase=args.in_phase, duration_s=args.duration, warmup_s=args.warmup,
+            workers_per_node=args.workers_per_node, in_phase=args.in_phase, duration_s=args.duration,
+            warmup_s=args.warmup,
             profile_family=args.profile_family, seed=args.seed,
         )
     except ValueError as exc:
